@@ -3,7 +3,6 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::{ErrorCode, Id};
 
@@ -77,27 +76,38 @@ fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D:
         .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {s:?}")))
 }
 
-/// One event delivered to one subscription, as the broker writes it: the payload is the
-/// publisher's JSON text, copied verbatim.
-#[derive(Debug, Serialize)]
+/// One event delivered to one subscription, as the broker writes it. The payload is the
+/// publisher's JSON text, already validated at publish, copied in verbatim: it is never
+/// parsed again on the way out.
+#[derive(Debug)]
 pub struct EventFrame<'a> {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub sub: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer: Option<&'a str>,
     pub seq: u64,
     pub topic: &'a str,
-    pub payload: &'a RawValue,
+    pub payload: &'a str,
     pub published_at: &'a str,
     pub delivery: u32,
 }
 
 impl EventFrame<'_> {
-    pub const KIND: &'static str = "event";
-
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut out = String::with_capacity(128 + self.payload.len() + self.topic.len());
+        out.push_str(r#"{"type":"event","sub":"#);
+        out.push_str(&quote(self.sub));
+        if let Some(consumer) = self.consumer {
+            out.push_str(r#","consumer":"#);
+            out.push_str(&quote(consumer));
+        }
+        out.push_str(&format!(r#","seq":{},"topic":"#, self.seq));
+        out.push_str(&quote(self.topic));
+        out.push_str(r#","payload":"#);
+        out.push_str(self.payload);
+        out.push_str(r#","published_at":"#);
+        out.push_str(&quote(self.published_at));
+        out.push_str(&format!(r#","delivery":{}}}"#, self.delivery));
+        out
     }
 }
 
@@ -150,5 +160,28 @@ mod tests {
         .to_json();
         assert_eq!(json, r#"{"type":"published","id":1,"seq":42}"#);
         assert_eq!(format_time_ms(1500), "1970-01-01T00:00:01.500Z");
+    }
+
+    #[test]
+    fn event_frames_read_back_as_events() {
+        let json = EventFrame {
+            sub: "s\"1",
+            consumer: Some("c"),
+            seq: 9,
+            topic: "a.b",
+            payload: r#"{"k":[1,"x"]}"#,
+            published_at: "1970-01-01T00:00:01.500Z",
+            delivery: 2,
+        }
+        .to_json();
+        let back: Reply = serde_json::from_str(&json).unwrap();
+        match back {
+            Reply::Event(ev) => {
+                assert_eq!((ev.sub.as_str(), ev.seq, ev.delivery), ("s\"1", 9, 2));
+                assert_eq!(ev.payload, serde_json::json!({"k":[1,"x"]}));
+                assert_eq!(ev.consumer.as_deref(), Some("c"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

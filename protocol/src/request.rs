@@ -23,6 +23,17 @@ pub enum Id {
     Str(String),
 }
 
+impl Id {
+    /// The id as an unsigned integer, when it is one.
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Id::Int(n) => u64::try_from(*n).ok(),
+            Id::Uint(n) => Some(*n),
+            Id::Str(_) => None,
+        }
+    }
+}
+
 /// Where a new consumer (or an ephemeral subscription) starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {

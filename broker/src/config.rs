@@ -1,0 +1,163 @@
+//! Broker settings: embedded defaults, overridden by `config.toml`, overridden by flags.
+//! Unknown keys and bad values are refused with a message that names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the WebSocket listener binds; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where the log (`log/`) and the state view (`state/`) live.
+    pub data_dir: PathBuf,
+    /// tracing filter, e.g. `info` or `wharf_broker=debug`; `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// How often every connection is pinged.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long after a ping is dropped.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Largest text frame accepted; larger ones get a `too_large` error.
+    pub max_frame_bytes: usize,
+    /// Unacked deliveries a durable consumer may have outstanding.
+    pub max_in_flight: usize,
+    /// Frames queued to one connection before its delivery waits.
+    pub outbound_queue: usize,
+    /// A new log segment is started past this size.
+    pub segment_bytes: u64,
+    /// How often sled flushes the state view in the background.
+    #[serde(with = "humantime_serde")]
+    pub state_flush_interval: Duration,
+    /// Newest events kept in memory for live delivery.
+    pub cache_events: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            data_dir: PathBuf::from("wharf-data"),
+            log_level: "info".into(),
+            heartbeat_interval: Duration::from_secs(20),
+            heartbeat_timeout: Duration::from_secs(20),
+            max_frame_bytes: 1 << 20,
+            max_in_flight: 1000,
+            outbound_queue: 1024,
+            segment_bytes: 64 << 20,
+            state_flush_interval: Duration::from_millis(500),
+            cache_events: 65536,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// The config from `path`, or from `./config.toml` when no path is given and it exists,
+    /// or the embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_owned(),
+            None => {
+                let default = PathBuf::from("config.toml");
+                if !default.exists() {
+                    return Ok(Config::default());
+                }
+                default
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+    }
+
+    /// Parses TOML text; the error names the offending key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.lines().last().unwrap_or_default().to_owned();
+            if key == "." || key.is_empty() {
+                inner
+            } else {
+                format!("key `{key}`: {inner}")
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: each message names its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_in_flight", self.max_in_flight as u64),
+            ("outbound_queue", self.outbound_queue as u64),
+            ("segment_bytes", self.segment_bytes),
+            (
+                "heartbeat_interval",
+                self.heartbeat_interval.as_millis() as u64,
+            ),
+            (
+                "heartbeat_timeout",
+                self.heartbeat_timeout.as_millis() as u64,
+            ),
+            (
+                "state_flush_interval",
+                self.state_flush_interval.as_millis() as u64,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("key `{key}`: must be greater than zero"));
+            }
+        }
+        if self.max_frame_bytes > 64 << 20 {
+            return Err("key `max_frame_bytes`: at most 67108864 (64 MiB)".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listen.port(), 7700);
+        let c = Config::parse("heartbeat_interval = \"150ms\"\nmax_in_flight = 5").unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(150));
+        assert_eq!(c.max_in_flight, 5);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse("listne = \"127.0.0.1:1\"").unwrap_err();
+        assert!(e.contains("listne"), "{e}");
+        let e = Config::parse("listen = \"nowhere\"").unwrap_err();
+        assert!(e.contains("`listen`"), "{e}");
+        let e = Config::parse("heartbeat_interval = \"soon\"").unwrap_err();
+        assert!(e.contains("`heartbeat_interval`"), "{e}");
+        let e = Config::parse("max_in_flight = 0").unwrap_err();
+        assert!(e.contains("`max_in_flight`"), "{e}");
+    }
+}

@@ -1,0 +1,272 @@
+//! The append log: wharf's own checksummed segment files, and the only durable copy of
+//! anything a client was told is stored.
+//!
+//! * [`record`]: what a record holds and how it is framed.
+//! * [`segment`]: segment files and the start-up scan that cuts a torn tail and refuses damage.
+//! * [`writer`]: the one group-commit thread that assigns seqs, writes, fdatasyncs once per
+//!   batch and only then confirms.
+//! * [`reader`]: a cursor that streams events from any seq with bounded memory.
+//!
+//! The rest of the broker sees a small API: [`recover`] at start, [`AppendLog::submit`] to
+//! append, [`AppendLog::cursor`] to read, and a [`CommitSink`] that hears about every batch
+//! after it is durable.
+
+pub mod reader;
+pub mod record;
+pub mod segment;
+pub mod writer;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use reader::EventCursor;
+pub use record::{Event, Record};
+use segment::{ScanEnd, SegmentMeta};
+
+/// Where a record ends: the log position a state view has caught up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    /// Base seq (file name) of the segment.
+    pub segment: u64,
+    /// Byte offset just past the record.
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: Arc<io::Error>,
+    },
+    #[error("damaged log: {path} at byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("the log accepts no more writes: {0}")]
+    Stopped(String),
+    #[error("record does not encode: {0}")]
+    Encode(String),
+}
+
+impl LogError {
+    pub fn io(path: &Path, source: io::Error) -> LogError {
+        LogError::Io {
+            path: path.to_owned(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// One thing to append. The writer turns it into a [`Record`], filling in what only it can
+/// know (the seq of an event, the floor of a consumer that starts at the head).
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Event {
+        topic: String,
+        payload: String,
+        time_ms: u64,
+    },
+    ConsumerCreated {
+        name: String,
+        pattern: String,
+        start: Floor,
+    },
+    Acked {
+        consumer: String,
+        seqs: Vec<u64>,
+        floor: u64,
+    },
+}
+
+/// Where a new consumer's floor sits.
+#[derive(Debug, Clone, Copy)]
+pub enum Floor {
+    At(u64),
+    /// The last seq written before this record: only events published later are for it.
+    Head,
+}
+
+/// What an entry became once durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    Seq(u64),
+    Floor(u64),
+    Done,
+}
+
+/// Hears about each batch after it was synced and before anyone is told it is stored.
+pub trait CommitSink: Send + 'static {
+    fn committed(&mut self, records: Vec<Record>, end: Position);
+}
+
+/// The segments readers can see; the writer adds to it.
+pub type SegmentTable = Arc<RwLock<Vec<SegmentMeta>>>;
+
+/// What the start-up scan found.
+pub struct Recovery {
+    pub segments: Vec<SegmentMeta>,
+    /// The seq the next event will get.
+    pub next_seq: u64,
+    pub end: Position,
+    /// Set when a torn tail was cut: where and why.
+    pub torn_tail: Option<String>,
+}
+
+/// Scans every segment in `dir` (creating it if needed), verifies every record, cuts a torn
+/// tail off the last segment and calls `visit` with each record and the position after it.
+pub fn recover(
+    dir: &Path,
+    mut visit: impl FnMut(&Record, Position) -> Result<(), LogError>,
+) -> Result<Recovery, LogError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        if let Some(parent) = dir.parent() {
+            segment::sync_dir(parent)?;
+        }
+    }
+    let files = segment::list(dir)?;
+    let mut segments = Vec::with_capacity(files.len());
+    let mut next_seq = 1u64;
+    let mut torn_tail = None;
+    let count = files.len();
+    for (i, (base, path)) in files.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        let mut meta = SegmentMeta::new(base, path.clone());
+        let (valid_len, end) = segment::scan(&path, is_last, |rec, start, end| {
+            if let Record::Event(ev) = &rec {
+                if ev.seq < next_seq {
+                    return Err(LogError::Corrupt {
+                        path: path.clone(),
+                        offset: start,
+                        reason: format!("event seq {} after seq {}", ev.seq, next_seq - 1),
+                    });
+                }
+                meta.note_event(ev.seq, ev.time_ms, start);
+                next_seq = ev.seq + 1;
+            }
+            visit(
+                &rec,
+                Position {
+                    segment: base,
+                    offset: end,
+                },
+            )
+        })?;
+        if let ScanEnd::TornTail { offset, reason } = end {
+            tracing::warn!(
+                segment = %path.display(),
+                offset,
+                reason,
+                "cutting a torn write off the end of the log (it was never confirmed)"
+            );
+            segment::truncate(&path, valid_len)?;
+            torn_tail = Some(format!("{} at byte {offset}: {reason}", path.display()));
+        }
+        meta.synced_len = valid_len;
+        segments.push(meta);
+    }
+    let end = segments
+        .last()
+        .map(|m| Position {
+            segment: m.base,
+            offset: m.synced_len,
+        })
+        .unwrap_or(Position {
+            segment: next_seq,
+            offset: 0,
+        });
+    Ok(Recovery {
+        segments,
+        next_seq,
+        end,
+        torn_tail,
+    })
+}
+
+/// Tuning of the writer.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// A new segment is started once the current one holds this many bytes.
+    pub segment_bytes: u64,
+    /// Append requests that may wait for the writer before submitters wait too.
+    pub queue_depth: usize,
+}
+
+enum Command {
+    Append(AppendRequest),
+    Close(oneshot::Sender<()>),
+}
+
+struct AppendRequest {
+    entries: Vec<Entry>,
+    done: oneshot::Sender<Result<Vec<Receipt>, LogError>>,
+}
+
+/// A handle to the log; cheap to clone.
+#[derive(Clone)]
+pub struct AppendLog {
+    tx: mpsc::Sender<Command>,
+    table: SegmentTable,
+}
+
+/// Resolves to the receipts of one submitted request once it is durable.
+pub type Pending = oneshot::Receiver<Result<Vec<Receipt>, LogError>>;
+
+impl AppendLog {
+    /// Starts the writer thread after [`recover`].
+    pub fn start(
+        dir: &Path,
+        recovery: Recovery,
+        options: LogOptions,
+        sink: Box<dyn CommitSink>,
+    ) -> Result<AppendLog, LogError> {
+        let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
+        let table: SegmentTable = Arc::new(RwLock::new(recovery.segments));
+        let writer = writer::Writer::open(dir, table.clone(), recovery.next_seq, options, sink)?;
+        std::thread::Builder::new()
+            .name("wharf-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::io(dir, e))?;
+        Ok(AppendLog { tx, table })
+    }
+
+    /// Queues entries for the next group commit. Awaiting this only waits for room in the
+    /// queue, so a caller can keep submission order and still pipeline many requests.
+    pub async fn submit(&self, entries: Vec<Entry>) -> Result<Pending, LogError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append(AppendRequest { entries, done }))
+            .await
+            .map_err(|_| LogError::Stopped("the broker is shutting down".into()))?;
+        Ok(rx)
+    }
+
+    /// Submits and waits until durable.
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, LogError> {
+        let pending = self.submit(entries).await?;
+        pending
+            .await
+            .map_err(|_| LogError::Stopped("the log writer is gone".into()))?
+    }
+
+    /// A cursor that reads events from `seq` on.
+    pub fn cursor(&self, seq: u64) -> EventCursor {
+        EventCursor::new(self.table.clone(), seq)
+    }
+
+    /// Lets everything already queued commit, then stops the writer.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Close(tx)).await.is_ok() {
+            let _closed = rx.await;
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Segment files: naming, listing, and the start-up scan that verifies every record.
+//!
+//! A segment is named by the first seq it may hold (`00000000000000000001.seg`). The scan is
+//! where damage is told apart: a record cut short at the very end of the last segment is a
+//! torn write that was never confirmed, so it is cut off; anything else that fails its
+//! checksum is damage to confirmed data, and the broker refuses to start rather than drop it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Header, Record, HEADER_LEN};
+use super::LogError;
+
+const SUFFIX: &str = ".seg";
+
+/// Every how many events the in-memory sparse index gets an entry.
+pub const INDEX_EVERY: u64 = 256;
+
+/// What readers need to know of one segment.
+#[derive(Debug, Clone)]
+pub struct SegmentMeta {
+    pub base: u64,
+    pub path: PathBuf,
+    /// Sparse `(seq, byte offset)` pairs, ascending.
+    pub index: Vec<(u64, u64)>,
+    /// Publish time of the first event in it, if it holds any.
+    pub first_time_ms: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Bytes known to be synced; readers never look past them.
+    pub synced_len: u64,
+}
+
+impl SegmentMeta {
+    pub fn new(base: u64, path: PathBuf) -> SegmentMeta {
+        SegmentMeta {
+            base,
+            path,
+            index: Vec::new(),
+            first_time_ms: None,
+            last_seq: None,
+            synced_len: 0,
+        }
+    }
+
+    /// Records an event at `offset`, keeping the index sparse.
+    pub fn note_event(&mut self, seq: u64, time_ms: u64, offset: u64) {
+        if self.first_time_ms.is_none() {
+            self.first_time_ms = Some(time_ms);
+        }
+        let due = match self.index.last() {
+            None => true,
+            Some(&(last, _)) => seq >= last + INDEX_EVERY,
+        };
+        if due {
+            self.index.push((seq, offset));
+        }
+        self.last_seq = Some(seq);
+    }
+
+    /// The byte offset from which to scan for `seq`.
+    pub fn offset_for(&self, seq: u64) -> u64 {
+        match self.index.partition_point(|&(s, _)| s <= seq) {
+            0 => 0,
+            i => self.index[i - 1].1,
+        }
+    }
+}
+
+pub fn file_name(base: u64) -> String {
+    format!("{base:020}{SUFFIX}")
+}
+
+/// The segment files in `dir`, ascending by base seq.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| LogError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(SUFFIX) else {
+            continue;
+        };
+        let base = stem.parse::<u64>().map_err(|_| LogError::Corrupt {
+            path: entry.path(),
+            offset: 0,
+            reason: "segment file name is not a seq".to_owned(),
+        })?;
+        out.push((base, entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// How a scanned segment ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScanEnd {
+    Clean,
+    /// Bytes from `offset` on are a torn write; `reason` says what was found.
+    TornTail {
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// Reads every record of one segment in order, calling `visit(record, start, end)`.
+/// Returns the length of the valid prefix and how the file ended. Damage that cannot be a
+/// torn tail (or any damage when `is_last` is false) is an error.
+pub fn scan(
+    path: &Path,
+    is_last: bool,
+    mut visit: impl FnMut(Record, u64, u64) -> Result<(), LogError>,
+) -> Result<(u64, ScanEnd), LogError> {
+    let file = File::open(path).map_err(|e| LogError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| LogError::io(path, e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut offset = 0u64;
+    let mut body = Vec::new();
+    let corrupt = |offset: u64, reason: String| LogError::Corrupt {
+        path: path.to_owned(),
+        offset,
+        reason,
+    };
+    loop {
+        let remaining = file_len - offset;
+        if remaining == 0 {
+            return Ok((offset, ScanEnd::Clean));
+        }
+        let torn = |reason: String| -> Result<(u64, ScanEnd), LogError> {
+            if is_last {
+                Ok((offset, ScanEnd::TornTail { offset, reason }))
+            } else {
+                Err(corrupt(offset, format!("{reason} (not the last segment)")))
+            }
+        };
+        if remaining < HEADER_LEN as u64 {
+            return torn(format!("{remaining} bytes, too short for a record header"));
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        reader
+            .read_exact(&mut hb)
+            .map_err(|e| LogError::io(path, e))?;
+        let header = Header::from_bytes(&hb);
+        if !header.is_valid() {
+            if all_zero(&hb) && rest_is_zero(&mut reader).map_err(|e| LogError::io(path, e))? {
+                return torn("zero-filled tail".to_owned());
+            }
+            return Err(corrupt(
+                offset,
+                "record header checksum mismatch".to_owned(),
+            ));
+        }
+        let end = offset + HEADER_LEN as u64 + header.len as u64;
+        if end > file_len {
+            return torn(format!(
+                "record of {} bytes runs past the end of the file",
+                header.len
+            ));
+        }
+        body.resize(header.len as usize, 0);
+        reader
+            .read_exact(&mut body)
+            .map_err(|e| LogError::io(path, e))?;
+        match record::decode_body(&header, &body) {
+            Ok(rec) => visit(rec, offset, end)?,
+            Err(reason) if end == file_len => return torn(reason),
+            Err(reason) => return Err(corrupt(offset, reason)),
+        }
+        offset = end;
+    }
+}
+
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+fn rest_is_zero(reader: &mut impl Read) -> io::Result<bool> {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if !all_zero(&buf[..n]) {
+            return Ok(false);
+        }
+    }
+}
+
+/// Cuts a torn tail off and makes the cut durable.
+pub fn truncate(path: &Path, len: u64) -> Result<(), LogError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| LogError::io(path, e))?;
+    file.set_len(len).map_err(|e| LogError::io(path, e))?;
+    file.sync_all().map_err(|e| LogError::io(path, e))
+}
+
+/// fsyncs a directory so that files created or removed in it survive power loss.
+pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io(dir, e))
+}

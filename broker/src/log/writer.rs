@@ -1,0 +1,299 @@
+//! The group-commit writer: one thread owns the active segment.
+//!
+//! It takes everything queued, assigns seqs, writes the batch with one `write_all`, makes it
+//! durable with one `fdatasync`, tells the [`CommitSink`], and only then completes every
+//! waiter. One sync serves the whole batch, so the more clients publish at once, the more
+//! each sync carries. If a write or a sync fails the writer stops accepting writes: after a
+//! failed fsync the kernel may have dropped the dirty pages, so nothing later could be
+//! trusted to sit on top of them (see the fsyncgate reports on PostgreSQL).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+
+use super::record::{self, Record};
+use super::segment::{self, SegmentMeta};
+use super::{
+    AppendRequest, Command, CommitSink, Entry, Floor, LogError, LogOptions, Position, Receipt,
+    SegmentTable,
+};
+
+/// At most this many bytes go into one write+sync.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+pub(super) struct Writer {
+    dir: PathBuf,
+    table: SegmentTable,
+    options: LogOptions,
+    sink: Box<dyn CommitSink>,
+    file: File,
+    active: SegmentMeta,
+    next_seq: u64,
+    buf: Vec<u8>,
+    stopped: Option<String>,
+}
+
+impl Writer {
+    pub(super) fn open(
+        dir: &Path,
+        table: SegmentTable,
+        next_seq: u64,
+        options: LogOptions,
+        sink: Box<dyn CommitSink>,
+    ) -> Result<Writer, LogError> {
+        let last = table
+            .read()
+            .map_err(|_| LogError::Stopped("segment table poisoned".into()))?
+            .last()
+            .cloned();
+        let (active, file) = match last {
+            Some(meta) => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&meta.path)
+                    .map_err(|e| LogError::io(&meta.path, e))?;
+                (meta, file)
+            }
+            None => {
+                let (meta, file) = create_segment(dir, next_seq)?;
+                push_segment(&table, meta.clone())?;
+                (meta, file)
+            }
+        };
+        Ok(Writer {
+            dir: dir.to_owned(),
+            table,
+            options,
+            sink,
+            file,
+            active,
+            next_seq,
+            buf: Vec::with_capacity(1 << 20),
+            stopped: None,
+        })
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::new();
+        while let Some(cmd) = rx.blocking_recv() {
+            let mut close = None;
+            let mut bytes = 0usize;
+            let mut next = Some(cmd);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append(req) => {
+                        bytes += req
+                            .entries
+                            .iter()
+                            .map(|e| match e {
+                                Entry::Event { payload, topic, .. } => payload.len() + topic.len(),
+                                _ => 64,
+                            })
+                            .sum::<usize>();
+                        batch.push(req);
+                    }
+                    Command::Close(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if bytes < MAX_BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut batch);
+            if let Some(done) = close {
+                self.stopped = Some("the broker is shutting down".into());
+                rx.close();
+                while let Ok(Command::Append(req)) = rx.try_recv() {
+                    let _gone = req.done.send(Err(self.stopped_error()));
+                }
+                let _gone = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn stopped_error(&self) -> LogError {
+        LogError::Stopped(self.stopped.clone().unwrap_or_default())
+    }
+
+    fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
+        if self.stopped.is_some() {
+            for req in batch.drain(..) {
+                let _gone = req.done.send(Err(self.stopped_error()));
+            }
+            return;
+        }
+        if let Err(e) = self.roll_if_full() {
+            self.stop(format!("cannot start a new segment: {e}"));
+            for req in batch.drain(..) {
+                let _gone = req.done.send(Err(e.clone()));
+            }
+            return;
+        }
+        self.buf.clear();
+        let base_len = self.active.synced_len;
+        let mut records = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut index_notes = Vec::new();
+        for req in batch.iter_mut() {
+            let mark = (
+                self.buf.len(),
+                records.len(),
+                self.next_seq,
+                index_notes.len(),
+            );
+            let mut receipts = Vec::with_capacity(req.entries.len());
+            let mut failed = None;
+            for entry in req.entries.drain(..) {
+                let (rec, receipt) = self.record_for(entry);
+                let offset = base_len + self.buf.len() as u64;
+                if let Err(e) = record::frame_into(&rec, &mut self.buf) {
+                    failed = Some(LogError::Encode(e.to_string()));
+                    break;
+                }
+                if let Record::Event(ev) = &rec {
+                    index_notes.push((ev.seq, ev.time_ms, offset));
+                }
+                records.push(rec);
+                receipts.push(receipt);
+            }
+            match failed {
+                None => results.push(Ok(receipts)),
+                Some(e) => {
+                    // Nothing of a request that cannot be encoded is written.
+                    self.buf.truncate(mark.0);
+                    records.truncate(mark.1);
+                    self.next_seq = mark.2;
+                    index_notes.truncate(mark.3);
+                    results.push(Err(e));
+                }
+            }
+        }
+        if !self.buf.is_empty() {
+            if let Err(e) = self.write_and_sync() {
+                self.stop(e.to_string());
+                for req in batch.drain(..) {
+                    let _gone = req.done.send(Err(e.clone()));
+                }
+                return;
+            }
+            for (seq, time_ms, offset) in index_notes {
+                self.active.note_event(seq, time_ms, offset);
+            }
+            self.active.synced_len = base_len + self.buf.len() as u64;
+            if let Ok(mut table) = self.table.write() {
+                if let Some(last) = table.last_mut() {
+                    *last = self.active.clone();
+                }
+            }
+            let end = Position {
+                segment: self.active.base,
+                offset: self.active.synced_len,
+            };
+            self.sink.committed(records, end);
+        }
+        for (req, result) in batch.drain(..).zip(results) {
+            let _gone = req.done.send(result);
+        }
+    }
+
+    fn record_for(&mut self, entry: Entry) -> (Record, Receipt) {
+        match entry {
+            Entry::Event {
+                topic,
+                payload,
+                time_ms,
+            } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                (
+                    Record::Event(record::Event {
+                        seq,
+                        time_ms,
+                        topic,
+                        payload,
+                    }),
+                    Receipt::Seq(seq),
+                )
+            }
+            Entry::ConsumerCreated {
+                name,
+                pattern,
+                start,
+            } => {
+                let floor = match start {
+                    Floor::At(floor) => floor,
+                    Floor::Head => self.next_seq - 1,
+                };
+                (
+                    Record::ConsumerCreated {
+                        name,
+                        pattern,
+                        floor,
+                    },
+                    Receipt::Floor(floor),
+                )
+            }
+            Entry::Acked {
+                consumer,
+                seqs,
+                floor,
+            } => (
+                Record::Acked {
+                    consumer,
+                    seqs,
+                    floor,
+                },
+                Receipt::Done,
+            ),
+        }
+    }
+
+    fn write_and_sync(&mut self) -> Result<(), LogError> {
+        let path = &self.active.path;
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| LogError::io(path, e))?;
+        self.file.sync_data().map_err(|e| LogError::io(path, e))
+    }
+
+    fn stop(&mut self, reason: String) {
+        tracing::error!(%reason, "log writer stopped; publishes and acks now fail until restart");
+        self.stopped = Some(reason);
+    }
+
+    fn roll_if_full(&mut self) -> Result<(), LogError> {
+        if self.active.synced_len < self.options.segment_bytes || self.active.last_seq.is_none() {
+            return Ok(());
+        }
+        let (meta, file) = create_segment(&self.dir, self.next_seq)?;
+        push_segment(&self.table, meta.clone())?;
+        self.active = meta;
+        self.file = file;
+        Ok(())
+    }
+}
+
+fn create_segment(dir: &Path, base: u64) -> Result<(SegmentMeta, File), LogError> {
+    let path = dir.join(segment::file_name(base));
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| LogError::io(&path, e))?;
+    segment::sync_dir(dir)?;
+    tracing::debug!(segment = %path.display(), "started a new segment");
+    Ok((SegmentMeta::new(base, path), file))
+}
+
+fn push_segment(table: &SegmentTable, meta: SegmentMeta) -> Result<(), LogError> {
+    table
+        .write()
+        .map_err(|_| LogError::Stopped("segment table poisoned".into()))?
+        .push(meta);
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The listener: accepts TCP connections, completes the WebSocket handshake on `/ws`, and
+//! runs one [`Session`] per connection until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::Config;
+use crate::session::Session;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+
+/// A handshake must complete within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, sessions get this long to send their last replies and close frames.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every session shares.
+pub struct Context {
+    pub config: Config,
+    pub store: Store,
+    next_session: AtomicU64,
+}
+
+impl Context {
+    pub fn new(config: Config, store: Store) -> Context {
+        Context {
+            config,
+            store,
+            next_session: AtomicU64::new(1),
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    sessions.spawn(connection(ctx.clone(), stream, peer, shutdown.clone()));
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(left = sessions.len(), "sessions did not close in time");
+        sessions.abort_all();
+    }
+}
+
+async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(ctx.config.max_frame_bytes.saturating_mul(2)))
+        .max_frame_size(Some(ctx.config.max_frame_bytes.saturating_mul(2)));
+    // The callback's signature is tungstenite's; its error type is large by design.
+    #[allow(clippy::result_large_err)]
+    let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() == wharf_protocol::WS_PATH {
+            Ok(resp)
+        } else {
+            let mut err = ErrorResponse::new(Some(format!(
+                "wharf serves WebSocket clients at {}\n",
+                wharf_protocol::WS_PATH
+            )));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            Err(err)
+        }
+    };
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config));
+    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, session = id, "connected");
+    Session::run(ctx, id, ws, shutdown).await;
+    tracing::debug!(%peer, session = id, "disconnected");
+}

@@ -1,0 +1,269 @@
+//! The sled state view: consumers, their acked state and delivery counts, and the log
+//! position the view reflects.
+//!
+//! sled is a view, never the only copy. Everything in it except delivery counts is derived
+//! from log records, and each commit's changes go into sled as one atomic batch together with
+//! the log position they bring the view up to. At start the view is replayed forward from that
+//! position; if sled cannot be opened or does not agree with the log, it is set aside and
+//! rebuilt from the log. Delivery counts are written straight to sled and flushed in the
+//! background, so after a crash they may trail by one flush interval; they never overcount.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::log::Position;
+
+const CONSUMER: u8 = b'c';
+const DELIVERY: u8 = b'd';
+const APPLIED_KEY: &[u8] = b"m\0applied";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("sled at {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("sled at {path}: stored value under {key:?} does not decode: {source}")]
+    Decode {
+        path: PathBuf,
+        key: String,
+        source: codec::CodecError,
+    },
+    #[error("cannot set aside {path}: {source}")]
+    SetAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What a durable consumer has acknowledged: every matching event at or below `floor`,
+/// plus the sparse set `acked` above it. Stays small however long the consumer lives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerState {
+    pub pattern: String,
+    pub floor: u64,
+    pub acked: BTreeSet<u64>,
+}
+
+impl ConsumerState {
+    pub fn new(pattern: String, floor: u64) -> ConsumerState {
+        ConsumerState {
+            pattern,
+            floor,
+            acked: BTreeSet::new(),
+        }
+    }
+
+    /// Applies one `Acked` record.
+    pub fn apply_ack(&mut self, seqs: &[u64], floor: u64) {
+        self.floor = self.floor.max(floor);
+        self.acked
+            .extend(seqs.iter().copied().filter(|&s| s > self.floor));
+        while self.acked.first() == Some(&(self.floor + 1)) {
+            self.acked.pop_first();
+            self.floor += 1;
+        }
+        let floor = self.floor;
+        self.acked.retain(|&s| s > floor);
+    }
+
+    pub fn is_acked(&self, seq: u64) -> bool {
+        seq <= self.floor || self.acked.contains(&seq)
+    }
+}
+
+/// A handle to the sled view; cheap to clone.
+#[derive(Clone)]
+pub struct StateView {
+    path: PathBuf,
+    db: sled::Db,
+}
+
+impl StateView {
+    /// Opens the view at `path`, creating it if absent.
+    pub fn open(path: &Path, flush_every: Duration) -> Result<StateView, StateError> {
+        let ms = u64::try_from(flush_every.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(ms))
+            .open()
+            .map_err(|source| StateError::Sled {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(StateView {
+            path: path.to_owned(),
+            db,
+        })
+    }
+
+    /// Moves a view that cannot be trusted out of the way, keeping it for inspection.
+    pub fn set_aside(path: &Path) -> Result<Option<PathBuf>, StateError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let stamp = wharf_protocol::now_ms();
+        let aside = path.with_file_name(format!("state.set-aside-{stamp}"));
+        std::fs::rename(path, &aside).map_err(|source| StateError::SetAside {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Some(aside))
+    }
+
+    fn sled_err(&self, source: sled::Error) -> StateError {
+        StateError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<T, StateError> {
+        codec::decode(value).map_err(|source| StateError::Decode {
+            path: self.path.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+
+    /// The log position the view reflects; `None` for a new view.
+    pub fn applied(&self) -> Result<Option<Position>, StateError> {
+        match self.db.get(APPLIED_KEY).map_err(|e| self.sled_err(e))? {
+            None => Ok(None),
+            Some(v) => self.decode(APPLIED_KEY, &v).map(Some),
+        }
+    }
+
+    pub fn consumers(&self) -> Result<HashMap<String, ConsumerState>, StateError> {
+        let mut out = HashMap::new();
+        for item in self.db.scan_prefix([CONSUMER, 0]) {
+            let (k, v) = item.map_err(|e| self.sled_err(e))?;
+            let name = String::from_utf8_lossy(&k[2..]).into_owned();
+            out.insert(name, self.decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Delivery counts per consumer, per seq.
+    pub fn deliveries(&self) -> Result<HashMap<String, BTreeMap<u64, u32>>, StateError> {
+        let mut out: HashMap<String, BTreeMap<u64, u32>> = HashMap::new();
+        for item in self.db.scan_prefix([DELIVERY, 0]) {
+            let (k, v) = item.map_err(|e| self.sled_err(e))?;
+            let Some((name, seq)) = split_delivery_key(&k) else {
+                continue;
+            };
+            let count: u32 = self.decode(&k, &v)?;
+            out.entry(name).or_default().insert(seq, count);
+        }
+        Ok(out)
+    }
+
+    /// Writes consumer states, drops delivery counts that are settled, and moves the applied
+    /// position, all in one atomic batch.
+    pub fn save<'a>(
+        &self,
+        consumers: impl IntoIterator<Item = (&'a str, &'a ConsumerState)>,
+        settled: impl IntoIterator<Item = (&'a str, u64)>,
+        applied: Position,
+    ) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for (name, state) in consumers {
+            batch.insert(consumer_key(name), self.encode(state)?);
+        }
+        for (name, seq) in settled {
+            batch.remove(delivery_key(name, seq));
+        }
+        batch.insert(APPLIED_KEY, self.encode(&applied)?);
+        self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
+    }
+
+    pub fn set_delivery(&self, consumer: &str, seq: u64, count: u32) -> Result<(), StateError> {
+        self.db
+            .insert(delivery_key(consumer, seq), self.encode(&count)?)
+            .map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush().map(|_| ()).map_err(|e| self.sled_err(e))
+    }
+
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, StateError> {
+        codec::encode(value).map_err(|source| StateError::Decode {
+            path: self.path.clone(),
+            key: "(encoding)".into(),
+            source,
+        })
+    }
+}
+
+fn consumer_key(name: &str) -> Vec<u8> {
+    let mut k = vec![CONSUMER, 0];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn delivery_key(name: &str, seq: u64) -> Vec<u8> {
+    let mut k = vec![DELIVERY, 0];
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_delivery_key(k: &[u8]) -> Option<(String, u64)> {
+    let rest = k.get(2..)?;
+    let split = rest.len().checked_sub(9)?;
+    let name = std::str::from_utf8(&rest[..split]).ok()?;
+    let seq = u64::from_be_bytes(rest[split + 1..].try_into().ok()?);
+    Some((name.to_owned(), seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acked_state_compacts_into_the_floor() {
+        let mut s = ConsumerState::new("a".into(), 0);
+        s.apply_ack(&[2, 3], 0);
+        assert_eq!((s.floor, s.acked.len()), (0, 2));
+        s.apply_ack(&[1], 0);
+        assert_eq!((s.floor, s.acked.len()), (3, 0));
+        s.apply_ack(&[9], 5);
+        assert_eq!(s.floor, 5);
+        assert!(s.is_acked(9) && s.is_acked(4) && !s.is_acked(6));
+    }
+
+    #[test]
+    fn view_round_trips_through_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let view = StateView::open(&path, Duration::from_millis(100)).unwrap();
+        assert_eq!(view.applied().unwrap(), None);
+        let mut s = ConsumerState::new("orders.>".into(), 0);
+        s.apply_ack(&[4], 2);
+        view.set_delivery("c-1", 4, 2).unwrap();
+        view.set_delivery("c-1", 5, 1).unwrap();
+        let pos = Position {
+            segment: 1,
+            offset: 99,
+        };
+        view.save([("c-1", &s)], [("c-1", 4)], pos).unwrap();
+        view.flush().unwrap();
+        drop(view);
+        let view = StateView::open(&path, Duration::from_millis(100)).unwrap();
+        assert_eq!(view.applied().unwrap(), Some(pos));
+        assert_eq!(view.consumers().unwrap()["c-1"], s);
+        let d = view.deliveries().unwrap();
+        assert_eq!(d["c-1"].iter().collect::<Vec<_>>(), vec![(&5, &1)]);
+    }
+}

@@ -1,0 +1,176 @@
+//! The client subcommands: they talk to a broker over the wire protocol only.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wharf_protocol::{Id, Pattern, Reply, Request, Start, Topic};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Publishes in flight at once when reading stdin.
+const PIPELINE: u64 = 1024;
+
+async fn connect(url: &str) -> anyhow::Result<(SplitSink<Ws, Message>, SplitStream<Ws>)> {
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| anyhow!("cannot connect to {url}: {e}"))?;
+    Ok(ws.split())
+}
+
+/// The next broker frame, skipping control frames.
+async fn next_reply(stream: &mut SplitStream<Ws>) -> anyhow::Result<Reply> {
+    loop {
+        match stream.next().await {
+            None => bail!("the broker closed the connection"),
+            Some(Err(e)) => return Err(e).context("connection to the broker failed"),
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(text.as_str())
+                    .with_context(|| format!("unexpected frame from the broker: {text}"))
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                bail!("the broker closed the connection: {reason}")
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn payload_of(text: &str) -> anyhow::Result<Box<RawValue>> {
+    let json = match serde_json::from_str::<Box<RawValue>>(text) {
+        Ok(raw) => return Ok(raw),
+        Err(_) => serde_json::to_string(text)?,
+    };
+    Ok(RawValue::from_string(json)?)
+}
+
+fn publish_frame(topic: &Topic, n: u64, text: &str) -> anyhow::Result<Message> {
+    let request = Request::Publish {
+        id: Some(Id::Uint(n)),
+        topic: topic.clone(),
+        payload: payload_of(text)?,
+    };
+    Ok(Message::text(request.to_json()))
+}
+
+pub async fn publish(url: &str, topic: &str, payload: Option<String>) -> anyhow::Result<()> {
+    let topic = Topic::parse(topic).map_err(|e| anyhow!("invalid topic: {e}"))?;
+    let (mut sink, mut stream) = connect(url).await?;
+    let mut stdout = std::io::stdout().lock();
+    if let Some(text) = payload {
+        sink.send(publish_frame(&topic, 1, &text)?).await?;
+        let seq = expect_published(next_reply(&mut stream).await?)?;
+        writeln!(stdout, "{seq}")?;
+        let _closed = sink.close().await;
+        return Ok(());
+    }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let (mut sent, mut confirmed, mut eof) = (0u64, 0u64, false);
+    while !eof || confirmed < sent {
+        tokio::select! {
+            line = lines.next_line(), if !eof && sent - confirmed < PIPELINE => {
+                match line.context("cannot read stdin")? {
+                    Some(line) if line.trim().is_empty() => {}
+                    Some(line) => {
+                        sent += 1;
+                        sink.feed(publish_frame(&topic, sent, &line)?).await?;
+                    }
+                    None => eof = true,
+                }
+                sink.flush().await?;
+            }
+            reply = next_reply(&mut stream), if confirmed < sent => {
+                let seq = expect_published(reply?)?;
+                confirmed += 1;
+                writeln!(stdout, "{seq}")?;
+            }
+        }
+    }
+    let _closed = sink.close().await;
+    Ok(())
+}
+
+fn expect_published(reply: Reply) -> anyhow::Result<u64> {
+    match reply {
+        Reply::Published { seq, .. } => Ok(seq),
+        Reply::Error { code, message, .. } => {
+            bail!("the broker refused the publish: {code}: {message}")
+        }
+        other => bail!("unexpected reply from the broker: {}", other.to_json()),
+    }
+}
+
+pub async fn subscribe(
+    url: &str,
+    pattern: &str,
+    consumer: Option<String>,
+    start: Option<Start>,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let pattern = Pattern::parse(pattern).map_err(|e| anyhow!("invalid pattern: {e}"))?;
+    let (mut sink, mut stream) = connect(url).await?;
+    let request = Request::Subscribe {
+        id: Some(Id::Str("subscribe".into())),
+        topic: pattern,
+        consumer: consumer.clone(),
+        start,
+    };
+    sink.send(Message::text(request.to_json())).await?;
+    match next_reply(&mut stream).await? {
+        Reply::Subscribed { .. } => {}
+        Reply::Error { code, message, .. } => {
+            bail!("the broker refused the subscription: {code}: {message}")
+        }
+        other => bail!("unexpected reply from the broker: {}", other.to_json()),
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = 0u64;
+    let mut unconfirmed = BTreeSet::new();
+    loop {
+        if count.is_some_and(|n| printed >= n) && unconfirmed.is_empty() {
+            break;
+        }
+        match next_reply(&mut stream).await? {
+            Reply::Event(ev) => {
+                if count.is_some_and(|n| printed >= n) {
+                    continue;
+                }
+                serde_json::to_writer(&mut stdout, &Reply::Event(ev.clone()))?;
+                writeln!(stdout)?;
+                stdout.flush()?;
+                printed += 1;
+                if let Some(name) = &consumer {
+                    let ack = Request::Ack {
+                        id: Some(Id::Uint(ev.seq)),
+                        consumer: name.clone(),
+                        seqs: vec![ev.seq],
+                    };
+                    sink.send(Message::text(ack.to_json())).await?;
+                    unconfirmed.insert(ev.seq);
+                }
+            }
+            Reply::Ok { id: Some(id) } => {
+                if let Some(seq) = id.as_u64() {
+                    unconfirmed.remove(&seq);
+                }
+            }
+            Reply::Error { code, message, .. } => {
+                bail!("the broker reported an error: {code}: {message}")
+            }
+            Reply::Unsubscribed { reason, .. } => {
+                bail!("the broker ended the subscription: {reason}")
+            }
+            _ => {}
+        }
+    }
+    let _closed = sink.close().await;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `wharf`: run a broker (`serve`), publish events (`publish`) and tail a topic (`subscribe`).
+//! The client commands speak only the wire protocol, like any other client.
+
+mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wharf_broker::{Broker, Config};
+use wharf_protocol::Start;
+
+const DEFAULT_URL: &str = "ws://127.0.0.1:7700/ws";
+
+#[derive(Parser)]
+#[command(
+    name = "wharf",
+    version,
+    about = "A durable message broker for WebSocket clients"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (reads ./config.toml when present; flags win).
+    Serve {
+        /// Config file to read instead of ./config.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:7700 (port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Directory for the log and the state view.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Publish PAYLOAD (JSON; other text is sent as a JSON string), or one event per stdin
+    /// line when PAYLOAD is absent. Prints the seq of each stored event.
+    Publish {
+        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
+        url: String,
+        topic: String,
+        payload: Option<String>,
+    },
+    /// Print each event matching PATTERN as one JSON line, acking it after printing.
+    Subscribe {
+        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
+        url: String,
+        pattern: String,
+        /// Durable consumer name: unacked events survive disconnects and restarts.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Where a new consumer starts: all, new, a seq, or an RFC 3339 time.
+        #[arg(long, value_parser = Start::parse)]
+        start: Option<Start>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve {
+                config,
+                listen,
+                data_dir,
+            } => serve(config, listen, data_dir).await,
+            Command::Publish {
+                url,
+                topic,
+                payload,
+            } => client::publish(&url, &topic, payload).await,
+            Command::Subscribe {
+                url,
+                pattern,
+                consumer,
+                start,
+                count,
+            } => client::subscribe(&url, &pattern, consumer, start, count).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    config_path: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(config_path.as_deref())?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    init_logging(&config.log_level)?;
+    let broker = Broker::open(config).await?;
+    broker.run(stop_signal()).await;
+    Ok(())
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(&env)
+            .map_err(|e| anyhow::anyhow!("RUST_LOG {env:?} is not a valid filter: {e}"))?,
+        _ => EnvFilter::try_new(level).map_err(|e| {
+            anyhow::anyhow!("config key `log_level`: {level:?} is not a valid filter: {e}")
+        })?,
+    };
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
+                let _interrupted = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _interrupted = tokio::signal::ctrl_c().await;
+    }
+}
