@@ -150,6 +150,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_config_matches_the_embedded_defaults() {
+        let text = include_str!("../../config.toml");
+        let documented = Config::parse(text).unwrap();
+        assert_eq!(
+            format!("{documented:?}"),
+            format!("{:?}", Config::default())
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = Config::parse("listne = \"127.0.0.1:1\"").unwrap_err();
         assert!(e.contains("listne"), "{e}");

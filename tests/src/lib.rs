@@ -1,0 +1,320 @@
+//! Harness for the end-to-end scenarios in `tests/tests/`: starts the real `wharf` binary on
+//! a temporary data dir and a free port, and talks to it over real WebSockets.
+//!
+//! Nothing here sleeps to wait: every wait is for a concrete event (a log line, a frame, a
+//! process exit) bounded by a short timeout, so a hang fails fast with a clear message.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The `wharf` binary of this workspace, built if it is missing.
+pub fn wharf_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>/wharf
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in target/<profile>/deps");
+        let bin = profile_dir.join(format!("wharf{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "wharf-cli", "--bin", "wharf"])
+                .status()
+                .expect("run cargo build for the wharf binary");
+            assert!(status.success(), "building the wharf binary failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A `wharf serve` process on a data dir it does not own (so it can be restarted on it).
+pub struct Broker {
+    child: Child,
+    pub url: String,
+    pub config_path: PathBuf,
+    stderr: Arc<Mutex<Vec<String>>>,
+    exited: Option<ExitStatus>,
+}
+
+/// Settings every test broker gets unless the test overrides them: fast heartbeats and a
+/// quick state flush keep the scenarios short.
+pub fn base_config(data_dir: &Path) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {:?}\nlog_level = \"info,wharf_broker=debug\"\nstate_flush_interval = \"50ms\"\n",
+        data_dir.display().to_string()
+    )
+}
+
+impl Broker {
+    /// Starts a broker on `data_dir` with the base config plus `extra` TOML lines.
+    pub fn start(data_dir: &Path, extra: &str) -> Broker {
+        Broker::try_start(data_dir, extra).unwrap_or_else(|(status, log)| {
+            panic!("wharf serve exited ({status}) before listening:\n{log}")
+        })
+    }
+
+    /// Like [`Broker::start`], but returns the exit status and stderr if it does not come up.
+    pub fn try_start(data_dir: &Path, extra: &str) -> Result<Broker, (ExitStatus, String)> {
+        let config_path = data_dir.with_extension("toml");
+        std::fs::write(&config_path, format!("{}{extra}\n", base_config(data_dir)))
+            .expect("write test config");
+        let mut child = Command::new(wharf_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wharf serve");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        // Sends the URL once the broker logs it, or None when stderr ends first.
+        let (url_tx, url_rx) = mpsc::channel::<Option<String>>();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("listening") {
+                        if let Some(url) =
+                            line.split_whitespace().find_map(|w| w.strip_prefix("url="))
+                        {
+                            let _ = url_tx.send(Some(url.to_owned()));
+                        }
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+                let _ = url_tx.send(None);
+            });
+        }
+        match url_rx.recv_timeout(WAIT) {
+            Ok(Some(url)) => Ok(Broker {
+                child,
+                url,
+                config_path,
+                stderr: lines,
+                exited: None,
+            }),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().expect("wait for wharf serve");
+                let log = lines.lock().unwrap().join("\n");
+                Err((status, log))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL wharf serve");
+        self.exited = Some(self.child.wait().expect("wait for killed broker"));
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        let exit = wait_child(&mut self.child, WAIT).expect("broker exits after SIGTERM");
+        self.exited = Some(exit);
+        exit
+    }
+
+    /// Everything the broker wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url).await
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for a child to exit, polling its status: std offers no wait with a timeout.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking JSON frames.
+pub struct Client {
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect to broker");
+        let (sink, stream) = ws.split();
+        Client { sink, stream }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_raw(Message::text(frame.to_string())).await;
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.sink.send(msg).await.expect("send frame");
+    }
+
+    /// The next text frame as JSON; panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        self.recv_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no frame within {WAIT:?}"))
+    }
+
+    /// The next text frame, or `None` if none arrives within `limit`.
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("broker sent JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    panic!("broker closed the connection: {frame:?}")
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended"),
+            }
+        }
+    }
+
+    /// Waits for the connection to be closed by the broker; returns the close frame.
+    pub async fn closed(&mut self) -> Option<(u16, String)> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("broker did not close the connection in time");
+            match msg {
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Sends a request and returns the first reply frame (events are not expected first).
+    pub async fn request(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        self.recv().await
+    }
+
+    pub async fn publish(&mut self, topic: &str, payload: Value) -> u64 {
+        let reply = self
+            .request(json!({"op":"publish","id":"p","topic":topic,"payload":payload}))
+            .await;
+        assert_eq!(reply["type"], "published", "publish failed: {reply}");
+        reply["seq"].as_u64().expect("seq")
+    }
+
+    pub async fn subscribe(&mut self, pattern: &str, consumer: Option<&str>) -> String {
+        let mut frame = json!({"op":"subscribe","id":"s","topic":pattern});
+        if let Some(c) = consumer {
+            frame["consumer"] = json!(c);
+        }
+        let reply = self.request(frame).await;
+        assert_eq!(reply["type"], "subscribed", "subscribe failed: {reply}");
+        reply["sub"].as_str().expect("sub id").to_owned()
+    }
+
+    /// Receives `n` event frames.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let frame = self.recv().await;
+            assert_eq!(frame["type"], "event", "expected an event, got {frame}");
+            out.push(frame);
+        }
+        out
+    }
+
+    /// Acks and waits for the broker to confirm the ack is durable.
+    pub async fn ack(&mut self, consumer: &str, seqs: &[u64]) {
+        let reply = self
+            .request(json!({"op":"ack","id":"a","consumer":consumer,"seqs":seqs}))
+            .await;
+        assert_eq!(reply["type"], "ok", "ack failed: {reply}");
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.sink.close().await;
+    }
+}
+
+/// The `seq` of each event frame.
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+/// The `delivery` of each event frame.
+pub fn deliveries(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["delivery"].as_u64().expect("delivery"))
+        .collect()
+}
+
+/// A fresh temporary directory holding a `data` dir path (not created).
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    (tmp, data)
+}
