@@ -21,7 +21,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// The `wharf` binary of this workspace, built if it is missing.
+/// The `wharf` binary of this workspace, built (or brought up to date) once per test run,
+/// so that `cargo test -p wharf-tests` never runs a stale binary.
 pub fn wharf_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -32,14 +33,17 @@ pub fn wharf_bin() -> PathBuf {
             .and_then(Path::parent)
             .expect("test executable lives in target/<profile>/deps");
         let bin = profile_dir.join(format!("wharf{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "wharf-cli", "--bin", "wharf"])
-                .status()
-                .expect("run cargo build for the wharf binary");
-            assert!(status.success(), "building the wharf binary failed");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "wharf-cli", "--bin", "wharf"]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
         }
+        let status = build
+            .status()
+            .expect("run cargo build for the wharf binary");
+        assert!(status.success(), "building the wharf binary failed");
+        assert!(bin.exists(), "no wharf binary at {}", bin.display());
         bin
     })
     .clone()

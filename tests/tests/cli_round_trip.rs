@@ -46,7 +46,16 @@ fn assert_one_line_error(out: &Output, needle: &str) {
 /// `wharf subscribe` with the durable consumer `cli`, for `count` events.
 fn tail(url: &str, count: &str) -> Vec<Value> {
     let out = wharf(
-        &["subscribe", "--url", url, "orders.>", "--consumer", "cli", "--count", count],
+        &[
+            "subscribe",
+            "--url",
+            url,
+            "orders.>",
+            "--consumer",
+            "cli",
+            "--count",
+            count,
+        ],
         None,
     );
     assert!(out.status.success(), "{out:?}");
@@ -76,24 +85,7 @@ fn publish_and_subscribe_round_trip() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(stdout_lines(&out), vec!["2", "3", "4"]);
 
-    let out = wharf(
-        &[
-            "subscribe",
-            "--url",
-            url,
-            "orders.>",
-            "--consumer",
-            "cli",
-            "--count",
-            "3",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{out:?}");
-    let events: Vec<Value> = stdout_lines(&out)
-        .iter()
-        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
-        .collect();
+    let events = tail(url, "3");
     assert_eq!(events.len(), 3);
     assert_eq!(events[0]["payload"]["id"], 1);
     assert_eq!(events[1]["payload"], "plain text");
@@ -101,23 +93,9 @@ fn publish_and_subscribe_round_trip() {
     assert!(events.iter().all(|e| e["type"] == "event"));
 
     // The three printed were acked; the consumer resumes with the fourth.
-    let out = wharf(
-        &[
-            "subscribe",
-            "--url",
-            url,
-            "orders.>",
-            "--consumer",
-            "cli",
-            "--count",
-            "1",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{out:?}");
-    let ev: Value = serde_json::from_str(&stdout_lines(&out)[0]).unwrap();
-    assert_eq!(ev["seq"], 4);
-    assert_eq!(ev["payload"], 42);
+    let events = tail(url, "1");
+    assert_eq!(events[0]["seq"], 4);
+    assert_eq!(events[0]["payload"], 42);
 
     // WHARF_URL is honoured.
     let out = Command::new(wharf_bin())

@@ -270,3 +270,6 @@ impl AppendLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@
 //! checksum is damage to confirmed data, and the broker refuses to start rather than drop it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::record::{self, Header, Record, HEADER_LEN};
@@ -105,8 +105,11 @@ pub enum ScanEnd {
 }
 
 /// Reads every record of one segment in order, calling `visit(record, start, end)`.
-/// Returns the length of the valid prefix and how the file ended. Damage that cannot be a
-/// torn tail (or any damage when `is_last` is false) is an error.
+/// Returns the length of the valid prefix and how the file ended.
+///
+/// A bad record in the last segment with no valid record anywhere after it is a torn tail:
+/// the unsynced end of the last write. A bad record followed by a valid one is damage to
+/// confirmed data, and so is any bad record in an older segment: both are errors.
 pub fn scan(
     path: &Path,
     is_last: bool,
@@ -117,25 +120,31 @@ pub fn scan(
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
     let mut body = Vec::new();
-    let corrupt = |offset: u64, reason: String| LogError::Corrupt {
-        path: path.to_owned(),
-        offset,
-        reason,
-    };
     loop {
         let remaining = file_len - offset;
         if remaining == 0 {
             return Ok((offset, ScanEnd::Clean));
         }
-        let torn = |reason: String| -> Result<(u64, ScanEnd), LogError> {
-            if is_last {
-                Ok((offset, ScanEnd::TornTail { offset, reason }))
-            } else {
-                Err(corrupt(offset, format!("{reason} (not the last segment)")))
+        let bad = |reason: String| -> Result<(u64, ScanEnd), LogError> {
+            let corrupt = |reason: String| LogError::Corrupt {
+                path: path.to_owned(),
+                offset,
+                reason,
+            };
+            if !is_last {
+                return Err(corrupt(format!(
+                    "{reason} (in a segment that is not the last)"
+                )));
+            }
+            match next_valid_record(path, offset + 1)? {
+                Some(at) => Err(corrupt(format!(
+                    "{reason}, and valid records follow at byte {at}"
+                ))),
+                None => Ok((offset, ScanEnd::TornTail { offset, reason })),
             }
         };
         if remaining < HEADER_LEN as u64 {
-            return torn(format!("{remaining} bytes, too short for a record header"));
+            return bad(format!("{remaining} bytes, too short for a record header"));
         }
         let mut hb = [0u8; HEADER_LEN];
         reader
@@ -143,17 +152,11 @@ pub fn scan(
             .map_err(|e| LogError::io(path, e))?;
         let header = Header::from_bytes(&hb);
         if !header.is_valid() {
-            if all_zero(&hb) && rest_is_zero(&mut reader).map_err(|e| LogError::io(path, e))? {
-                return torn("zero-filled tail".to_owned());
-            }
-            return Err(corrupt(
-                offset,
-                "record header checksum mismatch".to_owned(),
-            ));
+            return bad("record header checksum mismatch".to_owned());
         }
         let end = offset + HEADER_LEN as u64 + header.len as u64;
         if end > file_len {
-            return torn(format!(
+            return bad(format!(
                 "record of {} bytes runs past the end of the file",
                 header.len
             ));
@@ -164,28 +167,38 @@ pub fn scan(
             .map_err(|e| LogError::io(path, e))?;
         match record::decode_body(&header, &body) {
             Ok(rec) => visit(rec, offset, end)?,
-            Err(reason) if end == file_len => return torn(reason),
-            Err(reason) => return Err(corrupt(offset, reason)),
+            Err(reason) => return bad(reason),
         }
         offset = end;
     }
 }
 
-fn all_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
-}
-
-fn rest_is_zero(reader: &mut impl Read) -> io::Result<bool> {
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok(true);
+/// The offset of the first whole, valid record starting at or after `from`, if any.
+/// Only called on damage, so reading the rest of one segment is acceptable.
+fn next_valid_record(path: &Path, from: u64) -> Result<Option<u64>, LogError> {
+    let bytes = fs::read(path).map_err(|e| LogError::io(path, e))?;
+    let start = usize::try_from(from).unwrap_or(usize::MAX);
+    for at in start..bytes.len().saturating_sub(HEADER_LEN - 1) {
+        let Ok(hb) = <[u8; HEADER_LEN]>::try_from(&bytes[at..at + HEADER_LEN]) else {
+            break;
+        };
+        let header = Header::from_bytes(&hb);
+        if !header.is_valid() || all_zero(&hb) {
+            continue;
         }
-        if !all_zero(&buf[..n]) {
-            return Ok(false);
+        let body_start = at + HEADER_LEN;
+        let Some(body) = bytes.get(body_start..body_start + header.len as usize) else {
+            continue;
+        };
+        if record::decode_body(&header, body).is_ok() {
+            return Ok(Some(at as u64));
         }
     }
+    Ok(None)
+}
+
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
 }
 
 /// Cuts a torn tail off and makes the cut durable.
