@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
@@ -29,6 +29,9 @@ use crate::server::Context;
 use crate::shutdown::Shutdown;
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Subscription {
     Durable { consumer: Arc<Consumer> },
@@ -97,18 +100,28 @@ impl Session {
             last_seen: Instant::now(),
         };
         let close = session.serve(&mut stream, &mut shutdown).await;
-        session.detach_all();
-        // Replies to what was already confirmed still go out before the close frame.
+        // Replies to what was already confirmed still go out before the close frame; a
+        // subscription that completes now is not attached to a connection that is ending.
         while let Some(done) = session.pending.next().await {
-            if session.complete(done).await.is_err() {
-                break;
+            if let Completion::Reply(reply) = done {
+                if session.send(reply).await.is_err() {
+                    break;
+                }
             }
         }
+        session.detach_all();
         if let Some(frame) = close {
-            let _queued = session.outbound.send(Message::Close(Some(frame))).await;
+            // A client that stopped reading has a full queue: never wait on it.
+            let _best_effort = session.outbound.try_send(Message::Close(Some(frame)));
         }
         drop(session);
-        let _finished = writer.await;
+        let mut writer = writer;
+        if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     }
 
     /// The read loop; returns the close frame to send, if any.
@@ -159,7 +172,10 @@ impl Session {
                         tracing::info!(session = self.id, "no answer to heartbeat; dropping the connection");
                         return Some(close_frame(CloseCode::Policy, "heartbeat timeout"));
                     }
-                    if self.outbound.send(Message::Ping(Default::default())).await.is_err() {
+                    // A full queue means the client is not reading; the timeout above ends it.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                        self.outbound.try_send(Message::Ping(Default::default()))
+                    {
                         return None;
                     }
                 }
