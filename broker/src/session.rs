@@ -286,9 +286,13 @@ impl Session {
                 .push_back(async move { Completion::Attach { id, sub, consumer } }.boxed());
             return Ok(());
         }
+        // The floor of "all" and of a seq is fixed now; only "new" depends on what the log
+        // holds when the record is written, so the writer resolves it.
         let floor = match start.unwrap_or(Start::All) {
             Start::New => Floor::Head,
-            other => match self.resolve_start(other).await {
+            Start::All => Floor::At(0),
+            Start::Seq(seq) => Floor::At(seq.saturating_sub(1)),
+            time => match self.resolve_start(time).await {
                 Ok(first) if first > self.ctx.store.feed.head() => Floor::Head,
                 Ok(first) => Floor::At(first - 1),
                 Err(e) => return self.send(internal(id, e)).await,

@@ -322,3 +322,11 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let data = tmp.path().join("data");
     (tmp, data)
 }
+
+/// A seed for randomized tests, printed by them so a failure can be replayed.
+pub fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(42)
+}
