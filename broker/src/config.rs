@@ -24,8 +24,18 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Largest text frame accepted; larger ones get a `too_large` error.
     pub max_frame_bytes: usize,
-    /// Unacked deliveries a durable consumer may have outstanding.
+    /// Unacked deliveries one durable subscription may have outstanding (per-subscription
+    /// `max_in_flight` overrides it).
     pub max_in_flight: usize,
+    /// A delivery not acked within this is delivered again (per-subscription `ack_wait_ms`).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// After this many deliveries an event goes to `dead.<consumer>`; 0 = never
+    /// (per-subscription `max_deliver`).
+    pub max_deliver: u32,
+    /// A publish repeating a `msg_id` seen within this window is not stored again.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
     /// Frames queued to one connection before its delivery waits.
     pub outbound_queue: usize,
     /// A new log segment is started past this size.
@@ -47,6 +57,9 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(20),
             max_frame_bytes: 1 << 20,
             max_in_flight: 1000,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 0,
+            dedup_window: Duration::from_secs(120),
             outbound_queue: 1024,
             segment_bytes: 64 << 20,
             state_flush_interval: Duration::from_millis(500),
@@ -109,6 +122,7 @@ impl Config {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_in_flight", self.max_in_flight as u64),
+            ("ack_wait", self.ack_wait.as_millis() as u64),
             ("outbound_queue", self.outbound_queue as u64),
             ("segment_bytes", self.segment_bytes),
             (

@@ -1,193 +1,550 @@
-//! Durable consumers in memory: their acked state (mirrored in sled) and, while one is
-//! attached, what its connection has in flight.
+//! Durable consumers in memory: acked state (mirrored in sled), who is attached, and what is
+//! in flight.
 //!
-//! The in-memory state is changed only from two places: the commit sink, when an `Acked` or
-//! `ConsumerCreated` record is durable, and the delivery task, when it hands an event out.
-//! That keeps "acked" meaning "acked on disk".
+//! Every delivered-but-unsettled event is held under a *lease*: which attachment holds it and
+//! when its ack wait runs out. An attachment's delivery task walks the log from the floor and
+//! asks [`Consumer::step`] about each event; redeliveries (ack wait expired, nack) come from
+//! [`Consumer::next_due`]. In shared mode several attachments walk the log at once and the
+//! leases decide who gets what: the first with room claims an event, the others skip it.
+//! When a shared attachment leaves, its leases become *orphans* that the others take at once.
+//!
+//! The state is changed only through [`Consumers::apply`] (a durable log record: create, ack,
+//! seek, delete) and by the delivery tasks (leases). That keeps "acked" meaning "acked on disk".
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use wharf_protocol::Pattern;
+use wharf_protocol::{Mode, Pattern};
 
 use crate::delivery::Outbound;
+use crate::log::{Record, Settle};
 use crate::state::ConsumerState;
 
-/// Which connection holds a consumer, and what it has been given and not yet acked.
+/// A subscription's settings, with the broker's defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub ack_wait: Duration,
+    pub max_in_flight: usize,
+    /// 0 means unlimited.
+    pub max_deliver: u32,
+}
+
+/// One connection's hold on a consumer.
 pub struct Attachment {
+    pub generation: u64,
     pub session: u64,
     pub sub: Arc<str>,
     pub outbound: Outbound,
-    generation: u64,
+    pub options: Options,
+    /// Wakes this attachment's delivery task (room, redelivery, seek).
+    pub kick: Arc<Notify>,
     task: Option<AbortHandle>,
-    /// Delivered to this attachment, not acked yet.
-    pending: BTreeSet<u64>,
-    /// Every seq at or below this has been looked at by this attachment's delivery task.
+    /// Every seq at or below this has been looked at by this attachment's task.
     read_upto: u64,
+    held: usize,
+    timers: BTreeSet<(Instant, u64)>,
+}
+
+struct Lease {
+    holder: u64,
+    deadline: Instant,
 }
 
 struct Inner {
     state: ConsumerState,
     deliveries: BTreeMap<u64, u32>,
-    attachment: Option<Attachment>,
+    leases: BTreeMap<u64, Lease>,
+    orphans: BTreeSet<u64>,
+    attachments: Vec<Attachment>,
+    mode: Mode,
+    /// Bumped by a seek: delivery tasks restart from the new floor.
+    epoch: u64,
     next_generation: u64,
+}
+
+impl Inner {
+    fn attachment(&mut self, generation: u64) -> Option<&mut Attachment> {
+        self.attachments
+            .iter_mut()
+            .find(|a| a.generation == generation)
+    }
+
+    fn release(&mut self, seq: u64) {
+        self.orphans.remove(&seq);
+        if let Some(lease) = self.leases.remove(&seq) {
+            if let Some(a) = self.attachment(lease.holder) {
+                a.held = a.held.saturating_sub(1);
+                a.kick.notify_one();
+            }
+        }
+    }
 }
 
 pub struct Consumer {
     pub name: String,
-    pub pattern: Pattern,
+    pub patterns: Vec<Pattern>,
     inner: Mutex<Inner>,
-    /// Woken when acks make room under `max_in_flight`.
-    pub room: Notify,
 }
 
-/// What the delivery task should do with one event.
+/// What a delivery task should do with one event.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Not for this consumer (other topic, or already acked).
+    /// Not for this attachment: other topic, settled, or held by another.
     Skip,
     /// Deliver it; this is its delivery number.
     Deliver(u32),
-    /// The attachment this task served is gone.
+    /// It was delivered `max_deliver` times (this many): move it to the dead-letter topic.
+    DeadLetter(u32),
+    /// `max_in_flight` reached: wait for a kick and ask again.
+    NoRoom,
+    /// The attachment is gone.
     Detached,
+    /// A seek moved the consumer: start over from the floor.
+    Restart,
+}
+
+/// A snapshot for `consumer_info`.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub patterns: Vec<String>,
+    pub mode: Mode,
+    pub ack_floor: u64,
+    pub acked_above_floor: usize,
+    pub ack_pending: usize,
+    pub redelivered: usize,
+    pub terminated: u64,
+    pub dead_lettered: u64,
+    pub attached: usize,
+}
+
+/// Why an attach was refused.
+#[derive(Debug)]
+pub struct ModeConflict(pub Mode);
+
+/// What a delivery task needs to know when it starts.
+pub struct Attached {
+    pub generation: u64,
+    pub epoch: u64,
+    pub kick: Arc<Notify>,
+    /// Attachments this one took over (exclusive mode).
+    pub replaced: Vec<Attachment>,
 }
 
 impl Consumer {
+    fn new(
+        name: &str,
+        patterns: Vec<Pattern>,
+        state: ConsumerState,
+        deliveries: BTreeMap<u64, u32>,
+    ) -> Consumer {
+        Consumer {
+            name: name.to_owned(),
+            patterns,
+            inner: Mutex::new(Inner {
+                state,
+                deliveries,
+                leases: BTreeMap::new(),
+                orphans: BTreeSet::new(),
+                attachments: Vec::new(),
+                mode: Mode::Exclusive,
+                epoch: 0,
+                next_generation: 0,
+            }),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock would be a bug in this file; keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn floor(&self) -> u64 {
-        self.lock().state.floor
+    pub fn matches(&self, topic: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(topic))
+    }
+
+    /// Whether `patterns` name the same set as this consumer's.
+    pub fn same_patterns(&self, patterns: &[Pattern]) -> bool {
+        patterns.len() == self.patterns.len() && patterns.iter().all(|p| self.patterns.contains(p))
     }
 
     pub fn state(&self) -> ConsumerState {
         self.lock().state.clone()
     }
 
-    /// Attaches a connection, returning the one it replaces (takeover).
+    /// Where a delivery task of this epoch starts reading.
+    pub fn start(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (inner.epoch, inner.state.floor + 1)
+    }
+
     pub fn attach(
         &self,
         session: u64,
         sub: Arc<str>,
         outbound: Outbound,
-    ) -> (u64, Option<Attachment>) {
+        mode: Mode,
+        options: Options,
+    ) -> Result<Attached, ModeConflict> {
         let mut inner = self.lock();
+        let replaced = match (mode, inner.mode, inner.attachments.is_empty()) {
+            (Mode::Shared, Mode::Exclusive, false) => return Err(ModeConflict(Mode::Exclusive)),
+            (Mode::Exclusive, Mode::Shared, false) => return Err(ModeConflict(Mode::Shared)),
+            (Mode::Shared, _, _) => Vec::new(),
+            (Mode::Exclusive, _, _) => {
+                // Takeover: everything unsettled is delivered again, in seq order, by the
+                // new holder's walk from the floor.
+                inner.leases.clear();
+                inner.orphans.clear();
+                let old: Vec<Attachment> = inner.attachments.drain(..).collect();
+                for a in &old {
+                    if let Some(task) = &a.task {
+                        task.abort();
+                    }
+                }
+                old
+            }
+        };
+        inner.mode = mode;
         inner.next_generation += 1;
         let generation = inner.next_generation;
+        let kick = Arc::new(Notify::new());
         let floor = inner.state.floor;
-        let old = inner.attachment.replace(Attachment {
+        inner.attachments.push(Attachment {
+            generation,
             session,
             sub,
             outbound,
-            generation,
+            options,
+            kick: kick.clone(),
             task: None,
-            pending: BTreeSet::new(),
             read_upto: floor,
+            held: 0,
+            timers: BTreeSet::new(),
         });
-        if let Some(old) = &old {
-            if let Some(task) = &old.task {
-                task.abort();
-            }
-        }
-        self.room.notify_waiters();
-        (generation, old)
+        Ok(Attached {
+            generation,
+            epoch: inner.epoch,
+            kick,
+            replaced,
+        })
     }
 
     pub fn set_task(&self, generation: u64, task: AbortHandle) {
         let mut inner = self.lock();
-        match &mut inner.attachment {
-            Some(a) if a.generation == generation => a.task = Some(task),
-            _ => task.abort(),
+        match inner.attachment(generation) {
+            Some(a) => a.task = Some(task),
+            None => task.abort(),
         }
     }
 
-    /// Detaches if `(session, sub)` still holds the consumer. Unacked events stay unacked and
-    /// are delivered again at the next attach.
+    /// Detaches `(session, sub)` if it still holds the consumer. What it held goes to the
+    /// other shared attachments at once, or waits for the next attach.
     pub fn detach(&self, session: u64, sub: &str) -> bool {
         let mut inner = self.lock();
-        let ours = matches!(&inner.attachment, Some(a) if a.session == session && &*a.sub == sub);
-        if ours {
-            if let Some(a) = inner.attachment.take() {
-                if let Some(task) = a.task {
-                    task.abort();
-                }
+        let Some(i) = inner
+            .attachments
+            .iter()
+            .position(|a| a.session == session && &*a.sub == sub)
+        else {
+            return false;
+        };
+        let gone = inner.attachments.remove(i);
+        if let Some(task) = &gone.task {
+            task.abort();
+        }
+        if inner.attachments.is_empty() {
+            inner.leases.clear();
+            inner.orphans.clear();
+        } else {
+            let held: Vec<u64> = inner
+                .leases
+                .iter()
+                .filter(|(_, l)| l.holder == gone.generation)
+                .map(|(&s, _)| s)
+                .collect();
+            for seq in held {
+                inner.leases.remove(&seq);
+                inner.orphans.insert(seq);
+            }
+            for a in &inner.attachments {
+                a.kick.notify_one();
             }
         }
-        ours
+        true
     }
 
-    pub fn in_flight(&self, generation: u64) -> Option<usize> {
-        match &self.lock().attachment {
-            Some(a) if a.generation == generation => Some(a.pending.len()),
-            _ => None,
-        }
-    }
-
-    /// Decides about one event read at `seq` by the delivery task of `generation`.
-    pub fn step(&self, generation: u64, seq: u64, topic: &str) -> Step {
+    /// Removes every attachment (the consumer is being deleted).
+    fn detach_everyone(&self) -> Vec<Attachment> {
         let mut inner = self.lock();
-        let inner = &mut *inner;
+        inner.leases.clear();
+        inner.orphans.clear();
+        let gone: Vec<Attachment> = inner.attachments.drain(..).collect();
+        for a in &gone {
+            if let Some(task) = &a.task {
+                task.abort();
+            }
+        }
+        gone
+    }
+
+    /// Decides about the event at `seq`, read by the walk of attachment `generation`.
+    pub fn step(&self, generation: u64, epoch: u64, seq: u64, topic: &str, now: Instant) -> Step {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.epoch != epoch {
+            return Step::Restart;
+        }
         let Some(a) = inner
-            .attachment
-            .as_mut()
-            .filter(|a| a.generation == generation)
+            .attachments
+            .iter_mut()
+            .find(|a| a.generation == generation)
         else {
             return Step::Detached;
         };
-        a.read_upto = a.read_upto.max(seq);
-        if inner.state.is_acked(seq) || !self.pattern.matches(topic) {
+        if inner.state.is_acked(seq) || !self.patterns.iter().any(|p| p.matches(topic)) {
+            a.read_upto = a.read_upto.max(seq);
             return Step::Skip;
         }
-        a.pending.insert(seq);
-        let count = inner.deliveries.entry(seq).or_insert(0);
-        *count = count.saturating_add(1);
-        Step::Deliver(*count)
+        if inner.leases.contains_key(&seq) {
+            a.read_upto = a.read_upto.max(seq);
+            return Step::Skip;
+        }
+        if a.held >= a.options.max_in_flight {
+            return Step::NoRoom;
+        }
+        a.read_upto = a.read_upto.max(seq);
+        inner.orphans.remove(&seq);
+        Self::lease(inner, generation, seq, now)
     }
 
-    /// The floor an ack of `seqs` may carry: every matching event at or below it is acked
-    /// once these are (or was never for this consumer).
-    pub fn floor_for_ack(&self, seqs: &[u64]) -> u64 {
-        let inner = self.lock();
-        let Some(a) = &inner.attachment else {
-            return inner.state.floor;
+    /// Leases `seq` to `generation` and counts the delivery (or says it is dead).
+    fn lease(inner: &mut Inner, generation: u64, seq: u64, now: Instant) -> Step {
+        let so_far = inner.deliveries.get(&seq).copied().unwrap_or(0);
+        let Some(a) = inner
+            .attachments
+            .iter_mut()
+            .find(|a| a.generation == generation)
+        else {
+            return Step::Detached;
         };
-        let first_open = a.pending.iter().find(|s| !seqs.contains(s)).copied();
-        let covered = match first_open {
-            Some(s) => s - 1,
-            None => a.read_upto,
+        let dead = a.options.max_deliver > 0 && so_far >= a.options.max_deliver;
+        // A dead letter stays leased until its move is durable, so nobody delivers it again.
+        let wait = if dead {
+            Duration::from_secs(86_400)
+        } else {
+            a.options.ack_wait
         };
-        covered.max(inner.state.floor)
+        let deadline = now + wait;
+        let previous = inner.leases.insert(
+            seq,
+            Lease {
+                holder: generation,
+                deadline,
+            },
+        );
+        if previous.map(|l| l.holder) != Some(generation) {
+            a.held += 1;
+        }
+        a.timers.insert((deadline, seq));
+        if dead {
+            return Step::DeadLetter(so_far);
+        }
+        let count = so_far.saturating_add(1);
+        inner.deliveries.insert(seq, count);
+        Step::Deliver(count)
     }
 
-    /// Applies a durable `Acked` record; returns the seqs whose delivery counts are settled.
-    pub fn apply_ack(&self, seqs: &[u64], floor: u64) -> Vec<u64> {
-        let settled = self.settle(seqs, floor);
-        self.room.notify_waiters();
-        settled
-    }
-
-    fn settle(&self, seqs: &[u64], floor: u64) -> Vec<u64> {
+    /// A seq this attachment should deliver again now: its ack wait ran out or it was
+    /// nacked, or (shared mode) another attachment left it behind.
+    pub fn next_due(&self, generation: u64, now: Instant) -> Option<u64> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        inner.state.apply_ack(seqs, floor);
-        let state = &inner.state;
-        if let Some(a) = &mut inner.attachment {
-            a.pending.retain(|&s| !state.is_acked(s));
+        let a = inner
+            .attachments
+            .iter_mut()
+            .find(|a| a.generation == generation)?;
+        while let Some(&(deadline, seq)) = a.timers.first() {
+            if deadline > now {
+                break;
+            }
+            a.timers.pop_first();
+            if inner
+                .leases
+                .get(&seq)
+                .is_some_and(|l| l.holder == generation && l.deadline == deadline)
+            {
+                return Some(seq);
+            }
         }
+        if a.held < a.options.max_in_flight {
+            return inner.orphans.first().copied();
+        }
+        None
+    }
+
+    /// Claims a due seq for delivery (see [`Consumer::next_due`]).
+    pub fn redeliver(&self, generation: u64, epoch: u64, seq: u64, now: Instant) -> Step {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.epoch != epoch {
+            return Step::Restart;
+        }
+        if inner.state.is_acked(seq) {
+            inner.release(seq);
+            return Step::Skip;
+        }
+        let ours = match inner.leases.get(&seq) {
+            Some(l) => l.holder == generation,
+            None => inner.orphans.remove(&seq),
+        };
+        if !ours {
+            return Step::Skip;
+        }
+        Self::lease(inner, generation, seq, now)
+    }
+
+    /// When the next timer of this attachment runs out.
+    pub fn next_deadline(&self, generation: u64) -> Option<Instant> {
+        let mut inner = self.lock();
+        inner
+            .attachment(generation)?
+            .timers
+            .first()
+            .map(|&(d, _)| d)
+    }
+
+    /// The event at `seq` could not be read: give its lease up.
+    pub fn drop_lease(&self, seq: u64) {
+        self.lock().release(seq);
+    }
+
+    /// The floor an ack of `seqs` may carry: every matching event at or below it is settled
+    /// once these are, or was never for this consumer.
+    pub fn floor_for_settle(&self, seqs: &[u64]) -> u64 {
+        let inner = self.lock();
+        let floor = inner.state.floor;
+        let Some(covered) = inner.attachments.iter().map(|a| a.read_upto).max() else {
+            return floor;
+        };
+        let open = inner
+            .leases
+            .keys()
+            .chain(inner.orphans.iter())
+            .filter(|s| !seqs.contains(s))
+            .min()
+            .copied();
+        let limit = match open {
+            Some(s) => covered.min(s - 1),
+            None => covered,
+        };
+        limit.max(floor)
+    }
+
+    /// Restarts the ack wait (`delay` None: the holder's ack wait) of leased seqs.
+    /// Returns the first seq that is not in flight, if any (nothing is changed then).
+    pub fn touch(&self, seqs: &[u64], delay: Option<Duration>, now: Instant) -> Result<(), u64> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some(&missing) = seqs.iter().find(|s| !inner.leases.contains_key(s)) {
+            return Err(missing);
+        }
+        for &seq in seqs {
+            let Some(lease) = inner.leases.get_mut(&seq) else {
+                continue;
+            };
+            let Some(a) = inner
+                .attachments
+                .iter_mut()
+                .find(|a| a.generation == lease.holder)
+            else {
+                continue;
+            };
+            lease.deadline = now + delay.unwrap_or(a.options.ack_wait);
+            a.timers.insert((lease.deadline, seq));
+            a.kick.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn info(&self) -> Info {
+        let inner = self.lock();
+        Info {
+            patterns: inner.state.patterns.clone(),
+            mode: inner.mode,
+            ack_floor: inner.state.floor,
+            acked_above_floor: inner.state.acked.len(),
+            ack_pending: inner.leases.len() + inner.orphans.len(),
+            redelivered: inner.deliveries.values().filter(|&&c| c > 1).count(),
+            terminated: inner.state.terminated,
+            dead_lettered: inner.state.dead_lettered,
+            attached: inner.attachments.len(),
+        }
+    }
+
+    fn apply_settle(&self, seqs: &[u64], floor: u64, kind: Settle) -> Vec<u64> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.state.apply_settle(seqs, floor, kind);
         let settled: Vec<u64> = inner
             .deliveries
             .keys()
             .copied()
-            .filter(|&s| state.is_acked(s))
+            .filter(|&s| inner.state.is_acked(s))
             .collect();
         for s in &settled {
             inner.deliveries.remove(s);
         }
+        let leased: Vec<u64> = inner
+            .leases
+            .keys()
+            .chain(inner.orphans.iter())
+            .copied()
+            .filter(|&s| inner.state.is_acked(s))
+            .collect();
+        for s in leased {
+            inner.release(s);
+        }
         settled
     }
+
+    fn apply_seek(&self, floor: u64) -> Vec<u64> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.state.seek(floor);
+        inner.leases.clear();
+        inner.orphans.clear();
+        let reset: Vec<u64> = inner
+            .deliveries
+            .keys()
+            .copied()
+            .filter(|&s| s > floor)
+            .collect();
+        inner.deliveries.retain(|&s, _| s <= floor);
+        inner.epoch += 1;
+        for a in &mut inner.attachments {
+            a.held = 0;
+            a.timers.clear();
+            a.read_upto = floor;
+            a.kick.notify_one();
+        }
+        reset
+    }
+}
+
+/// What applying one record changed, for the sled view.
+#[derive(Default)]
+pub struct Changes {
+    /// Consumers whose state must be saved.
+    pub saved: Vec<String>,
+    /// Consumers to remove from sled.
+    pub deleted: Vec<String>,
+    /// Delivery counts that no longer matter.
+    pub settled: Vec<(String, u64)>,
+    /// Attachments of deleted consumers, to be told.
+    pub evicted: Vec<Attachment>,
 }
 
 /// All durable consumers by name.
@@ -205,15 +562,16 @@ impl Consumers {
         self.lock().get(name).cloned()
     }
 
-    /// Adds a consumer unless one of that name exists (the first creation wins).
-    /// Returns whether it was added.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Adds a consumer loaded from the view, unless one of that name exists.
     pub fn insert(&self, name: &str, state: ConsumerState, deliveries: BTreeMap<u64, u32>) -> bool {
-        let Ok(pattern) = Pattern::parse(&state.pattern) else {
-            tracing::error!(
-                consumer = name,
-                pattern = state.pattern,
-                "stored pattern is invalid; consumer skipped"
-            );
+        let patterns: Result<Vec<Pattern>, _> =
+            state.patterns.iter().map(|p| Pattern::parse(p)).collect();
+        let Ok(patterns) = patterns else {
+            tracing::error!(consumer = name, patterns = ?state.patterns, "stored pattern is invalid; consumer skipped");
             return false;
         };
         let mut map = self.lock();
@@ -222,19 +580,54 @@ impl Consumers {
         }
         map.insert(
             name.to_owned(),
-            Arc::new(Consumer {
-                name: name.to_owned(),
-                pattern,
-                inner: Mutex::new(Inner {
-                    state,
-                    deliveries,
-                    attachment: None,
-                    next_generation: 0,
-                }),
-                room: Notify::new(),
-            }),
+            Arc::new(Consumer::new(name, patterns, state, deliveries)),
         );
         true
+    }
+
+    /// Applies one durable record. The same code runs at start-up replay and after each
+    /// commit, so memory, sled and the log cannot drift apart.
+    pub fn apply(&self, record: &Record, changes: &mut Changes) {
+        match record {
+            Record::Events(_) => {}
+            Record::ConsumerCreated {
+                name,
+                patterns,
+                floor,
+            } => {
+                let state = ConsumerState::new(patterns.clone(), *floor);
+                if self.insert(name, state, BTreeMap::new()) {
+                    changes.saved.push(name.clone());
+                }
+            }
+            Record::Acked {
+                consumer,
+                seqs,
+                floor,
+                kind,
+            } => {
+                if let Some(c) = self.get(consumer) {
+                    for seq in c.apply_settle(seqs, *floor, *kind) {
+                        changes.settled.push((consumer.clone(), seq));
+                    }
+                    changes.saved.push(consumer.clone());
+                }
+            }
+            Record::ConsumerSeek { name, floor } => {
+                if let Some(c) = self.get(name) {
+                    for seq in c.apply_seek(*floor) {
+                        changes.settled.push((name.clone(), seq));
+                    }
+                    changes.saved.push(name.clone());
+                }
+            }
+            Record::ConsumerDeleted { name } => {
+                if let Some(c) = self.lock().remove(name) {
+                    changes.evicted.extend(c.detach_everyone());
+                    changes.deleted.push(name.clone());
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

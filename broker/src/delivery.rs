@@ -11,14 +11,17 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_tungstenite::tungstenite::Message;
-use wharf_protocol::{format_time_ms, EventFrame, Pattern};
+use wharf_protocol::{format_time_ms, now_ms, DeadLetter, EventFrame, Pattern, Reply, Topic};
 
-use crate::consumers::{Consumer, Consumers, Step};
-use crate::log::{AppendLog, CommitSink, Event, EventCursor, LogError, Position, Record};
-use crate::state::StateView;
+use crate::consumers::{Changes, Consumer, Consumers, Step};
+use crate::log::{
+    AppendLog, CommitSink, Entry, Event, EventCursor, LogError, NewEvent, Position, Record, Settle,
+};
+use crate::state::{ConsumerState, StateView};
 
 /// A connection's bounded outbound queue.
 pub type Outbound = mpsc::Sender<Message>;
@@ -99,6 +102,8 @@ pub struct EventSource {
     log: AppendLog,
     next: u64,
     disk: Option<EventCursor>,
+    /// A second cursor for random access (redeliveries), so the walk keeps its place.
+    refetch: Option<EventCursor>,
     head: watch::Receiver<u64>,
 }
 
@@ -110,8 +115,38 @@ impl EventSource {
             log,
             next: from.max(1),
             disk: None,
+            refetch: None,
             head,
         }
+    }
+
+    /// Moves the walk to `from`.
+    pub fn reset(&mut self, from: u64) {
+        self.next = from.max(1);
+        self.disk = None;
+    }
+
+    /// The event at `seq`, if it is stored.
+    pub async fn fetch(&mut self, seq: u64) -> Result<Option<Arc<Event>>, LogError> {
+        let head = self.feed.head();
+        if seq > head {
+            return Ok(None);
+        }
+        if let Some(mut hit) = self.feed.cached(seq, seq, 1) {
+            return Ok(hit.pop().filter(|ev| ev.seq == seq));
+        }
+        let mut cursor = self.refetch.take().unwrap_or_else(|| self.log.cursor(seq));
+        cursor.seek(seq);
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(1);
+            let result = cursor.read(seq, 1, &mut out);
+            (cursor, result.map(|()| out))
+        })
+        .await;
+        let (cursor, result) =
+            joined.map_err(|e| LogError::Stopped(format!("log reader task failed: {e}")))?;
+        self.refetch = Some(cursor);
+        Ok(result?.into_iter().find(|ev| ev.seq == seq))
     }
 
     /// The next batch; waits while there is nothing new. `Ok(None)` when the broker stops.
@@ -172,66 +207,196 @@ fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> 
     Message::text(frame.to_json())
 }
 
+/// The dead-letter topic of a consumer: `dead.<consumer>` (dots that would make an empty
+/// token become underscores).
+pub fn dead_letter_topic(consumer: &str) -> String {
+    let topic = format!("dead.{consumer}");
+    match Topic::parse(&topic) {
+        Ok(_) => topic,
+        Err(_) => format!("dead.{}", consumer.replace('.', "_")),
+    }
+}
+
 /// What a durable delivery task needs.
 pub struct DurableDelivery {
     pub consumer: Arc<Consumer>,
     pub generation: u64,
+    pub epoch: u64,
+    pub kick: Arc<Notify>,
     pub sub: Arc<str>,
     pub outbound: Outbound,
     pub source: EventSource,
     pub state: StateView,
-    pub max_in_flight: usize,
+    pub log: AppendLog,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+    Restart,
 }
 
 impl DurableDelivery {
-    /// Delivers every unacked matching event from the floor on, then keeps up with new ones.
+    /// Walks the log from the floor delivering what is unsettled, keeps up with new events,
+    /// and redelivers what comes due (ack wait, nack, a shared peer that left).
     pub async fn run(mut self) {
-        let name = self.consumer.name.clone();
+        let mut backlog: VecDeque<Arc<Event>> = VecDeque::new();
         loop {
-            let batch = match self.source.next_batch().await {
-                Ok(Some(batch)) => batch,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(consumer = name, error = %e, "cannot read the log for delivery");
-                    return;
-                }
-            };
-            for ev in batch {
-                if !self.wait_for_room().await {
-                    return;
-                }
-                let count = match self.consumer.step(self.generation, ev.seq, &ev.topic) {
-                    Step::Skip => continue,
-                    Step::Detached => return,
-                    Step::Deliver(count) => count,
+            let now = Instant::now();
+            if self.consumer.start().0 != self.epoch {
+                backlog.clear();
+                self.restart();
+                continue;
+            }
+            if let Some(seq) = self.consumer.next_due(self.generation, now) {
+                let flow = match self.source.fetch(seq).await {
+                    Ok(Some(ev)) => {
+                        let step = self
+                            .consumer
+                            .redeliver(self.generation, self.epoch, seq, now);
+                        self.act(step, &ev).await
+                    }
+                    Ok(None) => {
+                        self.consumer.drop_lease(seq);
+                        Flow::Continue
+                    }
+                    Err(e) => {
+                        tracing::error!(consumer = self.consumer.name, error = %e, "cannot read an event to redeliver");
+                        Flow::Stop
+                    }
                 };
-                if let Err(e) = self.state.set_delivery(&name, ev.seq, count) {
-                    tracing::warn!(consumer = name, error = %e, "delivery count not saved");
+                match flow {
+                    Flow::Continue => continue,
+                    Flow::Stop => return,
+                    Flow::Restart => {
+                        backlog.clear();
+                        self.restart();
+                        continue;
+                    }
                 }
-                let frame = event_frame(&self.sub, Some(&name), &ev, count);
-                if self.outbound.send(frame).await.is_err() {
-                    return;
+            }
+            if let Some(ev) = backlog.front().cloned() {
+                let step = self
+                    .consumer
+                    .step(self.generation, self.epoch, ev.seq, &ev.topic, now);
+                if step == Step::NoRoom {
+                    self.wait().await;
+                    continue;
                 }
+                if !matches!(step, Step::Restart | Step::Detached) {
+                    backlog.pop_front();
+                }
+                match self.act(step, &ev).await {
+                    Flow::Continue => {}
+                    Flow::Stop => return,
+                    Flow::Restart => {
+                        backlog.clear();
+                        self.restart();
+                    }
+                }
+                continue;
+            }
+            let deadline = self.consumer.next_deadline(self.generation);
+            tokio::select! {
+                batch = self.source.next_batch() => match batch {
+                    Ok(Some(batch)) => backlog.extend(batch),
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::error!(consumer = self.consumer.name, error = %e, "cannot read the log for delivery");
+                        return;
+                    }
+                },
+                _ = sleep_until_opt(deadline) => {}
+                _ = self.kick.notified() => {}
             }
         }
     }
 
-    /// Waits until fewer than `max_in_flight` deliveries are unacked; false once detached.
-    async fn wait_for_room(&self) -> bool {
-        loop {
-            let room = self.consumer.room.notified();
-            match self.consumer.in_flight(self.generation) {
-                None => return false,
-                Some(n) if n < self.max_in_flight => return true,
-                Some(_) => room.await,
+    fn restart(&mut self) {
+        let (epoch, from) = self.consumer.start();
+        self.epoch = epoch;
+        self.source.reset(from);
+    }
+
+    /// Waits for room (an ack), a due redelivery, or a seek.
+    async fn wait(&self) {
+        let deadline = self.consumer.next_deadline(self.generation);
+        tokio::select! {
+            _ = sleep_until_opt(deadline) => {}
+            _ = self.kick.notified() => {}
+        }
+    }
+
+    async fn act(&mut self, step: Step, ev: &Event) -> Flow {
+        match step {
+            Step::Skip | Step::NoRoom => Flow::Continue,
+            Step::Detached => Flow::Stop,
+            Step::Restart => Flow::Restart,
+            Step::Deliver(count) => {
+                let name = &self.consumer.name;
+                if let Err(e) = self.state.set_delivery(name, ev.seq, count) {
+                    tracing::warn!(consumer = name, error = %e, "delivery count not saved");
+                }
+                let frame = event_frame(&self.sub, Some(name), ev, count);
+                match self.outbound.send(frame).await {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => Flow::Stop,
+                }
+            }
+            Step::DeadLetter(deliveries) => {
+                self.dead_letter(ev, deliveries).await;
+                Flow::Continue
             }
         }
+    }
+
+    /// Moves an event that was delivered `max_deliver` times to `dead.<consumer>` and settles
+    /// it, both in one append.
+    async fn dead_letter(&self, ev: &Event, deliveries: u32) {
+        let name = &self.consumer.name;
+        let payload = DeadLetter {
+            consumer: name,
+            topic: &ev.topic,
+            seq: ev.seq,
+            deliveries,
+            published_at: &format_time_ms(ev.time_ms),
+            payload: &ev.payload,
+        }
+        .to_json();
+        let floor = self.consumer.floor_for_settle(&[ev.seq]);
+        let entries = vec![
+            Entry::Events(vec![NewEvent {
+                topic: dead_letter_topic(name),
+                payload,
+                time_ms: now_ms(),
+                msg_id: None,
+            }]),
+            Entry::Acked {
+                consumer: name.clone(),
+                seqs: vec![ev.seq],
+                floor,
+                kind: Settle::DeadLetter,
+            },
+        ];
+        match self.log.append(entries).await {
+            Ok(_) => tracing::info!(consumer = name, seq = ev.seq, deliveries, "dead-lettered"),
+            Err(e) => {
+                tracing::error!(consumer = name, seq = ev.seq, error = %e, "dead-lettering failed")
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
 /// Live delivery to a subscription without a consumer: at-most-once, nothing stored.
 pub async fn run_ephemeral(
-    pattern: Pattern,
+    patterns: Vec<Pattern>,
     sub: Arc<str>,
     outbound: Outbound,
     mut source: EventSource,
@@ -245,7 +410,10 @@ pub async fn run_ephemeral(
                 return;
             }
         };
-        for ev in batch.iter().filter(|ev| pattern.matches(&ev.topic)) {
+        for ev in batch
+            .iter()
+            .filter(|ev| patterns.iter().any(|p| p.matches(&ev.topic)))
+        {
             if outbound.send(event_frame(&sub, None, ev, 1)).await.is_err() {
                 return;
             }
@@ -263,44 +431,31 @@ pub struct Committer {
 impl CommitSink for Committer {
     fn committed(&mut self, records: Vec<Record>, end: Position) {
         let mut events = Vec::new();
-        let mut changed: Vec<String> = Vec::new();
-        let mut settled: Vec<(String, u64)> = Vec::new();
+        let mut changes = Changes::default();
         for rec in records {
-            match rec {
-                Record::Event(ev) => events.push(Arc::new(ev)),
-                Record::ConsumerCreated {
-                    name,
-                    pattern,
-                    floor,
-                } => {
-                    let state = crate::state::ConsumerState::new(pattern, floor);
-                    if self.consumers.insert(&name, state, Default::default()) {
-                        changed.push(name);
-                    }
-                }
-                Record::Acked {
-                    consumer,
-                    seqs,
-                    floor,
-                } => {
-                    if let Some(c) = self.consumers.get(&consumer) {
-                        for seq in c.apply_ack(&seqs, floor) {
-                            settled.push((consumer.clone(), seq));
-                        }
-                        changed.push(consumer);
-                    }
-                }
+            self.consumers.apply(&rec, &mut changes);
+            if let Record::Events(batch) = rec {
+                events.extend(batch.into_iter().map(Arc::new));
             }
         }
-        changed.sort();
-        changed.dedup();
-        let states: Vec<(String, crate::state::ConsumerState)> = changed
-            .into_iter()
-            .filter_map(|name| self.consumers.get(&name).map(|c| (name, c.state())))
+        for gone in changes.evicted.drain(..) {
+            let notice = Reply::Unsubscribed {
+                sub: gone.sub.to_string(),
+                reason: "deleted".into(),
+            };
+            let _best_effort = gone.outbound.try_send(Message::text(notice.to_json()));
+        }
+        changes.saved.sort();
+        changes.saved.dedup();
+        let states: Vec<(String, ConsumerState)> = changes
+            .saved
+            .iter()
+            .filter_map(|name| self.consumers.get(name).map(|c| (name.clone(), c.state())))
             .collect();
         let saved = self.state.save(
             states.iter().map(|(n, s)| (n.as_str(), s)),
-            settled.iter().map(|(n, s)| (n.as_str(), *s)),
+            changes.settled.iter().map(|(n, s)| (n.as_str(), *s)),
+            changes.deleted.iter().map(String::as_str),
             end,
         );
         if let Err(e) = saved {

@@ -20,11 +20,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use wharf_protocol::{now_ms, parse_request, ErrorCode, Id, Pattern, Reply, Request, Start};
+use wharf_protocol::{
+    now_ms, parse_request, ConsumerInfo, ErrorCode, Id, Mode, NewEvent as WireEvent, Pattern,
+    Reply, Request, Start, SubscribeOptions,
+};
 
-use crate::consumers::Consumer;
+use crate::consumers::{Consumer, ModeConflict, Options};
 use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound};
-use crate::log::{Entry, Floor, LogError, Pending, Receipt};
+use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::server::Context;
 use crate::shutdown::Shutdown;
 
@@ -42,16 +45,14 @@ enum Subscription {
 enum Completion {
     Reply(Reply),
     Silent,
+    /// The consumer exists (now): attach this connection to it.
     Attach {
         id: Option<Id>,
         sub: Arc<str>,
-        consumer: Arc<Consumer>,
-    },
-    Created {
-        id: Option<Id>,
-        sub: Arc<str>,
         name: String,
-        pattern: Pattern,
+        patterns: Vec<Pattern>,
+        mode: Mode,
+        options: Options,
     },
 }
 
@@ -203,32 +204,82 @@ impl Session {
             Err(e) => return self.send(Reply::error(e.id, e.code, e.message)).await,
         };
         match request {
-            Request::Publish { id, topic, payload } => {
-                let entry = Entry::Event {
-                    topic: topic.as_str().to_owned(),
-                    payload: payload.get().to_owned(),
-                    time_ms: now_ms(),
-                };
-                self.submit(vec![entry], id, |id, receipts| match receipts.first() {
-                    Some(Receipt::Seq(seq)) => {
-                        Completion::Reply(Reply::Published { id, seq: *seq })
-                    }
-                    _ => Completion::Reply(internal(id, "publish got no seq")),
-                })
-                .await
-            }
+            Request::Publish { id, event } => self.publish(id, vec![event], false).await,
+            Request::PublishBatch { id, events } => self.publish(id, events, true).await,
             Request::Subscribe {
                 id,
-                topic,
+                topics,
                 consumer,
                 start,
+                options,
             } => match consumer {
-                Some(name) => self.subscribe_durable(id, topic, name, start).await,
-                None => self.subscribe_ephemeral(id, topic, start).await,
+                Some(name) => {
+                    self.subscribe_durable(id, topics, name, start, options)
+                        .await
+                }
+                None => self.subscribe_ephemeral(id, topics, start).await,
             },
-            Request::Ack { id, consumer, seqs } => self.ack(id, consumer, seqs).await,
+            Request::Ack { id, consumer, seqs } => {
+                self.settle(id, consumer, seqs, Settle::Ack).await
+            }
+            Request::Term { id, consumer, seqs } => {
+                self.settle(id, consumer, seqs, Settle::Term).await
+            }
+            Request::Nack {
+                id,
+                consumer,
+                seqs,
+                delay_ms,
+            } => {
+                let delay = Some(Duration::from_millis(delay_ms));
+                self.touch(id, consumer, seqs, delay).await
+            }
+            Request::Progress { id, consumer, seqs } => self.touch(id, consumer, seqs, None).await,
+            Request::Seek {
+                id,
+                consumer,
+                start,
+            } => self.seek(id, consumer, start).await,
+            Request::ConsumerInfo { id, consumer } => self.consumer_info(id, consumer).await,
+            Request::DeleteConsumer { id, consumer } => self.delete_consumer(id, consumer).await,
             Request::Unsubscribe { id, sub } => self.unsubscribe(id, &sub).await,
         }
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<Id>,
+        events: Vec<WireEvent>,
+        batch: bool,
+    ) -> Result<(), ()> {
+        let time_ms = now_ms();
+        let events = events
+            .into_iter()
+            .map(|e| NewEvent {
+                topic: e.topic.as_str().to_owned(),
+                payload: e.payload.get().to_owned(),
+                time_ms,
+                msg_id: e.msg_id,
+            })
+            .collect();
+        self.submit(vec![Entry::Events(events)], id, move |id, receipts| {
+            let Some(Receipt::Seqs(seqs)) = receipts.into_iter().next() else {
+                return Completion::Reply(internal(id, "publish got no seq"));
+            };
+            let duplicate = seqs.iter().any(|&(_, dup)| dup);
+            let seqs: Vec<u64> = seqs.into_iter().map(|(seq, _)| seq).collect();
+            let (seq, seqs) = match batch {
+                true => (None, Some(seqs)),
+                false => (seqs.first().copied(), None),
+            };
+            Completion::Reply(Reply::Published {
+                id,
+                seq,
+                seqs,
+                duplicate,
+            })
+        })
+        .await
     }
 
     async fn submit(
@@ -268,46 +319,78 @@ impl Session {
         }
     }
 
-    async fn subscribe_durable(
-        &mut self,
-        id: Option<Id>,
-        pattern: Pattern,
-        name: String,
-        start: Option<Start>,
-    ) -> Result<(), ()> {
-        let sub = self.new_sub();
-        if let Some(consumer) = self.ctx.store.consumers.get(&name) {
-            if consumer.pattern != pattern {
-                return self
-                    .send(conflict(id, &name, &consumer.pattern, &pattern))
-                    .await;
-            }
-            self.pending
-                .push_back(async move { Completion::Attach { id, sub, consumer } }.boxed());
-            return Ok(());
-        }
+    /// The floor a consumer created (or sought) with `start` gets.
+    async fn floor_for(&mut self, start: Start) -> Result<Floor, LogError> {
         // The floor of "all" and of a seq is fixed now; only "new" depends on what the log
         // holds when the record is written, so the writer resolves it.
-        let floor = match start.unwrap_or(Start::All) {
+        Ok(match start {
             Start::New => Floor::Head,
             Start::All => Floor::At(0),
             Start::Seq(seq) => Floor::At(seq.saturating_sub(1)),
-            time => match self.resolve_start(time).await {
-                Ok(first) if first > self.ctx.store.feed.head() => Floor::Head,
-                Ok(first) => Floor::At(first - 1),
-                Err(e) => return self.send(internal(id, e)).await,
+            time => match self.resolve_start(time).await? {
+                first if first > self.ctx.store.feed.head() => Floor::Head,
+                first => Floor::At(first - 1),
             },
+        })
+    }
+
+    fn options(&self, asked: &SubscribeOptions) -> Options {
+        let config = &self.ctx.config;
+        Options {
+            ack_wait: asked
+                .ack_wait_ms
+                .map(Duration::from_millis)
+                .unwrap_or(config.ack_wait),
+            max_in_flight: asked
+                .max_in_flight
+                .map(|n| n as usize)
+                .unwrap_or(config.max_in_flight),
+            max_deliver: asked.max_deliver.unwrap_or(config.max_deliver),
+        }
+    }
+
+    async fn subscribe_durable(
+        &mut self,
+        id: Option<Id>,
+        patterns: Vec<Pattern>,
+        name: String,
+        start: Option<Start>,
+        asked: SubscribeOptions,
+    ) -> Result<(), ()> {
+        let sub = self.new_sub();
+        let mode = asked.mode.unwrap_or(Mode::Exclusive);
+        let options = self.options(&asked);
+        if let Some(consumer) = self.ctx.store.consumers.get(&name) {
+            if !consumer.same_patterns(&patterns) {
+                return self.send(conflict(id, &consumer, &patterns)).await;
+            }
+            let attach = Completion::Attach {
+                id,
+                sub,
+                name,
+                patterns,
+                mode,
+                options,
+            };
+            self.pending.push_back(async move { attach }.boxed());
+            return Ok(());
+        }
+        let floor = match self.floor_for(start.unwrap_or(Start::All)).await {
+            Ok(floor) => floor,
+            Err(e) => return self.send(internal(id, e)).await,
         };
         let entry = Entry::ConsumerCreated {
             name: name.clone(),
-            pattern: pattern.as_str().to_owned(),
+            patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
             start: floor,
         };
-        self.submit(vec![entry], id, move |id, _| Completion::Created {
+        self.submit(vec![entry], id, move |id, _| Completion::Attach {
             id,
             sub,
             name,
-            pattern,
+            patterns,
+            mode,
+            options,
         })
         .await
     }
@@ -315,7 +398,7 @@ impl Session {
     async fn subscribe_ephemeral(
         &mut self,
         id: Option<Id>,
-        pattern: Pattern,
+        patterns: Vec<Pattern>,
         start: Option<Start>,
     ) -> Result<(), ()> {
         let from = match self.resolve_start(start.unwrap_or(Start::New)).await {
@@ -335,7 +418,7 @@ impl Session {
             from,
         );
         let task = tokio::spawn(run_ephemeral(
-            pattern,
+            patterns,
             sub.clone(),
             self.outbound.clone(),
             source,
@@ -354,15 +437,24 @@ impl Session {
         id: Option<Id>,
         sub: Arc<str>,
         consumer: Arc<Consumer>,
+        mode: Mode,
+        options: Options,
     ) -> Result<(), ()> {
-        self.send(Reply::Subscribed {
-            id,
-            sub: sub.to_string(),
-            consumer: Some(consumer.name.clone()),
-        })
-        .await?;
-        let (generation, old) = consumer.attach(self.id, sub.clone(), self.outbound.clone());
-        if let Some(old) = old {
+        let attached =
+            match consumer.attach(self.id, sub.clone(), self.outbound.clone(), mode, options) {
+                Ok(attached) => attached,
+                Err(ModeConflict(held)) => {
+                    let message = format!(
+                        "consumer {:?} is attached in {} mode; subscribe with the same mode",
+                        consumer.name,
+                        mode_name(held)
+                    );
+                    return self
+                        .send(Reply::error(id, ErrorCode::ConsumerConflict, message))
+                        .await;
+                }
+            };
+        for old in attached.replaced {
             tracing::info!(
                 consumer = consumer.name,
                 from = old.session,
@@ -376,31 +468,57 @@ impl Session {
             // The old connection is often half-dead; never wait on it.
             let _best_effort = old.outbound.try_send(Message::text(notice.to_json()));
         }
+        // The reply goes first so that no event of this subscription overtakes it.
+        self.send(Reply::Subscribed {
+            id,
+            sub: sub.to_string(),
+            consumer: Some(consumer.name.clone()),
+        })
+        .await?;
+        let (_, from) = consumer.start();
         let delivery = DurableDelivery {
             consumer: consumer.clone(),
-            generation,
+            generation: attached.generation,
+            epoch: attached.epoch,
+            kick: attached.kick,
             sub: sub.clone(),
             outbound: self.outbound.clone(),
             source: EventSource::new(
                 self.ctx.store.feed.clone(),
                 self.ctx.store.log.clone(),
-                consumer.floor() + 1,
+                from,
             ),
             state: self.ctx.store.state.clone(),
-            max_in_flight: self.ctx.config.max_in_flight,
+            log: self.ctx.store.log.clone(),
         };
         let task = tokio::spawn(delivery.run());
-        consumer.set_task(generation, task.abort_handle());
+        consumer.set_task(attached.generation, task.abort_handle());
         self.subs.insert(sub, Subscription::Durable { consumer });
         Ok(())
     }
 
-    async fn ack(&mut self, id: Option<Id>, name: String, seqs: Vec<u64>) -> Result<(), ()> {
-        let Some(consumer) = self.ctx.store.consumers.get(&name) else {
-            let message = format!("no consumer named {name:?}");
-            return self
-                .send(Reply::error(id, ErrorCode::NotFound, message))
-                .await;
+    /// The named consumer, or a `not_found` error sent back.
+    async fn consumer(&mut self, id: &Option<Id>, name: &str) -> Result<Option<Arc<Consumer>>, ()> {
+        match self.ctx.store.consumers.get(name) {
+            Some(c) => Ok(Some(c)),
+            None => {
+                let message = format!("no consumer named {name:?}");
+                self.send(Reply::error(id.clone(), ErrorCode::NotFound, message))
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn settle(
+        &mut self,
+        id: Option<Id>,
+        name: String,
+        seqs: Vec<u64>,
+        kind: Settle,
+    ) -> Result<(), ()> {
+        let Some(consumer) = self.consumer(&id, &name).await? else {
+            return Ok(());
         };
         let head = self.ctx.store.feed.head();
         if let Some(&beyond) = seqs.iter().find(|&&s| s > head) {
@@ -409,17 +527,86 @@ impl Session {
                 .send(Reply::error(id, ErrorCode::BadRequest, message))
                 .await;
         }
-        let floor = consumer.floor_for_ack(&seqs);
+        let floor = consumer.floor_for_settle(&seqs);
         let entry = Entry::Acked {
             consumer: name,
             seqs,
             floor,
+            kind,
         };
         self.submit(vec![entry], id, |id, _| match id {
             Some(id) => Completion::Reply(Reply::Ok { id: Some(id) }),
             None => Completion::Silent,
         })
         .await
+    }
+
+    /// nack (`delay` given) and progress (`delay` None: the ack wait starts over).
+    async fn touch(
+        &mut self,
+        id: Option<Id>,
+        name: String,
+        seqs: Vec<u64>,
+        delay: Option<Duration>,
+    ) -> Result<(), ()> {
+        let Some(consumer) = self.consumer(&id, &name).await? else {
+            return Ok(());
+        };
+        match consumer.touch(&seqs, delay, Instant::now()) {
+            Ok(()) if id.is_some() => self.send(Reply::Ok { id }).await,
+            Ok(()) => Ok(()),
+            Err(seq) => {
+                let message = format!("seq {seq} is not in flight for consumer {name:?}");
+                self.send(Reply::error(id, ErrorCode::NotFound, message))
+                    .await
+            }
+        }
+    }
+
+    async fn seek(&mut self, id: Option<Id>, name: String, start: Start) -> Result<(), ()> {
+        if self.consumer(&id, &name).await?.is_none() {
+            return Ok(());
+        }
+        let floor = match self.floor_for(start).await {
+            Ok(Floor::At(floor)) => floor,
+            Ok(Floor::Head) => self.ctx.store.feed.head(),
+            Err(e) => return self.send(internal(id, e)).await,
+        };
+        let entry = Entry::ConsumerSeek { name, floor };
+        self.submit(vec![entry], id, |id, _| Completion::Reply(Reply::Ok { id }))
+            .await
+    }
+
+    async fn consumer_info(&mut self, id: Option<Id>, name: String) -> Result<(), ()> {
+        let Some(consumer) = self.consumer(&id, &name).await? else {
+            return Ok(());
+        };
+        let info = consumer.info();
+        let head = self.ctx.store.feed.head();
+        self.send(Reply::ConsumerInfo(ConsumerInfo {
+            id,
+            consumer: name,
+            topics: info.patterns,
+            mode: mode_name(info.mode).to_owned(),
+            ack_floor: info.ack_floor,
+            acked_above_floor: info.acked_above_floor as u64,
+            ack_pending: info.ack_pending as u64,
+            lag: head.saturating_sub(info.ack_floor),
+            redelivered: info.redelivered as u64,
+            terminated: info.terminated,
+            dead_lettered: info.dead_lettered,
+            attached: info.attached as u64,
+        }))
+        .await
+    }
+
+    async fn delete_consumer(&mut self, id: Option<Id>, name: String) -> Result<(), ()> {
+        if self.consumer(&id, &name).await?.is_none() {
+            return Ok(());
+        }
+        let entry = Entry::ConsumerDeleted { name };
+        self.submit(vec![entry], id, |id, _| Completion::Reply(Reply::Ok { id }))
+            .await
     }
 
     async fn unsubscribe(&mut self, id: Option<Id>, sub: &str) -> Result<(), ()> {
@@ -455,31 +642,48 @@ impl Session {
         match done {
             Completion::Reply(reply) => self.send(reply).await,
             Completion::Silent => Ok(()),
-            Completion::Attach { id, sub, consumer } => self.attach(id, sub, consumer).await,
-            Completion::Created {
+            Completion::Attach {
                 id,
                 sub,
                 name,
-                pattern,
+                patterns,
+                mode,
+                options,
             } => match self.ctx.store.consumers.get(&name) {
-                Some(consumer) if consumer.pattern == pattern => {
-                    self.attach(id, sub, consumer).await
+                Some(consumer) if consumer.same_patterns(&patterns) => {
+                    self.attach(id, sub, consumer, mode, options).await
                 }
                 Some(consumer) => {
-                    let reply = conflict(id, &name, &consumer.pattern, &pattern);
+                    let reply = conflict(id, &consumer, &patterns);
                     self.send(reply).await
                 }
-                None => self.send(internal(id, "consumer was not created")).await,
+                None => {
+                    let message = format!("consumer {name:?} was deleted");
+                    self.send(Reply::error(id, ErrorCode::NotFound, message))
+                        .await
+                }
             },
         }
     }
 }
 
-fn conflict(id: Option<Id>, name: &str, existing: &Pattern, asked: &Pattern) -> Reply {
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Exclusive => "exclusive",
+        Mode::Shared => "shared",
+    }
+}
+
+fn conflict(id: Option<Id>, consumer: &Consumer, asked: &[Pattern]) -> Reply {
+    let asked: Vec<&str> = asked.iter().map(Pattern::as_str).collect();
+    let existing: Vec<&str> = consumer.patterns.iter().map(Pattern::as_str).collect();
     Reply::error(
         id,
         ErrorCode::ConsumerConflict,
-        format!("consumer {name:?} exists with pattern {existing:?}, not {asked:?}"),
+        format!(
+            "consumer {:?} exists with topics {existing:?}, not {asked:?}",
+            consumer.name
+        ),
     )
 }
 

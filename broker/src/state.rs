@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::log::Position;
+use crate::log::{Position, Settle};
 
 const CONSUMER: u8 = b'c';
 const DELIVERY: u8 = b'd';
@@ -38,26 +38,36 @@ pub enum StateError {
     },
 }
 
-/// What a durable consumer has acknowledged: every matching event at or below `floor`,
-/// plus the sparse set `acked` above it. Stays small however long the consumer lives.
+/// What a durable consumer has settled: every matching event at or below `floor`, plus the
+/// sparse set `acked` above it. Stays small however long the consumer lives.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConsumerState {
-    pub pattern: String,
+    pub patterns: Vec<String>,
     pub floor: u64,
     pub acked: BTreeSet<u64>,
+    /// Events settled with `term`.
+    pub terminated: u64,
+    /// Events moved to the dead-letter topic.
+    pub dead_lettered: u64,
 }
 
 impl ConsumerState {
-    pub fn new(pattern: String, floor: u64) -> ConsumerState {
+    pub fn new(patterns: Vec<String>, floor: u64) -> ConsumerState {
         ConsumerState {
-            pattern,
+            patterns,
             floor,
-            acked: BTreeSet::new(),
+            ..ConsumerState::default()
         }
     }
 
     /// Applies one `Acked` record.
-    pub fn apply_ack(&mut self, seqs: &[u64], floor: u64) {
+    pub fn apply_settle(&mut self, seqs: &[u64], floor: u64, kind: Settle) {
+        let fresh = seqs.iter().filter(|&&s| !self.is_acked(s)).count() as u64;
+        match kind {
+            Settle::Ack => {}
+            Settle::Term => self.terminated += fresh,
+            Settle::DeadLetter => self.dead_lettered += fresh,
+        }
         self.floor = self.floor.max(floor);
         self.acked
             .extend(seqs.iter().copied().filter(|&s| s > self.floor));
@@ -71,6 +81,12 @@ impl ConsumerState {
 
     pub fn is_acked(&self, seq: u64) -> bool {
         seq <= self.floor || self.acked.contains(&seq)
+    }
+
+    /// Applies a `ConsumerSeek` record: everything above `floor` is unsettled again.
+    pub fn seek(&mut self, floor: u64) {
+        self.floor = floor;
+        self.acked.clear();
     }
 }
 
@@ -172,11 +188,21 @@ impl StateView {
         &self,
         consumers: impl IntoIterator<Item = (&'a str, &'a ConsumerState)>,
         settled: impl IntoIterator<Item = (&'a str, u64)>,
+        deleted: impl IntoIterator<Item = &'a str>,
         applied: Position,
     ) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
         for (name, state) in consumers {
             batch.insert(consumer_key(name), self.encode(state)?);
+        }
+        for name in deleted {
+            batch.remove(consumer_key(name));
+            let mut prefix = vec![DELIVERY, 0];
+            prefix.extend_from_slice(name.as_bytes());
+            prefix.push(0);
+            for item in self.db.scan_prefix(&prefix).keys() {
+                batch.remove(item.map_err(|e| self.sled_err(e))?);
+            }
         }
         for (name, seq) in settled {
             batch.remove(delivery_key(name, seq));
@@ -233,14 +259,17 @@ mod tests {
 
     #[test]
     fn acked_state_compacts_into_the_floor() {
-        let mut s = ConsumerState::new("a".into(), 0);
-        s.apply_ack(&[2, 3], 0);
+        let mut s = ConsumerState::new(vec!["a".into()], 0);
+        s.apply_settle(&[2, 3], 0, Settle::Ack);
         assert_eq!((s.floor, s.acked.len()), (0, 2));
-        s.apply_ack(&[1], 0);
+        s.apply_settle(&[1], 0, Settle::Ack);
         assert_eq!((s.floor, s.acked.len()), (3, 0));
-        s.apply_ack(&[9], 5);
-        assert_eq!(s.floor, 5);
+        s.apply_settle(&[9], 5, Settle::Term);
+        s.apply_settle(&[9], 5, Settle::Term);
+        assert_eq!((s.floor, s.terminated), (5, 1));
         assert!(s.is_acked(9) && s.is_acked(4) && !s.is_acked(6));
+        s.seek(2);
+        assert!(!s.is_acked(3) && !s.is_acked(9) && s.is_acked(2));
     }
 
     #[test]
@@ -249,15 +278,15 @@ mod tests {
         let path = dir.path().join("state");
         let view = StateView::open(&path, Duration::from_millis(100)).unwrap();
         assert_eq!(view.applied().unwrap(), None);
-        let mut s = ConsumerState::new("orders.>".into(), 0);
-        s.apply_ack(&[4], 2);
+        let mut s = ConsumerState::new(vec!["orders.>".into()], 0);
+        s.apply_settle(&[4], 2, Settle::Ack);
         view.set_delivery("c-1", 4, 2).unwrap();
         view.set_delivery("c-1", 5, 1).unwrap();
         let pos = Position {
             segment: 1,
             offset: 99,
         };
-        view.save([("c-1", &s)], [("c-1", 4)], pos).unwrap();
+        view.save([("c-1", &s)], [("c-1", 4)], [], pos).unwrap();
         view.flush().unwrap();
         drop(view);
         let view = StateView::open(&path, Duration::from_millis(100)).unwrap();
@@ -265,5 +294,8 @@ mod tests {
         assert_eq!(view.consumers().unwrap()["c-1"], s);
         let d = view.deliveries().unwrap();
         assert_eq!(d["c-1"].iter().collect::<Vec<_>>(), vec![(&5, &1)]);
+        view.save([], [], ["c-1"], pos).unwrap();
+        assert!(view.consumers().unwrap().is_empty());
+        assert!(view.deliveries().unwrap().is_empty());
     }
 }

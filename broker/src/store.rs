@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::consumers::Consumers;
+use crate::consumers::{Changes, Consumers};
 use crate::delivery::{Committer, Feed};
-use crate::log::{self, AppendLog, LogError, LogOptions, Position, Record, Recovery};
+use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery};
 use crate::state::{ConsumerState, StateError, StateView};
 use crate::BrokerError;
 
@@ -23,47 +23,40 @@ pub struct Store {
     _lock: File,
 }
 
-/// Applies one record to consumer states, as the commit sink does at run time.
-fn apply(consumers: &mut HashMap<String, ConsumerState>, rec: &Record) {
-    match rec {
-        Record::Event(_) => {}
-        Record::ConsumerCreated {
-            name,
-            pattern,
-            floor,
-        } => {
-            consumers
-                .entry(name.clone())
-                .or_insert_with(|| ConsumerState::new(pattern.clone(), *floor));
-        }
-        Record::Acked {
-            consumer,
-            seqs,
-            floor,
-        } => {
-            if let Some(state) = consumers.get_mut(consumer) {
-                state.apply_ack(seqs, *floor);
-            }
-        }
-    }
-}
-
-/// Replays the log into `consumers` from `applied` on. Returns the recovery and whether
-/// `applied` was found on a record boundary of the log (a view ahead of the log is stale).
+/// Replays the log into `consumers` from `applied` on, collecting what changed. Returns the
+/// recovery and whether `applied` was found on a record boundary of the log (a view that
+/// claims a position the log does not have is stale).
 fn replay(
     log_dir: &Path,
     applied: Option<Position>,
-    consumers: &mut HashMap<String, ConsumerState>,
+    consumers: &Consumers,
+    changes: &mut Changes,
 ) -> Result<(Recovery, bool), LogError> {
     let mut found = applied.is_none();
     let recovery = log::recover(log_dir, |rec, pos| {
         match applied {
             Some(a) if pos <= a => found |= pos == a,
-            _ => apply(consumers, rec),
+            _ => consumers.apply(rec, changes),
         }
         Ok(())
     })?;
     Ok((recovery, found))
+}
+
+/// Loads the consumers the view holds, with their delivery counts.
+fn load(view: &StateView) -> Result<(Option<Position>, Consumers), StateError> {
+    let applied = view.applied()?;
+    let mut deliveries = view.deliveries().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "delivery counts unreadable; they restart from zero");
+        HashMap::new()
+    });
+    let registry = Consumers::default();
+    for (name, state) in view.consumers()? {
+        let mut counts = deliveries.remove(&name).unwrap_or_default();
+        counts.retain(|&seq, _| !state.is_acked(seq));
+        registry.insert(&name, state, counts);
+    }
+    Ok((applied, registry))
 }
 
 fn open_view(path: &Path, config: &Config) -> Result<StateView, StateError> {
@@ -96,16 +89,16 @@ impl Store {
             Ok(view) => view,
             Err(e) => rebuild_view(&state_dir, config, &e.to_string())?,
         };
-        let loaded = view.applied().and_then(|a| Ok((a, view.consumers()?)));
-        let (applied, mut consumers) = match loaded {
+        let (applied, mut registry) = match load(&view) {
             Ok(loaded) => loaded,
             Err(e) => {
                 drop(view);
                 view = rebuild_view(&state_dir, config, &e.to_string())?;
-                (None, HashMap::new())
+                (None, Consumers::default())
             }
         };
-        let (mut recovery, found) = replay(&log_dir, applied, &mut consumers)?;
+        let mut changes = Changes::default();
+        let (mut recovery, found) = replay(&log_dir, applied, &registry, &mut changes)?;
         if !found {
             drop(view);
             view = rebuild_view(
@@ -113,26 +106,23 @@ impl Store {
                 config,
                 &format!("it reflects log position {applied:?}, which the log does not have"),
             )?;
-            consumers.clear();
-            recovery = replay(&log_dir, None, &mut consumers)?.0;
+            registry = Consumers::default();
+            changes = Changes::default();
+            recovery = replay(&log_dir, None, &registry, &mut changes)?.0;
         }
+        let states: Vec<(String, ConsumerState)> = registry
+            .names()
+            .into_iter()
+            .filter_map(|name| registry.get(&name).map(|c| (name, c.state())))
+            .collect();
         view.save(
-            consumers.iter().map(|(n, s)| (n.as_str(), s)),
-            std::iter::empty(),
+            states.iter().map(|(n, s)| (n.as_str(), s)),
+            changes.settled.iter().map(|(n, s)| (n.as_str(), *s)),
+            changes.deleted.iter().map(String::as_str),
             recovery.end,
         )?;
         view.flush()?;
-
-        let mut deliveries = view.deliveries().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "delivery counts unreadable; they restart from zero");
-            HashMap::new()
-        });
-        let registry = Arc::new(Consumers::default());
-        for (name, state) in consumers {
-            let mut counts = deliveries.remove(&name).unwrap_or_default();
-            counts.retain(|&seq, _| !state.is_acked(seq));
-            registry.insert(&name, state, counts);
-        }
+        let registry = Arc::new(registry);
         let head = recovery.next_seq - 1;
         tracing::info!(
             events = head,
@@ -149,6 +139,7 @@ impl Store {
         };
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
+            dedup_window_ms: u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
             queue_depth: 4096,
         };
         let log = AppendLog::start(&log_dir, recovery, options, Box::new(sink))?;

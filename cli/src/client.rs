@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wharf_protocol::{Id, Pattern, Reply, Request, Start, Topic};
+use wharf_protocol::{Id, NewEvent, Pattern, Reply, Request, Start, SubscribeOptions, Topic};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -55,8 +55,11 @@ fn payload_of(text: &str) -> anyhow::Result<Box<RawValue>> {
 fn publish_frame(topic: &Topic, n: u64, text: &str) -> anyhow::Result<Message> {
     let request = Request::Publish {
         id: Some(Id::Uint(n)),
-        topic: topic.clone(),
-        payload: payload_of(text)?,
+        event: NewEvent {
+            topic: topic.clone(),
+            payload: payload_of(text)?,
+            msg_id: None,
+        },
     };
     Ok(Message::text(request.to_json()))
 }
@@ -100,7 +103,7 @@ pub async fn publish(url: &str, topic: &str, payload: Option<String>) -> anyhow:
 
 fn expect_published(reply: Reply) -> anyhow::Result<u64> {
     match reply {
-        Reply::Published { seq, .. } => Ok(seq),
+        Reply::Published { seq: Some(seq), .. } => Ok(seq),
         Reply::Error { code, message, .. } => {
             bail!("the broker refused the publish: {code}: {message}")
         }
@@ -119,9 +122,10 @@ pub async fn subscribe(
     let (mut sink, mut stream) = connect(url).await?;
     let request = Request::Subscribe {
         id: Some(Id::Str("subscribe".into())),
-        topic: pattern,
+        topics: vec![pattern],
         consumer: consumer.clone(),
         start,
+        options: SubscribeOptions::default(),
     };
     sink.send(Message::text(request.to_json())).await?;
     match next_reply(&mut stream).await? {

@@ -17,8 +17,10 @@ pub mod request;
 pub mod topic;
 
 pub use error::ErrorCode;
-pub use reply::{format_time_ms, EventFrame, ReceivedEvent, Reply};
-pub use request::{now_ms, parse_request, Id, Request, RequestError, Start};
+pub use reply::{format_time_ms, ConsumerInfo, DeadLetter, EventFrame, ReceivedEvent, Reply};
+pub use request::{
+    now_ms, parse_request, Id, Mode, NewEvent, Request, RequestError, Start, SubscribeOptions,
+};
 pub use topic::{validate_consumer, Pattern, Topic, TopicError};
 
 /// The path of the WebSocket endpoint.

@@ -11,11 +11,20 @@ use crate::{ErrorCode, Id};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
+    /// `seq` for a publish, `seqs` for a publish_batch. `duplicate` is true when the publish
+    /// (or, for a batch, any of its events) repeated a msg_id already stored: the seq is then
+    /// the original's and nothing new was stored.
     Published {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
-        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seqs: Option<Vec<u64>>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
     },
+    ConsumerInfo(ConsumerInfo),
     Subscribed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
@@ -111,6 +120,58 @@ impl EventFrame<'_> {
     }
 }
 
+/// The answer to `consumer_info`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConsumerInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Id>,
+    pub consumer: String,
+    pub topics: Vec<String>,
+    /// `exclusive` or `shared`.
+    pub mode: String,
+    /// Every matching event at or below this seq is settled.
+    pub ack_floor: u64,
+    /// Settled events above the floor.
+    pub acked_above_floor: u64,
+    /// Delivered, not yet settled.
+    pub ack_pending: u64,
+    /// Events stored after the floor, matching or not: an upper bound of what is left to do.
+    pub lag: u64,
+    /// Events with more than one delivery that are not settled yet.
+    pub redelivered: u64,
+    pub terminated: u64,
+    pub dead_lettered: u64,
+    /// Connections attached now.
+    pub attached: u64,
+}
+
+/// The payload of an event moved to `dead.<consumer>`.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    pub consumer: &'a str,
+    pub topic: &'a str,
+    pub seq: u64,
+    pub deliveries: u32,
+    pub published_at: &'a str,
+    /// The original payload, verbatim JSON text.
+    pub payload: &'a str,
+}
+
+impl DeadLetter<'_> {
+    pub fn to_json(&self) -> String {
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        format!(
+            r#"{{"consumer":{},"topic":{},"seq":{},"deliveries":{},"published_at":{},"payload":{}}}"#,
+            quote(self.consumer),
+            quote(self.topic),
+            self.seq,
+            self.deliveries,
+            quote(self.published_at),
+            self.payload
+        )
+    }
+}
+
 /// One event as a client reads it. (Raw JSON cannot pass through serde's internally tagged
 /// enums, so clients get the payload as a parsed value.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,10 +216,24 @@ mod tests {
     fn replies_have_the_documented_shape() {
         let json = Reply::Published {
             id: Some(Id::Int(1)),
-            seq: 42,
+            seq: Some(42),
+            seqs: None,
+            duplicate: false,
         }
         .to_json();
         assert_eq!(json, r#"{"type":"published","id":1,"seq":42}"#);
+        let dl = DeadLetter {
+            consumer: "c",
+            topic: "a.b",
+            seq: 3,
+            deliveries: 5,
+            published_at: "t",
+            payload: "[1]",
+        }
+        .to_json();
+        let v: serde_json::Value = serde_json::from_str(&dl).unwrap();
+        assert_eq!(v["payload"], serde_json::json!([1]));
+        assert_eq!(v["deliveries"], 5);
         assert_eq!(format_time_ms(1500), "1970-01-01T00:00:01.500Z");
     }
 

@@ -83,6 +83,45 @@ impl Start {
     }
 }
 
+/// How connections attached to one durable consumer share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// One connection holds the consumer; a new subscribe takes it over.
+    Exclusive,
+    /// Every attached connection gets a share of the events.
+    Shared,
+}
+
+/// Per-subscription settings of a durable consumer; `None` means the broker's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SubscribeOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_wait_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_deliver: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+}
+
+/// One event of a publish or a publish_batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewEvent {
+    #[serde(serialize_with = "as_str")]
+    pub topic: Topic,
+    pub payload: Box<RawValue>,
+    /// Publishes with the same `msg_id` inside the dedup window are stored once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
+}
+
+/// The longest `msg_id`, in bytes.
+pub const MAX_MSG_ID_BYTES: usize = 256;
+/// The most patterns one subscribe may give.
+pub const MAX_PATTERNS: usize = 64;
+
 /// A well-formed client request.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -90,25 +129,67 @@ pub enum Request {
     Publish {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
-        #[serde(serialize_with = "as_str")]
-        topic: Topic,
-        payload: Box<RawValue>,
+        #[serde(flatten)]
+        event: NewEvent,
+    },
+    PublishBatch {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        events: Vec<NewEvent>,
     },
     Subscribe {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
-        #[serde(serialize_with = "as_str")]
-        topic: Pattern,
+        #[serde(serialize_with = "all_as_str")]
+        topics: Vec<Pattern>,
         #[serde(skip_serializing_if = "Option::is_none")]
         consumer: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         start: Option<Start>,
+        #[serde(flatten)]
+        options: SubscribeOptions,
     },
     Ack {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
         consumer: String,
         seqs: Vec<u64>,
+    },
+    Nack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        consumer: String,
+        seqs: Vec<u64>,
+        delay_ms: u64,
+    },
+    Term {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        consumer: String,
+        seqs: Vec<u64>,
+    },
+    Progress {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        consumer: String,
+        seqs: Vec<u64>,
+    },
+    Seek {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        consumer: String,
+        /// A seq or a time; `all` and `new` are accepted too.
+        start: Start,
+    },
+    ConsumerInfo {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        consumer: String,
+    },
+    DeleteConsumer {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        consumer: String,
     },
     Unsubscribe {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,12 +202,23 @@ fn as_str<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::
     s.collect_str(v)
 }
 
+fn all_as_str<T: std::fmt::Display, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|t| t.to_string()))
+}
+
 impl Request {
     pub fn id(&self) -> Option<&Id> {
         match self {
             Request::Publish { id, .. }
+            | Request::PublishBatch { id, .. }
             | Request::Subscribe { id, .. }
             | Request::Ack { id, .. }
+            | Request::Nack { id, .. }
+            | Request::Term { id, .. }
+            | Request::Progress { id, .. }
+            | Request::Seek { id, .. }
+            | Request::ConsumerInfo { id, .. }
+            | Request::DeleteConsumer { id, .. }
             | Request::Unsubscribe { id, .. } => id.as_ref(),
         }
     }
@@ -160,13 +252,30 @@ struct RawFrame {
     op: Option<Value>,
     id: Option<Value>,
     topic: Option<Value>,
+    topics: Option<Value>,
     #[serde(default, deserialize_with = "present_raw")]
     payload: Option<Box<RawValue>>,
+    msg_id: Option<Value>,
+    events: Option<Vec<RawEvent>>,
     consumer: Option<Value>,
     start: Option<Value>,
     seq: Option<Value>,
     seqs: Option<Value>,
+    time: Option<Value>,
     sub: Option<Value>,
+    mode: Option<Value>,
+    ack_wait_ms: Option<Value>,
+    max_deliver: Option<Value>,
+    max_in_flight: Option<Value>,
+    delay_ms: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    topic: Option<Value>,
+    #[serde(default, deserialize_with = "present_raw")]
+    payload: Option<Box<RawValue>>,
+    msg_id: Option<Value>,
 }
 
 /// Keeps `"payload": null` apart from a missing payload: null is a valid payload.
@@ -174,16 +283,27 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>,
     Box::<RawValue>::deserialize(d).map(Some)
 }
 
+const OPS: &str = "publish, publish_batch, subscribe, ack, nack, term, progress, seek, \
+                   consumer_info, delete_consumer, unsubscribe";
+
 /// Parses one text frame into a [`Request`], or says precisely why it is not one.
 pub fn parse_request(text: &str) -> Result<Request, RequestError> {
     let raw: RawFrame = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
-            let message = match serde_json::from_str::<Value>(text) {
-                Ok(_) => "a frame must be a JSON object".to_owned(),
-                Err(_) => format!("frame is not valid JSON: {e}"),
+            let (code, message) = match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(_)) => (ErrorCode::BadRequest, format!("malformed frame: {e}")),
+                Ok(_) => (
+                    ErrorCode::BadJson,
+                    "a frame must be a JSON object".to_owned(),
+                ),
+                Err(_) => (ErrorCode::BadJson, format!("frame is not valid JSON: {e}")),
             };
-            return Err(RequestError::new(&None, ErrorCode::BadJson, message));
+            let id = serde_json::from_str::<Value>(text)
+                .ok()
+                .and_then(|v| v.get("id").cloned())
+                .and_then(|v| serde_json::from_value::<Id>(v).ok());
+            return Err(RequestError::new(&id, code, message));
         }
     };
     let id = match raw.id {
@@ -217,63 +337,112 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         }
     };
     let bad = |message: String| RequestError::new(&id, ErrorCode::BadRequest, message);
+    let consumer = || consumer_field(&raw.consumer, &id);
     match op.as_str() {
         "publish" => {
-            let topic = string_field(&raw.topic, "topic").map_err(bad)?;
-            let topic = Topic::parse(topic)
-                .map_err(|e| RequestError::new(&id, ErrorCode::InvalidTopic, e.0))?;
-            let payload = raw
-                .payload
-                .ok_or_else(|| bad("missing field `payload`".to_owned()))?;
-            Ok(Request::Publish { id, topic, payload })
+            let event = new_event(&raw.topic, raw.payload, &raw.msg_id, &id)?;
+            Ok(Request::Publish { id, event })
+        }
+        "publish_batch" => {
+            let Some(events) = raw.events else {
+                return Err(bad(
+                    "missing field `events` (an array of {topic, payload})".into()
+                ));
+            };
+            if events.is_empty() {
+                return Err(bad("field `events` must not be empty".into()));
+            }
+            let events = events
+                .into_iter()
+                .map(|e| new_event(&e.topic, e.payload, &e.msg_id, &id))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Request::PublishBatch { id, events })
         }
         "subscribe" => {
-            let pattern = string_field(&raw.topic, "topic").map_err(bad)?;
-            let topic = Pattern::parse(pattern)
-                .map_err(|e| RequestError::new(&id, ErrorCode::InvalidPattern, e.0))?;
+            let topics = patterns(&raw.topic, &raw.topics, &id)?;
             let consumer = match &raw.consumer {
                 None | Some(Value::Null) => None,
-                Some(_) => Some(consumer_field(&raw.consumer, &id)?),
+                Some(_) => Some(consumer()?),
             };
             let start = match &raw.start {
                 None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(Start::parse(s).map_err(bad)?),
-                Some(Value::Number(n)) => Some(Start::Seq(n.as_u64().ok_or_else(|| {
-                    bad("field `start` must be a non-negative integer seq".to_owned())
-                })?)),
+                Some(v) => Some(start_value(v).map_err(bad)?),
+            };
+            let mode = match &raw.mode {
+                None | Some(Value::Null) => None,
+                Some(Value::String(m)) if m == "exclusive" => Some(Mode::Exclusive),
+                Some(Value::String(m)) if m == "shared" => Some(Mode::Shared),
                 Some(_) => {
                     return Err(bad(
-                        "field `start` must be \"all\", \"new\", a seq or an RFC 3339 time"
-                            .to_owned(),
+                        "field `mode` must be \"exclusive\" or \"shared\"".into()
                     ))
                 }
             };
+            let options = SubscribeOptions {
+                mode,
+                ack_wait_ms: positive(&raw.ack_wait_ms, "ack_wait_ms").map_err(bad)?,
+                max_deliver: count(&raw.max_deliver, "max_deliver", 0).map_err(bad)?,
+                max_in_flight: count(&raw.max_in_flight, "max_in_flight", 1).map_err(bad)?,
+            };
+            if consumer.is_none() && options != SubscribeOptions::default() {
+                return Err(bad(
+                    "mode, ack_wait_ms, max_deliver and max_in_flight need a `consumer`".into(),
+                ));
+            }
             Ok(Request::Subscribe {
                 id,
-                topic,
+                topics,
+                consumer,
+                start,
+                options,
+            })
+        }
+        "ack" | "term" | "progress" | "nack" => {
+            let consumer = consumer()?;
+            let seqs = seqs_field(&raw.seq, &raw.seqs).map_err(bad)?;
+            Ok(match op.as_str() {
+                "ack" => Request::Ack { id, consumer, seqs },
+                "term" => Request::Term { id, consumer, seqs },
+                "progress" => Request::Progress { id, consumer, seqs },
+                _ => {
+                    let delay_ms = match &raw.delay_ms {
+                        None | Some(Value::Null) => 0,
+                        Some(v) => v.as_u64().ok_or_else(|| {
+                            bad("field `delay_ms` must be a non-negative integer".into())
+                        })?,
+                    };
+                    Request::Nack {
+                        id,
+                        consumer,
+                        seqs,
+                        delay_ms,
+                    }
+                }
+            })
+        }
+        "seek" => {
+            let consumer = consumer()?;
+            let start = match (&raw.seq, &raw.time, &raw.start) {
+                (Some(v), None, None) | (None, Some(v), None) | (None, None, Some(v)) => {
+                    start_value(v).map_err(bad)?
+                }
+                (None, None, None) => return Err(bad("missing field `seq` (or `time`)".into())),
+                _ => return Err(bad("give one of `seq`, `time` or `start`".into())),
+            };
+            Ok(Request::Seek {
+                id,
                 consumer,
                 start,
             })
         }
-        "ack" => {
-            let consumer = consumer_field(&raw.consumer, &id)?;
-            let seqs = match (&raw.seq, &raw.seqs) {
-                (Some(seq), None) => vec![seq_value(seq, "seq").map_err(bad)?],
-                (None, Some(Value::Array(items))) if !items.is_empty() => items
-                    .iter()
-                    .map(|v| seq_value(v, "seqs"))
-                    .collect::<Result<Vec<u64>, String>>()
-                    .map_err(bad)?,
-                (None, Some(_)) => {
-                    return Err(bad(
-                        "field `seqs` must be a non-empty array of seqs".to_owned()
-                    ))
-                }
-                (Some(_), Some(_)) => return Err(bad("give `seq` or `seqs`, not both".to_owned())),
-                (None, None) => return Err(bad("missing field `seq` (or `seqs`)".to_owned())),
-            };
-            Ok(Request::Ack { id, consumer, seqs })
-        }
+        "consumer_info" => Ok(Request::ConsumerInfo {
+            consumer: consumer()?,
+            id,
+        }),
+        "delete_consumer" => Ok(Request::DeleteConsumer {
+            consumer: consumer()?,
+            id,
+        }),
         "unsubscribe" => {
             let sub = string_field(&raw.sub, "sub").map_err(bad)?.to_owned();
             Ok(Request::Unsubscribe { id, sub })
@@ -281,8 +450,121 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         other => Err(RequestError::new(
             &id,
             ErrorCode::UnknownOp,
-            format!("unknown op {other:?}; known: publish, subscribe, ack, unsubscribe"),
+            format!("unknown op {other:?}; known: {OPS}"),
         )),
+    }
+}
+
+fn new_event(
+    topic: &Option<Value>,
+    payload: Option<Box<RawValue>>,
+    msg_id: &Option<Value>,
+    id: &Option<Id>,
+) -> Result<NewEvent, RequestError> {
+    let bad = |m: String| RequestError::new(id, ErrorCode::BadRequest, m);
+    let topic = string_field(topic, "topic").map_err(bad)?;
+    let topic =
+        Topic::parse(topic).map_err(|e| RequestError::new(id, ErrorCode::InvalidTopic, e.0))?;
+    let payload = payload.ok_or_else(|| bad("missing field `payload`".to_owned()))?;
+    let msg_id = match msg_id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) if !m.is_empty() && m.len() <= MAX_MSG_ID_BYTES => Some(m.clone()),
+        Some(_) => {
+            return Err(bad(format!(
+                "field `msg_id` must be a string of 1 to {MAX_MSG_ID_BYTES} bytes"
+            )))
+        }
+    };
+    Ok(NewEvent {
+        topic,
+        payload,
+        msg_id,
+    })
+}
+
+fn patterns(
+    topic: &Option<Value>,
+    topics: &Option<Value>,
+    id: &Option<Id>,
+) -> Result<Vec<Pattern>, RequestError> {
+    let bad = |m: &str| RequestError::new(id, ErrorCode::BadRequest, m);
+    let texts: Vec<&str> = match (topic, topics) {
+        (Some(_), None) => vec![string_field(topic, "topic").map_err(|m| bad(&m))?],
+        (None, Some(Value::Array(items))) if !items.is_empty() && items.len() <= MAX_PATTERNS => {
+            items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| bad("field `topics` must hold strings"))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        (None, Some(_)) => {
+            return Err(bad(&format!(
+                "field `topics` must be an array of 1 to {MAX_PATTERNS} patterns"
+            )))
+        }
+        (Some(_), Some(_)) => return Err(bad("give `topic` or `topics`, not both")),
+        (None, None) => return Err(bad("missing field `topic` (or `topics`)")),
+    };
+    let mut out: Vec<Pattern> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let p = Pattern::parse(text)
+            .map_err(|e| RequestError::new(id, ErrorCode::InvalidPattern, e.0))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn start_value(v: &Value) -> Result<Start, String> {
+    match v {
+        Value::String(s) => Start::parse(s),
+        Value::Number(n) => n
+            .as_u64()
+            .map(Start::Seq)
+            .ok_or_else(|| "a start seq must be a non-negative integer".to_owned()),
+        _ => Err("`start` must be \"all\", \"new\", a seq or an RFC 3339 time".to_owned()),
+    }
+}
+
+fn positive(v: &Option<Value>, name: &str) -> Result<Option<u64>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!("field `{name}` must be a positive integer")),
+        },
+    }
+}
+
+fn count(v: &Option<Value>, name: &str, min: u64) -> Result<Option<u32>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v
+            .as_u64()
+            .filter(|&n| n >= min)
+            .and_then(|n| u32::try_from(n).ok())
+        {
+            Some(n) => Ok(Some(n)),
+            None => Err(format!(
+                "field `{name}` must be an integer from {min} to {}",
+                u32::MAX
+            )),
+        },
+    }
+}
+
+fn seqs_field(seq: &Option<Value>, seqs: &Option<Value>) -> Result<Vec<u64>, String> {
+    match (seq, seqs) {
+        (Some(seq), None) => Ok(vec![seq_value(seq, "seq")?]),
+        (None, Some(Value::Array(items))) if !items.is_empty() => {
+            items.iter().map(|v| seq_value(v, "seqs")).collect()
+        }
+        (None, Some(_)) => Err("field `seqs` must be a non-empty array of seqs".to_owned()),
+        (Some(_), Some(_)) => Err("give `seq` or `seqs`, not both".to_owned()),
+        (None, None) => Err("missing field `seq` (or `seqs`)".to_owned()),
     }
 }
 
@@ -329,10 +611,10 @@ mod tests {
         let r = parse_request(r#"{"op":"publish","id":1,"topic":"a.b","payload":{"x": [1, 2]}}"#)
             .unwrap();
         match r {
-            Request::Publish { id, topic, payload } => {
+            Request::Publish { id, event } => {
                 assert_eq!(id, Some(Id::Int(1)));
-                assert_eq!(topic.as_str(), "a.b");
-                assert_eq!(payload.get(), r#"{"x": [1, 2]}"#);
+                assert_eq!(event.topic.as_str(), "a.b");
+                assert_eq!(event.payload.get(), r#"{"x": [1, 2]}"#);
             }
             other => panic!("{other:?}"),
         }
@@ -373,6 +655,61 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(err(r#"{"id":1.5,"op":"ack"}"#).code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn extended_operations_parse() {
+        let r = parse_request(
+            r#"{"op":"subscribe","topics":["a.*","b.>","a.*"],"consumer":"c","mode":"shared","ack_wait_ms":50,"max_deliver":3,"max_in_flight":7}"#,
+        )
+        .unwrap();
+        match r {
+            Request::Subscribe {
+                topics, options, ..
+            } => {
+                assert_eq!(topics.len(), 2);
+                assert_eq!(options.mode, Some(Mode::Shared));
+                assert_eq!(
+                    (
+                        options.ack_wait_ms,
+                        options.max_deliver,
+                        options.max_in_flight
+                    ),
+                    (Some(50), Some(3), Some(7))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_request(r#"{"op":"nack","consumer":"c","seq":3,"delay_ms":10}"#),
+            Ok(Request::Nack { delay_ms: 10, .. })
+        ));
+        assert!(matches!(
+            parse_request(r#"{"op":"seek","consumer":"c","time":"1970-01-01T00:00:01Z"}"#),
+            Ok(Request::Seek {
+                start: Start::TimeMs(1000),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_request(
+                r#"{"op":"publish_batch","events":[{"topic":"a","payload":1,"msg_id":"m"}]}"#
+            ),
+            Ok(Request::PublishBatch { .. })
+        ));
+        let e = parse_request(
+            r#"{"op":"publish_batch","id":4,"events":[{"topic":"a..b","payload":1}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::InvalidTopic, Some(Id::Int(4))));
+        let e =
+            parse_request(r#"{"op":"subscribe","id":5,"topic":"a","mode":"shared"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = parse_request(r#"{"op":"publish","id":6,"topic":"a","payload":1,"msg_id":7}"#)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = parse_request(r#"{"op":"publish_batch","id":7,"events":"x"}"#).unwrap_err();
+        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(Id::Int(7))));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use reader::EventCursor;
-pub use record::{Event, Record};
+pub use record::{Event, Record, Settle};
 use segment::{ScanEnd, SegmentMeta};
 
 /// Where a record ends: the log position a state view has caught up to.
@@ -69,21 +69,35 @@ impl LogError {
 /// know (the seq of an event, the floor of a consumer that starts at the head).
 #[derive(Debug, Clone)]
 pub enum Entry {
-    Event {
-        topic: String,
-        payload: String,
-        time_ms: u64,
-    },
+    /// Stored as one record: all or none.
+    Events(Vec<NewEvent>),
     ConsumerCreated {
         name: String,
-        pattern: String,
+        patterns: Vec<String>,
         start: Floor,
     },
     Acked {
         consumer: String,
         seqs: Vec<u64>,
         floor: u64,
+        kind: Settle,
     },
+    ConsumerSeek {
+        name: String,
+        floor: u64,
+    },
+    ConsumerDeleted {
+        name: String,
+    },
+}
+
+/// An event to append; the writer gives it its seq.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub topic: String,
+    pub payload: String,
+    pub time_ms: u64,
+    pub msg_id: Option<String>,
 }
 
 /// Where a new consumer's floor sits.
@@ -95,9 +109,11 @@ pub enum Floor {
 }
 
 /// What an entry became once durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Receipt {
-    Seq(u64),
+    /// Per event: its seq, and whether it is a duplicate (by msg_id) of one stored earlier,
+    /// in which case nothing was written for it and the seq is the original's.
+    Seqs(Vec<(u64, bool)>),
     Floor(u64),
     Done,
 }
@@ -118,6 +134,9 @@ pub struct Recovery {
     pub end: Position,
     /// Set when a torn tail was cut: where and why.
     pub torn_tail: Option<String>,
+    /// `(time_ms, msg_id, seq)` of every stored event that carries a msg_id, oldest first;
+    /// the writer keeps those inside the dedup window.
+    pub msg_ids: Vec<(u64, String, u64)>,
 }
 
 /// Scans every segment in `dir` (creating it if needed), verifies every record, cuts a torn
@@ -136,21 +155,27 @@ pub fn recover(
     let mut segments = Vec::with_capacity(files.len());
     let mut next_seq = 1u64;
     let mut torn_tail = None;
+    let mut msg_ids = Vec::new();
     let count = files.len();
     for (i, (base, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == count;
         let mut meta = SegmentMeta::new(base, path.clone());
         let (valid_len, end) = segment::scan(&path, is_last, |rec, start, end| {
-            if let Record::Event(ev) = &rec {
-                if ev.seq < next_seq {
-                    return Err(LogError::Corrupt {
-                        path: path.clone(),
-                        offset: start,
-                        reason: format!("event seq {} after seq {}", ev.seq, next_seq - 1),
-                    });
+            if let Record::Events(events) = &rec {
+                for ev in events {
+                    if ev.seq < next_seq {
+                        return Err(LogError::Corrupt {
+                            path: path.clone(),
+                            offset: start,
+                            reason: format!("event seq {} after seq {}", ev.seq, next_seq - 1),
+                        });
+                    }
+                    meta.note_event(ev.seq, ev.time_ms, start);
+                    next_seq = ev.seq + 1;
+                    if let Some(msg_id) = &ev.msg_id {
+                        msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
+                    }
                 }
-                meta.note_event(ev.seq, ev.time_ms, start);
-                next_seq = ev.seq + 1;
             }
             visit(
                 &rec,
@@ -188,6 +213,7 @@ pub fn recover(
         next_seq,
         end,
         torn_tail,
+        msg_ids,
     })
 }
 
@@ -196,6 +222,8 @@ pub fn recover(
 pub struct LogOptions {
     /// A new segment is started once the current one holds this many bytes.
     pub segment_bytes: u64,
+    /// How long a msg_id is remembered for deduplication, in ms.
+    pub dedup_window_ms: u64,
     /// Append requests that may wait for the writer before submitters wait too.
     pub queue_depth: usize,
 }
@@ -230,7 +258,14 @@ impl AppendLog {
     ) -> Result<AppendLog, LogError> {
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
         let table: SegmentTable = Arc::new(RwLock::new(recovery.segments));
-        let writer = writer::Writer::open(dir, table.clone(), recovery.next_seq, options, sink)?;
+        let writer = writer::Writer::open(
+            dir,
+            table.clone(),
+            recovery.next_seq,
+            recovery.msg_ids,
+            options,
+            sink,
+        )?;
         std::thread::Builder::new()
             .name("wharf-log-writer".into())
             .spawn(move || writer.run(rx))

@@ -96,18 +96,22 @@ impl EventCursor {
                 .read_exact(&mut body)
                 .map_err(|e| LogError::io(&seg.path, e))?;
             let rec = record::decode_body(&header, &body).map_err(corrupt)?;
-            if let Record::Event(ev) = rec {
-                if ev.seq > head {
+            if let Record::Events(events) = rec {
+                // A record is committed whole, so its events are all at or below the head,
+                // or all above it.
+                if events.first().is_some_and(|ev| ev.seq > head) {
                     // Synced but not yet announced: leave it for the next read.
                     seg.file
                         .seek(SeekFrom::Start(seg.offset))
                         .map_err(|e| LogError::io(&seg.path, e))?;
                     return Ok(());
                 }
-                if ev.seq >= self.next_seq {
-                    self.next_seq = ev.seq + 1;
-                    out.push(Arc::new(ev));
-                    taken += 1;
+                for ev in events {
+                    if ev.seq >= self.next_seq {
+                        self.next_seq = ev.seq + 1;
+                        out.push(Arc::new(ev));
+                        taken += 1;
+                    }
                 }
             }
             seg.offset = end;

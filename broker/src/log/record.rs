@@ -22,23 +22,45 @@ pub struct Event {
     pub topic: String,
     /// The publisher's payload, verbatim JSON text.
     pub payload: String,
+    /// The publisher's idempotency key, if it gave one.
+    pub msg_id: Option<String>,
+}
+
+/// How a consumer settled events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Settle {
+    Ack,
+    /// The consumer gave up on them: never redelivered, counted.
+    Term,
+    /// Delivered `max_deliver` times; moved to the dead-letter topic.
+    DeadLetter,
 }
 
 /// Everything that is ever confirmed to a client is one of these, in the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
-    Event(Event),
+    /// One publish or one publish_batch: stored all or none, as one checksummed record.
+    Events(Vec<Event>),
     /// A durable consumer came into being; every matching event above `floor` is for it.
     ConsumerCreated {
         name: String,
-        pattern: String,
+        patterns: Vec<String>,
         floor: u64,
     },
-    /// A consumer acknowledged `seqs`; every matching event at or below `floor` is acked.
+    /// A consumer settled `seqs`; every matching event at or below `floor` is settled.
     Acked {
         consumer: String,
         seqs: Vec<u64>,
         floor: u64,
+        kind: Settle,
+    },
+    /// A consumer was moved: everything above `floor` is unacked again.
+    ConsumerSeek {
+        name: String,
+        floor: u64,
+    },
+    ConsumerDeleted {
+        name: String,
     },
 }
 
@@ -112,12 +134,13 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_checksums_catch_flips() {
-        let rec = Record::Event(Event {
+        let rec = Record::Events(vec![Event {
             seq: 7,
             time_ms: 1,
             topic: "a.b".into(),
             payload: "{\"x\":1}".into(),
-        });
+            msg_id: Some("m-1".into()),
+        }]);
         let mut buf = Vec::new();
         frame_into(&rec, &mut buf).unwrap();
         let header = Header::from_bytes(buf[..HEADER_LEN].try_into().unwrap());

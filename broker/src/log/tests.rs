@@ -17,11 +17,12 @@ impl CommitSink for Collect {
 }
 
 fn event(i: u64) -> Entry {
-    Entry::Event {
+    Entry::Events(vec![NewEvent {
         topic: "t.a".into(),
         payload: format!("{{\"i\":{i}}}"),
         time_ms: 1000 + i,
-    }
+        msg_id: None,
+    }])
 }
 
 fn recover_all(dir: &Path) -> Result<(Recovery, Vec<Record>), LogError> {
@@ -39,6 +40,7 @@ async fn write_events(dir: &Path, n: u64, segment_bytes: u64) -> Collect {
     let sink = Collect::default();
     let options = LogOptions {
         segment_bytes,
+        dedup_window_ms: 60_000,
         queue_depth: 64,
     };
     let log = AppendLog::start(dir, recovery, options, Box::new(sink.clone())).unwrap();
@@ -49,7 +51,7 @@ async fn write_events(dir: &Path, n: u64, segment_bytes: u64) -> Collect {
     for (i, p) in pending.into_iter().enumerate() {
         assert_eq!(
             p.await.unwrap().unwrap(),
-            vec![Receipt::Seq(first + i as u64)]
+            vec![Receipt::Seqs(vec![(first + i as u64, false)])]
         );
     }
     log.close().await;
@@ -79,7 +81,7 @@ async fn pipelined_appends_share_syncs_and_survive_reopen() {
     let seqs: Vec<u64> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Event(e) => Some(e.seq),
+            Record::Events(e) => Some(e[0].seq),
             _ => None,
         })
         .collect();
@@ -112,12 +114,13 @@ async fn a_torn_tail_is_cut_and_writing_resumes() {
     // Half a record: a header that promises more bytes than follow.
     let mut frame = Vec::new();
     record::frame_into(
-        &Record::Event(Event {
+        &Record::Events(vec![Event {
             seq: 11,
             time_ms: 1,
             topic: "t".into(),
             payload: "1".into(),
-        }),
+            msg_id: None,
+        }]),
         &mut frame,
     )
     .unwrap();
@@ -174,4 +177,51 @@ async fn damage_in_an_older_segment_is_never_a_torn_tail() {
         .set_len(len - 5)
         .unwrap();
     assert!(matches!(recover_all(&dir), Err(LogError::Corrupt { .. })));
+}
+
+#[tokio::test]
+async fn a_repeated_msg_id_is_stored_once_even_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let with_id = |id: &str| NewEvent {
+        topic: "t".into(),
+        payload: "1".into(),
+        time_ms: wharf_protocol::now_ms(),
+        msg_id: Some(id.into()),
+    };
+    let options = || LogOptions {
+        segment_bytes: 1 << 20,
+        dedup_window_ms: 60_000,
+        queue_depth: 8,
+    };
+    let (recovery, _) = recover_all(&dir).unwrap();
+    let log = AppendLog::start(&dir, recovery, options(), Box::new(Collect::default())).unwrap();
+    let first = log
+        .append(vec![Entry::Events(vec![with_id("a")])])
+        .await
+        .unwrap();
+    assert_eq!(first, vec![Receipt::Seqs(vec![(1, false)])]);
+    // A batch repeating "a" and repeating "b" inside itself.
+    let batch = vec![with_id("a"), with_id("b"), with_id("b"), with_id("c")];
+    let got = log.append(vec![Entry::Events(batch)]).await.unwrap();
+    assert_eq!(
+        got,
+        vec![Receipt::Seqs(vec![
+            (1, true),
+            (2, false),
+            (2, true),
+            (3, false)
+        ])]
+    );
+    log.close().await;
+
+    let (recovery, records) = recover_all(&dir).unwrap();
+    assert_eq!(records.len(), 2);
+    let log = AppendLog::start(&dir, recovery, options(), Box::new(Collect::default())).unwrap();
+    let again = log
+        .append(vec![Entry::Events(vec![with_id("c")])])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Receipt::Seqs(vec![(3, true)])]);
+    log.close().await;
 }

@@ -7,6 +7,7 @@
 //! failed fsync the kernel may have dropped the dirty pages, so nothing later could be
 //! trusted to sit on top of them (see the fsyncgate reports on PostgreSQL).
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,35 @@ use super::{
     AppendRequest, Command, CommitSink, Entry, Floor, LogError, LogOptions, Position, Receipt,
     SegmentTable,
 };
+
+/// msg_ids seen inside the dedup window, with the seq each was stored under.
+struct Dedup {
+    window_ms: u64,
+    seqs: HashMap<String, u64>,
+    /// `(time_ms, msg_id, seq)`, oldest first, for expiry.
+    order: VecDeque<(u64, String, u64)>,
+}
+
+impl Dedup {
+    fn remember(&mut self, time_ms: u64, msg_id: String, seq: u64) {
+        self.seqs.insert(msg_id.clone(), seq);
+        self.order.push_back((time_ms, msg_id, seq));
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(self.window_ms);
+        while let Some((time, _, _)) = self.order.front() {
+            if *time >= horizon {
+                break;
+            }
+            if let Some((_, id, seq)) = self.order.pop_front() {
+                if self.seqs.get(&id) == Some(&seq) {
+                    self.seqs.remove(&id);
+                }
+            }
+        }
+    }
+}
 
 /// At most this many bytes go into one write+sync.
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -33,6 +63,9 @@ pub(super) struct Writer {
     next_seq: u64,
     buf: Vec<u8>,
     stopped: Option<String>,
+    dedup: Dedup,
+    /// msg_ids assigned in the batch being written; remembered once it is durable.
+    batch_ids: HashMap<String, u64>,
 }
 
 impl Writer {
@@ -40,6 +73,7 @@ impl Writer {
         dir: &Path,
         table: SegmentTable,
         next_seq: u64,
+        msg_ids: Vec<(u64, String, u64)>,
         options: LogOptions,
         sink: Box<dyn CommitSink>,
     ) -> Result<Writer, LogError> {
@@ -62,7 +96,18 @@ impl Writer {
                 (meta, file)
             }
         };
+        let mut dedup = Dedup {
+            window_ms: options.dedup_window_ms,
+            seqs: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        for (time_ms, msg_id, seq) in msg_ids {
+            dedup.remember(time_ms, msg_id, seq);
+        }
+        dedup.expire(wharf_protocol::now_ms());
         Ok(Writer {
+            dedup,
+            batch_ids: HashMap::new(),
             dir: dir.to_owned(),
             table,
             options,
@@ -88,7 +133,10 @@ impl Writer {
                             .entries
                             .iter()
                             .map(|e| match e {
-                                Entry::Event { payload, topic, .. } => payload.len() + topic.len(),
+                                Entry::Events(events) => events
+                                    .iter()
+                                    .map(|ev| ev.payload.len() + ev.topic.len() + 32)
+                                    .sum(),
                                 _ => 64,
                             })
                             .sum::<usize>();
@@ -135,6 +183,7 @@ impl Writer {
             return;
         }
         self.buf.clear();
+        self.batch_ids.clear();
         let base_len = self.active.synced_len;
         let mut records = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
@@ -150,16 +199,19 @@ impl Writer {
             let mut failed = None;
             for entry in req.entries.drain(..) {
                 let (rec, receipt) = self.record_for(entry);
+                receipts.push(receipt);
+                let Some(rec) = rec else { continue };
                 let offset = base_len + self.buf.len() as u64;
                 if let Err(e) = record::frame_into(&rec, &mut self.buf) {
                     failed = Some(LogError::Encode(e.to_string()));
                     break;
                 }
-                if let Record::Event(ev) = &rec {
-                    index_notes.push((ev.seq, ev.time_ms, offset));
+                if let Record::Events(events) = &rec {
+                    for ev in events {
+                        index_notes.push((ev.seq, ev.time_ms, offset));
+                    }
                 }
                 records.push(rec);
-                receipts.push(receipt);
             }
             match failed {
                 None => results.push(Ok(receipts)),
@@ -167,7 +219,9 @@ impl Writer {
                     // Nothing of a request that cannot be encoded is written.
                     self.buf.truncate(mark.0);
                     records.truncate(mark.1);
-                    self.next_seq = mark.2;
+                    let first_unused = mark.2;
+                    self.batch_ids.retain(|_, seq| *seq < first_unused);
+                    self.next_seq = first_unused;
                     index_notes.truncate(mark.3);
                     results.push(Err(e));
                 }
@@ -184,6 +238,11 @@ impl Writer {
             for (seq, time_ms, offset) in index_notes {
                 self.active.note_event(seq, time_ms, offset);
             }
+            let now = wharf_protocol::now_ms();
+            for (msg_id, seq) in self.batch_ids.drain() {
+                self.dedup.remember(now, msg_id, seq);
+            }
+            self.dedup.expire(now);
             self.active.synced_len = base_len + self.buf.len() as u64;
             if let Ok(mut table) = self.table.write() {
                 if let Some(last) = table.last_mut() {
@@ -201,28 +260,42 @@ impl Writer {
         }
     }
 
-    fn record_for(&mut self, entry: Entry) -> (Record, Receipt) {
-        match entry {
-            Entry::Event {
-                topic,
-                payload,
-                time_ms,
-            } => {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                (
-                    Record::Event(record::Event {
+    /// The record an entry becomes (none when every event of it is a duplicate).
+    fn record_for(&mut self, entry: Entry) -> (Option<Record>, Receipt) {
+        let (rec, receipt) = match entry {
+            Entry::Events(new) => {
+                let mut events = Vec::with_capacity(new.len());
+                let mut seqs = Vec::with_capacity(new.len());
+                for ev in new {
+                    if let Some(id) = &ev.msg_id {
+                        let earlier = self.dedup.seqs.get(id).or_else(|| self.batch_ids.get(id));
+                        if let Some(&seq) = earlier {
+                            seqs.push((seq, true));
+                            continue;
+                        }
+                    }
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    if let Some(id) = &ev.msg_id {
+                        self.batch_ids.insert(id.clone(), seq);
+                    }
+                    seqs.push((seq, false));
+                    events.push(record::Event {
                         seq,
-                        time_ms,
-                        topic,
-                        payload,
-                    }),
-                    Receipt::Seq(seq),
-                )
+                        time_ms: ev.time_ms,
+                        topic: ev.topic,
+                        payload: ev.payload,
+                        msg_id: ev.msg_id,
+                    });
+                }
+                if events.is_empty() {
+                    return (None, Receipt::Seqs(seqs));
+                }
+                (Record::Events(events), Receipt::Seqs(seqs))
             }
             Entry::ConsumerCreated {
                 name,
-                pattern,
+                patterns,
                 start,
             } => {
                 let floor = match start {
@@ -232,7 +305,7 @@ impl Writer {
                 (
                     Record::ConsumerCreated {
                         name,
-                        pattern,
+                        patterns,
                         floor,
                     },
                     Receipt::Floor(floor),
@@ -242,15 +315,23 @@ impl Writer {
                 consumer,
                 seqs,
                 floor,
+                kind,
             } => (
                 Record::Acked {
                     consumer,
                     seqs,
                     floor,
+                    kind,
                 },
                 Receipt::Done,
             ),
-        }
+            Entry::ConsumerSeek { name, floor } => {
+                let floor = floor.min(self.next_seq - 1);
+                (Record::ConsumerSeek { name, floor }, Receipt::Floor(floor))
+            }
+            Entry::ConsumerDeleted { name } => (Record::ConsumerDeleted { name }, Receipt::Done),
+        };
+        (Some(rec), receipt)
     }
 
     fn write_and_sync(&mut self) -> Result<(), LogError> {
