@@ -188,6 +188,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Client {
     sink: SplitSink<Ws, Message>,
     stream: SplitStream<Ws>,
+    /// Events that arrived while [`Client::reply`] waited for a reply.
+    stash: std::collections::VecDeque<Value>,
 }
 
 impl Client {
@@ -197,7 +199,11 @@ impl Client {
             .expect("connect timed out")
             .expect("connect to broker");
         let (sink, stream) = ws.split();
-        Client { sink, stream }
+        Client {
+            sink,
+            stream,
+            stash: Default::default(),
+        }
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -217,6 +223,9 @@ impl Client {
 
     /// The next text frame, or `None` if none arrives within `limit`.
     pub async fn recv_within(&mut self, limit: Duration) -> Option<Value> {
+        if let Some(v) = self.stash.pop_front() {
+            return Some(v);
+        }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.stream.next())
@@ -260,7 +269,7 @@ impl Client {
 
     pub async fn publish(&mut self, topic: &str, payload: Value) -> u64 {
         let reply = self
-            .request(json!({"op":"publish","id":"p","topic":topic,"payload":payload}))
+            .reply(json!({"op":"publish","id":"p","topic":topic,"payload":payload}))
             .await;
         assert_eq!(reply["type"], "published", "publish failed: {reply}");
         reply["seq"].as_u64().expect("seq")
@@ -271,7 +280,7 @@ impl Client {
         if let Some(c) = consumer {
             frame["consumer"] = json!(c);
         }
-        let reply = self.request(frame).await;
+        let reply = self.reply(frame).await;
         assert_eq!(reply["type"], "subscribed", "subscribe failed: {reply}");
         reply["sub"].as_str().expect("sub id").to_owned()
     }
@@ -287,12 +296,53 @@ impl Client {
         out
     }
 
+    /// Sends a request and returns its reply; events that arrive first are kept for
+    /// [`Client::recv`].
+    pub async fn reply(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .expect("no reply in time");
+            if let Some(Ok(Message::Text(t))) = msg {
+                let v: Value = serde_json::from_str(t.as_str()).expect("broker sent JSON");
+                if v["type"] == "event" {
+                    self.stash.push_back(v);
+                    continue;
+                }
+                return v;
+            }
+            assert!(matches!(msg, Some(Ok(_))), "connection ended: {msg:?}");
+        }
+    }
+
     /// Acks and waits for the broker to confirm the ack is durable.
     pub async fn ack(&mut self, consumer: &str, seqs: &[u64]) {
         let reply = self
-            .request(json!({"op":"ack","id":"a","consumer":consumer,"seqs":seqs}))
+            .reply(json!({"op":"ack","id":"a","consumer":consumer,"seqs":seqs}))
             .await;
         assert_eq!(reply["type"], "ok", "ack failed: {reply}");
+    }
+
+    /// Subscribes with extra fields (`topics`, `mode`, `ack_wait_ms`, …) merged in.
+    pub async fn subscribe_with(&mut self, consumer: &str, extra: Value) -> String {
+        let mut frame = json!({"op":"subscribe","id":"s","consumer":consumer});
+        for (k, v) in extra.as_object().expect("extra fields are an object") {
+            frame[k] = v.clone();
+        }
+        let reply = self.reply(frame).await;
+        assert_eq!(reply["type"], "subscribed", "subscribe failed: {reply}");
+        reply["sub"].as_str().expect("sub id").to_owned()
+    }
+
+    /// `consumer_info` for `consumer`.
+    pub async fn info(&mut self, consumer: &str) -> Value {
+        let reply = self
+            .reply(json!({"op":"consumer_info","id":"i","consumer":consumer}))
+            .await;
+        assert_eq!(reply["type"], "consumer_info", "{reply}");
+        reply
     }
 
     pub async fn close(mut self) {

@@ -1,0 +1,57 @@
+//! `"mode":"shared"`: connections attached to one consumer split its events, and when one
+//! leaves, what it held goes to the others at once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+use wharf_tests::{data_dir, seqs, Broker};
+
+#[tokio::test]
+async fn shared_attachments_split_events_and_inherit_a_leavers_work_at_once() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, "");
+    // A long ack wait: only the departure can explain a quick redelivery.
+    let opts = json!({"topic":"work.>","mode":"shared","ack_wait_ms":600000,"max_in_flight":5});
+    let mut a = broker.client().await;
+    a.subscribe_with("pool", opts.clone()).await;
+    let mut b = broker.client().await;
+    b.subscribe_with("pool", opts.clone()).await;
+
+    let mut p = broker.client().await;
+    for i in 1..=10 {
+        p.publish("work.item", json!(i)).await;
+    }
+    // Each holds at most 5 unacked, so together they hold all 10, each exactly once.
+    let got_a = seqs(&a.events(5).await);
+    let got_b = seqs(&b.events(5).await);
+    let all: HashSet<u64> = got_a.iter().chain(&got_b).copied().collect();
+    assert_eq!(
+        all,
+        (1..=10).collect::<HashSet<_>>(),
+        "a {got_a:?} b {got_b:?}"
+    );
+
+    // A leaves without acking: B receives A's five now (after acking its own to make room).
+    a.close().await;
+    b.ack("pool", &got_b).await;
+    let inherited = b.events(5).await;
+    let mut inherited_seqs = seqs(&inherited);
+    inherited_seqs.sort();
+    assert_eq!(inherited_seqs, got_a);
+    assert!(inherited.iter().all(|e| e["delivery"] == 2));
+
+    // An exclusive subscribe while shared holders exist is refused.
+    let mut c = broker.client().await;
+    let reply = c
+        .reply(json!({"op":"subscribe","id":1,"topic":"work.>","consumer":"pool"}))
+        .await;
+    assert_eq!(reply["code"], "consumer_conflict", "{reply}");
+    let info = c.info("pool").await;
+    assert_eq!(
+        (info["mode"].as_str(), info["attached"].as_u64()),
+        (Some("shared"), Some(1))
+    );
+    b.ack("pool", &inherited_seqs).await;
+    assert_eq!(b.recv_within(Duration::from_millis(200)).await, None);
+}
