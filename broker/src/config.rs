@@ -38,6 +38,10 @@ pub struct Config {
     pub dedup_window: Duration,
     /// Frames queued to one connection before its delivery waits.
     pub outbound_queue: usize,
+    /// A subscriber whose queue stays full this long is too slow: a durable one is
+    /// disconnected (it resumes from its settled state), an ephemeral one skips ahead.
+    #[serde(with = "humantime_serde")]
+    pub slow_consumer_timeout: Duration,
     /// A new log segment is started past this size.
     pub segment_bytes: u64,
     /// How often sled flushes the state view in the background.
@@ -61,6 +65,7 @@ impl Default for Config {
             max_deliver: 0,
             dedup_window: Duration::from_secs(120),
             outbound_queue: 1024,
+            slow_consumer_timeout: Duration::from_secs(10),
             segment_bytes: 64 << 20,
             state_flush_interval: Duration::from_millis(500),
             cache_events: 65536,
@@ -124,6 +129,10 @@ impl Config {
             ("max_in_flight", self.max_in_flight as u64),
             ("ack_wait", self.ack_wait.as_millis() as u64),
             ("outbound_queue", self.outbound_queue as u64),
+            (
+                "slow_consumer_timeout",
+                self.slow_consumer_timeout.as_millis() as u64,
+            ),
             ("segment_bytes", self.segment_bytes),
             (
                 "heartbeat_interval",

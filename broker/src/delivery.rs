@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_tungstenite::tungstenite::Message;
@@ -23,8 +23,66 @@ use crate::log::{
 };
 use crate::state::{ConsumerState, StateView};
 
-/// A connection's bounded outbound queue.
-pub type Outbound = mpsc::Sender<Message>;
+/// A connection's bounded outbound queue, and the way to have the connection closed when a
+/// subscriber stays too slow to drain it.
+#[derive(Clone)]
+pub struct Outbound {
+    frames: mpsc::Sender<Message>,
+    evict: mpsc::Sender<String>,
+    slow_limit: Duration,
+}
+
+/// How a delivery went.
+pub enum Delivered {
+    Sent,
+    /// The connection is gone.
+    Closed,
+    /// The queue stayed full for the slow-consumer limit.
+    TooSlow,
+}
+
+impl Outbound {
+    pub fn new(
+        frames: mpsc::Sender<Message>,
+        evict: mpsc::Sender<String>,
+        slow_limit: Duration,
+    ) -> Outbound {
+        Outbound {
+            frames,
+            evict,
+            slow_limit,
+        }
+    }
+
+    /// Queues a frame, waiting for room as long as it takes (replies to the client's own
+    /// requests: the client controls that pace).
+    pub async fn send(&self, msg: Message) -> Result<(), ()> {
+        self.frames.send(msg).await.map_err(|_| ())
+    }
+
+    /// Queues a frame if there is room now.
+    pub fn try_send(&self, msg: Message) -> Result<(), mpsc::error::TrySendError<Message>> {
+        self.frames.try_send(msg)
+    }
+
+    /// Queues a pushed frame, waiting at most the slow-consumer limit for room.
+    pub async fn deliver(&self, msg: Message) -> Delivered {
+        match tokio::time::timeout(self.slow_limit, self.frames.send(msg)).await {
+            Ok(Ok(())) => Delivered::Sent,
+            Ok(Err(_)) => Delivered::Closed,
+            Err(_) => Delivered::TooSlow,
+        }
+    }
+
+    /// Asks the connection to close with `reason`.
+    pub fn evict(&self, reason: String) {
+        let _already_asked = self.evict.try_send(reason);
+    }
+
+    pub fn slow_limit(&self) -> Duration {
+        self.slow_limit
+    }
+}
 
 /// Events read per batch by a delivery task.
 const BATCH: usize = 256;
@@ -118,6 +176,13 @@ impl EventSource {
             refetch: None,
             head,
         }
+    }
+
+    /// Skips everything stored; returns the last seq skipped.
+    pub fn skip_to_head(&mut self) -> u64 {
+        let head = self.feed.head();
+        self.reset(head + 1);
+        head
     }
 
     /// Moves the walk to `from`.
@@ -338,9 +403,17 @@ impl DurableDelivery {
                     tracing::warn!(consumer = name, error = %e, "delivery count not saved");
                 }
                 let frame = event_frame(&self.sub, Some(name), ev, count);
-                match self.outbound.send(frame).await {
-                    Ok(()) => Flow::Continue,
-                    Err(_) => Flow::Stop,
+                match self.outbound.deliver(frame).await {
+                    Delivered::Sent => Flow::Continue,
+                    Delivered::Closed => Flow::Stop,
+                    Delivered::TooSlow => {
+                        // Nothing is lost: the consumer resumes from its settled state.
+                        self.outbound.evict(format!(
+                            "slow consumer: nothing read for {:?}; reconnect to resume",
+                            self.outbound.slow_limit()
+                        ));
+                        Flow::Stop
+                    }
                 }
             }
             Step::DeadLetter(deliveries) => {
@@ -394,7 +467,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Live delivery to a subscription without a consumer: at-most-once, nothing stored.
+/// Live delivery to a subscription without a consumer: at-most-once, nothing stored. A
+/// subscriber too slow to take what is due skips ahead to the newest event and is told which
+/// seqs it missed (`lost`), so it can replay them with `start` if it wants them.
 pub async fn run_ephemeral(
     patterns: Vec<Pattern>,
     sub: Arc<str>,
@@ -414,8 +489,25 @@ pub async fn run_ephemeral(
             .iter()
             .filter(|ev| patterns.iter().any(|p| p.matches(&ev.topic)))
         {
-            if outbound.send(event_frame(&sub, None, ev, 1)).await.is_err() {
-                return;
+            match outbound.deliver(event_frame(&sub, None, ev, 1)).await {
+                Delivered::Sent => {}
+                Delivered::Closed => return,
+                Delivered::TooSlow => {
+                    let to = source.skip_to_head();
+                    let notice = Reply::Lost {
+                        sub: sub.to_string(),
+                        from: ev.seq,
+                        to,
+                    };
+                    if outbound
+                        .send(Message::text(notice.to_json()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    break;
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -60,6 +60,8 @@ pub struct Session {
     id: u64,
     ctx: Arc<Context>,
     outbound: Outbound,
+    /// Close requests from this connection's delivery tasks (slow consumer).
+    evict: mpsc::Receiver<String>,
     subs: HashMap<Arc<str>, Subscription>,
     next_sub: u64,
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
@@ -90,39 +92,40 @@ impl Session {
     pub async fn run(ctx: Arc<Context>, id: u64, ws: Ws, mut shutdown: Shutdown) {
         let (sink, mut stream) = ws.split();
         let (tx, rx) = mpsc::channel(ctx.config.outbound_queue);
-        let writer = tokio::spawn(write_frames(sink, rx));
+        let (evict_tx, evict_rx) = mpsc::channel(1);
+        let (close_tx, close_rx) = oneshot::channel();
+        let writer = tokio::spawn(write_frames(sink, rx, close_rx));
+        let outbound = Outbound::new(tx, evict_tx, ctx.config.slow_consumer_timeout);
         let mut session = Session {
             id,
             ctx,
-            outbound: tx,
+            outbound,
+            evict: evict_rx,
             subs: HashMap::new(),
             next_sub: 0,
             pending: FuturesOrdered::new(),
             last_seen: Instant::now(),
         };
         let close = session.serve(&mut stream, &mut shutdown).await;
-        // Replies to what was already confirmed still go out before the close frame; a
-        // subscription that completes now is not attached to a connection that is ending.
-        while let Some(done) = session.pending.next().await {
-            if let Completion::Reply(reply) = done {
-                if session.send(reply).await.is_err() {
-                    break;
+        // Replies to what was already confirmed still go out before the close frame (within
+        // a bound: a client that stopped reading may never make room); a subscription that
+        // completes now is not attached to a connection that is ending.
+        let drain = async {
+            while let Some(done) = session.pending.next().await {
+                if let Completion::Reply(reply) = done {
+                    if session.send(reply).await.is_err() {
+                        break;
+                    }
                 }
             }
-        }
+        };
+        let _drained = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
         session.detach_all();
         if let Some(frame) = close {
-            // A client that stopped reading has a full queue: never wait on it.
-            let _best_effort = session.outbound.try_send(Message::Close(Some(frame)));
+            let _writer_gone = close_tx.send(frame);
         }
         drop(session);
-        let mut writer = writer;
-        if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
-        }
+        let _finished = writer.await;
     }
 
     /// The read loop; returns the close frame to send, if any.
@@ -139,6 +142,10 @@ impl Session {
             tokio::select! {
                 _ = shutdown.wait() => {
                     return Some(close_frame(CloseCode::Away, "broker shutting down"));
+                }
+                Some(reason) = self.evict.recv() => {
+                    tracing::info!(session = self.id, reason, "closing a slow consumer");
+                    return Some(close_frame(CloseCode::Again, &reason));
                 }
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     if self.complete(done).await.is_err() {
@@ -185,10 +192,7 @@ impl Session {
     }
 
     async fn send(&mut self, reply: Reply) -> Result<(), ()> {
-        self.outbound
-            .send(Message::text(reply.to_json()))
-            .await
-            .map_err(|_| ())
+        self.outbound.send(Message::text(reply.to_json())).await
     }
 
     async fn handle_text(&mut self, text: &str) -> Result<(), ()> {
@@ -694,23 +698,51 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-/// Drains the outbound queue into the socket, many frames per flush.
-async fn write_frames(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::Receiver<Message>) {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut closing = false;
-        while let Some(msg) = next.take() {
-            closing = matches!(msg, Message::Close(_));
+/// Drains the outbound queue into the socket, many frames per flush. A close frame comes
+/// through `close` so that it is never stuck behind a full queue: it goes out after whatever
+/// is already queued, and a socket that will not take it within [`CLOSE_TIMEOUT`] is dropped.
+async fn write_frames(
+    mut sink: SplitSink<Ws, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    mut close: oneshot::Receiver<CloseFrame>,
+) {
+    let mut close_open = true;
+    let frame = loop {
+        let batch = async {
+            let Some(first) = rx.recv().await else {
+                return false;
+            };
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                if sink.feed(msg).await.is_err() {
+                    return false;
+                }
+                next = rx.try_recv().ok();
+            }
+            sink.flush().await.is_ok()
+        };
+        tokio::select! {
+            biased;
+            frame = &mut close, if close_open => match frame {
+                Ok(frame) => break Some(frame),
+                // No close frame will come; keep draining until the queue ends.
+                Err(_) => close_open = false,
+            },
+            more = batch => if !more {
+                break None;
+            },
+        }
+    };
+    let finish = async {
+        while let Ok(msg) = rx.try_recv() {
             if sink.feed(msg).await.is_err() {
                 return;
             }
-            if !closing {
-                next = rx.try_recv().ok();
-            }
         }
-        if sink.flush().await.is_err() || closing {
-            break;
+        if let Some(frame) = frame {
+            let _sent = sink.send(Message::Close(Some(frame))).await;
         }
-    }
-    let _closed = sink.close().await;
+        let _closed = sink.close().await;
+    };
+    let _in_time = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
 }

@@ -40,6 +40,13 @@ pub enum Reply {
         sub: String,
         reason: String,
     },
+    /// An ephemeral subscriber was too slow: events with seqs `from..=to` matching its
+    /// patterns were skipped.
+    Lost {
+        sub: String,
+        from: u64,
+        to: u64,
+    },
     /// An event as a client reads it; the broker writes events with [`EventFrame`].
     Event(ReceivedEvent),
     Error {

@@ -245,6 +245,28 @@ impl Client {
         }
     }
 
+    /// The next text frame, or, once the connection ends, `Err` with the close frame if one came.
+    pub async fn next_frame(&mut self) -> Result<Value, Option<(u16, String)>> {
+        if let Some(v) = self.stash.pop_front() {
+            return Ok(v);
+        }
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("no frame and no close in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Ok(serde_json::from_str(t.as_str()).expect("broker sent JSON"))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
     /// Waits for the connection to be closed by the broker; returns the close frame.
     pub async fn closed(&mut self) -> Option<(u16, String)> {
         loop {
