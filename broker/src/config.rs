@@ -33,6 +33,9 @@ pub struct Config {
     /// After this many deliveries an event goes to `dead.<consumer>`; 0 = never
     /// (per-subscription `max_deliver`).
     pub max_deliver: u32,
+    /// A durable consumer nobody has attached to for this long is deleted; 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub inactive_ttl: Duration,
     /// A publish repeating a `msg_id` seen within this window is not stored again.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
@@ -64,6 +67,7 @@ impl Default for Config {
             ack_wait: Duration::from_secs(30),
             max_deliver: 0,
             dedup_window: Duration::from_secs(120),
+            inactive_ttl: Duration::ZERO,
             outbound_queue: 1024,
             slow_consumer_timeout: Duration::from_secs(10),
             segment_bytes: 64 << 20,

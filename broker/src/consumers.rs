@@ -63,6 +63,8 @@ struct Inner {
     /// Bumped by a seek: delivery tasks restart from the new floor.
     epoch: u64,
     next_generation: u64,
+    /// Since when nobody is attached (None while someone is).
+    idle_since: Option<Instant>,
 }
 
 impl Inner {
@@ -152,6 +154,7 @@ impl Consumer {
                 mode: Mode::Exclusive,
                 epoch: 0,
                 next_generation: 0,
+                idle_since: Some(Instant::now()),
             }),
         }
     }
@@ -208,6 +211,7 @@ impl Consumer {
             }
         };
         inner.mode = mode;
+        inner.idle_since = None;
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let kick = Arc::new(Notify::new());
@@ -258,6 +262,7 @@ impl Consumer {
         if inner.attachments.is_empty() {
             inner.leases.clear();
             inner.orphans.clear();
+            inner.idle_since = Some(Instant::now());
         } else {
             let held: Vec<u64> = inner
                 .leases
@@ -469,6 +474,13 @@ impl Consumer {
         Ok(())
     }
 
+    /// How long nobody has been attached, if nobody is.
+    pub fn idle_for(&self, now: Instant) -> Option<Duration> {
+        self.lock()
+            .idle_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
     pub fn info(&self) -> Info {
         let inner = self.lock();
         Info {
@@ -564,6 +576,15 @@ impl Consumers {
 
     pub fn names(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
+    }
+
+    /// Consumers nobody has been attached to for at least `ttl`.
+    pub fn idle_longer_than(&self, ttl: Duration, now: Instant) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|c| c.idle_for(now).is_some_and(|idle| idle >= ttl))
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     /// Adds a consumer loaded from the view, unless one of that name exists.

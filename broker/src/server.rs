@@ -39,6 +39,35 @@ impl Context {
     }
 }
 
+/// Deletes durable consumers nobody has attached to for `inactive_ttl`.
+pub async fn reap_inactive(ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let ttl = ctx.config.inactive_ttl;
+    if ttl.is_zero() {
+        return;
+    }
+    let period = (ttl / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let idle = ctx
+            .store
+            .consumers
+            .idle_longer_than(ttl, std::time::Instant::now());
+        for name in idle {
+            let entry = crate::log::Entry::ConsumerDeleted { name: name.clone() };
+            match ctx.store.log.append(vec![entry]).await {
+                Ok(_) => tracing::info!(consumer = name, ?ttl, "deleted an inactive consumer"),
+                Err(e) => {
+                    tracing::warn!(consumer = name, error = %e, "could not delete an inactive consumer")
+                }
+            }
+        }
+    }
+}
+
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: Shutdown) {
     let mut sessions = JoinSet::new();
     loop {

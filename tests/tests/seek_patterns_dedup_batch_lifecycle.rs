@@ -184,3 +184,27 @@ async fn consumers_can_be_inspected_and_deleted() {
         .await;
     assert_eq!(seqs(&c.events(2).await), vec![3, 4]);
 }
+
+#[tokio::test]
+async fn a_consumer_nobody_uses_for_inactive_ttl_is_removed() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, "inactive_ttl = \"300ms\"");
+    let mut c = broker.client().await;
+    c.subscribe("t", Some("kept")).await;
+    let mut gone = broker.client().await;
+    gone.subscribe("t", Some("ephemeral-ish")).await;
+    gone.close().await;
+    // The removal is logged; wait for that line (bounded), then check over the wire.
+    let deadline = std::time::Instant::now() + wharf_tests::WAIT;
+    while !broker.log().contains("deleted an inactive consumer") {
+        assert!(std::time::Instant::now() < deadline, "{}", broker.log());
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = c
+        .reply(json!({"op":"consumer_info","id":1,"consumer":"ephemeral-ish"}))
+        .await;
+    assert_eq!(reply["code"], "not_found", "{reply}");
+    // An attached consumer is never reaped.
+    assert_eq!(c.info("kept").await["attached"], 1);
+}
