@@ -318,6 +318,11 @@ impl Client {
         out
     }
 
+    /// An event kept by [`Client::reply`], if any.
+    pub fn take_stashed(&mut self) -> Option<Value> {
+        self.stash.pop_front()
+    }
+
     /// Sends a request and returns its reply; events that arrive first are kept for
     /// [`Client::recv`].
     pub async fn reply(&mut self, frame: Value) -> Value {
