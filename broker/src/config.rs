@@ -36,6 +36,13 @@ pub struct Config {
     /// A durable consumer nobody has attached to for this long is deleted; 0 = never.
     #[serde(with = "humantime_serde")]
     pub inactive_ttl: Duration,
+    /// Retention: segments whose events are all older than this are removed; 0 = keep.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Retention: old segments are removed while at least this many events remain; 0 = keep.
+    pub max_events: u64,
+    /// Retention: old segments are removed while at least this many bytes remain; 0 = keep.
+    pub max_bytes: u64,
     /// A publish repeating a `msg_id` seen within this window is not stored again.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
@@ -68,6 +75,9 @@ impl Default for Config {
             max_deliver: 0,
             dedup_window: Duration::from_secs(120),
             inactive_ttl: Duration::ZERO,
+            max_age: Duration::ZERO,
+            max_events: 0,
+            max_bytes: 0,
             outbound_queue: 1024,
             slow_consumer_timeout: Duration::from_secs(10),
             segment_bytes: 64 << 20,

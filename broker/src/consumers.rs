@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use wharf_protocol::{Mode, Pattern};
+use tokio_tungstenite::tungstenite::Message;
+use wharf_protocol::{Mode, Pattern, Reply};
 
 use crate::delivery::Outbound;
 use crate::log::{Record, Settle};
@@ -65,6 +66,7 @@ struct Inner {
     next_generation: u64,
     /// Since when nobody is attached (None while someone is).
     idle_since: Option<Instant>,
+    unreported_gap: Option<(u64, u64)>,
 }
 
 impl Inner {
@@ -119,6 +121,7 @@ pub struct Info {
     pub redelivered: usize,
     pub terminated: u64,
     pub dead_lettered: u64,
+    pub gapped: u64,
     pub attached: usize,
 }
 
@@ -155,6 +158,7 @@ impl Consumer {
                 epoch: 0,
                 next_generation: 0,
                 idle_since: Some(Instant::now()),
+                unreported_gap: None,
             }),
         }
     }
@@ -492,6 +496,7 @@ impl Consumer {
             redelivered: inner.deliveries.values().filter(|&&c| c > 1).count(),
             terminated: inner.state.terminated,
             dead_lettered: inner.state.dead_lettered,
+            gapped: inner.state.gapped,
             attached: inner.attachments.len(),
         }
     }
@@ -520,6 +525,55 @@ impl Consumer {
             inner.release(s);
         }
         settled
+    }
+
+    /// Applies a `ConsumerGap`: the floor moves past what retention removed, walks restart
+    /// there, and attached subscriptions are told.
+    fn apply_gap(&self, from: u64, to: u64) -> Vec<u64> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if !inner.state.gap(from, to) {
+            return Vec::new();
+        }
+        let floor = inner.state.floor;
+        let gone: Vec<u64> = inner
+            .leases
+            .keys()
+            .chain(inner.orphans.iter())
+            .copied()
+            .filter(|&s| s <= floor)
+            .collect();
+        for s in gone {
+            inner.release(s);
+        }
+        let settled: Vec<u64> = inner
+            .deliveries
+            .keys()
+            .copied()
+            .filter(|&s| s <= floor)
+            .collect();
+        inner.deliveries.retain(|&s, _| s > floor);
+        inner.epoch += 1;
+        let notice = Reply::Gap {
+            consumer: self.name.clone(),
+            from,
+            to,
+        };
+        for a in &mut inner.attachments {
+            a.read_upto = a.read_upto.max(floor);
+            let _best_effort = a.outbound.try_send(Message::text(notice.to_json()));
+            a.kick.notify_one();
+        }
+        if inner.attachments.is_empty() {
+            let first = inner.unreported_gap.map_or(from, |(earlier, _)| earlier);
+            inner.unreported_gap = Some((first, to));
+        }
+        settled
+    }
+
+    /// A gap that happened while nobody was attached, to tell the next subscriber once.
+    pub fn take_unreported_gap(&self) -> Option<(u64, u64)> {
+        self.lock().unreported_gap.take()
     }
 
     fn apply_seek(&self, floor: u64) -> Vec<u64> {
@@ -576,6 +630,17 @@ impl Consumers {
 
     pub fn names(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
+    }
+
+    /// Every consumer's state, for a checkpoint.
+    pub fn snapshot(&self) -> Vec<(String, ConsumerState)> {
+        let mut all: Vec<(String, ConsumerState)> = self
+            .lock()
+            .values()
+            .map(|c| (c.name.clone(), c.state()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Consumers nobody has been attached to for at least `ttl`.
@@ -640,6 +705,23 @@ impl Consumers {
                         changes.settled.push((name.clone(), seq));
                     }
                     changes.saved.push(name.clone());
+                }
+            }
+            Record::ConsumerGap { name, from, to } => {
+                if let Some(c) = self.get(name) {
+                    for seq in c.apply_gap(*from, *to) {
+                        changes.settled.push((name.clone(), seq));
+                    }
+                    changes.saved.push(name.clone());
+                }
+            }
+            Record::Checkpoint { consumers } => {
+                // Replay may start here (older segments removed): add what is not known yet.
+                // Otherwise every consumer is known and already in exactly this state.
+                for (name, state) in consumers {
+                    if self.insert(name, state.clone(), BTreeMap::new()) {
+                        changes.saved.push(name.clone());
+                    }
                 }
             }
             Record::ConsumerDeleted { name } => {

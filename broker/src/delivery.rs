@@ -92,6 +92,8 @@ pub struct Feed {
     cache: RwLock<VecDeque<Arc<Event>>>,
     capacity: usize,
     head: watch::Sender<u64>,
+    /// The oldest seq the log still holds (retention moves it).
+    first: std::sync::atomic::AtomicU64,
 }
 
 impl Feed {
@@ -100,6 +102,22 @@ impl Feed {
             cache: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
             capacity,
             head: watch::Sender::new(head),
+            first: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The oldest seq still stored (or the next one, when the log holds no event).
+    pub fn first_seq(&self) -> u64 {
+        self.first.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Retention removed everything below `first`: forget it here too.
+    fn trim_below(&self, first: u64) {
+        self.first
+            .store(first, std::sync::atomic::Ordering::Release);
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        while cache.front().is_some_and(|ev| ev.seq < first) {
+            cache.pop_front();
         }
     }
 
@@ -521,6 +539,26 @@ pub struct Committer {
 }
 
 impl CommitSink for Committer {
+    fn checkpoint(&mut self) -> Record {
+        Record::Checkpoint {
+            consumers: self.consumers.snapshot(),
+        }
+    }
+
+    fn gaps(&mut self, first_seq: u64) -> Vec<Record> {
+        self.feed.trim_below(first_seq);
+        self.consumers
+            .snapshot()
+            .into_iter()
+            .filter(|(_, state)| state.floor + 1 < first_seq)
+            .map(|(name, state)| Record::ConsumerGap {
+                name,
+                from: state.floor + 1,
+                to: first_seq - 1,
+            })
+            .collect()
+    }
+
     fn committed(&mut self, records: Vec<Record>, end: Position) {
         let mut events = Vec::new();
         let mut changes = Changes::default();

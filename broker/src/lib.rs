@@ -101,12 +101,16 @@ impl Broker {
         let (trigger, shutdown) = Shutdown::new();
         tracing::info!(url = %format!("ws://{}{}", self.addr, wharf_protocol::WS_PATH), "listening");
         let reaper = tokio::spawn(server::reap_inactive(self.ctx.clone(), shutdown.clone()));
+        let retention = tokio::spawn(server::age_out(self.ctx.clone(), shutdown.clone()));
         let server = tokio::spawn(server::serve(self.listener, self.ctx.clone(), shutdown));
         stop.await;
         tracing::info!("shutting down");
         trigger.trigger();
         if let Err(e) = server.await {
             tracing::error!(error = %e, "server task failed");
+        }
+        if let Err(e) = retention.await {
+            tracing::error!(error = %e, "retention task failed");
         }
         if let Err(e) = reaper.await {
             tracing::error!(error = %e, "inactive-consumer task failed");

@@ -39,6 +39,23 @@ impl Context {
     }
 }
 
+/// With `max_age` set, has the log apply retention regularly even when no segment rolls.
+pub async fn age_out(ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let age = ctx.config.max_age;
+    if age.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(
+        (age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60)),
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => ctx.store.log.maintain(),
+        }
+    }
+}
+
 /// Deletes durable consumers nobody has attached to for `inactive_ttl`.
 pub async fn reap_inactive(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let ttl = ctx.config.inactive_ttl;

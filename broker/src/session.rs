@@ -309,10 +309,11 @@ impl Session {
     /// The first seq `start` points at.
     async fn resolve_start(&mut self, start: Start) -> Result<u64, LogError> {
         let head = self.ctx.store.feed.head();
+        let first = self.ctx.store.feed.first_seq();
         match start {
-            Start::All => Ok(1),
+            Start::All => Ok(first),
             Start::New => Ok(head + 1),
-            Start::Seq(seq) => Ok(seq.max(1)),
+            Start::Seq(seq) => Ok(seq.max(first)),
             Start::TimeMs(ms) => {
                 let mut cursor = self.ctx.store.log.cursor(1);
                 let found = tokio::task::spawn_blocking(move || cursor.first_at_or_after(ms, head))
@@ -327,10 +328,11 @@ impl Session {
     async fn floor_for(&mut self, start: Start) -> Result<Floor, LogError> {
         // The floor of "all" and of a seq is fixed now; only "new" depends on what the log
         // holds when the record is written, so the writer resolves it.
+        let first = self.ctx.store.feed.first_seq();
         Ok(match start {
             Start::New => Floor::Head,
-            Start::All => Floor::At(0),
-            Start::Seq(seq) => Floor::At(seq.saturating_sub(1)),
+            Start::All => Floor::At(first - 1),
+            Start::Seq(seq) => Floor::At(seq.max(first) - 1),
             time => match self.resolve_start(time).await? {
                 first if first > self.ctx.store.feed.head() => Floor::Head,
                 first => Floor::At(first - 1),
@@ -479,6 +481,15 @@ impl Session {
             consumer: Some(consumer.name.clone()),
         })
         .await?;
+        if let Some((from, to)) = consumer.take_unreported_gap() {
+            let name = consumer.name.clone();
+            self.send(Reply::Gap {
+                consumer: name,
+                from,
+                to,
+            })
+            .await?;
+        }
         let (_, from) = consumer.start();
         let delivery = DurableDelivery {
             consumer: consumer.clone(),
@@ -599,6 +610,7 @@ impl Session {
             redelivered: info.redelivered as u64,
             terminated: info.terminated,
             dead_lettered: info.dead_lettered,
+            gapped: info.gapped,
             attached: info.attached as u64,
         }))
         .await

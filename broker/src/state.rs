@@ -49,6 +49,8 @@ pub struct ConsumerState {
     pub terminated: u64,
     /// Events moved to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Seqs removed by retention before they were settled (matching or not).
+    pub gapped: u64,
 }
 
 impl ConsumerState {
@@ -81,6 +83,20 @@ impl ConsumerState {
 
     pub fn is_acked(&self, seq: u64) -> bool {
         seq <= self.floor || self.acked.contains(&seq)
+    }
+
+    /// Applies a `ConsumerGap` record: `from..=to` are gone; returns whether it moved the floor.
+    pub fn gap(&mut self, from: u64, to: u64) -> bool {
+        if to <= self.floor {
+            return false;
+        }
+        let from = from.max(self.floor + 1);
+        let settled = self.acked.range(from..=to).count() as u64;
+        self.gapped += (to - from + 1).saturating_sub(settled);
+        self.floor = to;
+        let floor = self.floor;
+        self.acked.retain(|&s| s > floor);
+        true
     }
 
     /// Applies a `ConsumerSeek` record: everything above `floor` is unsettled again.

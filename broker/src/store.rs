@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::consumers::{Changes, Consumers};
 use crate::delivery::{Committer, Feed};
-use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery};
+use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery, Retention};
 use crate::state::{ConsumerState, StateError, StateView};
 use crate::BrokerError;
 
@@ -140,6 +140,11 @@ impl Store {
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
             dedup_window_ms: u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
+            retention: Retention {
+                max_age_ms: u64::try_from(config.max_age.as_millis()).unwrap_or(u64::MAX),
+                max_events: config.max_events,
+                max_bytes: config.max_bytes,
+            },
             queue_depth: 4096,
         };
         let log = AppendLog::start(&log_dir, recovery, options, Box::new(sink))?;

@@ -40,6 +40,12 @@ pub enum Reply {
         sub: String,
         reason: String,
     },
+    /// Retention removed events `from..=to` of a durable consumer before it settled them.
+    Gap {
+        consumer: String,
+        from: u64,
+        to: u64,
+    },
     /// An ephemeral subscriber was too slow: events with seqs `from..=to` matching its
     /// patterns were skipped.
     Lost {
@@ -148,6 +154,8 @@ pub struct ConsumerInfo {
     pub redelivered: u64,
     pub terminated: u64,
     pub dead_lettered: u64,
+    /// Seqs removed by retention before the consumer settled them (matching or not).
+    pub gapped: u64,
     /// Connections attached now.
     pub attached: u64,
 }

@@ -118,9 +118,15 @@ pub enum Receipt {
     Done,
 }
 
-/// Hears about each batch after it was synced and before anyone is told it is stored.
+/// Hears about each batch after it was synced and before anyone is told it is stored, and
+/// supplies the records the writer adds on its own.
 pub trait CommitSink: Send + 'static {
     fn committed(&mut self, records: Vec<Record>, end: Position);
+    /// A `Checkpoint` of every consumer's state, written at the start of each new segment.
+    fn checkpoint(&mut self) -> Record;
+    /// `ConsumerGap` records for consumers whose floor is below `first_seq`, the oldest seq
+    /// the log still holds.
+    fn gaps(&mut self, first_seq: u64) -> Vec<Record>;
 }
 
 /// The segments readers can see; the writer adds to it.
@@ -217,6 +223,14 @@ pub fn recover(
     })
 }
 
+/// When old segments are removed; 0 means no limit. The active segment is never removed.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub max_age_ms: u64,
+    pub max_events: u64,
+    pub max_bytes: u64,
+}
+
 /// Tuning of the writer.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
@@ -224,6 +238,7 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// How long a msg_id is remembered for deduplication, in ms.
     pub dedup_window_ms: u64,
+    pub retention: Retention,
     /// Append requests that may wait for the writer before submitters wait too.
     pub queue_depth: usize,
 }
@@ -231,6 +246,8 @@ pub struct LogOptions {
 enum Command {
     Append(AppendRequest),
     Close(oneshot::Sender<()>),
+    /// Run retention now (for `max_age` while no segment rolls).
+    Maintain,
 }
 
 struct AppendRequest {
@@ -295,6 +312,11 @@ impl AppendLog {
     /// A cursor that reads events from `seq` on.
     pub fn cursor(&self, seq: u64) -> EventCursor {
         EventCursor::new(self.table.clone(), seq)
+    }
+
+    /// Asks the writer to run retention (it also does at every segment roll).
+    pub fn maintain(&self) {
+        let _busy_or_closed = self.tx.try_send(Command::Maintain);
     }
 
     /// Lets everything already queued commit, then stops the writer.

@@ -155,25 +155,35 @@ impl EventCursor {
         }
     }
 
+    fn has_segment(&self, base: u64) -> Result<bool, LogError> {
+        let table = self.table.read().map_err(|_| poisoned())?;
+        Ok(table.iter().any(|m| m.base == base))
+    }
+
     fn next_segment_base(&self) -> Result<Option<u64>, LogError> {
         let current = self.open.as_ref().map(|s| s.base).unwrap_or(0);
         let table = self.table.read().map_err(|_| poisoned())?;
         Ok(table.iter().find(|m| m.base > current).map(|m| m.base))
     }
 
-    /// Opens the segment that holds `next_seq`; false when there is none yet.
+    /// Opens the segment that holds `next_seq` (or the oldest one, if retention removed
+    /// it); false when there is none yet.
     fn open_for_next_seq(&mut self) -> Result<bool, LogError> {
-        let base = {
-            let table = self.table.read().map_err(|_| poisoned())?;
-            let i = table.partition_point(|m| m.base <= self.next_seq);
-            match (i, table.first()) {
-                (0, Some(first)) => first.base,
-                (0, None) => return Ok(false),
-                (i, _) => table[i - 1].base,
+        loop {
+            let base = {
+                let table = self.table.read().map_err(|_| poisoned())?;
+                let i = table.partition_point(|m| m.base <= self.next_seq);
+                match (i, table.first()) {
+                    (0, Some(first)) => first.base,
+                    (0, None) => return Ok(false),
+                    (i, _) => table[i - 1].base,
+                }
+            };
+            self.open_segment(base, Some(self.next_seq))?;
+            if self.open.is_some() {
+                return Ok(true);
             }
-        };
-        self.open_segment(base, Some(self.next_seq))?;
-        Ok(true)
+        }
     }
 
     fn open_segment(&mut self, base: u64, seq: Option<u64>) -> Result<(), LogError> {
@@ -187,7 +197,15 @@ impl EventCursor {
                 seq.map(|s| meta.offset_for(s)).unwrap_or(0),
             )
         };
-        let file = File::open(&path).map_err(|e| LogError::io(&path, e))?;
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.has_segment(base)? => {
+                // Retention removed it just now; the caller looks again.
+                self.open = None;
+                return Ok(());
+            }
+            Err(e) => return Err(LogError::io(&path, e)),
+        };
         let mut file = BufReader::with_capacity(256 << 10, file);
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| LogError::io(&path, e))?;

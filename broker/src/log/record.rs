@@ -62,6 +62,17 @@ pub enum Record {
     ConsumerDeleted {
         name: String,
     },
+    /// Retention removed events `from..=to` that the consumer had not settled.
+    ConsumerGap {
+        name: String,
+        from: u64,
+        to: u64,
+    },
+    /// Every consumer's state, as of this point in the log. Written first in each segment,
+    /// so the state can be rebuilt from the oldest segment retention left.
+    Checkpoint {
+        consumers: Vec<(String, crate::state::ConsumerState)>,
+    },
 }
 
 /// Appends the framed record to `out`.

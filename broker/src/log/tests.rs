@@ -14,6 +14,16 @@ impl CommitSink for Collect {
     fn committed(&mut self, records: Vec<Record>, end: Position) {
         self.0.lock().unwrap().push((records.len(), end));
     }
+
+    fn checkpoint(&mut self) -> Record {
+        Record::Checkpoint {
+            consumers: Vec::new(),
+        }
+    }
+
+    fn gaps(&mut self, _first_seq: u64) -> Vec<Record> {
+        Vec::new()
+    }
 }
 
 fn event(i: u64) -> Entry {
@@ -41,6 +51,7 @@ async fn write_events(dir: &Path, n: u64, segment_bytes: u64) -> Collect {
     let options = LogOptions {
         segment_bytes,
         dedup_window_ms: 60_000,
+        retention: Retention::default(),
         queue_depth: 64,
     };
     let log = AppendLog::start(dir, recovery, options, Box::new(sink.clone())).unwrap();
@@ -192,6 +203,7 @@ async fn a_repeated_msg_id_is_stored_once_even_across_a_restart() {
     let options = || LogOptions {
         segment_bytes: 1 << 20,
         dedup_window_ms: 60_000,
+        retention: Retention::default(),
         queue_depth: 8,
     };
     let (recovery, _) = recover_all(&dir).unwrap();

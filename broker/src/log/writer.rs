@@ -121,6 +121,7 @@ impl Writer {
     }
 
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        self.maintain();
         let mut batch = Vec::new();
         while let Some(cmd) = rx.blocking_recv() {
             let mut close = None;
@@ -146,6 +147,7 @@ impl Writer {
                         close = Some(done);
                         break;
                     }
+                    Command::Maintain => self.maintain(),
                 }
                 if bytes < MAX_BATCH_BYTES {
                     next = rx.try_recv().ok();
@@ -155,8 +157,10 @@ impl Writer {
             if let Some(done) = close {
                 self.stopped = Some("the broker is shutting down".into());
                 rx.close();
-                while let Ok(Command::Append(req)) = rx.try_recv() {
-                    let _gone = req.done.send(Err(self.stopped_error()));
+                while let Ok(cmd) = rx.try_recv() {
+                    if let Command::Append(req) = cmd {
+                        let _gone = req.done.send(Err(self.stopped_error()));
+                    }
                 }
                 let _gone = done.send(());
                 return;
@@ -228,32 +232,13 @@ impl Writer {
             }
         }
         if !self.buf.is_empty() {
-            if let Err(e) = self.write_and_sync() {
+            if let Err(e) = self.flush_buf(base_len, records, index_notes) {
                 self.stop(e.to_string());
                 for req in batch.drain(..) {
                     let _gone = req.done.send(Err(e.clone()));
                 }
                 return;
             }
-            for (seq, time_ms, offset) in index_notes {
-                self.active.note_event(seq, time_ms, offset);
-            }
-            let now = wharf_protocol::now_ms();
-            for (msg_id, seq) in self.batch_ids.drain() {
-                self.dedup.remember(now, msg_id, seq);
-            }
-            self.dedup.expire(now);
-            self.active.synced_len = base_len + self.buf.len() as u64;
-            if let Ok(mut table) = self.table.write() {
-                if let Some(last) = table.last_mut() {
-                    *last = self.active.clone();
-                }
-            }
-            let end = Position {
-                segment: self.active.base,
-                offset: self.active.synced_len,
-            };
-            self.sink.committed(records, end);
         }
         for (req, result) in batch.drain(..).zip(results) {
             let _gone = req.done.send(result);
@@ -334,6 +319,104 @@ impl Writer {
         (Some(rec), receipt)
     }
 
+    /// Writes and syncs what `commit` framed into the buffer, then tells the sink.
+    fn flush_buf(
+        &mut self,
+        base_len: u64,
+        records: Vec<Record>,
+        index_notes: Vec<(u64, u64, u64)>,
+    ) -> Result<(), LogError> {
+        self.write_and_sync()?;
+        for (seq, time_ms, offset) in index_notes {
+            self.active.note_event(seq, time_ms, offset);
+        }
+        let now = wharf_protocol::now_ms();
+        for (msg_id, seq) in self.batch_ids.drain() {
+            self.dedup.remember(now, msg_id, seq);
+        }
+        self.dedup.expire(now);
+        self.active.synced_len = base_len + self.buf.len() as u64;
+        if let Ok(mut table) = self.table.write() {
+            if let Some(last) = table.last_mut() {
+                *last = self.active.clone();
+            }
+        }
+        let end = Position {
+            segment: self.active.base,
+            offset: self.active.synced_len,
+        };
+        self.sink.committed(records, end);
+        Ok(())
+    }
+
+    /// Durably appends records the writer makes itself (checkpoints, gaps).
+    fn append_own(&mut self, records: Vec<Record>) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        self.batch_ids.clear();
+        for rec in &records {
+            record::frame_into(rec, &mut self.buf).map_err(|e| LogError::Encode(e.to_string()))?;
+        }
+        self.flush_buf(self.active.synced_len, records, Vec::new())
+    }
+
+    /// Applies retention, and records a gap for every consumer whose floor is below the
+    /// oldest stored event. Failures are logged: retention is retried at the next pass.
+    fn maintain(&mut self) {
+        if self.stopped.is_some() {
+            return;
+        }
+        if let Err(e) = self.apply_retention() {
+            self.stop(format!("retention failed: {e}"));
+        }
+    }
+
+    fn apply_retention(&mut self) -> Result<(), LogError> {
+        let limits = self.options.retention.clone();
+        let now = wharf_protocol::now_ms();
+        let mut removed = Vec::new();
+        let first_base = {
+            let mut table = self
+                .table
+                .write()
+                .map_err(|_| LogError::Stopped("segment table poisoned".into()))?;
+            // The active segment is never removed, so everything confirmed stays readable
+            // until it is old, numerous or large enough to go.
+            while table.len() > 1 {
+                let after = &table[1];
+                let events_after = self.next_seq.saturating_sub(after.base);
+                let bytes_after: u64 = table[1..].iter().map(|m| m.synced_len).sum();
+                let too_many = limits.max_events > 0 && events_after >= limits.max_events;
+                let too_big = limits.max_bytes > 0 && bytes_after >= limits.max_bytes;
+                // Everything in the oldest segment is older than the next one's first event.
+                let too_old = limits.max_age_ms > 0
+                    && after
+                        .first_time_ms
+                        .is_some_and(|t| t.saturating_add(limits.max_age_ms) <= now);
+                if !(too_many || too_big || too_old) {
+                    break;
+                }
+                removed.push(table.remove(0));
+            }
+            table.first().map(|m| m.base).unwrap_or(self.next_seq)
+        };
+        for meta in &removed {
+            std::fs::remove_file(&meta.path).map_err(|e| LogError::io(&meta.path, e))?;
+        }
+        if !removed.is_empty() {
+            segment::sync_dir(&self.dir)?;
+            tracing::info!(
+                segments = removed.len(),
+                first_seq = first_base,
+                "retention removed old segments"
+            );
+        }
+        let gaps = self.sink.gaps(first_base);
+        self.append_own(gaps)
+    }
+
     fn write_and_sync(&mut self) -> Result<(), LogError> {
         let path = &self.active.path;
         self.file
@@ -355,7 +438,11 @@ impl Writer {
         push_segment(&self.table, meta.clone())?;
         self.active = meta;
         self.file = file;
-        Ok(())
+        // Every segment starts with the consumers' state, so that removing older segments
+        // never removes what rebuilding the state view needs.
+        let checkpoint = self.sink.checkpoint();
+        self.append_own(vec![checkpoint])?;
+        self.apply_retention()
     }
 }
 
