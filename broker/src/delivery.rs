@@ -9,13 +9,16 @@
 //!   consumer it skips what is acked or not matching, counts deliveries, and stops at
 //!   `max_in_flight` unacked events until acks make room. Only synced events ever reach it.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_tungstenite::tungstenite::Message;
-use wharf_protocol::{format_time_ms, now_ms, DeadLetter, EventFrame, Pattern, Reply, Topic};
+use wharf_protocol::{
+    format_time_ms, now_ms, DeadLetter, EventFrame, Pattern, PatternIndex, Reply, Topic,
+};
 
 use crate::consumers::{Changes, Consumer, Consumers, Step};
 use crate::log::{
@@ -87,13 +90,34 @@ impl Outbound {
 /// Events read per batch by a delivery task.
 const BATCH: usize = 256;
 
-/// The committed head and a cache of the newest events.
+/// Matching events queued to one subscription that is caught up.
+const TAP_DEPTH: usize = 1024;
+
+/// A caught-up subscription's live queue.
+struct Tap {
+    tx: mpsc::Sender<Arc<Event>>,
+    /// Set when an event could not be queued: the subscription must read the log to fill
+    /// the hole.
+    overflowed: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Taps {
+    index: PatternIndex<u64>,
+    taps: HashMap<u64, Tap>,
+    next_id: u64,
+}
+
+/// The committed head, a cache of the newest events, and live dispatch: each committed event
+/// is matched once against an index of every subscription's patterns and queued only to the
+/// subscriptions it matches (no scan of all subscriptions per event).
 pub struct Feed {
     cache: RwLock<VecDeque<Arc<Event>>>,
     capacity: usize,
     head: watch::Sender<u64>,
     /// The oldest seq the log still holds (retention moves it).
-    first: std::sync::atomic::AtomicU64,
+    first: AtomicU64,
+    taps: Mutex<Taps>,
 }
 
 impl Feed {
@@ -102,22 +126,8 @@ impl Feed {
             cache: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
             capacity,
             head: watch::Sender::new(head),
-            first: std::sync::atomic::AtomicU64::new(1),
-        }
-    }
-
-    /// The oldest seq still stored (or the next one, when the log holds no event).
-    pub fn first_seq(&self) -> u64 {
-        self.first.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Retention removed everything below `first`: forget it here too.
-    fn trim_below(&self, first: u64) {
-        self.first
-            .store(first, std::sync::atomic::Ordering::Release);
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        while cache.front().is_some_and(|ev| ev.seq < first) {
-            cache.pop_front();
+            first: AtomicU64::new(1),
+            taps: Mutex::new(Taps::default()),
         }
     }
 
@@ -126,10 +136,47 @@ impl Feed {
         *self.head.borrow()
     }
 
+    /// The oldest seq still stored (or the next one, when the log holds no event).
+    pub fn first_seq(&self) -> u64 {
+        self.first.load(Ordering::Acquire)
+    }
+
+    /// Retention removed everything below `first`: forget it here too.
+    fn trim_below(&self, first: u64) {
+        self.first.store(first, Ordering::Release);
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        while cache.front().is_some_and(|ev| ev.seq < first) {
+            cache.pop_front();
+        }
+    }
+
+    fn lock_taps(&self) -> std::sync::MutexGuard<'_, Taps> {
+        self.taps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, events: Vec<Arc<Event>>) {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
+        {
+            let taps = self.lock_taps();
+            if !taps.taps.is_empty() {
+                let mut keys = Vec::new();
+                for ev in &events {
+                    keys.clear();
+                    taps.index.matches(&ev.topic, &mut keys);
+                    keys.sort_unstable();
+                    keys.dedup();
+                    for key in &keys {
+                        if let Some(tap) = taps.taps.get(key) {
+                            if tap.tx.try_send(ev.clone()).is_err() {
+                                tap.overflowed.store(true, Ordering::Release);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if self.capacity > 0 {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
             for ev in events {
@@ -139,6 +186,7 @@ impl Feed {
                 cache.push_back(ev);
             }
         }
+        // Taps first, head last: a reader that sees the new head finds the events queued.
         self.head.send_replace(last);
     }
 
@@ -162,38 +210,89 @@ impl Feed {
         )
     }
 
+    fn register(&self, patterns: &[Pattern]) -> (u64, mpsc::Receiver<Arc<Event>>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel(TAP_DEPTH);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let mut taps = self.lock_taps();
+        taps.next_id += 1;
+        let id = taps.next_id;
+        for p in patterns {
+            taps.index.insert(p, id);
+        }
+        taps.taps.insert(
+            id,
+            Tap {
+                tx,
+                overflowed: overflowed.clone(),
+            },
+        );
+        (id, rx, overflowed)
+    }
+
+    fn unregister(&self, id: u64, patterns: &[Pattern]) {
+        let mut taps = self.lock_taps();
+        for p in patterns {
+            taps.index.remove(p, &id);
+        }
+        taps.taps.remove(&id);
+    }
+
     pub fn subscribe_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }
 
     /// Wakes every waiting source so it can notice it should stop.
     pub fn close(&self) {
+        self.lock_taps().taps.clear();
         self.head.send_modify(|_| {});
     }
 }
 
-/// Reads events in seq order from any point: cache first, segments otherwise.
+/// Reads the events matching some patterns, in seq order, from any point. Behind, it walks
+/// the cache or the segments; caught up, it takes the events the feed queues to it, and
+/// walks again if that queue ever overflowed.
 pub struct EventSource {
     feed: Arc<Feed>,
     log: AppendLog,
+    patterns: Vec<Pattern>,
     next: u64,
     disk: Option<EventCursor>,
     /// A second cursor for random access (redeliveries), so the walk keeps its place.
     refetch: Option<EventCursor>,
     head: watch::Receiver<u64>,
+    tap_id: u64,
+    tap: mpsc::Receiver<Arc<Event>>,
+    overflowed: Arc<AtomicBool>,
+    live: bool,
+}
+
+impl Drop for EventSource {
+    fn drop(&mut self) {
+        self.feed.unregister(self.tap_id, &self.patterns);
+    }
 }
 
 impl EventSource {
-    pub fn new(feed: Arc<Feed>, log: AppendLog, from: u64) -> EventSource {
+    pub fn new(feed: Arc<Feed>, log: AppendLog, from: u64, patterns: Vec<Pattern>) -> EventSource {
         let head = feed.subscribe_head();
+        let (tap_id, tap, overflowed) = feed.register(&patterns);
         EventSource {
             feed,
             log,
+            patterns,
             next: from.max(1),
             disk: None,
             refetch: None,
             head,
+            tap_id,
+            tap,
+            overflowed,
+            live: false,
         }
+    }
+
+    fn matches(&self, ev: &Event) -> bool {
+        self.patterns.iter().any(|p| p.matches(&ev.topic))
     }
 
     /// Skips everything stored; returns the last seq skipped.
@@ -207,6 +306,7 @@ impl EventSource {
     pub fn reset(&mut self, from: u64) {
         self.next = from.max(1);
         self.disk = None;
+        self.live = false;
     }
 
     /// The event at `seq`, if it is stored.
@@ -232,27 +332,61 @@ impl EventSource {
         Ok(result?.into_iter().find(|ev| ev.seq == seq))
     }
 
-    /// The next batch; waits while there is nothing new. `Ok(None)` when the broker stops.
+    /// The next matching events; waits while there are none. `Ok(None)` when the broker
+    /// stops. Cancel-safe: nothing is consumed unless it is returned.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<Arc<Event>>>, LogError> {
         loop {
-            let head = *self.head.borrow_and_update();
-            if self.next <= head {
-                let batch = match self.feed.cached(self.next, head, BATCH) {
-                    Some(batch) => batch,
-                    None => self.read_disk(head).await?,
+            if self.live {
+                let Some(first) = self.tap.recv().await else {
+                    return Ok(None);
                 };
-                match batch.last() {
-                    Some(last) => {
-                        self.next = last.seq + 1;
-                        return Ok(Some(batch));
+                if self.overflowed.swap(false, Ordering::AcqRel) {
+                    // Something after what is queued was dropped: walk from here instead.
+                    self.live = false;
+                    while self.tap.try_recv().is_ok() {}
+                    continue;
+                }
+                let mut batch = Vec::with_capacity(BATCH);
+                for ev in
+                    std::iter::once(first).chain(std::iter::from_fn(|| self.tap.try_recv().ok()))
+                {
+                    if ev.seq >= self.next {
+                        self.next = ev.seq + 1;
+                        batch.push(ev);
                     }
-                    // Nothing stored below the head from here: nothing to wait for either.
-                    None => self.next = head + 1,
+                    if batch.len() >= BATCH {
+                        break;
+                    }
+                }
+                if !batch.is_empty() {
+                    return Ok(Some(batch));
                 }
                 continue;
             }
-            if self.head.changed().await.is_err() {
-                return Ok(None);
+            let head = *self.head.borrow_and_update();
+            if self.next > head {
+                // Caught up: from now on the feed queues what matches.
+                self.live = true;
+                continue;
+            }
+            // Behind: what the tap holds is covered by the walk.
+            while self.tap.try_recv().is_ok() {}
+            self.overflowed.store(false, Ordering::Release);
+            let batch = match self.feed.cached(self.next, head, BATCH) {
+                Some(batch) => batch,
+                None => self.read_disk(head).await?,
+            };
+            match batch.last() {
+                Some(last) => {
+                    self.next = last.seq + 1;
+                    let matching: Vec<Arc<Event>> =
+                        batch.into_iter().filter(|ev| self.matches(ev)).collect();
+                    if !matching.is_empty() {
+                        return Ok(Some(matching));
+                    }
+                }
+                // Nothing stored below the head from here: nothing to wait for either.
+                None => self.next = head + 1,
             }
         }
     }
@@ -488,12 +622,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// Live delivery to a subscription without a consumer: at-most-once, nothing stored. A
 /// subscriber too slow to take what is due skips ahead to the newest event and is told which
 /// seqs it missed (`lost`), so it can replay them with `start` if it wants them.
-pub async fn run_ephemeral(
-    patterns: Vec<Pattern>,
-    sub: Arc<str>,
-    outbound: Outbound,
-    mut source: EventSource,
-) {
+pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventSource) {
     loop {
         let batch = match source.next_batch().await {
             Ok(Some(batch)) => batch,
@@ -503,10 +632,7 @@ pub async fn run_ephemeral(
                 return;
             }
         };
-        for ev in batch
-            .iter()
-            .filter(|ev| patterns.iter().any(|p| p.matches(&ev.topic)))
-        {
+        for ev in &batch {
             match outbound.deliver(event_frame(&sub, None, ev, 1)).await {
                 Delivered::Sent => {}
                 Delivered::Closed => return,

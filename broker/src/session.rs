@@ -422,13 +422,9 @@ impl Session {
             self.ctx.store.feed.clone(),
             self.ctx.store.log.clone(),
             from,
-        );
-        let task = tokio::spawn(run_ephemeral(
             patterns,
-            sub.clone(),
-            self.outbound.clone(),
-            source,
-        ));
+        );
+        let task = tokio::spawn(run_ephemeral(sub.clone(), self.outbound.clone(), source));
         self.subs.insert(
             sub,
             Subscription::Ephemeral {
@@ -502,6 +498,7 @@ impl Session {
                 self.ctx.store.feed.clone(),
                 self.ctx.store.log.clone(),
                 from,
+                consumer.patterns.clone(),
             ),
             state: self.ctx.store.state.clone(),
             log: self.ctx.store.log.clone(),

@@ -21,7 +21,7 @@ pub use reply::{format_time_ms, ConsumerInfo, DeadLetter, EventFrame, ReceivedEv
 pub use request::{
     now_ms, parse_request, Id, Mode, NewEvent, Request, RequestError, Start, SubscribeOptions,
 };
-pub use topic::{validate_consumer, Pattern, Topic, TopicError};
+pub use topic::{validate_consumer, Pattern, PatternIndex, Topic, TopicError};
 
 /// The path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/ws";
