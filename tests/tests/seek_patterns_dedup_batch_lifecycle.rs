@@ -208,3 +208,26 @@ async fn a_consumer_nobody_uses_for_inactive_ttl_is_removed() {
     // An attached consumer is never reaped.
     assert_eq!(c.info("kept").await["attached"], 1);
 }
+
+#[tokio::test]
+async fn a_seek_survives_a_crash() {
+    let (_tmp, data) = data_dir();
+    let mut broker = Broker::start(&data, "");
+    let mut p = broker.client().await;
+    for i in 1..=4 {
+        p.publish("s", json!(i)).await;
+    }
+    let mut c = broker.client().await;
+    c.subscribe("s", Some("mover")).await;
+    c.events(4).await;
+    c.ack("mover", &[1, 2, 3, 4]).await;
+    let reply = c
+        .reply(json!({"op":"seek","id":1,"consumer":"mover","seq":2}))
+        .await;
+    assert_eq!(reply["type"], "ok");
+    broker.kill9();
+    let broker = Broker::start(&data, "");
+    let mut c = broker.client().await;
+    c.subscribe("s", Some("mover")).await;
+    assert_eq!(seqs(&c.events(3).await), vec![2, 3, 4]);
+}
