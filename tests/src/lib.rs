@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -54,7 +54,7 @@ pub struct Broker {
     child: Child,
     pub url: String,
     pub config_path: PathBuf,
-    stderr: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<(Mutex<Vec<String>>, Condvar)>,
     exited: Option<ExitStatus>,
 }
 
@@ -91,7 +91,7 @@ impl Broker {
             .spawn()
             .expect("spawn wharf serve");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         // Sends the URL once the broker logs it, or None when stderr ends first.
         let (url_tx, url_rx) = mpsc::channel::<Option<String>>();
         {
@@ -105,7 +105,8 @@ impl Broker {
                             let _ = url_tx.send(Some(url.to_owned()));
                         }
                     }
-                    lines.lock().unwrap().push(line);
+                    lines.0.lock().unwrap().push(line);
+                    lines.1.notify_all();
                 }
                 let _ = url_tx.send(None);
             });
@@ -121,7 +122,7 @@ impl Broker {
             Ok(None) | Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().expect("wait for wharf serve");
-                let log = lines.lock().unwrap().join("\n");
+                let log = lines.0.lock().unwrap().join("\n");
                 Err((status, log))
             }
         }
@@ -151,7 +152,23 @@ impl Broker {
 
     /// Everything the broker wrote to stderr so far.
     pub fn log(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
+        self.stderr.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits (at most [`WAIT`]) until the broker logs a line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) {
+        let (lines, logged) = &*self.stderr;
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut guard = lines.lock().unwrap();
+        while !guard.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the broker never logged {needle:?}:\n{}",
+                guard.join("\n")
+            );
+            guard = logged.wait_timeout(guard, left).unwrap().0;
+        }
     }
 
     pub async fn client(&self) -> Client {
@@ -168,17 +185,24 @@ impl Drop for Broker {
     }
 }
 
-/// Waits for a child to exit, polling its status: std offers no wait with a timeout.
+/// Waits for a child to exit; after `limit` a watchdog kills it and the answer is `None`.
 pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
+    let pid = child.id().to_string();
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let fired = finished.recv_timeout(limit).is_err();
+        if fired {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
         }
-        if std::time::Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+        fired
+    });
+    let status = child.wait().ok();
+    let _ = done.send(());
+    let fired = watchdog.join().unwrap_or(true);
+    if fired {
+        None
+    } else {
+        status
     }
 }
 

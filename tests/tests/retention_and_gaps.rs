@@ -3,7 +3,6 @@
 //! is left (every segment starts with a checkpoint of the consumers).
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::json;
 use wharf_tests::{data_dir, seqs, Broker};
@@ -129,12 +128,8 @@ async fn max_age_removes_segments_even_when_idle() {
     }
     let before = segment_count(&data);
     assert!(before > 3, "{before}");
-    // The periodic check removes them once they are old enough; wait for it (bounded).
-    let deadline = std::time::Instant::now() + wharf_tests::WAIT;
-    while !broker.log().contains("retention removed old segments") {
-        assert!(std::time::Instant::now() < deadline, "{}", broker.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The periodic check removes them once they are old enough.
+    broker.wait_for_log("retention removed old segments");
     assert!(segment_count(&data) < before);
     // The newest events are still there.
     let mut c = broker.client().await;

@@ -194,13 +194,8 @@ async fn a_consumer_nobody_uses_for_inactive_ttl_is_removed() {
     let mut gone = broker.client().await;
     gone.subscribe("t", Some("ephemeral-ish")).await;
     gone.close().await;
-    // The removal is logged; wait for that line (bounded), then check over the wire.
-    let deadline = std::time::Instant::now() + wharf_tests::WAIT;
-    while !broker.log().contains("deleted an inactive consumer") {
-        assert!(std::time::Instant::now() < deadline, "{}", broker.log());
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The removal is logged; wait for that line, then check over the wire.
+    broker.wait_for_log("deleted an inactive consumer");
     let reply = c
         .reply(json!({"op":"consumer_info","id":1,"consumer":"ephemeral-ish"}))
         .await;
