@@ -158,36 +158,37 @@ impl Feed {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
-        {
-            let taps = self.lock_taps();
-            if !taps.taps.is_empty() {
-                let mut keys = Vec::new();
-                for ev in &events {
-                    keys.clear();
-                    taps.index.matches(&ev.topic, &mut keys);
-                    keys.sort_unstable();
-                    keys.dedup();
-                    for key in &keys {
-                        if let Some(tap) = taps.taps.get(key) {
-                            if tap.tx.try_send(ev.clone()).is_err() {
-                                tap.overflowed.store(true, Ordering::Release);
-                            }
-                        }
+        if self.capacity > 0 {
+            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            for ev in &events {
+                if cache.len() == self.capacity {
+                    cache.pop_front();
+                }
+                cache.push_back(ev.clone());
+            }
+        }
+        // The head moves before any subscriber can see the events, so that an ack of a
+        // delivered event is never refused as "not published yet". A source that reads the
+        // new head walks to it; one that went live on the old head gets them queued below.
+        self.head.send_replace(last);
+        let taps = self.lock_taps();
+        if taps.taps.is_empty() {
+            return;
+        }
+        let mut keys = Vec::new();
+        for ev in &events {
+            keys.clear();
+            taps.index.matches(&ev.topic, &mut keys);
+            keys.sort_unstable();
+            keys.dedup();
+            for key in &keys {
+                if let Some(tap) = taps.taps.get(key) {
+                    if tap.tx.try_send(ev.clone()).is_err() {
+                        tap.overflowed.store(true, Ordering::Release);
                     }
                 }
             }
         }
-        if self.capacity > 0 {
-            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-            for ev in events {
-                if cache.len() == self.capacity {
-                    cache.pop_front();
-                }
-                cache.push_back(ev);
-            }
-        }
-        // Taps first, head last: a reader that sees the new head finds the events queued.
-        self.head.send_replace(last);
     }
 
     /// Up to `max` cached events from `seq` through `head`, or `None` if `seq` is older than
