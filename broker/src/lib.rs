@@ -20,6 +20,7 @@ pub mod codec;
 pub mod config;
 pub mod consumers;
 pub mod delivery;
+pub mod http;
 pub mod log;
 pub mod server;
 pub mod session;

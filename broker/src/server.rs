@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
+use crate::http::Opening;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -135,10 +136,20 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
             Err(err)
         }
     };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(ws)) => ws,
+    let opening = async {
+        match crate::http::open(stream).await? {
+            Opening::Answered => Ok(None),
+            Opening::Upgrade(stream) => {
+                tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config))
+                    .await
+                    .map(Some)
+                    .map_err(std::io::Error::other)
+            }
+        }
+    };
+    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, opening).await {
+        Ok(Ok(Some(ws))) => ws,
+        Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "handshake failed");
             return;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -27,11 +26,12 @@ use wharf_protocol::{
 
 use crate::consumers::{Consumer, ModeConflict, Options};
 use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound};
+use crate::http::Rewound;
 use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::server::Context;
 use crate::shutdown::Shutdown;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Rewound>;
 
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
