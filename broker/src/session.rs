@@ -45,6 +45,13 @@ enum Subscription {
 enum Completion {
     Reply(Reply),
     Silent,
+    /// Start an ephemeral subscription (its turn in reply order has come).
+    Ephemeral {
+        id: Option<Id>,
+        sub: Arc<str>,
+        patterns: Vec<Pattern>,
+        from: u64,
+    },
     /// The consumer exists (now): attach this connection to it.
     Attach {
         id: Option<Id>,
@@ -113,7 +120,7 @@ impl Session {
         let drain = async {
             while let Some(done) = session.pending.next().await {
                 if let Completion::Reply(reply) = done {
-                    if session.send(reply).await.is_err() {
+                    if session.send_now(reply).await.is_err() {
                         break;
                     }
                 }
@@ -191,8 +198,21 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, reply: Reply) -> Result<(), ()> {
+    /// Sends a reply now (to a request whose turn it is).
+    async fn send_now(&mut self, reply: Reply) -> Result<(), ()> {
         self.outbound.send(Message::text(reply.to_json())).await
+    }
+
+    /// Replies to the current request, after the replies of earlier requests that are still
+    /// waiting for the log: replies always come back in request order.
+    async fn send(&mut self, reply: Reply) -> Result<(), ()> {
+        if self.pending.is_empty() {
+            self.send_now(reply).await
+        } else {
+            self.pending
+                .push_back(async move { Completion::Reply(reply) }.boxed());
+            Ok(())
+        }
     }
 
     async fn handle_text(&mut self, text: &str) -> Result<(), ()> {
@@ -247,6 +267,7 @@ impl Session {
             Request::ConsumerInfo { id, consumer } => self.consumer_info(id, consumer).await,
             Request::DeleteConsumer { id, consumer } => self.delete_consumer(id, consumer).await,
             Request::Unsubscribe { id, sub } => self.unsubscribe(id, &sub).await,
+            Request::Ping { id } => self.send(Reply::Pong { id }).await,
         }
     }
 
@@ -412,10 +433,29 @@ impl Session {
             Err(e) => return self.send(internal(id, e)).await,
         };
         let sub = self.new_sub();
-        self.send(Reply::Subscribed {
+        let start = Completion::Ephemeral {
+            id,
+            sub,
+            patterns,
+            from,
+        };
+        // Its turn comes after the replies to earlier requests, so no event overtakes them.
+        self.pending.push_back(async move { start }.boxed());
+        Ok(())
+    }
+
+    async fn start_ephemeral(
+        &mut self,
+        id: Option<Id>,
+        sub: Arc<str>,
+        patterns: Vec<Pattern>,
+        from: u64,
+    ) -> Result<(), ()> {
+        self.send_now(Reply::Subscribed {
             id,
             sub: sub.to_string(),
             consumer: None,
+            start_seq: Some(from),
         })
         .await?;
         let source = EventSource::new(
@@ -471,22 +511,23 @@ impl Session {
             let _best_effort = old.outbound.try_send(Message::text(notice.to_json()));
         }
         // The reply goes first so that no event of this subscription overtakes it.
-        self.send(Reply::Subscribed {
+        let (_, from) = consumer.start();
+        self.send_now(Reply::Subscribed {
             id,
             sub: sub.to_string(),
             consumer: Some(consumer.name.clone()),
+            start_seq: Some(from),
         })
         .await?;
         if let Some((from, to)) = consumer.take_unreported_gap() {
             let name = consumer.name.clone();
-            self.send(Reply::Gap {
+            self.send_now(Reply::Gap {
                 consumer: name,
                 from,
                 to,
             })
             .await?;
         }
-        let (_, from) = consumer.start();
         let delivery = DurableDelivery {
             consumer: consumer.clone(),
             generation: attached.generation,
@@ -653,8 +694,14 @@ impl Session {
 
     async fn complete(&mut self, done: Completion) -> Result<(), ()> {
         match done {
-            Completion::Reply(reply) => self.send(reply).await,
+            Completion::Reply(reply) => self.send_now(reply).await,
             Completion::Silent => Ok(()),
+            Completion::Ephemeral {
+                id,
+                sub,
+                patterns,
+                from,
+            } => self.start_ephemeral(id, sub, patterns, from).await,
             Completion::Attach {
                 id,
                 sub,
@@ -668,11 +715,11 @@ impl Session {
                 }
                 Some(consumer) => {
                     let reply = conflict(id, &consumer, &patterns);
-                    self.send(reply).await
+                    self.send_now(reply).await
                 }
                 None => {
                     let message = format!("consumer {name:?} was deleted");
-                    self.send(Reply::error(id, ErrorCode::NotFound, message))
+                    self.send_now(Reply::error(id, ErrorCode::NotFound, message))
                         .await
                 }
             },

@@ -1,0 +1,424 @@
+// wharf.js: the wharf client for browsers and Node. One ES module, no dependencies.
+//
+//   const client = new WharfClient('ws://127.0.0.1:7700/ws');
+//   await client.connect();
+//   await client.subscribe('orders.>', { consumer: 'vendor-1' }, (event) => { ... });
+//   const seq = await client.publish('orders.created', { id: 1 });
+//
+// It reconnects by itself (exponential backoff with jitter), resubscribes after every
+// reconnect (durable subscriptions by consumer name, ephemeral ones from the last seq they
+// saw), keeps publishes made while offline and sends them in order once back, and gives every
+// publish a msg_id so that a retry after a lost reply is never stored twice.
+
+/** An error from the broker (with its `code`) or from the client (`code` of its own). */
+export class WharfError extends Error {
+  constructor(code, message) {
+    super(`${code}: ${message}`);
+    this.name = 'WharfError';
+    this.code = code;
+  }
+}
+
+const DEFAULTS = {
+  token: undefined,
+  WebSocket: undefined,
+  minReconnectDelay: 500,
+  maxReconnectDelay: 20000,
+  requestTimeout: 10000,
+  // How often an idle connection is checked with a ping (browsers cannot see WebSocket pings).
+  heartbeatInterval: 15000,
+};
+
+function randomId() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === 'function') return c.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}-${Math.random().toString(36).slice(2)}`;
+}
+
+export class WharfClient {
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this.WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.WebSocket !== 'function') {
+      throw new WharfError('no_websocket', 'no WebSocket implementation: pass one as options.WebSocket');
+    }
+    this.state = 'disconnected';
+    this.ws = null;
+    this.listeners = new Map();
+    this.nextId = 1;
+    // id → { resolve, reject, timer, onReply? }
+    this.requests = new Map();
+    // Publishes not yet confirmed, in the order they were made: { frame, resolve, reject, id }
+    this.publishes = [];
+    this.subscriptions = new Set();
+    this.bySub = new Map();
+    this.attempt = 0;
+    this.closed = false;
+    this.reconnectTimer = null;
+    this.heartbeatTimer = null;
+    this.lastFrameAt = 0;
+    this.connectedWaiters = [];
+  }
+
+  /** Listens for `state` (connecting, connected, disconnected, closed), `error`, `gap`, `lost`, `unsubscribed`. */
+  on(event, fn) {
+    if (!this.listeners.has(event)) this.listeners.set(event, new Set());
+    this.listeners.get(event).add(fn);
+    return () => this.listeners.get(event)?.delete(fn);
+  }
+
+  emit(event, value) {
+    for (const fn of this.listeners.get(event) ?? []) {
+      try { fn(value); } catch (e) { queueMicrotask(() => { throw e; }); }
+    }
+  }
+
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  /** Resolves once connected (the first time); keeps reconnecting after that. */
+  connect() {
+    if (this.closed) return Promise.reject(new WharfError('closed', 'the client was closed'));
+    if (this.state === 'connected') return Promise.resolve();
+    const ready = new Promise((resolve, reject) => this.connectedWaiters.push({ resolve, reject }));
+    if (!this.ws && !this.reconnectTimer) this.dial();
+    return ready;
+  }
+
+  /** Closes for good: pending requests and queued publishes fail with code `closed`. */
+  close() {
+    this.closed = true;
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.heartbeatTimer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      try { ws.close(1000, 'client closed'); } catch { /* already closing */ }
+    }
+    const err = new WharfError('closed', 'the client was closed');
+    for (const [, r] of this.requests) { clearTimeout(r.timer); r.reject(err); }
+    this.requests.clear();
+    for (const p of this.publishes) p.reject(err);
+    this.publishes = [];
+    for (const w of this.connectedWaiters) w.reject(err);
+    this.connectedWaiters = [];
+    this.setState('closed');
+  }
+
+  dial() {
+    if (this.closed) return;
+    this.reconnectTimer = null;
+    this.setState('connecting');
+    let url = this.url;
+    let ws;
+    try {
+      ws = new this.WebSocket(url);
+    } catch (e) {
+      this.down(null, e);
+      return;
+    }
+    this.ws = ws;
+    let done = false;
+    // Node 20's WebSocket fires only `error` when a dial fails, never `close`: either ends it.
+    const finish = (err) => {
+      if (done) return;
+      done = true;
+      this.down(ws, err);
+    };
+    ws.onopen = () => this.up(ws);
+    ws.onmessage = (m) => this.receive(ws, m.data);
+    ws.onerror = (e) => finish(e);
+    ws.onclose = () => finish(null);
+  }
+
+  async up(ws) {
+    if (ws !== this.ws) return;
+    this.lastFrameAt = Date.now();
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = setInterval(() => this.heartbeat(ws), Math.max(100, this.options.heartbeatInterval / 3));
+    try {
+      if (this.options.token !== undefined) {
+        await this.request({ op: 'auth', token: this.options.token });
+      }
+      // Subscriptions first, then the publishes that waited, in their order.
+      for (const sub of this.subscriptions) {
+        await this.sendSubscribe(sub);
+      }
+      for (const p of this.publishes) this.sendPublish(p);
+    } catch (e) {
+      this.emit('error', e);
+      if (ws === this.ws) {
+        try { ws.close(); } catch { /* closing anyway */ }
+      }
+      return;
+    }
+    if (ws !== this.ws) return;
+    this.attempt = 0;
+    this.setState('connected');
+    for (const w of this.connectedWaiters) w.resolve();
+    this.connectedWaiters = [];
+  }
+
+  down(ws, err) {
+    if (ws && ws !== this.ws) return;
+    this.ws = null;
+    clearInterval(this.heartbeatTimer);
+    for (const sub of this.subscriptions) {
+      if (sub.sub) this.bySub.delete(sub.sub);
+      sub.sub = null;
+    }
+    // Replies to requests on the dead socket will never come. Publishes stay queued and go
+    // out again (same msg_id) after the reconnect.
+    const lost = new WharfError('disconnected', 'the connection was lost');
+    for (const [id, r] of this.requests) {
+      clearTimeout(r.timer);
+      if (!r.publish) r.reject(lost);
+      this.requests.delete(id);
+    }
+    for (const p of this.publishes) p.id = null;
+    if (this.closed) return;
+    if (err) this.emit('error', err instanceof Error ? err : new WharfError('connection_failed', `cannot connect to ${this.url}`));
+    this.setState('disconnected');
+    const base = Math.min(this.options.maxReconnectDelay, this.options.minReconnectDelay * 2 ** this.attempt);
+    const delay = base / 2 + Math.random() * base / 2;
+    this.attempt += 1;
+    this.reconnectTimer = setTimeout(() => this.dial(), delay);
+  }
+
+  heartbeat(ws) {
+    if (ws !== this.ws || ws.readyState !== 1) return;
+    if (Date.now() - this.lastFrameAt < this.options.heartbeatInterval) return;
+    this.request({ op: 'ping' }).catch(() => {
+      // No answer within requestTimeout: the socket is dead even if it looks open.
+      if (ws === this.ws) {
+        try { ws.close(); } catch { /* closing anyway */ }
+        this.down(ws, null);
+      }
+    });
+    this.lastFrameAt = Date.now();
+  }
+
+  send(frame) {
+    if (!this.ws || this.ws.readyState !== 1) throw new WharfError('disconnected', 'not connected');
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  /**
+   * Resolves once every event handed to a handler so far has been handled and settled
+   * (auto-acks included) and every request sent so far has its answer.
+   */
+  async flush() {
+    await Promise.all([...this.subscriptions].map((s) => s.chain));
+    await Promise.allSettled([...this.requests.values()].map((r) => r.promise));
+  }
+
+  /** Sends a request and resolves with its reply (rejects with the broker's error). */
+  request(frame, extra = {}) {
+    const id = this.nextId++;
+    let entry;
+    const promise = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.requests.delete(id);
+        reject(new WharfError('timeout', `no reply to ${frame.op} within ${this.options.requestTimeout} ms`));
+      }, this.options.requestTimeout);
+      entry = { resolve, reject, timer, ...extra };
+      this.requests.set(id, entry);
+      try {
+        this.send({ ...frame, id });
+      } catch (e) {
+        clearTimeout(timer);
+        this.requests.delete(id);
+        reject(e);
+      }
+    });
+    if (entry) entry.promise = promise.catch(() => {});
+    return promise;
+  }
+
+  receive(ws, data) {
+    if (ws !== this.ws) return;
+    this.lastFrameAt = Date.now();
+    let frame;
+    try {
+      frame = JSON.parse(typeof data === 'string' ? data : new TextDecoder().decode(data));
+    } catch {
+      this.emit('error', new WharfError('bad_frame', 'the broker sent a frame that is not JSON'));
+      return;
+    }
+    switch (frame.type) {
+      case 'event': {
+        const sub = this.bySub.get(frame.sub);
+        if (sub) sub.chain = sub.chain.then(() => this.deliver(sub, frame));
+        return undefined;
+      }
+      case 'gap': return this.emit('gap', frame);
+      case 'lost': return this.emit('lost', frame);
+      case 'unsubscribed': {
+        const sub = this.bySub.get(frame.sub);
+        if (sub) {
+          this.bySub.delete(frame.sub);
+          sub.sub = null;
+          if (frame.reason === 'deleted') this.subscriptions.delete(sub);
+        }
+        return this.emit('unsubscribed', frame);
+      }
+      default: {
+        const r = this.requests.get(frame.id);
+        if (!r) {
+          if (frame.type === 'error') this.emit('error', new WharfError(frame.code, frame.message));
+          return;
+        }
+        this.requests.delete(frame.id);
+        clearTimeout(r.timer);
+        if (frame.type === 'error') {
+          r.reject(new WharfError(frame.code, frame.message));
+        } else {
+          // Synchronously: the next frame (an event for a new subscription) may be handled
+          // before any promise continuation runs.
+          r.onReply?.(frame);
+          r.resolve(frame);
+        }
+      }
+    }
+  }
+
+  /** Resolves to the seq once the broker has the event on disk. */
+  publish(topic, payload, { msgId } = {}) {
+    if (this.closed) return Promise.reject(new WharfError('closed', 'the client was closed'));
+    const frame = { op: 'publish', topic, payload: payload === undefined ? null : payload, msg_id: msgId ?? randomId() };
+    return new Promise((resolve, reject) => {
+      const p = { frame, resolve, reject, id: null };
+      this.publishes.push(p);
+      if (this.state === 'connected') this.sendPublish(p);
+    });
+  }
+
+  sendPublish(p) {
+    if (p.id !== null) return;
+    const settle = (fn) => (value) => {
+      const i = this.publishes.indexOf(p);
+      if (i >= 0) this.publishes.splice(i, 1);
+      fn(value);
+    };
+    const sent = this.request(p.frame, { publish: true });
+    p.id = this.nextId - 1;
+    sent.then(settle((reply) => p.resolve(reply.seq)), (e) => {
+      if (e.code === 'disconnected' || e.code === 'timeout') {
+        // Goes out again (now, or after the reconnect); the msg_id keeps it from being
+        // stored twice.
+        p.id = null;
+        if (this.state === 'connected' && this.publishes.includes(p)) this.sendPublish(p);
+        return;
+      }
+      settle(p.reject)(e);
+    });
+  }
+
+  /**
+   * Subscribes `onEvent` to a pattern or a list of patterns. Options: consumer (durable),
+   * start, mode, ackWaitMs, maxInFlight, maxDeliver, autoAck (default true).
+   */
+  async subscribe(patterns, options = {}, onEvent = () => {}) {
+    if (typeof options === 'function') { onEvent = options; options = {}; }
+    const sub = {
+      patterns: Array.isArray(patterns) ? patterns : [patterns],
+      options: { autoAck: true, ...options },
+      onEvent,
+      sub: null,
+      lastSeq: null,
+      // Events of one subscription are handled one after the other, in arrival order.
+      chain: Promise.resolve(),
+    };
+    this.subscriptions.add(sub);
+    if (this.state === 'connected') {
+      try {
+        await this.sendSubscribe(sub);
+      } catch (e) {
+        this.subscriptions.delete(sub);
+        throw e;
+      }
+    } else {
+      await this.connect();
+    }
+    return {
+      get id() { return sub.sub; },
+      unsubscribe: async () => {
+        this.subscriptions.delete(sub);
+        const id = sub.sub;
+        sub.sub = null;
+        if (id) {
+          this.bySub.delete(id);
+          if (this.state === 'connected') await this.request({ op: 'unsubscribe', sub: id });
+        }
+      },
+    };
+  }
+
+  async sendSubscribe(sub) {
+    const o = sub.options;
+    const frame = { op: 'subscribe', topics: sub.patterns };
+    if (o.consumer) {
+      frame.consumer = o.consumer;
+      if (o.start !== undefined) frame.start = o.start;
+      if (o.mode) frame.mode = o.mode;
+      if (o.ackWaitMs) frame.ack_wait_ms = o.ackWaitMs;
+      if (o.maxInFlight) frame.max_in_flight = o.maxInFlight;
+      if (o.maxDeliver !== undefined) frame.max_deliver = o.maxDeliver;
+    } else if (sub.lastSeq !== null) {
+      // Resume exactly after the last event seen: no gap, no duplicate.
+      frame.start = sub.lastSeq + 1;
+    } else if (o.start !== undefined) {
+      frame.start = o.start;
+    }
+    await this.request(frame, {
+      onReply: (reply) => {
+        sub.sub = reply.sub;
+        this.bySub.set(reply.sub, sub);
+        if (!o.consumer && sub.lastSeq === null && typeof reply.start_seq === 'number') {
+          // Nothing seen yet: a resume must still start here, not at "new".
+          sub.lastSeq = reply.start_seq - 1;
+        }
+      },
+    });
+  }
+
+  async deliver(sub, frame) {
+    const durable = Boolean(sub.options.consumer);
+    if (!durable) {
+      if (sub.lastSeq !== null && frame.seq <= sub.lastSeq) return;
+      sub.lastSeq = frame.seq;
+    }
+    let settled = !durable;
+    const consumer = sub.options.consumer;
+    const settle = (op, extra = {}) => {
+      if (!durable) return Promise.resolve();
+      settled = true;
+      return this.request({ op, consumer, seq: frame.seq, ...extra }).then(() => undefined);
+    };
+    const event = {
+      seq: frame.seq,
+      topic: frame.topic,
+      payload: frame.payload,
+      publishedAt: frame.published_at,
+      delivery: frame.delivery,
+      consumer,
+      ack: () => settle('ack'),
+      nack: (delayMs = 0) => settle('nack', { delay_ms: delayMs }),
+      term: () => settle('term'),
+      progress: () => (durable ? this.request({ op: 'progress', consumer, seq: frame.seq }).then(() => undefined) : Promise.resolve()),
+    };
+    try {
+      await sub.onEvent(event);
+      if (!settled && sub.options.autoAck) await event.ack();
+    } catch (e) {
+      if (e instanceof WharfError) { this.emit('error', e); return; }
+      if (!settled) await event.nack().catch((err) => this.emit('error', err));
+    }
+  }
+}
+
+export default WharfClient;

@@ -31,8 +31,16 @@ pub enum Reply {
         sub: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         consumer: Option<String>,
+        /// The first seq this subscription can deliver; a client that resumes an ephemeral
+        /// subscription from here misses nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_seq: Option<u64>,
     },
     Ok {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+    },
+    Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
     },

@@ -196,6 +196,12 @@ pub enum Request {
         id: Option<Id>,
         sub: String,
     },
+    /// Answered with `pong`: lets clients that cannot see WebSocket pings (browsers) check
+    /// that the connection is alive.
+    Ping {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+    },
 }
 
 fn as_str<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -219,7 +225,8 @@ impl Request {
             | Request::Seek { id, .. }
             | Request::ConsumerInfo { id, .. }
             | Request::DeleteConsumer { id, .. }
-            | Request::Unsubscribe { id, .. } => id.as_ref(),
+            | Request::Unsubscribe { id, .. }
+            | Request::Ping { id } => id.as_ref(),
         }
     }
 
@@ -284,7 +291,7 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>,
 }
 
 const OPS: &str = "publish, publish_batch, subscribe, ack, nack, term, progress, seek, \
-                   consumer_info, delete_consumer, unsubscribe";
+                   consumer_info, delete_consumer, unsubscribe, ping";
 
 /// Parses one text frame into a [`Request`], or says precisely why it is not one.
 pub fn parse_request(text: &str) -> Result<Request, RequestError> {
@@ -447,6 +454,7 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             let sub = string_field(&raw.sub, "sub").map_err(bad)?.to_owned();
             Ok(Request::Unsubscribe { id, sub })
         }
+        "ping" => Ok(Request::Ping { id }),
         other => Err(RequestError::new(
             &id,
             ErrorCode::UnknownOp,

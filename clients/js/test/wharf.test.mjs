@@ -1,0 +1,184 @@
+// The module against a real broker: run with
+//   node --experimental-websocket --test clients/js/test/
+// (cargo test runs it too, through tests/tests/js_client_node_tests.rs).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { WharfClient, WharfError } from '../wharf.js';
+import { Broker, until } from './broker.mjs';
+
+const fast = { minReconnectDelay: 20, maxReconnectDelay: 200, requestTimeout: 3000 };
+
+/** Acks explicitly, so that an event is collected only once its ack is durable. */
+const ackFirst = (event) => event.ack();
+
+/** Collects events; `wait(n)` resolves once n were collected. */
+function collector(handler = () => {}) {
+  const events = [];
+  const changed = new EventEmitter();
+  const onEvent = async (event) => {
+    await handler(event);
+    events.push(event);
+    changed.emit('x');
+  };
+  const wait = (n) => until(() => events.length >= n, (fn) => { changed.on('x', fn); return () => changed.off('x', fn); });
+  return { events, onEvent, wait };
+}
+
+test('publish resolves to the seq and a durable subscriber gets events in order, auto-acked', async () => {
+  const broker = await Broker.start();
+  const client = new WharfClient(broker.url, fast);
+  try {
+    await client.connect();
+    const got = collector(ackFirst);
+    await client.subscribe('orders.>', { consumer: 'js-1' }, got.onEvent);
+    const seqs = [];
+    for (let i = 0; i < 5; i++) seqs.push(await client.publish('orders.created', { i }));
+    assert.deepEqual(seqs, [1, 2, 3, 4, 5]);
+    await got.wait(5);
+    assert.deepEqual(got.events.map((e) => e.seq), [1, 2, 3, 4, 5]);
+    assert.deepEqual(got.events[2].payload, { i: 2 });
+    assert.equal(got.events[0].delivery, 1);
+    assert.match(got.events[0].publishedAt, /Z$/);
+    // Acked: a new connection for the same consumer owes nothing.
+    client.close();
+    const again = new WharfClient(broker.url, fast);
+    const later = collector();
+    await again.connect();
+    await again.subscribe('orders.>', { consumer: 'js-1' }, later.onEvent);
+    await again.publish('orders.created', 'next');
+    await later.wait(1);
+    assert.deepEqual(later.events.map((e) => e.seq), [6]);
+    again.close();
+  } finally {
+    client.close();
+    await broker.stop();
+  }
+});
+
+test('a handler that throws nacks: the event comes again, then is acked', async () => {
+  const broker = await Broker.start();
+  const client = new WharfClient(broker.url, fast);
+  try {
+    await client.connect();
+    let failures = 0;
+    const got = collector(async (event) => {
+      if (event.delivery === 1) { failures += 1; throw new Error('not yet'); }
+      await event.ack();
+    });
+    await client.subscribe('jobs', { consumer: 'js-nack' }, got.onEvent);
+    await client.publish('jobs', 'work');
+    await got.wait(1);
+    assert.equal(failures, 1);
+    assert.equal(got.events[0].delivery, 2);
+    const info = await client.request({ op: 'consumer_info', consumer: 'js-nack' });
+    assert.equal(info.ack_floor, 1);
+  } finally {
+    client.close();
+    await broker.stop();
+  }
+});
+
+test('errors carry the broker code', async () => {
+  const broker = await Broker.start();
+  const client = new WharfClient(broker.url, fast);
+  try {
+    await client.connect();
+    await assert.rejects(client.publish('bad..topic', 1), (e) => e instanceof WharfError && e.code === 'invalid_topic');
+    await assert.rejects(client.subscribe('a.>.b', {}, () => {}), (e) => e.code === 'invalid_pattern');
+  } finally {
+    client.close();
+    await broker.stop();
+  }
+});
+
+test('after a broker crash it reconnects, resubscribes and sends what was published offline, once', async () => {
+  const broker = await Broker.start();
+  const client = new WharfClient(broker.url, fast);
+  const states = [];
+  client.on('state', (s) => states.push(s));
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    const got = collector(ackFirst);
+    await client.subscribe('parcels.>', { consumer: 'js-crash' }, got.onEvent);
+    assert.equal(await client.publish('parcels.p1.pickup', 1), 1);
+    await got.wait(1);
+
+    await broker.kill();
+    // Published while the broker is down: queued, in order.
+    const offline = [client.publish('parcels.p1.in_transit', 2), client.publish('parcels.p1.delivered', 3)];
+    await until(() => states.includes('disconnected'), (fn) => client.on('state', fn));
+    await broker.spawn(broker.address);
+    assert.deepEqual(await Promise.all(offline), [2, 3]);
+    await got.wait(3);
+    assert.deepEqual(got.events.map((e) => e.seq), [1, 2, 3]);
+    assert.ok(states.includes('connected'));
+  } finally {
+    client.close();
+    await broker.stop();
+  }
+});
+
+test('an ephemeral subscriber resumes after a reconnect without gap or duplicate', async () => {
+  const broker = await Broker.start();
+  const client = new WharfClient(broker.url, fast);
+  const publisher = new WharfClient(broker.url, fast);
+  client.on('error', () => {});
+  publisher.on('error', () => {});
+  try {
+    await client.connect();
+    await publisher.connect();
+    const got = collector();
+    await client.subscribe('ticks', {}, got.onEvent);
+    await publisher.publish('ticks', 1);
+    await got.wait(1);
+    await broker.kill();
+    await broker.spawn(broker.address);
+    // Published while the subscriber is still reconnecting: it must not miss them.
+    await publisher.publish('ticks', 2);
+    await publisher.publish('ticks', 3);
+    await got.wait(3);
+    await publisher.publish('ticks', 4);
+    await got.wait(4);
+    assert.deepEqual(got.events.map((e) => e.seq), [1, 2, 3, 4]);
+  } finally {
+    client.close();
+    publisher.close();
+    await broker.stop();
+  }
+});
+
+test('auto-ack settles an event once the handler returns', async () => {
+  const broker = await Broker.start();
+  const client = new WharfClient(broker.url, fast);
+  try {
+    await client.connect();
+    const got = collector();
+    await client.subscribe('auto', { consumer: 'js-auto' }, got.onEvent);
+    await client.publish('auto', 1);
+    await got.wait(1);
+    await client.flush();
+    const info = await client.request({ op: 'consumer_info', consumer: 'js-auto' });
+    assert.equal(info.ack_floor, 1);
+    assert.equal(info.ack_pending, 0);
+  } finally {
+    client.close();
+    await broker.stop();
+  }
+});
+
+test('a repeated msgId is stored once', async () => {
+  const broker = await Broker.start();
+  const client = new WharfClient(broker.url, fast);
+  try {
+    await client.connect();
+    const a = await client.publish('pay', { amount: 5 }, { msgId: 'pay-1' });
+    const b = await client.publish('pay', { amount: 5 }, { msgId: 'pay-1' });
+    assert.equal(a, b);
+    assert.equal(await client.publish('pay', 'other'), a + 1);
+  } finally {
+    client.close();
+    await broker.stop();
+  }
+});
