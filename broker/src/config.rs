@@ -59,6 +59,8 @@ pub struct Config {
     pub state_flush_interval: Duration,
     /// Newest events kept in memory for live delivery.
     pub cache_events: usize,
+    /// At most this many consumers get their own labelled series in `/metrics`.
+    pub metrics_consumer_labels: usize,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             state_flush_interval: Duration::from_millis(500),
             cache_events: 65536,
+            metrics_consumer_labels: 100,
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::consumers::{Changes, Consumer, Consumers, Step};
 use crate::log::{
     AppendLog, CommitSink, Entry, Event, EventCursor, LogError, NewEvent, Position, Record, Settle,
 };
+use crate::metrics;
 use crate::state::{ConsumerState, StateView};
 
 /// A connection's bounded outbound queue, and the way to have the connection closed when a
@@ -551,6 +552,10 @@ impl DurableDelivery {
             Step::Detached => Flow::Stop,
             Step::Restart => Flow::Restart,
             Step::Deliver(count) => {
+                ::metrics::counter!(metrics::DELIVERED).increment(1);
+                if count > 1 {
+                    ::metrics::counter!(metrics::REDELIVERED).increment(1);
+                }
                 let name = &self.consumer.name;
                 if let Err(e) = self.state.set_delivery(name, ev.seq, count) {
                     tracing::warn!(consumer = name, error = %e, "delivery count not saved");
@@ -635,7 +640,7 @@ pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventS
         };
         for ev in &batch {
             match outbound.deliver(event_frame(&sub, None, ev, 1)).await {
-                Delivered::Sent => {}
+                Delivered::Sent => ::metrics::counter!(metrics::DELIVERED).increment(1),
                 Delivered::Closed => return,
                 Delivered::TooSlow => {
                     let to = source.skip_to_head();
@@ -690,6 +695,14 @@ impl CommitSink for Committer {
         let mut events = Vec::new();
         let mut changes = Changes::default();
         for rec in records {
+            if let Record::Acked { seqs, kind, .. } = &rec {
+                let name = match kind {
+                    Settle::Ack => metrics::ACKED,
+                    Settle::Term => metrics::TERMINATED,
+                    Settle::DeadLetter => metrics::DEAD_LETTERED,
+                };
+                ::metrics::counter!(name).increment(seqs.len() as u64);
+            }
             self.consumers.apply(&rec, &mut changes);
             if let Record::Events(batch) = rec {
                 events.extend(batch.into_iter().map(Arc::new));
@@ -719,6 +732,7 @@ impl CommitSink for Committer {
             // The log is the truth; the view is rebuilt from it at the next start.
             tracing::error!(error = %e, "state view update failed; it will be rebuilt from the log");
         }
+        ::metrics::counter!(metrics::PUBLISHED).increment(events.len() as u64);
         self.feed.push(events);
     }
 }

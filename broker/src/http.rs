@@ -1,14 +1,20 @@
 //! The front door: every connection starts as HTTP. A WebSocket upgrade on `/ws` goes on to
-//! a session; a plain GET is answered here: the demo page (`/`), the browser client
-//! (`/wharf.js`), and `/healthz`. Both files are embedded in the binary, so a browser needs
-//! nothing but the broker.
+//! a session; anything else is answered here: the demo page (`/`) and the browser client
+//! (`/wharf.js`), both embedded in the binary; `/healthz`, `/readyz` and `/metrics` for
+//! operators; `POST /v1/publish/{topic}` for curl, webhooks and cron jobs.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use wharf_protocol::{now_ms, Topic};
+
+use crate::log::{Entry, NewEvent, Receipt};
+use crate::{metrics, server};
 
 /// The browser client, served at `/wharf.js`.
 pub const CLIENT_JS: &str = include_str!("../../clients/js/wharf.js");
@@ -70,7 +76,7 @@ pub enum Opening {
 }
 
 /// Reads the request head and either answers it or hands it on for the upgrade.
-pub async fn open(mut stream: TcpStream) -> io::Result<Opening> {
+pub async fn open(mut stream: TcpStream, ctx: &Arc<server::Context>) -> io::Result<Opening> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let parsed = loop {
@@ -82,15 +88,22 @@ pub async fn open(mut stream: TcpStream) -> io::Result<Opening> {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {
-                let upgrade = req.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("upgrade")
-                        && String::from_utf8_lossy(h.value).eq_ignore_ascii_case("websocket")
-                });
+            Ok(httparse::Status::Complete(head_len)) => {
+                let header = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                };
+                let upgrade =
+                    header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+                let length = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
                 break (
                     req.method.unwrap_or_default().to_owned(),
                     req.path.unwrap_or_default().to_owned(),
                     upgrade,
+                    head_len,
+                    length,
                 );
             }
             Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => continue,
@@ -116,7 +129,7 @@ pub async fn open(mut stream: TcpStream) -> io::Result<Opening> {
             }
         }
     };
-    let (method, path, upgrade) = parsed;
+    let (method, path, upgrade, head_len, length) = parsed;
     if upgrade {
         return Ok(Opening::Upgrade(Rewound {
             prefix: head,
@@ -124,11 +137,39 @@ pub async fn open(mut stream: TcpStream) -> io::Result<Opening> {
             inner: stream,
         }));
     }
-    let path = path.split('?').next().unwrap_or_default();
-    let (status, kind, body) = match (method.as_str(), path) {
+    let path = path.split('?').next().unwrap_or_default().to_owned();
+    if method == "POST" {
+        if let Some(topic) = path.strip_prefix("/v1/publish/") {
+            let body = match read_body(
+                &mut stream,
+                &head[head_len..],
+                length,
+                ctx.config.max_frame_bytes,
+            )
+            .await?
+            {
+                Ok(body) => body,
+                Err((status, message)) => {
+                    let reply = error_json("too_large", &message);
+                    respond(&mut stream, status, "application/json", &reply).await?;
+                    return Ok(Opening::Answered);
+                }
+            };
+            let (status, reply) = publish(ctx, topic, &body).await;
+            respond(&mut stream, status, "application/json", &reply).await?;
+            return Ok(Opening::Answered);
+        }
+    }
+    if method == "GET" && path == "/metrics" {
+        let text = render_metrics(ctx);
+        respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &text).await?;
+        return Ok(Opening::Answered);
+    }
+    let (status, kind, body) = match (method.as_str(), path.as_str()) {
         ("GET", "/") | ("GET", "/index.html") => ("200 OK", "text/html; charset=utf-8", DEMO_HTML),
         ("GET", "/wharf.js") => ("200 OK", "text/javascript; charset=utf-8", CLIENT_JS),
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n"),
+        ("GET", "/readyz") => ("200 OK", "text/plain", "ready\n"),
         ("GET", p) if p == wharf_protocol::WS_PATH => (
             "426 Upgrade Required",
             "text/plain",
@@ -145,6 +186,103 @@ pub async fn open(mut stream: TcpStream) -> io::Result<Opening> {
     Ok(Opening::Answered)
 }
 
+/// The request body: what came with the head plus the rest, up to `limit` bytes.
+async fn read_body(
+    stream: &mut TcpStream,
+    already: &[u8],
+    length: Option<usize>,
+    limit: usize,
+) -> io::Result<Result<Vec<u8>, (&'static str, String)>> {
+    let Some(length) = length else {
+        return Ok(Err((
+            "411 Length Required",
+            "a Content-Length header is required".into(),
+        )));
+    };
+    if length > limit {
+        return Ok(Err((
+            "413 Payload Too Large",
+            format!("the body is {length} bytes, the limit is {limit}"),
+        )));
+    }
+    let mut body = already[..already.len().min(length)].to_vec();
+    body.resize(length, 0);
+    let have = already.len().min(length);
+    stream.read_exact(&mut body[have..]).await?;
+    Ok(Ok(body))
+}
+
+fn error_json(code: &str, message: &str) -> String {
+    serde_json::json!({"code": code, "message": message}).to_string()
+}
+
+/// `POST /v1/publish/{topic}`: the body is the payload; answers `{"seq":N}` once durable.
+async fn publish(ctx: &Arc<server::Context>, topic: &str, body: &[u8]) -> (&'static str, String) {
+    let topic = match Topic::parse(topic) {
+        Ok(t) => t,
+        Err(e) => return ("400 Bad Request", error_json("invalid_topic", &e.0)),
+    };
+    let payload = match std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Box<serde_json::value::RawValue>>(text).ok())
+    {
+        Some(raw) => raw,
+        None => {
+            return (
+                "400 Bad Request",
+                error_json("bad_json", "the body must be one JSON value"),
+            )
+        }
+    };
+    let entry = Entry::Events(vec![NewEvent {
+        topic: topic.as_str().to_owned(),
+        payload: payload.get().to_owned(),
+        time_ms: now_ms(),
+        msg_id: None,
+    }]);
+    match ctx.store.log.append(vec![entry]).await {
+        Ok(receipts) => match receipts.first() {
+            Some(Receipt::Seqs(seqs)) if !seqs.is_empty() => {
+                ("200 OK", serde_json::json!({"seq": seqs[0].0}).to_string())
+            }
+            _ => (
+                "500 Internal Server Error",
+                error_json("internal", "publish got no seq"),
+            ),
+        },
+        Err(e) => (
+            "500 Internal Server Error",
+            error_json("internal", &e.to_string()),
+        ),
+    }
+}
+
+/// `/metrics`: counters and histograms as recorded, plus gauges read off the state now.
+fn render_metrics(ctx: &Arc<server::Context>) -> String {
+    let store = &ctx.store;
+    let (segments, bytes) = store.log.size();
+    ::metrics::gauge!(metrics::LOG_SEGMENTS).set(segments as f64);
+    ::metrics::gauge!(metrics::LOG_BYTES).set(bytes as f64);
+    ::metrics::gauge!(metrics::STATE_BYTES).set(store.state.size_on_disk() as f64);
+    let head = store.feed.head();
+    ::metrics::gauge!(metrics::HEAD_SEQ).set(head as f64);
+    let mut names = store.consumers.names();
+    ::metrics::gauge!(metrics::CONSUMERS).set(names.len() as f64);
+    // A label per consumer, for a bounded number of them.
+    names.sort();
+    names.truncate(ctx.config.metrics_consumer_labels);
+    for name in names {
+        if let Some(c) = store.consumers.get(&name) {
+            let info = c.info();
+            let label = [("consumer", name.clone())];
+            ::metrics::gauge!(metrics::CONSUMER_PENDING, &label).set(info.ack_pending as f64);
+            ::metrics::gauge!(metrics::CONSUMER_LAG, &label)
+                .set(head.saturating_sub(info.ack_floor) as f64);
+        }
+    }
+    metrics::handle().render()
+}
+
 async fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
@@ -153,4 +291,31 @@ async fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Answers while the log is still being recovered: alive (`/healthz`), not ready (everything
+/// else, `/readyz` included, gets 503).
+pub async fn answer_recovering(mut stream: TcpStream) -> io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let path = line.split_whitespace().nth(1).unwrap_or_default();
+    if path == "/healthz" {
+        respond(&mut stream, "200 OK", "text/plain", "ok\n").await
+    } else {
+        respond(
+            &mut stream,
+            "503 Service Unavailable",
+            "text/plain",
+            "recovering the log\n",
+        )
+        .await
+    }
 }

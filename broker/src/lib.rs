@@ -22,6 +22,7 @@ pub mod consumers;
 pub mod delivery;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod shutdown;
@@ -55,25 +56,40 @@ pub enum BrokerError {
     Locked(PathBuf),
 }
 
+/// Serves "not ready" until `stop`, then gives the listener back.
+async fn answer_while_recovering(
+    listener: TcpListener,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> TcpListener {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return listener,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(async move {
+                        if let Err(e) = http::answer_recovering(stream).await {
+                            tracing::debug!(error = %e, "request during recovery failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// A broker whose store is open and whose listener is bound.
 pub struct Broker {
     ctx: Arc<server::Context>,
     listener: TcpListener,
     addr: SocketAddr,
+    recovery_ms: u64,
 }
 
 impl Broker {
-    /// Recovers the data dir and binds the listener.
+    /// Binds the listener, then recovers the data dir. While it recovers, `/healthz` says
+    /// alive and everything else (`/readyz` included) gets 503.
     pub async fn open(config: Config) -> Result<Broker, BrokerError> {
-        let store = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || store::Store::open(&config))
-                .await
-                .map_err(|e| BrokerError::Io {
-                    what: "recovery task failed".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })??
-        };
+        metrics::handle();
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -85,10 +101,28 @@ impl Broker {
             what: "cannot read the bound address".into(),
             source,
         })?;
+        tracing::info!(address = %addr, data_dir = %config.data_dir.display(), "recovering the log");
+        let started = std::time::Instant::now();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let early = tokio::spawn(answer_while_recovering(listener, stopped));
+        let recovered = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || store::Store::open(&config)).await
+        };
+        let _ = stop.send(());
+        let listener = early.await.map_err(|e| BrokerError::Io {
+            what: "listener task failed".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let store = recovered.map_err(|e| BrokerError::Io {
+            what: "recovery task failed".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
         Ok(Broker {
             ctx: Arc::new(server::Context::new(config, store)),
             listener,
             addr,
+            recovery_ms: started.elapsed().as_millis() as u64,
         })
     }
 
@@ -100,7 +134,17 @@ impl Broker {
     /// commits finish and flushes the state view.
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let (trigger, shutdown) = Shutdown::new();
-        tracing::info!(url = %format!("ws://{}{}", self.addr, wharf_protocol::WS_PATH), "listening");
+        let (segments, log_bytes) = self.ctx.store.log.size();
+        tracing::info!(
+            url = %format!("ws://{}{}", self.addr, wharf_protocol::WS_PATH),
+            data_dir = %self.ctx.config.data_dir.display(),
+            events = self.ctx.store.feed.head(),
+            log_bytes,
+            segments,
+            consumers = self.ctx.store.consumers.len(),
+            recovery_ms = self.recovery_ms,
+            "listening"
+        );
         let reaper = tokio::spawn(server::reap_inactive(self.ctx.clone(), shutdown.clone()));
         let retention = tokio::spawn(server::age_out(self.ctx.clone(), shutdown.clone()));
         let server = tokio::spawn(server::serve(self.listener, self.ctx.clone(), shutdown));

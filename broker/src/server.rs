@@ -137,7 +137,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
         }
     };
     let opening = async {
-        match crate::http::open(stream).await? {
+        match crate::http::open(stream, &ctx).await? {
             Opening::Answered => Ok(None),
             Opening::Upgrade(stream) => {
                 tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config))
@@ -161,6 +161,8 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     };
     let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, session = id, "connected");
+    ::metrics::gauge!(crate::metrics::CONNECTIONS).increment(1);
     Session::run(ctx, id, ws, shutdown).await;
+    ::metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1);
     tracing::debug!(%peer, session = id, "disconnected");
 }

@@ -28,6 +28,7 @@ use crate::consumers::{Consumer, ModeConflict, Options};
 use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound};
 use crate::http::Rewound;
 use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
+use crate::metrics;
 use crate::server::Context;
 use crate::shutdown::Shutdown;
 
@@ -170,7 +171,10 @@ impl Session {
                             tracing::debug!(session = self.id, error = %e, "connection failed");
                             return None;
                         }
-                        Some(Ok(Message::Text(text))) => self.handle_text(text.as_str()).await,
+                        Some(Ok(Message::Text(text))) => {
+                            ::metrics::counter!(metrics::BYTES_IN).increment(text.len() as u64);
+                            self.handle_text(text.as_str()).await
+                        }
                         Some(Ok(Message::Binary(_))) => {
                             self.send(Reply::error(None, ErrorCode::Unsupported,
                                 "binary frames are not supported; send JSON text frames")).await
@@ -292,6 +296,8 @@ impl Session {
                 return Completion::Reply(internal(id, "publish got no seq"));
             };
             let duplicate = seqs.iter().any(|&(_, dup)| dup);
+            let dups = seqs.iter().filter(|&&(_, dup)| dup).count();
+            ::metrics::counter!(metrics::DUPLICATES).increment(dups as u64);
             let seqs: Vec<u64> = seqs.into_iter().map(|(seq, _)| seq).collect();
             let (seq, seqs) = match batch {
                 true => (None, Some(seqs)),
@@ -465,6 +471,7 @@ impl Session {
             patterns,
         );
         let task = tokio::spawn(run_ephemeral(sub.clone(), self.outbound.clone(), source));
+        ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
         self.subs.insert(
             sub,
             Subscription::Ephemeral {
@@ -545,6 +552,7 @@ impl Session {
             log: self.ctx.store.log.clone(),
         };
         let task = tokio::spawn(delivery.run());
+        ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
         consumer.set_task(attached.generation, task.abort_handle());
         self.subs.insert(sub, Subscription::Durable { consumer });
         Ok(())
@@ -605,6 +613,9 @@ impl Session {
         let Some(consumer) = self.consumer(&id, &name).await? else {
             return Ok(());
         };
+        if delay.is_some() {
+            ::metrics::counter!(metrics::NACKED).increment(seqs.len() as u64);
+        }
         match consumer.touch(&seqs, delay, Instant::now()) {
             Ok(()) if id.is_some() => self.send(Reply::Ok { id }).await,
             Ok(()) => Ok(()),
@@ -678,6 +689,7 @@ impl Session {
     }
 
     fn end(&self, sub: &str, subscription: Subscription) {
+        ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1);
         match subscription {
             Subscription::Durable { consumer } => {
                 consumer.detach(self.id, sub);
@@ -770,6 +782,9 @@ async fn write_frames(
             };
             let mut next = Some(first);
             while let Some(msg) = next.take() {
+                if let Message::Text(text) = &msg {
+                    ::metrics::counter!(metrics::BYTES_OUT).increment(text.len() as u64);
+                }
                 if sink.feed(msg).await.is_err() {
                     return false;
                 }

@@ -234,6 +234,11 @@ impl StateView {
         Ok(())
     }
 
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     pub fn flush(&self) -> Result<(), StateError> {
         self.db.flush().map(|_| ()).map_err(|e| self.sled_err(e))
     }

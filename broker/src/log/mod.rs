@@ -314,6 +314,14 @@ impl AppendLog {
         EventCursor::new(self.table.clone(), seq)
     }
 
+    /// How many segments the log has, and their synced bytes.
+    pub fn size(&self) -> (usize, u64) {
+        match self.table.read() {
+            Ok(table) => (table.len(), table.iter().map(|m| m.synced_len).sum()),
+            Err(_) => (0, 0),
+        }
+    }
+
     /// Asks the writer to run retention (it also does at every segment roll).
     pub fn maintain(&self) {
         let _busy_or_closed = self.tx.try_send(Command::Maintain);

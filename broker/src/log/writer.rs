@@ -326,7 +326,11 @@ impl Writer {
         records: Vec<Record>,
         index_notes: Vec<(u64, u64, u64)>,
     ) -> Result<(), LogError> {
+        let started = std::time::Instant::now();
         self.write_and_sync()?;
+        ::metrics::histogram!(crate::metrics::FSYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        ::metrics::histogram!(crate::metrics::COMMIT_EVENTS).record(records.len() as f64);
         for (seq, time_ms, offset) in index_notes {
             self.active.note_event(seq, time_ms, offset);
         }
