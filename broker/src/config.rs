@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address the WebSocket listener binds; port 0 picks a free port.
@@ -122,10 +122,32 @@ impl Config {
         Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
     }
 
-    /// Parses TOML text; the error names the offending key.
+    /// Parses TOML text; the error names the offending key. `WHARF_<KEY>` environment
+    /// variables (e.g. `WHARF_MAX_IN_FLIGHT=50`) override the file.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        Config::parse_with_env(text, |key| std::env::var(key).ok())
+    }
+
+    /// [`Config::parse`] with the environment given as a lookup (for tests).
+    pub fn parse_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, String> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        let keys = toml::Table::try_from(Config::default()).map_err(|e| e.to_string())?;
+        for key in keys.keys() {
+            let var = format!("WHARF_{}", key.to_uppercase());
+            if let Some(raw) = env(&var) {
+                // A number, a boolean or a quoted string as TOML; anything else as a string.
+                let value = format!("v = {raw}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or(toml::Value::String(raw));
+                table.insert(key.clone(), value);
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(table).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner().to_string();
             let inner = inner.lines().last().unwrap_or_default().to_owned();
@@ -137,6 +159,14 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The effective configuration as TOML, every key present.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Invalid {
+            path: PathBuf::from("(effective config)"),
+            message: e.to_string(),
+        })
     }
 
     /// Checks values serde cannot: each message names its key.
@@ -197,6 +227,27 @@ mod tests {
             format!("{documented:?}"),
             format!("{:?}", Config::default())
         );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |k: &str| match k {
+            "WHARF_MAX_IN_FLIGHT" => Some("7".to_owned()),
+            "WHARF_ACK_WAIT" => Some("2s".to_owned()),
+            "WHARF_LISTEN" => Some("127.0.0.1:9".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse_with_env("max_in_flight = 5", env).unwrap();
+        assert_eq!(c.max_in_flight, 7);
+        assert_eq!(c.ack_wait, Duration::from_secs(2));
+        assert_eq!(c.listen.port(), 9);
+        let bad = Config::parse_with_env("", |k| {
+            (k == "WHARF_MAX_IN_FLIGHT").then(|| "lots".to_owned())
+        });
+        assert!(bad.unwrap_err().contains("max_in_flight"));
+        // The effective config round-trips.
+        let again = Config::parse_with_env(&c.to_toml().unwrap(), |_| None).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{c:?}"));
     }
 
     #[test]

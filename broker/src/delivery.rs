@@ -9,7 +9,7 @@
 //!   consumer it skips what is acked or not matching, counts deliveries, and stops at
 //!   `max_in_flight` unacked events until acks make room. Only synced events ever reach it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -119,17 +119,41 @@ pub struct Feed {
     /// The oldest seq the log still holds (retention moves it).
     first: AtomicU64,
     taps: Mutex<Taps>,
+    topics: Mutex<BTreeMap<String, TopicStat>>,
+}
+
+/// What `topics` reports about one topic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TopicStat {
+    pub events: u64,
+    pub bytes: u64,
+    pub last_seq: u64,
+}
+
+impl TopicStat {
+    pub fn add(&mut self, ev: &Event) {
+        self.events += 1;
+        self.bytes += ev.payload.len() as u64;
+        self.last_seq = ev.seq;
+    }
 }
 
 impl Feed {
-    pub fn new(head: u64, capacity: usize) -> Feed {
+    pub fn new(head: u64, capacity: usize, topics: BTreeMap<String, TopicStat>) -> Feed {
         Feed {
             cache: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
             capacity,
             head: watch::Sender::new(head),
             first: AtomicU64::new(1),
             taps: Mutex::new(Taps::default()),
+            topics: Mutex::new(topics),
         }
+    }
+
+    /// Every topic with events, by name.
+    pub fn topics(&self) -> Vec<(String, TopicStat)> {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics.iter().map(|(t, s)| (t.clone(), *s)).collect()
     }
 
     /// The seq of the newest durable event (0 when there is none).
@@ -159,6 +183,19 @@ impl Feed {
         let Some(last) = events.last().map(|e| e.seq) else {
             return;
         };
+        {
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            for ev in &events {
+                match topics.get_mut(&ev.topic) {
+                    Some(stat) => stat.add(ev),
+                    None => {
+                        let mut stat = TopicStat::default();
+                        stat.add(ev);
+                        topics.insert(ev.topic.clone(), stat);
+                    }
+                }
+            }
+        }
         if self.capacity > 0 {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
             for ev in &events {

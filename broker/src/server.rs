@@ -28,6 +28,9 @@ pub struct Context {
     pub config: Config,
     pub store: Store,
     next_session: AtomicU64,
+    /// Open WebSocket connections.
+    pub connections: AtomicU64,
+    pub started: std::time::Instant,
 }
 
 impl Context {
@@ -36,6 +39,8 @@ impl Context {
             config,
             store,
             next_session: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -162,7 +167,9 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, session = id, "connected");
     ::metrics::gauge!(crate::metrics::CONNECTIONS).increment(1);
-    Session::run(ctx, id, ws, shutdown).await;
+    ctx.connections.fetch_add(1, Ordering::Relaxed);
+    Session::run(ctx.clone(), id, ws, shutdown).await;
+    ctx.connections.fetch_sub(1, Ordering::Relaxed);
     ::metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1);
     tracing::debug!(%peer, session = id, "disconnected");
 }

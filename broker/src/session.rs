@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use wharf_protocol::{
     now_ms, parse_request, ConsumerInfo, ErrorCode, Id, Mode, NewEvent as WireEvent, Pattern,
-    Reply, Request, Start, SubscribeOptions,
+    Reply, Request, Start, Stats, SubscribeOptions, TopicInfo,
 };
 
 use crate::consumers::{Consumer, ModeConflict, Options};
@@ -272,6 +272,41 @@ impl Session {
             Request::DeleteConsumer { id, consumer } => self.delete_consumer(id, consumer).await,
             Request::Unsubscribe { id, sub } => self.unsubscribe(id, &sub).await,
             Request::Ping { id } => self.send(Reply::Pong { id }).await,
+            Request::Stats { id } => {
+                let stats = self.stats(id);
+                self.send(Reply::Stats(stats)).await
+            }
+            Request::Topics { id } => {
+                let topics = self
+                    .ctx
+                    .store
+                    .feed
+                    .topics()
+                    .into_iter()
+                    .map(|(topic, s)| TopicInfo {
+                        topic,
+                        events: s.events,
+                        bytes: s.bytes,
+                        last_seq: s.last_seq,
+                    })
+                    .collect();
+                self.send(Reply::Topics { id, topics }).await
+            }
+            Request::Consumers { id } => {
+                let mut names = self.ctx.store.consumers.names();
+                names.sort();
+                let consumers = names
+                    .into_iter()
+                    .filter_map(|name| {
+                        self.ctx
+                            .store
+                            .consumers
+                            .get(&name)
+                            .map(|c| self.info_of(None, &c))
+                    })
+                    .collect();
+                self.send(Reply::Consumers { id, consumers }).await
+            }
         }
     }
 
@@ -645,11 +680,37 @@ impl Session {
         let Some(consumer) = self.consumer(&id, &name).await? else {
             return Ok(());
         };
+        let info = self.info_of(id, &consumer);
+        self.send(Reply::ConsumerInfo(info)).await
+    }
+
+    fn stats(&self, id: Option<Id>) -> Stats {
+        let store = &self.ctx.store;
+        let (segments, log_bytes) = store.log.size();
+        Stats {
+            id,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: self.ctx.started.elapsed().as_millis() as u64,
+            head_seq: store.feed.head(),
+            first_seq: store.feed.first_seq(),
+            log_bytes,
+            segments: segments as u64,
+            state_bytes: store.state.size_on_disk(),
+            topics: store.feed.topics().len() as u64,
+            consumers: store.consumers.len() as u64,
+            connections: self
+                .ctx
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    fn info_of(&self, id: Option<Id>, consumer: &Consumer) -> ConsumerInfo {
         let info = consumer.info();
         let head = self.ctx.store.feed.head();
-        self.send(Reply::ConsumerInfo(ConsumerInfo {
+        ConsumerInfo {
             id,
-            consumer: name,
+            consumer: consumer.name.clone(),
             topics: info.patterns,
             mode: mode_name(info.mode).to_owned(),
             ack_floor: info.ack_floor,
@@ -661,8 +722,7 @@ impl Session {
             dead_lettered: info.dead_lettered,
             gapped: info.gapped,
             attached: info.attached as u64,
-        }))
-        .await
+        }
     }
 
     async fn delete_consumer(&mut self, id: Option<Id>, name: String) -> Result<(), ()> {

@@ -1,15 +1,15 @@
 //! Opening the data directory: recover the log, bring the sled view up to it (or rebuild the
 //! view from the log), and wire the writer to memory, sled and the feed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::consumers::{Changes, Consumers};
-use crate::delivery::{Committer, Feed};
-use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery, Retention};
+use crate::delivery::{Committer, Feed, TopicStat};
+use crate::log::{self, AppendLog, LogError, LogOptions, Position, Record, Recovery, Retention};
 use crate::state::{ConsumerState, StateError, StateView};
 use crate::BrokerError;
 
@@ -31,9 +31,16 @@ fn replay(
     applied: Option<Position>,
     consumers: &Consumers,
     changes: &mut Changes,
+    topics: &mut BTreeMap<String, TopicStat>,
 ) -> Result<(Recovery, bool), LogError> {
     let mut found = applied.is_none();
+    topics.clear();
     let recovery = log::recover(log_dir, |rec, pos| {
+        if let Record::Events(events) = rec {
+            for ev in events {
+                topics.entry(ev.topic.clone()).or_default().add(ev);
+            }
+        }
         match applied {
             Some(a) if pos <= a => found |= pos == a,
             _ => consumers.apply(rec, changes),
@@ -98,7 +105,9 @@ impl Store {
             }
         };
         let mut changes = Changes::default();
-        let (mut recovery, found) = replay(&log_dir, applied, &registry, &mut changes)?;
+        let mut topics = BTreeMap::new();
+        let (mut recovery, found) =
+            replay(&log_dir, applied, &registry, &mut changes, &mut topics)?;
         if !found {
             drop(view);
             view = rebuild_view(
@@ -108,7 +117,7 @@ impl Store {
             )?;
             registry = Consumers::default();
             changes = Changes::default();
-            recovery = replay(&log_dir, None, &registry, &mut changes)?.0;
+            recovery = replay(&log_dir, None, &registry, &mut changes, &mut topics)?.0;
         }
         let states: Vec<(String, ConsumerState)> = registry
             .names()
@@ -131,7 +140,7 @@ impl Store {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered the log"
         );
-        let feed = Arc::new(Feed::new(head, config.cache_events));
+        let feed = Arc::new(Feed::new(head, config.cache_events, topics));
         let sink = Committer {
             consumers: registry.clone(),
             state: view.clone(),

@@ -77,6 +77,11 @@ pub async fn publish(url: &str, topic: &str, payload: Option<String>) -> anyhow:
     }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let (mut sent, mut confirmed, mut eof) = (0u64, 0u64, false);
+    // A progress line on a terminal; nothing extra when stderr is piped.
+    let progress = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} published ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
     while !eof || confirmed < sent {
         tokio::select! {
             line = lines.next_line(), if !eof && sent - confirmed < PIPELINE => {
@@ -93,10 +98,12 @@ pub async fn publish(url: &str, topic: &str, payload: Option<String>) -> anyhow:
             reply = next_reply(&mut stream), if confirmed < sent => {
                 let seq = expect_published(reply?)?;
                 confirmed += 1;
+                progress.inc(1);
                 writeln!(stdout, "{seq}")?;
             }
         }
     }
+    progress.finish_and_clear();
     let _closed = sink.close().await;
     Ok(())
 }
@@ -176,5 +183,167 @@ pub async fn subscribe(
         }
     }
     let _closed = sink.close().await;
+    Ok(())
+}
+
+/// Sends one admin request and returns the reply (an error reply is an error).
+async fn admin(url: &str, request: serde_json::Value) -> anyhow::Result<Reply> {
+    let (mut sink, mut stream) = connect(url).await?;
+    sink.send(Message::text(request.to_string())).await?;
+    let reply = next_reply(&mut stream).await?;
+    let _closed = sink.close().await;
+    match reply {
+        Reply::Error { code, message, .. } => bail!("the broker refused: {code}: {message}"),
+        reply => Ok(reply),
+    }
+}
+
+/// Prints rows as a table with aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|h| h.to_string()).collect())
+    )?;
+    for row in rows {
+        writeln!(out, "{}", line(row))?;
+    }
+    Ok(())
+}
+
+fn print_json(reply: &Reply) -> anyhow::Result<()> {
+    println!("{}", reply.to_json());
+    Ok(())
+}
+
+pub async fn stats(url: &str, json: bool) -> anyhow::Result<()> {
+    let reply = admin(url, serde_json::json!({"op":"stats","id":1})).await?;
+    if json {
+        return print_json(&reply);
+    }
+    let Reply::Stats(s) = reply else {
+        bail!("unexpected reply from the broker: {}", reply.to_json())
+    };
+    table(
+        &["key", "value"],
+        vec![
+            vec!["version".into(), s.version],
+            vec![
+                "uptime".into(),
+                format!("{:.1}s", s.uptime_ms as f64 / 1000.0),
+            ],
+            vec!["head seq".into(), s.head_seq.to_string()],
+            vec!["first seq".into(), s.first_seq.to_string()],
+            vec!["log bytes".into(), s.log_bytes.to_string()],
+            vec!["segments".into(), s.segments.to_string()],
+            vec!["state bytes".into(), s.state_bytes.to_string()],
+            vec!["topics".into(), s.topics.to_string()],
+            vec!["consumers".into(), s.consumers.to_string()],
+            vec!["connections".into(), s.connections.to_string()],
+        ],
+    )
+}
+
+pub async fn topics(url: &str, json: bool) -> anyhow::Result<()> {
+    let reply = admin(url, serde_json::json!({"op":"topics","id":1})).await?;
+    if json {
+        return print_json(&reply);
+    }
+    let Reply::Topics { topics, .. } = reply else {
+        bail!("unexpected reply from the broker: {}", reply.to_json())
+    };
+    let rows = topics
+        .into_iter()
+        .map(|t| {
+            vec![
+                t.topic,
+                t.events.to_string(),
+                t.bytes.to_string(),
+                t.last_seq.to_string(),
+            ]
+        })
+        .collect();
+    table(&["topic", "events", "bytes", "last seq"], rows)
+}
+
+fn consumer_row(c: &wharf_protocol::ConsumerInfo) -> Vec<String> {
+    vec![
+        c.consumer.clone(),
+        c.topics.join(","),
+        c.mode.clone(),
+        c.ack_floor.to_string(),
+        c.ack_pending.to_string(),
+        c.lag.to_string(),
+        c.redelivered.to_string(),
+        c.dead_lettered.to_string(),
+        c.attached.to_string(),
+    ]
+}
+
+const CONSUMER_HEADER: [&str; 9] = [
+    "consumer",
+    "topics",
+    "mode",
+    "ack floor",
+    "pending",
+    "lag",
+    "redelivered",
+    "dead",
+    "attached",
+];
+
+pub async fn consumers(url: &str, json: bool) -> anyhow::Result<()> {
+    let reply = admin(url, serde_json::json!({"op":"consumers","id":1})).await?;
+    if json {
+        return print_json(&reply);
+    }
+    let Reply::Consumers { consumers, .. } = reply else {
+        bail!("unexpected reply from the broker: {}", reply.to_json())
+    };
+    table(
+        &CONSUMER_HEADER,
+        consumers.iter().map(consumer_row).collect(),
+    )
+}
+
+pub async fn consumer_info(url: &str, name: &str, json: bool) -> anyhow::Result<()> {
+    let reply = admin(
+        url,
+        serde_json::json!({"op":"consumer_info","id":1,"consumer":name}),
+    )
+    .await?;
+    if json {
+        return print_json(&reply);
+    }
+    let Reply::ConsumerInfo(info) = reply else {
+        bail!("unexpected reply from the broker: {}", reply.to_json())
+    };
+    table(&CONSUMER_HEADER, vec![consumer_row(&info)])
+}
+
+pub async fn consumer_delete(url: &str, name: &str) -> anyhow::Result<()> {
+    admin(
+        url,
+        serde_json::json!({"op":"delete_consumer","id":1,"consumer":name}),
+    )
+    .await?;
+    println!("deleted consumer {name}");
     Ok(())
 }

@@ -25,6 +25,24 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ConsumerAction {
+    /// A consumer's settled state and backlog.
+    Info {
+        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
+        url: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a consumer and its state.
+    Delete {
+        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
+        url: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the broker (reads ./config.toml when present; flags win).
     Serve {
@@ -37,6 +55,9 @@ enum Command {
         /// Directory for the log and the state view.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Validate the configuration, print it with every default filled in, and exit.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Publish PAYLOAD (JSON; other text is sent as a JSON string), or one event per stdin
     /// line when PAYLOAD is absent. Prints the seq of each stored event.
@@ -46,6 +67,47 @@ enum Command {
         topic: String,
         payload: Option<String>,
     },
+    /// The broker at a glance.
+    Stats {
+        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
+        url: String,
+        /// Print the broker's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every topic with events: count, payload bytes, last seq.
+    Topics {
+        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every durable consumer with its backlog.
+    Consumers {
+        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or delete one durable consumer.
+    Consumer {
+        #[command(subcommand)]
+        action: ConsumerAction,
+    },
+    /// Follow PATTERN live, like `tail -f`: one JSON line per event, nothing stored.
+    Tail {
+        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
+        url: String,
+        pattern: String,
+        /// Start at: all, new (default), a seq, or an RFC 3339 time.
+        #[arg(long, value_parser = Start::parse)]
+        start: Option<Start>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions { shell: clap_complete::Shell },
     /// Print each event matching PATTERN as one JSON line, acking it after printing.
     Subscribe {
         #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
@@ -81,7 +143,33 @@ fn main() -> ExitCode {
                 config,
                 listen,
                 data_dir,
-            } => serve(config, listen, data_dir).await,
+                check_config,
+            } => serve(config, listen, data_dir, check_config).await,
+            Command::Stats { url, json } => client::stats(&url, json).await,
+            Command::Topics { url, json } => client::topics(&url, json).await,
+            Command::Consumers { url, json } => client::consumers(&url, json).await,
+            Command::Consumer {
+                action: ConsumerAction::Info { url, name, json },
+            } => client::consumer_info(&url, &name, json).await,
+            Command::Consumer {
+                action: ConsumerAction::Delete { url, name },
+            } => client::consumer_delete(&url, &name).await,
+            Command::Tail {
+                url,
+                pattern,
+                start,
+                count,
+            } => client::subscribe(&url, &pattern, None, start, count).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "wharf",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
             Command::Publish {
                 url,
                 topic,
@@ -109,6 +197,7 @@ async fn serve(
     config_path: Option<PathBuf>,
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    check_config: bool,
 ) -> anyhow::Result<()> {
     let mut config = Config::load(config_path.as_deref())?;
     if let Some(listen) = listen {
@@ -116,6 +205,10 @@ async fn serve(
     }
     if let Some(dir) = data_dir {
         config.data_dir = dir;
+    }
+    if check_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
     }
     init_logging(&config.log_level)?;
     let broker = Broker::open(config).await?;

@@ -17,7 +17,9 @@ pub mod request;
 pub mod topic;
 
 pub use error::ErrorCode;
-pub use reply::{format_time_ms, ConsumerInfo, DeadLetter, EventFrame, ReceivedEvent, Reply};
+pub use reply::{
+    format_time_ms, ConsumerInfo, DeadLetter, EventFrame, ReceivedEvent, Reply, Stats, TopicInfo,
+};
 pub use request::{
     now_ms, parse_request, Id, Mode, NewEvent, Request, RequestError, Start, SubscribeOptions,
 };

@@ -25,6 +25,17 @@ pub enum Reply {
         duplicate: bool,
     },
     ConsumerInfo(ConsumerInfo),
+    Stats(Stats),
+    Topics {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        topics: Vec<TopicInfo>,
+    },
+    Consumers {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        consumers: Vec<ConsumerInfo>,
+    },
     Subscribed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
@@ -166,6 +177,37 @@ pub struct ConsumerInfo {
     pub gapped: u64,
     /// Connections attached now.
     pub attached: u64,
+}
+
+/// The answer to `stats`: the broker at a glance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Id>,
+    pub version: String,
+    pub uptime_ms: u64,
+    /// The newest seq.
+    pub head_seq: u64,
+    /// The oldest seq still stored.
+    pub first_seq: u64,
+    pub log_bytes: u64,
+    pub segments: u64,
+    pub state_bytes: u64,
+    pub topics: u64,
+    pub consumers: u64,
+    pub connections: u64,
+}
+
+/// One topic in the answer to `topics`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TopicInfo {
+    pub topic: String,
+    /// Events stored on the topic (counted from the segments present at start, plus those
+    /// published since).
+    pub events: u64,
+    /// Payload bytes of those events.
+    pub bytes: u64,
+    pub last_seq: u64,
 }
 
 /// The payload of an event moved to `dead.<consumer>`.

@@ -202,6 +202,21 @@ pub enum Request {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
     },
+    /// The broker summary.
+    Stats {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+    },
+    /// Every topic with events, with counts.
+    Topics {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+    },
+    /// Every durable consumer, as `consumer_info` describes one.
+    Consumers {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+    },
 }
 
 fn as_str<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -226,7 +241,10 @@ impl Request {
             | Request::ConsumerInfo { id, .. }
             | Request::DeleteConsumer { id, .. }
             | Request::Unsubscribe { id, .. }
-            | Request::Ping { id } => id.as_ref(),
+            | Request::Ping { id }
+            | Request::Stats { id }
+            | Request::Topics { id }
+            | Request::Consumers { id } => id.as_ref(),
         }
     }
 
@@ -291,7 +309,7 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>,
 }
 
 const OPS: &str = "publish, publish_batch, subscribe, ack, nack, term, progress, seek, \
-                   consumer_info, delete_consumer, unsubscribe, ping";
+                   consumer_info, delete_consumer, unsubscribe, ping, stats, topics, consumers";
 
 /// Parses one text frame into a [`Request`], or says precisely why it is not one.
 pub fn parse_request(text: &str) -> Result<Request, RequestError> {
@@ -455,6 +473,9 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             Ok(Request::Unsubscribe { id, sub })
         }
         "ping" => Ok(Request::Ping { id }),
+        "stats" => Ok(Request::Stats { id }),
+        "topics" => Ok(Request::Topics { id }),
+        "consumers" => Ok(Request::Consumers { id }),
         other => Err(RequestError::new(
             &id,
             ErrorCode::UnknownOp,
