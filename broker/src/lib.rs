@@ -161,6 +161,10 @@ impl Broker {
             tracing::error!(error = %e, "inactive-consumer task failed");
         }
         self.ctx.store.close().await;
-        tracing::info!("stopped");
+        tracing::info!(
+            events = self.ctx.store.feed.head(),
+            uptime_s = self.ctx.started.elapsed().as_secs(),
+            "stopped"
+        );
     }
 }
