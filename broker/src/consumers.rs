@@ -200,19 +200,9 @@ impl Consumer {
             (Mode::Shared, Mode::Exclusive, false) => return Err(ModeConflict(Mode::Exclusive)),
             (Mode::Exclusive, Mode::Shared, false) => return Err(ModeConflict(Mode::Shared)),
             (Mode::Shared, _, _) => Vec::new(),
-            (Mode::Exclusive, _, _) => {
-                // Takeover: everything unsettled is delivered again, in seq order, by the
-                // new holder's walk from the floor.
-                inner.leases.clear();
-                inner.orphans.clear();
-                let old: Vec<Attachment> = inner.attachments.drain(..).collect();
-                for a in &old {
-                    if let Some(task) = &a.task {
-                        task.abort();
-                    }
-                }
-                old
-            }
+            // Takeover: everything unsettled is delivered again, in seq order, by the new
+            // holder's walk from the floor.
+            (Mode::Exclusive, _, _) => evict_all(&mut inner),
         };
         inner.mode = mode;
         inner.idle_since = None;
@@ -287,16 +277,7 @@ impl Consumer {
 
     /// Removes every attachment (the consumer is being deleted).
     fn detach_everyone(&self) -> Vec<Attachment> {
-        let mut inner = self.lock();
-        inner.leases.clear();
-        inner.orphans.clear();
-        let gone: Vec<Attachment> = inner.attachments.drain(..).collect();
-        for a in &gone {
-            if let Some(task) = &a.task {
-                task.abort();
-            }
-        }
-        gone
+        evict_all(&mut self.lock())
     }
 
     /// Decides about the event at `seq`, read by the walk of attachment `generation`.
@@ -598,6 +579,19 @@ impl Consumer {
         }
         reset
     }
+}
+
+/// Removes every attachment, stops their delivery tasks and drops what they held.
+fn evict_all(inner: &mut Inner) -> Vec<Attachment> {
+    inner.leases.clear();
+    inner.orphans.clear();
+    let gone: Vec<Attachment> = inner.attachments.drain(..).collect();
+    for a in &gone {
+        if let Some(task) = &a.task {
+            task.abort();
+        }
+    }
+    gone
 }
 
 /// What applying one record changed, for the sled view.
