@@ -54,6 +54,13 @@ pub struct Config {
     pub slow_consumer_timeout: Duration,
     /// A new log segment is started past this size.
     pub segment_bytes: u64,
+    /// `sync` (default): nothing is confirmed before it is fdatasync'ed. `relaxed`: publishes
+    /// and acks are confirmed once written; the log is synced at least every
+    /// `relaxed_sync_interval`, so a power loss can lose that much confirmed work.
+    pub durability: Durability,
+    /// The loss window of relaxed durability.
+    #[serde(with = "humantime_serde")]
+    pub relaxed_sync_interval: Duration,
     /// How often sled flushes the state view in the background.
     #[serde(with = "humantime_serde")]
     pub state_flush_interval: Duration,
@@ -84,10 +91,20 @@ impl Default for Config {
             slow_consumer_timeout: Duration::from_secs(10),
             segment_bytes: 64 << 20,
             state_flush_interval: Duration::from_millis(500),
+            durability: Durability::Sync,
+            relaxed_sync_interval: Duration::from_millis(100),
             cache_events: 65536,
             metrics_consumer_labels: 100,
         }
     }
+}
+
+/// When a publish or an ack is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    Sync,
+    Relaxed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +205,10 @@ impl Config {
             (
                 "heartbeat_timeout",
                 self.heartbeat_timeout.as_millis() as u64,
+            ),
+            (
+                "relaxed_sync_interval",
+                self.relaxed_sync_interval.as_millis() as u64,
             ),
             (
                 "state_flush_interval",

@@ -62,6 +62,21 @@ pub async fn age_out(ctx: Arc<Context>, mut shutdown: Shutdown) {
     }
 }
 
+/// In relaxed durability, syncs the log at least every `relaxed_sync_interval`, even when no
+/// further writes come to trigger it.
+pub async fn relaxed_sync(ctx: Arc<Context>, mut shutdown: Shutdown) {
+    if ctx.config.durability != crate::config::Durability::Relaxed {
+        return;
+    }
+    let mut tick = tokio::time::interval(ctx.config.relaxed_sync_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => ctx.store.log.sync_soon(),
+        }
+    }
+}
+
 /// Deletes durable consumers nobody has attached to for `inactive_ttl`.
 pub async fn reap_inactive(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let ttl = ctx.config.inactive_ttl;

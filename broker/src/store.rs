@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::consumers::{Changes, Consumers};
 use crate::delivery::{Committer, Feed, TopicStat};
 use crate::log::{self, AppendLog, LogError, LogOptions, Position, Record, Recovery, Retention};
@@ -149,6 +149,10 @@ impl Store {
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
             dedup_window_ms: u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
+            relaxed_sync: match config.durability {
+                Durability::Sync => None,
+                Durability::Relaxed => Some(config.relaxed_sync_interval),
+            },
             retention: Retention {
                 max_age_ms: u64::try_from(config.max_age.as_millis()).unwrap_or(u64::MAX),
                 max_events: config.max_events,

@@ -238,6 +238,9 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// How long a msg_id is remembered for deduplication, in ms.
     pub dedup_window_ms: u64,
+    /// `None`: sync before every confirmation (the default). `Some(interval)`: relaxed mode,
+    /// confirm after the write and sync at most this long later.
+    pub relaxed_sync: Option<std::time::Duration>,
     pub retention: Retention,
     /// Append requests that may wait for the writer before submitters wait too.
     pub queue_depth: usize,
@@ -248,6 +251,8 @@ enum Command {
     Close(oneshot::Sender<()>),
     /// Run retention now (for `max_age` while no segment rolls).
     Maintain,
+    /// Sync what was written (relaxed mode's timer).
+    Sync,
 }
 
 struct AppendRequest {
@@ -320,6 +325,11 @@ impl AppendLog {
             Ok(table) => (table.len(), table.iter().map(|m| m.synced_len).sum()),
             Err(_) => (0, 0),
         }
+    }
+
+    /// Asks the writer to sync what it wrote (relaxed mode).
+    pub fn sync_soon(&self) {
+        let _busy_or_closed = self.tx.try_send(Command::Sync);
     }
 
     /// Asks the writer to run retention (it also does at every segment roll).

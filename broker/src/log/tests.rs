@@ -51,6 +51,7 @@ async fn write_events(dir: &Path, n: u64, segment_bytes: u64) -> Collect {
     let options = LogOptions {
         segment_bytes,
         dedup_window_ms: 60_000,
+        relaxed_sync: None,
         retention: Retention::default(),
         queue_depth: 64,
     };
@@ -203,6 +204,7 @@ async fn a_repeated_msg_id_is_stored_once_even_across_a_restart() {
     let options = || LogOptions {
         segment_bytes: 1 << 20,
         dedup_window_ms: 60_000,
+        relaxed_sync: None,
         retention: Retention::default(),
         queue_depth: 8,
     };

@@ -66,6 +66,9 @@ pub(super) struct Writer {
     dedup: Dedup,
     /// msg_ids assigned in the batch being written; remembered once it is durable.
     batch_ids: HashMap<String, u64>,
+    /// Written but not yet synced (relaxed mode only, between syncs).
+    unsynced: bool,
+    last_sync: std::time::Instant,
 }
 
 impl Writer {
@@ -108,6 +111,8 @@ impl Writer {
         Ok(Writer {
             dedup,
             batch_ids: HashMap::new(),
+            unsynced: false,
+            last_sync: std::time::Instant::now(),
             dir: dir.to_owned(),
             table,
             options,
@@ -148,6 +153,11 @@ impl Writer {
                         break;
                     }
                     Command::Maintain => self.maintain(),
+                    Command::Sync => {
+                        if let Err(e) = self.sync() {
+                            self.stop(e.to_string());
+                        }
+                    }
                 }
                 if bytes < MAX_BATCH_BYTES {
                     next = rx.try_recv().ok();
@@ -155,6 +165,9 @@ impl Writer {
             }
             self.commit(&mut batch);
             if let Some(done) = close {
+                if let Err(e) = self.sync() {
+                    tracing::error!(error = %e, "final sync failed");
+                }
                 self.stopped = Some("the broker is shutting down".into());
                 rx.close();
                 while let Ok(cmd) = rx.try_recv() {
@@ -326,10 +339,7 @@ impl Writer {
         records: Vec<Record>,
         index_notes: Vec<(u64, u64, u64)>,
     ) -> Result<(), LogError> {
-        let started = std::time::Instant::now();
         self.write_and_sync()?;
-        ::metrics::histogram!(crate::metrics::FSYNC_SECONDS)
-            .record(started.elapsed().as_secs_f64());
         ::metrics::histogram!(crate::metrics::COMMIT_EVENTS).record(records.len() as f64);
         for (seq, time_ms, offset) in index_notes {
             self.active.note_event(seq, time_ms, offset);
@@ -421,12 +431,34 @@ impl Writer {
         self.append_own(gaps)
     }
 
+    /// Writes the buffer, then syncs: always, or (relaxed mode) once the interval since the
+    /// last sync has passed.
     fn write_and_sync(&mut self) -> Result<(), LogError> {
         let path = &self.active.path;
         self.file
             .write_all(&self.buf)
             .map_err(|e| LogError::io(path, e))?;
-        self.file.sync_data().map_err(|e| LogError::io(path, e))
+        self.unsynced = true;
+        match self.options.relaxed_sync {
+            Some(interval) if self.last_sync.elapsed() < interval => Ok(()),
+            _ => self.sync(),
+        }
+    }
+
+    /// fdatasyncs the active segment if anything was written since the last sync.
+    fn sync(&mut self) -> Result<(), LogError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.file
+            .sync_data()
+            .map_err(|e| LogError::io(&self.active.path, e))?;
+        ::metrics::histogram!(crate::metrics::FSYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        self.unsynced = false;
+        self.last_sync = started;
+        Ok(())
     }
 
     fn stop(&mut self, reason: String) {
@@ -438,6 +470,8 @@ impl Writer {
         if self.active.synced_len < self.options.segment_bytes || self.active.last_seq.is_none() {
             return Ok(());
         }
+        // The old segment is complete: make it durable before writing elsewhere.
+        self.sync()?;
         let (meta, file) = create_segment(&self.dir, self.next_seq)?;
         push_segment(&self.table, meta.clone())?;
         self.active = meta;
