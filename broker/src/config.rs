@@ -46,6 +46,10 @@ pub struct Config {
     /// A publish repeating a `msg_id` seen within this window is not stored again.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// Connections served at once; more get HTTP 503.
+    pub max_connections: usize,
+    /// Subscriptions one connection may hold; more get `limit_exceeded`.
+    pub max_subscriptions_per_connection: usize,
     /// Frames queued to one connection before its delivery waits.
     pub outbound_queue: usize,
     /// A subscriber whose queue stays full this long is too slow: a durable one is
@@ -87,6 +91,8 @@ impl Default for Config {
             max_age: Duration::ZERO,
             max_events: 0,
             max_bytes: 0,
+            max_connections: 10_000,
+            max_subscriptions_per_connection: 256,
             outbound_queue: 1024,
             slow_consumer_timeout: Duration::from_secs(10),
             segment_bytes: 64 << 20,
@@ -193,6 +199,11 @@ impl Config {
             ("max_in_flight", self.max_in_flight as u64),
             ("ack_wait", self.ack_wait.as_millis() as u64),
             ("outbound_queue", self.outbound_queue as u64),
+            ("max_connections", self.max_connections as u64),
+            (
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection as u64,
+            ),
             (
                 "slow_consumer_timeout",
                 self.slow_consumer_timeout.as_millis() as u64,

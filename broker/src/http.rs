@@ -293,6 +293,12 @@ async fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -
     stream.shutdown().await
 }
 
+/// Answers 503 with `reason` and closes (over a limit).
+pub async fn refuse(mut stream: TcpStream, reason: &str) {
+    let body = format!("{reason}\n");
+    let _gone = respond(&mut stream, "503 Service Unavailable", "text/plain", &body).await;
+}
+
 /// Answers while the log is still being recovered: alive (`/healthz`), not ready (everything
 /// else, `/readyz` included, gets 503).
 pub async fn answer_recovering(mut stream: TcpStream) -> io::Result<()> {

@@ -112,6 +112,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: Shutd
         tokio::select! {
             _ = shutdown.wait() => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if sessions.len() >= ctx.config.max_connections => {
+                    tracing::warn!(%peer, limit = ctx.config.max_connections, "connection refused: at max_connections");
+                    tokio::spawn(crate::http::refuse(stream, "too many connections"));
+                }
                 Ok((stream, peer)) => {
                     sessions.spawn(connection(ctx.clone(), stream, peer, shutdown.clone()));
                 }

@@ -234,6 +234,15 @@ impl Session {
         match request {
             Request::Publish { id, event } => self.publish(id, vec![event], false).await,
             Request::PublishBatch { id, events } => self.publish(id, events, true).await,
+            Request::Subscribe { id, .. }
+                if self.subs.len() >= self.ctx.config.max_subscriptions_per_connection =>
+            {
+                let limit = self.ctx.config.max_subscriptions_per_connection;
+                let message =
+                    format!("this connection already holds {limit} subscriptions, the limit");
+                self.send(Reply::error(id, ErrorCode::LimitExceeded, message))
+                    .await
+            }
             Request::Subscribe {
                 id,
                 topics,

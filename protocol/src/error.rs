@@ -24,6 +24,8 @@ pub enum ErrorCode {
     ConsumerConflict,
     /// The frame kind is not supported (binary frames).
     Unsupported,
+    /// A configured limit was reached (subscriptions per connection).
+    LimitExceeded,
     /// The broker failed; the request had no effect unless stated otherwise.
     Internal,
 }
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::ConsumerConflict => "consumer_conflict",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Internal => "internal",
         }
     }

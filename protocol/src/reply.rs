@@ -100,7 +100,7 @@ impl Reply {
 
 fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
     let s = String::deserialize(d)?;
-    const ALL: [ErrorCode; 10] = [
+    const ALL: [ErrorCode; 11] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
@@ -110,6 +110,7 @@ fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D:
         ErrorCode::NotFound,
         ErrorCode::ConsumerConflict,
         ErrorCode::Unsupported,
+        ErrorCode::LimitExceeded,
         ErrorCode::Internal,
     ];
     ALL.into_iter()

@@ -126,11 +126,12 @@ async fn max_age_removes_segments_even_when_idle() {
         p.publish("aged", json!({"i": i, "pad": "z".repeat(64)}))
             .await;
     }
-    let before = segment_count(&data);
-    assert!(before > 3, "{before}");
-    // The periodic check removes them once they are old enough.
+    assert!(segment_count(&data) > 1);
+    // The periodic check removes them once they are old enough (maybe already while
+    // publishing): the oldest stored seq moves up.
     broker.wait_for_log("retention removed old segments");
-    assert!(segment_count(&data) < before);
+    let stats = p.reply(json!({"op":"stats","id":1})).await;
+    assert!(stats["first_seq"].as_u64().unwrap() > 1, "{stats}");
     // The newest events are still there.
     let mut c = broker.client().await;
     let reply = c
