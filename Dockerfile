@@ -12,9 +12,12 @@ RUN useradd --system --home-dir /var/lib/wharf --create-home wharf
 COPY --from=build /src/target/release/wharf /usr/local/bin/wharf
 USER wharf
 WORKDIR /var/lib/wharf
-# Listen on all interfaces inside the container; publish the port to choose who reaches it.
+# Listen on all interfaces inside the container; publishing the port decides who reaches it.
+# Without tokens that is an explicit choice (WHARF_AUTH_ALLOW_INSECURE_REMOTE); for anything
+# beyond a private network, mount a config with [auth] enabled and tokens.
 ENV WHARF_LISTEN=0.0.0.0:7700 \
-    WHARF_DATA_DIR=/var/lib/wharf/data
+    WHARF_DATA_DIR=/var/lib/wharf/data \
+    WHARF_AUTH_ALLOW_INSECURE_REMOTE=true
 EXPOSE 7700
 VOLUME ["/var/lib/wharf"]
 STOPSIGNAL SIGTERM

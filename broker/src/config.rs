@@ -72,6 +72,58 @@ pub struct Config {
     pub cache_events: usize,
     /// At most this many consumers get their own labelled series in `/metrics`.
     pub metrics_consumer_labels: usize,
+    /// Who may connect, and what each token may do.
+    pub auth: Auth,
+}
+
+/// `[auth]`: tokens (stored as SHA-256 hashes), their permissions, and origin checks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Require a token on every connection (Authorization: Bearer at the handshake, or a
+    /// first `{"op":"auth"}` frame).
+    pub enabled: bool,
+    /// Also accept `?token=` in the WebSocket URL (it ends up in logs and history: off).
+    pub allow_query_token: bool,
+    /// Browser origins allowed to open a WebSocket; empty allows any. Others get 403.
+    pub allowed_origins: Vec<String>,
+    /// Listening on a non-loopback address without auth is refused unless this is true.
+    pub allow_insecure_remote: bool,
+    /// A connection that has not authenticated within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    pub tokens: Vec<TokenRule>,
+}
+
+impl Default for Auth {
+    fn default() -> Auth {
+        Auth {
+            enabled: false,
+            allow_query_token: false,
+            allowed_origins: Vec::new(),
+            allow_insecure_remote: false,
+            auth_timeout: Duration::from_secs(5),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// One token: its hash (`wharf token hash TOKEN`) and what it may do.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRule {
+    pub name: String,
+    /// Hex SHA-256 of the token; the token itself is never stored.
+    pub sha256: String,
+    /// Topic patterns it may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Patterns it may subscribe to (a subscription must fall inside one).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Durable consumer names it may use; `*` for any, `prefix*` for a prefix.
+    #[serde(default)]
+    pub consumers: Vec<String>,
 }
 
 impl Default for Config {
@@ -101,6 +153,7 @@ impl Default for Config {
             relaxed_sync_interval: Duration::from_millis(100),
             cache_events: 65536,
             metrics_consumer_labels: 100,
+            auth: Auth::default(),
         }
     }
 }
@@ -158,16 +211,33 @@ impl Config {
     ) -> Result<Config, String> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
         let keys = toml::Table::try_from(Config::default()).map_err(|e| e.to_string())?;
-        for key in keys.keys() {
+        // A number, a boolean or a quoted string as TOML; anything else as a string.
+        let value_of = |raw: String| {
+            format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw))
+        };
+        for (key, default) in &keys {
+            if let toml::Value::Table(section) = default {
+                // WHARF_<SECTION>_<KEY>, e.g. WHARF_AUTH_ENABLED=true.
+                for sub in section.keys() {
+                    let var = format!("WHARF_{}_{}", key.to_uppercase(), sub.to_uppercase());
+                    if let Some(raw) = env(&var) {
+                        let entry = table
+                            .entry(key.clone())
+                            .or_insert_with(|| toml::Value::Table(Default::default()));
+                        if let toml::Value::Table(t) = entry {
+                            t.insert(sub.clone(), value_of(raw));
+                        }
+                    }
+                }
+                continue;
+            }
             let var = format!("WHARF_{}", key.to_uppercase());
             if let Some(raw) = env(&var) {
-                // A number, a boolean or a quoted string as TOML; anything else as a string.
-                let value = format!("v = {raw}")
-                    .parse::<toml::Table>()
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-                    .unwrap_or(toml::Value::String(raw));
-                table.insert(key.clone(), value);
+                table.insert(key.clone(), value_of(raw));
             }
         }
         let config: Config = serde_path_to_error::deserialize(table).map_err(|e| {
@@ -229,6 +299,30 @@ impl Config {
         for (key, value) in positive {
             if value == 0 {
                 return Err(format!("key `{key}`: must be greater than zero"));
+            }
+        }
+        if !self.listen.ip().is_loopback() && !self.auth.enabled && !self.auth.allow_insecure_remote
+        {
+            return Err(format!(
+                "key `listen`: {} is not a loopback address and [auth] is off; set auth.enabled \
+                 (with tokens) or, knowingly, auth.allow_insecure_remote = true",
+                self.listen
+            ));
+        }
+        if self.auth.enabled && self.auth.tokens.is_empty() {
+            return Err("key `auth.tokens`: auth is enabled but no token is defined".into());
+        }
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let hex_ok = t.sha256.len() == 64 && t.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex_ok {
+                return Err(format!(
+                    "key `auth.tokens[{i}].sha256`: must be 64 hex digits (wharf token hash TOKEN)"
+                ));
+            }
+            for p in t.publish.iter().chain(&t.subscribe) {
+                if let Err(e) = wharf_protocol::Pattern::parse(p) {
+                    return Err(format!("key `auth.tokens[{i}]`: {e}"));
+                }
             }
         }
         if self.max_frame_bytes > 64 << 20 {

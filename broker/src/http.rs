@@ -98,12 +98,15 @@ pub async fn open(mut stream: TcpStream, ctx: &Arc<server::Context>) -> io::Resu
                 let upgrade =
                     header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
                 let length = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+                let bearer = header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
                 break (
                     req.method.unwrap_or_default().to_owned(),
                     req.path.unwrap_or_default().to_owned(),
                     upgrade,
                     head_len,
                     length,
+                    bearer,
                 );
             }
             Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => continue,
@@ -129,7 +132,7 @@ pub async fn open(mut stream: TcpStream, ctx: &Arc<server::Context>) -> io::Resu
             }
         }
     };
-    let (method, path, upgrade, head_len, length) = parsed;
+    let (method, path, upgrade, head_len, length, bearer) = parsed;
     if upgrade {
         return Ok(Opening::Upgrade(Rewound {
             prefix: head,
@@ -140,6 +143,27 @@ pub async fn open(mut stream: TcpStream, ctx: &Arc<server::Context>) -> io::Resu
     let path = path.split('?').next().unwrap_or_default().to_owned();
     if method == "POST" {
         if let Some(topic) = path.strip_prefix("/v1/publish/") {
+            if ctx.auth.enabled() {
+                let principal = bearer.as_deref().and_then(|t| ctx.auth.check(t));
+                let refusal = match principal {
+                    None => Some((
+                        "401 Unauthorized",
+                        error_json("unauthorized", "send Authorization: Bearer <token>"),
+                    )),
+                    Some(p) if !p.may_publish(topic) => Some((
+                        "403 Forbidden",
+                        error_json(
+                            "forbidden",
+                            &format!("token {:?} may not publish to {topic}", p.name),
+                        ),
+                    )),
+                    Some(_) => None,
+                };
+                if let Some((status, body)) = refusal {
+                    respond(&mut stream, status, "application/json", &body).await?;
+                    return Ok(Opening::Answered);
+                }
+            }
             let body = match read_body(
                 &mut stream,
                 &head[head_len..],

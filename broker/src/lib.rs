@@ -16,6 +16,7 @@
 //!
 //! The wire format lives in the `wharf-protocol` crate, never here.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod consumers;

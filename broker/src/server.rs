@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 use crate::http::Opening;
 use crate::session::Session;
@@ -31,11 +32,13 @@ pub struct Context {
     /// Open WebSocket connections.
     pub connections: AtomicU64,
     pub started: std::time::Instant,
+    pub auth: Authenticator,
 }
 
 impl Context {
     pub fn new(config: Config, store: Store) -> Context {
         Context {
+            auth: Authenticator::new(&config.auth),
             config,
             store,
             next_session: AtomicU64::new(1),
@@ -146,19 +149,53 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(ctx.config.max_frame_bytes.saturating_mul(2)))
         .max_frame_size(Some(ctx.config.max_frame_bytes.saturating_mul(2)));
+    // Filled by the handshake when the client sends a valid token with it.
+    let principal: Arc<Mutex<Option<Arc<Principal>>>> = Arc::default();
+    let slot = principal.clone();
+    let hs_ctx = ctx.clone();
     // The callback's signature is tungstenite's; its error type is large by design.
     #[allow(clippy::result_large_err)]
-    let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() == wharf_protocol::WS_PATH {
-            Ok(resp)
-        } else {
-            let mut err = ErrorResponse::new(Some(format!(
-                "wharf serves WebSocket clients at {}\n",
-                wharf_protocol::WS_PATH
-            )));
-            *err.status_mut() = StatusCode::NOT_FOUND;
+    let check_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let refuse = |status: StatusCode, text: &str| {
+            let mut err = ErrorResponse::new(Some(format!("{text}\n")));
+            *err.status_mut() = status;
             Err(err)
+        };
+        if req.uri().path() != wharf_protocol::WS_PATH {
+            let text = format!(
+                "wharf serves WebSocket clients at {}",
+                wharf_protocol::WS_PATH
+            );
+            return refuse(StatusCode::NOT_FOUND, &text);
         }
+        let auth = &hs_ctx.config.auth;
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        // A browser page from another site must not ride on this origin's network position.
+        if !auth.allowed_origins.is_empty() {
+            if let Some(origin) = header("origin") {
+                if !auth.allowed_origins.iter().any(|o| o == origin) {
+                    return refuse(StatusCode::FORBIDDEN, "origin not allowed");
+                }
+            }
+        }
+        let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+        let query = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        let token = match (bearer, query) {
+            (Some(t), _) => Some(t),
+            (None, Some(t)) if auth.allow_query_token => Some(t),
+            (None, Some(_)) => return refuse(StatusCode::UNAUTHORIZED, "?token= is not enabled"),
+            (None, None) => None,
+        };
+        if let Some(token) = token {
+            match hs_ctx.auth.check(token) {
+                Some(p) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(p),
+                None => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
+            }
+        }
+        Ok(resp)
     };
     let opening = async {
         match crate::http::open(stream, &ctx).await? {
@@ -187,7 +224,8 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     tracing::debug!(%peer, session = id, "connected");
     ::metrics::gauge!(crate::metrics::CONNECTIONS).increment(1);
     ctx.connections.fetch_add(1, Ordering::Relaxed);
-    Session::run(ctx.clone(), id, ws, shutdown).await;
+    let principal = principal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    Session::run(ctx.clone(), id, ws, principal, shutdown).await;
     ctx.connections.fetch_sub(1, Ordering::Relaxed);
     ::metrics::gauge!(crate::metrics::CONNECTIONS).decrement(1);
     tracing::debug!(%peer, session = id, "disconnected");

@@ -24,6 +24,7 @@ use wharf_protocol::{
     Reply, Request, Start, Stats, SubscribeOptions, TopicInfo,
 };
 
+use crate::auth::Principal;
 use crate::consumers::{Consumer, ModeConflict, Options};
 use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound};
 use crate::http::Rewound;
@@ -74,6 +75,10 @@ pub struct Session {
     next_sub: u64,
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
     last_seen: Instant,
+    /// Who this connection is; `None` until it authenticates (or when auth is off).
+    principal: Option<Arc<Principal>>,
+    /// When an unauthenticated connection is closed.
+    auth_deadline: Option<tokio::time::Instant>,
 }
 
 fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
@@ -97,13 +102,21 @@ fn after_commit(
 }
 
 impl Session {
-    pub async fn run(ctx: Arc<Context>, id: u64, ws: Ws, mut shutdown: Shutdown) {
+    pub async fn run(
+        ctx: Arc<Context>,
+        id: u64,
+        ws: Ws,
+        principal: Option<Arc<Principal>>,
+        mut shutdown: Shutdown,
+    ) {
         let (sink, mut stream) = ws.split();
         let (tx, rx) = mpsc::channel(ctx.config.outbound_queue);
         let (evict_tx, evict_rx) = mpsc::channel(1);
         let (close_tx, close_rx) = oneshot::channel();
         let writer = tokio::spawn(write_frames(sink, rx, close_rx));
         let outbound = Outbound::new(tx, evict_tx, ctx.config.slow_consumer_timeout);
+        let ctx_auth_enabled = ctx.auth.enabled();
+        let auth_timeout = ctx.config.auth.auth_timeout;
         let mut session = Session {
             id,
             ctx,
@@ -113,6 +126,9 @@ impl Session {
             next_sub: 0,
             pending: FuturesOrdered::new(),
             last_seen: Instant::now(),
+            auth_deadline: (ctx_auth_enabled && principal.is_none())
+                .then(|| tokio::time::Instant::now() + auth_timeout),
+            principal,
         };
         let close = session.serve(&mut stream, &mut shutdown).await;
         // Replies to what was already confirmed still go out before the close frame (within
@@ -150,6 +166,9 @@ impl Session {
             tokio::select! {
                 _ = shutdown.wait() => {
                     return Some(close_frame(CloseCode::Away, "broker shutting down"));
+                }
+                _ = sleep_until_opt(self.auth_deadline) => {
+                    return Some(close_frame(CloseCode::Policy, "authentication timeout"));
                 }
                 Some(reason) = self.evict.recv() => {
                     tracing::info!(session = self.id, reason, "closing a slow consumer");
@@ -231,6 +250,12 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.send(Reply::error(e.id, e.code, e.message)).await,
         };
+        if let Request::Auth { id, token } = request {
+            return self.authenticate(id, &token).await;
+        }
+        if let Some(refusal) = self.refusal(&request) {
+            return self.send(refusal).await;
+        }
         match request {
             Request::Publish { id, event } => self.publish(id, vec![event], false).await,
             Request::PublishBatch { id, events } => self.publish(id, events, true).await,
@@ -281,6 +306,7 @@ impl Session {
             Request::DeleteConsumer { id, consumer } => self.delete_consumer(id, consumer).await,
             Request::Unsubscribe { id, sub } => self.unsubscribe(id, &sub).await,
             Request::Ping { id } => self.send(Reply::Pong { id }).await,
+            Request::Auth { .. } => Ok(()),
             Request::Stats { id } => {
                 let stats = self.stats(id);
                 self.send(Reply::Stats(stats)).await
@@ -316,6 +342,74 @@ impl Session {
                     .collect();
                 self.send(Reply::Consumers { id, consumers }).await
             }
+        }
+    }
+
+    async fn authenticate(&mut self, id: Option<Id>, token: &str) -> Result<(), ()> {
+        match self.ctx.auth.check(token) {
+            Some(principal) => {
+                tracing::debug!(session = self.id, token = principal.name, "authenticated");
+                self.principal = Some(principal);
+                self.auth_deadline = None;
+                self.send(Reply::Ok { id }).await
+            }
+            None => {
+                let reply = Reply::error(id, ErrorCode::Unauthorized, "invalid token");
+                self.send(reply).await
+            }
+        }
+    }
+
+    /// Why this request may not go ahead, when auth is on.
+    fn refusal(&self, request: &Request) -> Option<Reply> {
+        if !self.ctx.auth.enabled() {
+            return None;
+        }
+        let id = request.id().cloned();
+        let Some(who) = &self.principal else {
+            return Some(Reply::error(
+                id,
+                ErrorCode::Unauthorized,
+                "authenticate first: send {\"op\":\"auth\",\"token\":…} or an Authorization: Bearer header",
+            ));
+        };
+        let forbidden = |what: String| Some(Reply::error(id.clone(), ErrorCode::Forbidden, what));
+        let consumer_of = |name: &str| {
+            (!who.may_use_consumer(name))
+                .then(|| format!("token {:?} may not use consumer {name:?}", who.name))
+        };
+        match request {
+            Request::Publish { event, .. } if !who.may_publish(event.topic.as_str()) => forbidden(
+                format!("token {:?} may not publish to {}", who.name, event.topic),
+            ),
+            Request::PublishBatch { events, .. } => events
+                .iter()
+                .find(|e| !who.may_publish(e.topic.as_str()))
+                .and_then(|e| {
+                    forbidden(format!(
+                        "token {:?} may not publish to {}",
+                        who.name, e.topic
+                    ))
+                }),
+            Request::Subscribe {
+                topics, consumer, ..
+            } => {
+                if let Some(p) = topics.iter().find(|p| !who.may_subscribe(p)) {
+                    return forbidden(format!("token {:?} may not subscribe to {p}", who.name));
+                }
+                consumer
+                    .as_deref()
+                    .and_then(consumer_of)
+                    .and_then(forbidden)
+            }
+            Request::Ack { consumer, .. }
+            | Request::Nack { consumer, .. }
+            | Request::Term { consumer, .. }
+            | Request::Progress { consumer, .. }
+            | Request::Seek { consumer, .. }
+            | Request::ConsumerInfo { consumer, .. }
+            | Request::DeleteConsumer { consumer, .. } => consumer_of(consumer).and_then(forbidden),
+            _ => None,
         }
     }
 
@@ -885,4 +979,11 @@ async fn write_frames(
         let _closed = sink.close().await;
     };
     let _in_time = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

@@ -18,8 +18,19 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Publishes in flight at once when reading stdin.
 const PIPELINE: u64 = 1024;
 
+/// Connects; `WHARF_TOKEN`, when set, goes along as `Authorization: Bearer`.
 async fn connect(url: &str) -> anyhow::Result<(SplitSink<Ws, Message>, SplitStream<Ws>)> {
-    let (ws, _) = tokio_tungstenite::connect_async(url)
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| anyhow!("invalid url {url}: {e}"))?;
+    if let Ok(token) = std::env::var("WHARF_TOKEN") {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow!("WHARF_TOKEN holds characters a header cannot carry"))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| anyhow!("cannot connect to {url}: {e}"))?;
     Ok(ws.split())

@@ -25,6 +25,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum TokenAction {
+    /// A new random token, and the hash to put in config.toml.
+    New,
+    /// The hash of TOKEN, for `sha256 = "…"` in an [[auth.tokens]] entry.
+    Hash { token: String },
+}
+
+#[derive(Subcommand)]
 enum ConsumerAction {
     /// A consumer's settled state and backlog.
     Info {
@@ -106,6 +114,11 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Make or hash tokens for [auth] in config.toml.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
     /// Print each event matching PATTERN as one JSON line, acking it after printing.
@@ -160,6 +173,7 @@ fn main() -> ExitCode {
                 start,
                 count,
             } => client::subscribe(&url, &pattern, None, start, count).await,
+            Command::Token { action } => token(action),
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(
@@ -193,6 +207,20 @@ fn main() -> ExitCode {
     }
 }
 
+fn token(action: TokenAction) -> anyhow::Result<()> {
+    match action {
+        TokenAction::Hash { token } => println!("{}", wharf_broker::auth::hash_token(&token)),
+        TokenAction::New => {
+            let mut bytes = [0u8; 24];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("token  = {token}");
+            println!("sha256 = \"{}\"", wharf_broker::auth::hash_token(&token));
+        }
+    }
+    Ok(())
+}
+
 async fn serve(
     config_path: Option<PathBuf>,
     listen: Option<SocketAddr>,
@@ -206,6 +234,8 @@ async fn serve(
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
+    // The flags may change what the file was checked against (a non-loopback --listen).
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if check_config {
         print!("{}", config.to_toml()?);
         return Ok(());

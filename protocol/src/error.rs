@@ -26,6 +26,10 @@ pub enum ErrorCode {
     Unsupported,
     /// A configured limit was reached (subscriptions per connection).
     LimitExceeded,
+    /// Authentication is required, or the token is not valid.
+    Unauthorized,
+    /// The token does not allow this topic, pattern or consumer.
+    Forbidden,
     /// The broker failed; the request had no effect unless stated otherwise.
     Internal,
 }
@@ -43,6 +47,8 @@ impl ErrorCode {
             ErrorCode::ConsumerConflict => "consumer_conflict",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
         }
     }

@@ -100,7 +100,7 @@ impl Reply {
 
 fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
     let s = String::deserialize(d)?;
-    const ALL: [ErrorCode; 11] = [
+    const ALL: [ErrorCode; 13] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
@@ -111,6 +111,8 @@ fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D:
         ErrorCode::ConsumerConflict,
         ErrorCode::Unsupported,
         ErrorCode::LimitExceeded,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::Internal,
     ];
     ALL.into_iter()

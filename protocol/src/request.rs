@@ -202,6 +202,12 @@ pub enum Request {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
     },
+    /// Authenticates the connection (browsers cannot set an Authorization header).
+    Auth {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        token: String,
+    },
     /// The broker summary.
     Stats {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -242,6 +248,7 @@ impl Request {
             | Request::DeleteConsumer { id, .. }
             | Request::Unsubscribe { id, .. }
             | Request::Ping { id }
+            | Request::Auth { id, .. }
             | Request::Stats { id }
             | Request::Topics { id }
             | Request::Consumers { id } => id.as_ref(),
@@ -293,6 +300,7 @@ struct RawFrame {
     max_deliver: Option<Value>,
     max_in_flight: Option<Value>,
     delay_ms: Option<Value>,
+    token: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -309,7 +317,7 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>,
 }
 
 const OPS: &str = "publish, publish_batch, subscribe, ack, nack, term, progress, seek, \
-                   consumer_info, delete_consumer, unsubscribe, ping, stats, topics, consumers";
+                   consumer_info, delete_consumer, unsubscribe, ping, auth, stats, topics, consumers";
 
 /// Parses one text frame into a [`Request`], or says precisely why it is not one.
 pub fn parse_request(text: &str) -> Result<Request, RequestError> {
@@ -473,6 +481,10 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             Ok(Request::Unsubscribe { id, sub })
         }
         "ping" => Ok(Request::Ping { id }),
+        "auth" => {
+            let token = string_field(&raw.token, "token").map_err(bad)?.to_owned();
+            Ok(Request::Auth { id, token })
+        }
         "stats" => Ok(Request::Stats { id }),
         "topics" => Ok(Request::Topics { id }),
         "consumers" => Ok(Request::Consumers { id }),

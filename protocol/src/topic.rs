@@ -128,6 +128,24 @@ impl Pattern {
         &self.text
     }
 
+    /// Whether every topic `other` matches is matched by this pattern too (used to check a
+    /// subscription against what a token allows).
+    pub fn covers(&self, other: &Pattern) -> bool {
+        for (i, mine) in self.tokens.iter().enumerate() {
+            match (mine, other.tokens.get(i)) {
+                (Token::Rest, Some(_)) => return true,
+                (_, None) => return false,
+                (Token::One, Some(Token::Rest)) | (Token::Literal(_), Some(Token::Rest)) => {
+                    return false
+                }
+                (Token::One, Some(_)) => {}
+                (Token::Literal(a), Some(Token::Literal(b))) if a == b => {}
+                (Token::Literal(_), Some(_)) => return false,
+            }
+        }
+        self.tokens.len() == other.tokens.len()
+    }
+
     /// Whether `topic` (already validated) falls under this pattern.
     pub fn matches(&self, topic: &str) -> bool {
         let mut parts = topic.split('.');
@@ -358,6 +376,26 @@ mod tests {
             index.remove(&Pattern::parse(p).unwrap(), &i);
         }
         assert!(index.is_empty());
+    }
+
+    #[test]
+    fn covering_patterns() {
+        let c = |a: &str, b: &str| {
+            Pattern::parse(a)
+                .unwrap()
+                .covers(&Pattern::parse(b).unwrap())
+        };
+        assert!(c(">", "a.b"));
+        assert!(c("a.>", "a.b.>"));
+        assert!(c("a.>", "a.*"));
+        assert!(c("a.*", "a.b"));
+        assert!(c("a.*", "a.*"));
+        assert!(!c("a.*", "a.>"));
+        assert!(!c("a.b", "a.*"));
+        assert!(!c("a.>", "a"));
+        assert!(!c("a.*", "a.b.c"));
+        assert!(c("*.b", "x.b"));
+        assert!(!c("a.>", ">"));
     }
 
     #[test]

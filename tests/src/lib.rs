@@ -217,6 +217,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// Wraps a WebSocket connected elsewhere (with custom headers, say).
+    pub fn from_stream(ws: Ws) -> Client {
+        let (sink, stream) = ws.split();
+        Client {
+            sink,
+            stream,
+            stash: Default::default(),
+        }
+    }
+
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await
