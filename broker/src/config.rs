@@ -72,6 +72,12 @@ pub struct Config {
     pub cache_events: usize,
     /// At most this many consumers get their own labelled series in `/metrics`.
     pub metrics_consumer_labels: usize,
+    /// PEM certificate chain: with `tls_key`, the listener speaks TLS (`wss://`, `https://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Who may connect, and what each token may do.
     pub auth: Auth,
 }
@@ -153,6 +159,8 @@ impl Default for Config {
             relaxed_sync_interval: Duration::from_millis(100),
             cache_events: 65536,
             metrics_consumer_labels: 100,
+            tls_cert: None,
+            tls_key: None,
             auth: Auth::default(),
         }
     }
@@ -210,7 +218,11 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, String> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-        let keys = toml::Table::try_from(Config::default()).map_err(|e| e.to_string())?;
+        let mut keys = toml::Table::try_from(Config::default()).map_err(|e| e.to_string())?;
+        // Keys without a default do not serialize; they can still come from the environment.
+        for optional in ["tls_cert", "tls_key"] {
+            keys.insert(optional.to_owned(), toml::Value::String(String::new()));
+        }
         // A number, a boolean or a quoted string as TOML; anything else as a string.
         let value_of = |raw: String| {
             format!("v = {raw}")
@@ -308,6 +320,9 @@ impl Config {
                  (with tokens) or, knowingly, auth.allow_insecure_remote = true",
                 self.listen
             ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("keys `tls_cert` and `tls_key`: give both, or neither".into());
         }
         if self.auth.enabled && self.auth.tokens.is_empty() {
             return Err("key `auth.tokens`: auth is enabled but no token is defined".into());

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use wharf_protocol::{now_ms, Topic};
 
 use crate::log::{Entry, NewEvent, Receipt};
+use crate::tls::Conn;
 use crate::{metrics, server};
 
 /// The browser client, served at `/wharf.js`.
@@ -29,7 +30,7 @@ const MAX_HEAD: usize = 16 * 1024;
 pub struct Rewound {
     prefix: Vec<u8>,
     read: usize,
-    inner: TcpStream,
+    inner: Conn,
 }
 
 impl AsyncRead for Rewound {
@@ -76,7 +77,7 @@ pub enum Opening {
 }
 
 /// Reads the request head and either answers it or hands it on for the upgrade.
-pub async fn open(mut stream: TcpStream, ctx: &Arc<server::Context>) -> io::Result<Opening> {
+pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Opening> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let parsed = loop {
@@ -212,7 +213,7 @@ pub async fn open(mut stream: TcpStream, ctx: &Arc<server::Context>) -> io::Resu
 
 /// The request body: what came with the head plus the rest, up to `limit` bytes.
 async fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     already: &[u8],
     length: Option<usize>,
     limit: usize,
@@ -307,7 +308,7 @@ fn render_metrics(ctx: &Arc<server::Context>) -> String {
     metrics::handle().render()
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -> io::Result<()> {
+async fn respond(stream: &mut Conn, status: &str, kind: &str, body: &str) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n",
         body.len()
@@ -318,14 +319,15 @@ async fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -
 }
 
 /// Answers 503 with `reason` and closes (over a limit).
-pub async fn refuse(mut stream: TcpStream, reason: &str) {
+pub async fn refuse(stream: TcpStream, reason: &str) {
+    let mut stream = Conn::Plain(stream);
     let body = format!("{reason}\n");
     let _gone = respond(&mut stream, "503 Service Unavailable", "text/plain", &body).await;
 }
 
 /// Answers while the log is still being recovered: alive (`/healthz`), not ready (everything
 /// else, `/readyz` included, gets 503).
-pub async fn answer_recovering(mut stream: TcpStream) -> io::Result<()> {
+pub async fn answer_recovering(mut stream: Conn) -> io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {

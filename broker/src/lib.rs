@@ -29,6 +29,7 @@ pub mod session;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +61,7 @@ pub enum BrokerError {
 /// Serves "not ready" until `stop`, then gives the listener back.
 async fn answer_while_recovering(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> TcpListener {
     loop {
@@ -67,8 +69,13 @@ async fn answer_while_recovering(
             _ = &mut stop => return listener,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = http::answer_recovering(stream).await {
+                        let answered = async {
+                            let conn = tls::Conn::accept(stream, tls.as_ref()).await?;
+                            http::answer_recovering(conn).await
+                        };
+                        if let Err(e) = answered.await {
                             tracing::debug!(error = %e, "request during recovery failed");
                         }
                     });
@@ -102,10 +109,19 @@ impl Broker {
             what: "cannot read the bound address".into(),
             source,
         })?;
-        tracing::info!(address = %addr, data_dir = %config.data_dir.display(), "recovering the log");
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(|message| {
+                BrokerError::Config(config::ConfigError::Invalid {
+                    path: "config".into(),
+                    message,
+                })
+            })?),
+            _ => None,
+        };
+        tracing::info!(address = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "recovering the log");
         let started = std::time::Instant::now();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let early = tokio::spawn(answer_while_recovering(listener, stopped));
+        let early = tokio::spawn(answer_while_recovering(listener, tls.clone(), stopped));
         let recovered = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || store::Store::open(&config)).await
@@ -120,7 +136,7 @@ impl Broker {
             source: std::io::Error::other(e.to_string()),
         })??;
         Ok(Broker {
-            ctx: Arc::new(server::Context::new(config, store)),
+            ctx: Arc::new(server::Context::new(config, store, tls)),
             listener,
             addr,
             recovery_ms: started.elapsed().as_millis() as u64,
@@ -137,7 +153,12 @@ impl Broker {
         let (trigger, shutdown) = Shutdown::new();
         let (segments, log_bytes) = self.ctx.store.log.size();
         tracing::info!(
-            url = %format!("ws://{}{}", self.addr, wharf_protocol::WS_PATH),
+            url = %format!(
+                "{}://{}{}",
+                if self.ctx.tls.is_some() { "wss" } else { "ws" },
+                self.addr,
+                wharf_protocol::WS_PATH
+            ),
             data_dir = %self.ctx.config.data_dir.display(),
             events = self.ctx.store.feed.head(),
             log_bytes,

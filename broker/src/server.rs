@@ -33,11 +33,13 @@ pub struct Context {
     pub connections: AtomicU64,
     pub started: std::time::Instant,
     pub auth: Authenticator,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Context {
-    pub fn new(config: Config, store: Store) -> Context {
+    pub fn new(config: Config, store: Store, tls: Option<tokio_rustls::TlsAcceptor>) -> Context {
         Context {
+            tls,
             auth: Authenticator::new(&config.auth),
             config,
             store,
@@ -198,7 +200,8 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
         Ok(resp)
     };
     let opening = async {
-        match crate::http::open(stream, &ctx).await? {
+        let conn = crate::tls::Conn::accept(stream, ctx.tls.as_ref()).await?;
+        match crate::http::open(conn, &ctx).await? {
             Opening::Answered => Ok(None),
             Opening::Upgrade(stream) => {
                 tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config))

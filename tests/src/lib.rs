@@ -208,10 +208,16 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Any byte stream a WebSocket can run over (plain TCP, or TLS the test set up itself).
+pub trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+type AnyWs = WebSocketStream<Box<dyn Transport>>;
+
 /// A WebSocket client speaking JSON frames.
 pub struct Client {
-    sink: SplitSink<Ws, Message>,
-    stream: SplitStream<Ws>,
+    sink: SplitSink<AnyWs, Message>,
+    stream: SplitStream<AnyWs>,
     /// Events that arrived while [`Client::reply`] waited for a reply.
     stash: std::collections::VecDeque<Value>,
 }
@@ -219,6 +225,25 @@ pub struct Client {
 impl Client {
     /// Wraps a WebSocket connected elsewhere (with custom headers, say).
     pub fn from_stream(ws: Ws) -> Client {
+        let (raw, role) = (
+            ws.into_inner(),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+        );
+        Client::wrap(raw, role)
+    }
+
+    /// Wraps a WebSocket over any transport (a TLS stream the test made).
+    pub fn from_stream_any<S: Transport>(ws: WebSocketStream<S>) -> Client {
+        let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+        Client::wrap(ws.into_inner(), role)
+    }
+
+    fn wrap<S: Transport>(raw: S, role: tokio_tungstenite::tungstenite::protocol::Role) -> Client {
+        let boxed: Box<dyn Transport> = Box::new(raw);
+        let ws = futures_util::FutureExt::now_or_never(WebSocketStream::from_raw_socket(
+            boxed, role, None,
+        ))
+        .expect("wrapping a socket does not wait");
         let (sink, stream) = ws.split();
         Client {
             sink,
@@ -232,12 +257,7 @@ impl Client {
             .await
             .expect("connect timed out")
             .expect("connect to broker");
-        let (sink, stream) = ws.split();
-        Client {
-            sink,
-            stream,
-            stash: Default::default(),
-        }
+        Client::from_stream(ws)
     }
 
     pub async fn send(&mut self, frame: Value) {
