@@ -33,20 +33,57 @@ pub fn wharf_bin() -> PathBuf {
             .and_then(Path::parent)
             .expect("test executable lives in target/<profile>/deps");
         let bin = profile_dir.join(format!("wharf{}", std::env::consts::EXE_SUFFIX));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "wharf-cli", "--bin", "wharf"]);
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
+        // `cargo test --workspace` builds it fresh (the CLI crate has integration tests);
+        // rebuild only when a source is newer, since `cargo build -p wharf-cli` resolves
+        // features differently and would relink for nothing.
+        if is_stale(&bin) {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "--quiet", "-p", "wharf-cli", "--bin", "wharf"]);
+            if profile_dir.file_name().is_some_and(|p| p == "release") {
+                build.arg("--release");
+            }
+            let status = build
+                .status()
+                .expect("run cargo build for the wharf binary");
+            assert!(status.success(), "building the wharf binary failed");
         }
-        let status = build
-            .status()
-            .expect("run cargo build for the wharf binary");
-        assert!(status.success(), "building the wharf binary failed");
         assert!(bin.exists(), "no wharf binary at {}", bin.display());
         bin
     })
     .clone()
+}
+
+/// Whether `bin` is missing or older than any source it is built from.
+fn is_stale(bin: &Path) -> bool {
+    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
+        return true;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut dirs: Vec<PathBuf> = ["protocol/src", "broker/src", "cli/src", "clients/js"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    dirs.extend(
+        [
+            "Cargo.lock",
+            "protocol/Cargo.toml",
+            "broker/Cargo.toml",
+            "cli/Cargo.toml",
+        ]
+        .map(|f| root.join(f)),
+    );
+    while let Some(path) = dirs.pop() {
+        let Ok(meta) = path.metadata() else { continue };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                dirs.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return true;
+        }
+    }
+    false
 }
 
 /// A `wharf serve` process on a data dir it does not own (so it can be restarted on it).

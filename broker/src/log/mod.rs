@@ -54,6 +54,10 @@ pub enum LogError {
     Stopped(String),
     #[error("record does not encode: {0}")]
     Encode(String),
+    /// A write failed (a full disk, say) and was cut back: nothing of it is stored, and the
+    /// log goes on accepting writes.
+    #[error("could not write to the log, nothing was stored: {0}")]
+    WriteFailed(String),
 }
 
 impl LogError {

@@ -202,6 +202,7 @@ impl Writer {
         self.buf.clear();
         self.batch_ids.clear();
         let base_len = self.active.synced_len;
+        let first_seq = self.next_seq;
         let mut records = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
         let mut index_notes = Vec::new();
@@ -246,7 +247,15 @@ impl Writer {
         }
         if !self.buf.is_empty() {
             if let Err(e) = self.flush_buf(base_len, records, index_notes) {
-                self.stop(e.to_string());
+                match &e {
+                    // Nothing of the batch is in the file: its seqs are free again, and the
+                    // next batch may find room (a full disk that empties).
+                    LogError::WriteFailed(_) => {
+                        self.next_seq = first_seq;
+                        self.batch_ids.clear();
+                    }
+                    _ => self.stop(e.to_string()),
+                }
                 for req in batch.drain(..) {
                     let _gone = req.done.send(Err(e.clone()));
                 }
@@ -435,9 +444,15 @@ impl Writer {
     /// last sync has passed.
     fn write_and_sync(&mut self) -> Result<(), LogError> {
         let path = &self.active.path;
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| LogError::io(path, e))?;
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // Cut whatever part of the batch reached the file. If that works the log is as it
+            // was and the writer can go on; if it does not, nothing after could be trusted.
+            self.file
+                .set_len(self.active.synced_len)
+                .map_err(|cut| LogError::io(path, cut))?;
+            tracing::warn!(error = %e, "a log write failed; the batch was refused and cut");
+            return Err(LogError::WriteFailed(format!("{}: {e}", path.display())));
+        }
         self.unsynced = true;
         match self.options.relaxed_sync {
             Some(interval) if self.last_sync.elapsed() < interval => Ok(()),
