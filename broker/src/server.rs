@@ -148,7 +148,10 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
+    // tungstenite reads into a 128 KiB buffer per connection by default; 8 KiB keeps many idle
+    // connections cheap (frames larger than it are still read, in several steps).
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
         .max_message_size(Some(ctx.config.max_frame_bytes.saturating_mul(2)))
         .max_frame_size(Some(ctx.config.max_frame_bytes.saturating_mul(2)));
     // Filled by the handshake when the client sends a valid token with it.
