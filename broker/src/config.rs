@@ -80,6 +80,9 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Who may connect, and what each token may do.
     pub auth: Auth,
+    /// Set by `wharf serve --repair`: cut damaged records out of the log before starting.
+    #[serde(skip)]
+    pub repair: bool,
 }
 
 /// `[auth]`: tokens (stored as SHA-256 hashes), their permissions, and origin checks.
@@ -162,6 +165,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             auth: Auth::default(),
+            repair: false,
         }
     }
 }

@@ -92,6 +92,20 @@ impl Store {
         let state_dir = data_dir.join("state");
 
         let started = std::time::Instant::now();
+        if config.repair {
+            let removed = log::repair(&log_dir)?;
+            for (path, from, to) in &removed {
+                tracing::error!(
+                    segment = %path.display(),
+                    from,
+                    to,
+                    "repair: removed damaged bytes; the events they held are lost"
+                );
+            }
+            if removed.is_empty() {
+                tracing::info!("repair: the log has no damage");
+            }
+        }
         let mut view = match open_view(&state_dir, config) {
             Ok(view) => view,
             Err(e) => rebuild_view(&state_dir, config, &e.to_string())?,

@@ -66,6 +66,10 @@ enum Command {
         /// Validate the configuration, print it with every default filled in, and exit.
         #[arg(long)]
         check_config: bool,
+        /// Cut damaged records out of the log (they are lost, and reported) instead of
+        /// refusing to start.
+        #[arg(long)]
+        repair: bool,
     },
     /// Publish PAYLOAD (JSON; other text is sent as a JSON string), or one event per stdin
     /// line when PAYLOAD is absent. Prints the seq of each stored event.
@@ -157,7 +161,8 @@ fn main() -> ExitCode {
                 listen,
                 data_dir,
                 check_config,
-            } => serve(config, listen, data_dir, check_config).await,
+                repair,
+            } => serve(config, listen, data_dir, check_config, repair).await,
             Command::Stats { url, json } => client::stats(&url, json).await,
             Command::Topics { url, json } => client::topics(&url, json).await,
             Command::Consumers { url, json } => client::consumers(&url, json).await,
@@ -226,8 +231,10 @@ async fn serve(
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     check_config: bool,
+    repair: bool,
 ) -> anyhow::Result<()> {
     let mut config = Config::load(config_path.as_deref())?;
+    config.repair = repair;
     if let Some(listen) = listen {
         config.listen = listen;
     }

@@ -114,6 +114,15 @@ impl Broker {
 
     /// Like [`Broker::start`], but returns the exit status and stderr if it does not come up.
     pub fn try_start(data_dir: &Path, extra: &str) -> Result<Broker, (ExitStatus, String)> {
+        Broker::try_start_with(data_dir, extra, &[])
+    }
+
+    /// [`Broker::try_start`] with more `wharf serve` arguments.
+    pub fn try_start_with(
+        data_dir: &Path,
+        extra: &str,
+        args: &[&str],
+    ) -> Result<Broker, (ExitStatus, String)> {
         let config_path = data_dir.with_extension("toml");
         std::fs::write(&config_path, format!("{}{extra}\n", base_config(data_dir)))
             .expect("write test config");
@@ -121,6 +130,7 @@ impl Broker {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

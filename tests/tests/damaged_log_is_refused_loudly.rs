@@ -42,8 +42,32 @@ async fn a_flipped_byte_in_the_log_stops_the_broker_with_its_location() {
     assert!(log.contains(&seg.display().to_string()), "{log}");
     assert!(log.contains("at byte"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("--repair"), "{log}");
     // Nothing was cut or rewritten.
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
+
+    // Asked to, the broker cuts the damaged record out, says so, and serves the rest.
+    let broker = match Broker::try_start_with(&data, "", &["--repair"]) {
+        Ok(b) => b,
+        Err((status, log)) => panic!("--repair did not start ({status}):\n{log}"),
+    };
+    assert!(
+        broker.log().contains("repair: removed damaged bytes"),
+        "{}",
+        broker.log()
+    );
+    let mut c = broker.client().await;
+    let reply = c
+        .reply(json!({"op":"subscribe","id":1,"topic":"a.b","start":"all"}))
+        .await;
+    assert_eq!(reply["type"], "subscribed");
+    let got = seqs(&c.events(19).await);
+    assert_eq!(got.len(), 19, "exactly the damaged event is gone: {got:?}");
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    let missing: Vec<u64> = (1..=20).filter(|s| !got.contains(s)).collect();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    // New events continue after the last one.
+    assert_eq!(c.publish("a.b", json!("after")).await, 21);
 }
 
 #[tokio::test]

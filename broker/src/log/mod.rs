@@ -44,7 +44,7 @@ pub enum LogError {
         path: PathBuf,
         source: Arc<io::Error>,
     },
-    #[error("damaged log: {path} at byte {offset}: {reason}")]
+    #[error("damaged log: {path} at byte {offset}: {reason} (wharf serve --repair cuts damaged records out, losing them)")]
     Corrupt {
         path: PathBuf,
         offset: u64,
@@ -233,6 +233,21 @@ pub struct Retention {
     pub max_age_ms: u64,
     pub max_events: u64,
     pub max_bytes: u64,
+}
+
+/// Rewrites every damaged segment in `dir` without its damaged byte ranges, and says what it
+/// removed: `(segment, from, to)`. For `wharf serve --repair`; events in those ranges are lost.
+pub fn repair(dir: &Path) -> Result<Vec<(PathBuf, u64, u64)>, LogError> {
+    let mut removed = Vec::new();
+    if !dir.exists() {
+        return Ok(removed);
+    }
+    for (_, path) in segment::list(dir)? {
+        for (from, to) in segment::repair(&path)? {
+            removed.push((path.clone(), from, to));
+        }
+    }
+    Ok(removed)
 }
 
 /// Tuning of the writer.

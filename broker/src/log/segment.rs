@@ -178,23 +178,58 @@ pub fn scan(
 fn next_valid_record(path: &Path, from: u64) -> Result<Option<u64>, LogError> {
     let bytes = fs::read(path).map_err(|e| LogError::io(path, e))?;
     let start = usize::try_from(from).unwrap_or(usize::MAX);
-    for at in start..bytes.len().saturating_sub(HEADER_LEN - 1) {
-        let Ok(hb) = <[u8; HEADER_LEN]>::try_from(&bytes[at..at + HEADER_LEN]) else {
-            break;
-        };
-        let header = Header::from_bytes(&hb);
-        if !header.is_valid() || all_zero(&hb) {
-            continue;
-        }
-        let body_start = at + HEADER_LEN;
-        let Some(body) = bytes.get(body_start..body_start + header.len as usize) else {
-            continue;
-        };
-        if record::decode_body(&header, body).is_ok() {
-            return Ok(Some(at as u64));
+    Ok(next_valid_in(&bytes, start).map(|at| at as u64))
+}
+
+/// Where the whole, valid record at `at` ends, if there is one.
+fn record_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let hb = <[u8; HEADER_LEN]>::try_from(bytes.get(at..at + HEADER_LEN)?).ok()?;
+    let header = Header::from_bytes(&hb);
+    if !header.is_valid() || all_zero(&hb) {
+        return None;
+    }
+    let end = at + HEADER_LEN + header.len as usize;
+    let body = bytes.get(at + HEADER_LEN..end)?;
+    record::decode_body(&header, body).ok().map(|_| end)
+}
+
+fn next_valid_in(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).find(|&at| record_end(bytes, at).is_some())
+}
+
+/// Rewrites a segment without its damaged byte ranges (for `wharf serve --repair`) and
+/// returns those ranges. The rewrite goes to a new file that replaces the old one only once
+/// it is synced.
+pub fn repair(path: &Path) -> Result<Vec<(u64, u64)>, LogError> {
+    let bytes = fs::read(path).map_err(|e| LogError::io(path, e))?;
+    let mut damaged = Vec::new();
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match record_end(&bytes, at) {
+            Some(end) => {
+                kept.extend_from_slice(&bytes[at..end]);
+                at = end;
+            }
+            None => {
+                let next = next_valid_in(&bytes, at + 1).unwrap_or(bytes.len());
+                damaged.push((at as u64, next as u64));
+                at = next;
+            }
         }
     }
-    Ok(None)
+    if damaged.is_empty() {
+        return Ok(damaged);
+    }
+    let tmp = path.with_extension("repairing");
+    let mut file = File::create(&tmp).map_err(|e| LogError::io(&tmp, e))?;
+    std::io::Write::write_all(&mut file, &kept).map_err(|e| LogError::io(&tmp, e))?;
+    file.sync_all().map_err(|e| LogError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(damaged)
 }
 
 fn all_zero(b: &[u8]) -> bool {
