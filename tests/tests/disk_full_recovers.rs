@@ -1,6 +1,7 @@
 //! A full disk: publishes that cannot be stored get an `internal` error and are not stored;
-//! everything confirmed stays readable; when space comes back, publishing goes on by itself,
-//! with seqs that continue where the confirmed ones stopped.
+//! everything confirmed stays readable and acks still work (the log keeps a reserve for them);
+//! when space comes back, publishing goes on by itself, with seqs that continue where the
+//! confirmed ones stopped.
 //!
 //! Needs a small filesystem: the test mounts a size-limited tmpfs (root on Linux). Where
 //! mounting is not allowed it says so and passes, unless `WHARF_REQUIRE_MOUNT=1`.
@@ -34,7 +35,7 @@ fn mount_tmpfs(at: &Path, size: &str) -> Option<Mount> {
 async fn a_full_disk_refuses_new_events_keeps_old_ones_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let point = tmp.path().join("small");
-    let Some(_mount) = mount_tmpfs(&point, "6m") else {
+    let Some(_mount) = mount_tmpfs(&point, "24m") else {
         assert!(
             std::env::var("WHARF_REQUIRE_MOUNT").is_err(),
             "WHARF_REQUIRE_MOUNT is set but tmpfs cannot be mounted"
@@ -44,15 +45,17 @@ async fn a_full_disk_refuses_new_events_keeps_old_ones_and_recovers() {
     };
     // Ballast to free later, standing for space that comes back.
     let ballast = point.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 2 << 20]).unwrap();
+    std::fs::write(&ballast, vec![0u8; 6 << 20]).unwrap();
     let data = point.join("data");
     let mut broker = Broker::start(&data, "");
+    let mut c = broker.client().await;
+    c.subscribe("big", Some("reader")).await;
     let mut p = broker.client().await;
 
     let pad = "d".repeat(60 * 1024);
     let mut confirmed = Vec::new();
     let full = loop {
-        assert!(confirmed.len() < 200, "the disk never filled");
+        assert!(confirmed.len() < 400, "the disk never filled");
         let reply = p
             .reply(json!({"op":"publish","id":1,"topic":"big","payload":{"pad":pad}}))
             .await;
@@ -75,6 +78,21 @@ async fn a_full_disk_refuses_new_events_keeps_old_ones_and_recovers() {
         "{full}"
     );
     assert!(!confirmed.is_empty());
+
+    // Acks still go through while publishes are refused.
+    c.events(2).await;
+    c.ack("reader", &[confirmed[0]]).await;
+    let refused = p
+        .reply(json!({"op":"publish","id":2,"topic":"big","payload":"x"}))
+        .await;
+    assert_eq!(refused["code"], "internal", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("disk is full"),
+        "{refused}"
+    );
 
     // Reads go on: everything confirmed is there.
     let mut r = broker.client().await;

@@ -53,6 +53,11 @@ impl Dedup {
 /// At most this many bytes go into one write+sync.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
+/// Space kept aside in the log directory: when the disk fills up it is given back so that
+/// acks and consumer changes can still be stored while publishes are refused.
+const RESERVE_BYTES: usize = 4 << 20;
+const RESERVE_FILE: &str = "RESERVE";
+
 pub(super) struct Writer {
     dir: PathBuf,
     table: SegmentTable,
@@ -69,6 +74,9 @@ pub(super) struct Writer {
     /// Written but not yet synced (relaxed mode only, between syncs).
     unsynced: bool,
     last_sync: std::time::Instant,
+    /// The disk filled up: the reserve was released, publishes are refused until it can be
+    /// put back.
+    full: bool,
 }
 
 impl Writer {
@@ -108,7 +116,12 @@ impl Writer {
             dedup.remember(time_ms, msg_id, seq);
         }
         dedup.expire(wharf_protocol::now_ms());
+        let full = !ensure_reserve(dir);
+        if full {
+            tracing::warn!("no room for the log's reserve: publishes are refused until there is");
+        }
         Ok(Writer {
+            full,
             dedup,
             batch_ids: HashMap::new(),
             unsynced: false,
@@ -199,6 +212,30 @@ impl Writer {
             }
             return;
         }
+        if self.full {
+            // Back to normal only when there is room for the reserve and as much again:
+            // otherwise publishes would take the reserve's space straight back.
+            let room = fs2::available_space(&self.dir).unwrap_or(0) as usize;
+            if room >= 2 * RESERVE_BYTES && ensure_reserve(&self.dir) {
+                tracing::info!("space is back: publishes are accepted again");
+                self.full = false;
+            } else {
+                // Acks and consumer changes go on into the released reserve; events wait.
+                let refused = LogError::WriteFailed(
+                    "the disk is full: publishes are refused until space returns".into(),
+                );
+                let (events, rest): (Vec<_>, Vec<_>) = batch
+                    .drain(..)
+                    .partition(|req| req.entries.iter().any(|e| matches!(e, Entry::Events(_))));
+                for req in events {
+                    let _gone = req.done.send(Err(refused.clone()));
+                }
+                *batch = rest;
+                if batch.is_empty() {
+                    return;
+                }
+            }
+        }
         self.buf.clear();
         self.batch_ids.clear();
         let base_len = self.active.synced_len;
@@ -253,6 +290,14 @@ impl Writer {
                     LogError::WriteFailed(_) => {
                         self.next_seq = first_seq;
                         self.batch_ids.clear();
+                        if !self.full {
+                            // Give the reserve back so that acks can still be stored.
+                            let reserve = self.dir.join(RESERVE_FILE);
+                            if std::fs::remove_file(&reserve).is_ok() {
+                                tracing::warn!("the disk is full: reserve released for acks; publishes are refused until space returns");
+                            }
+                            self.full = true;
+                        }
                     }
                     _ => self.stop(e.to_string()),
                 }
@@ -497,6 +542,29 @@ impl Writer {
         self.append_own(vec![checkpoint])?;
         self.apply_retention()
     }
+}
+
+/// Makes sure the reserve file exists with real blocks behind it; false when there is no room.
+fn ensure_reserve(dir: &Path) -> bool {
+    let reserve = dir.join(RESERVE_FILE);
+    if reserve
+        .metadata()
+        .is_ok_and(|m| m.len() as usize >= RESERVE_BYTES)
+    {
+        return true;
+    }
+    let tmp = dir.join("RESERVE.tmp");
+    let made = (|| -> std::io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        // Written, not just sized: a sparse file would hold no space at all.
+        file.write_all(&vec![0u8; RESERVE_BYTES])?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &reserve)
+    })();
+    if made.is_err() {
+        let _best_effort = std::fs::remove_file(&tmp);
+    }
+    made.is_ok()
 }
 
 fn create_segment(dir: &Path, base: u64) -> Result<(SegmentMeta, File), LogError> {
