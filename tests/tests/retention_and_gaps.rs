@@ -23,7 +23,9 @@ fn segment_count(data: &Path) -> usize {
 fn log_bytes(data: &Path) -> u64 {
     std::fs::read_dir(data.join("log"))
         .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .map(|p| p.metadata().unwrap().len())
         .sum()
 }
 

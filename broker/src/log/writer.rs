@@ -475,14 +475,17 @@ impl Writer {
         }
         if !removed.is_empty() {
             segment::sync_dir(&self.dir)?;
+        }
+        let gaps = self.sink.gaps(first_base);
+        self.append_own(gaps)?;
+        if !removed.is_empty() {
             tracing::info!(
                 segments = removed.len(),
                 first_seq = first_base,
                 "retention removed old segments"
             );
         }
-        let gaps = self.sink.gaps(first_base);
-        self.append_own(gaps)
+        Ok(())
     }
 
     /// Writes the buffer, then syncs: always, or (relaxed mode) once the interval since the
