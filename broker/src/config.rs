@@ -46,6 +46,10 @@ pub struct Config {
     /// A publish repeating a `msg_id` seen within this window is not stored again.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// A connection with no subscription that sends no request for this long is closed;
+    /// 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Connections served at once; more get HTTP 503.
     pub max_connections: usize,
     /// Subscriptions one connection may hold; more get `limit_exceeded`.
@@ -152,6 +156,7 @@ impl Default for Config {
             max_age: Duration::ZERO,
             max_events: 0,
             max_bytes: 0,
+            idle_timeout: Duration::ZERO,
             max_connections: 10_000,
             max_subscriptions_per_connection: 256,
             outbound_queue: 1024,

@@ -75,6 +75,8 @@ pub struct Session {
     next_sub: u64,
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
     last_seen: Instant,
+    /// When the client last sent a request (pongs do not count).
+    last_request: Instant,
     /// Who this connection is; `None` until it authenticates (or when auth is off).
     principal: Option<Arc<Principal>>,
     /// When an unauthenticated connection is closed.
@@ -126,6 +128,7 @@ impl Session {
             next_sub: 0,
             pending: FuturesOrdered::new(),
             last_seen: Instant::now(),
+            last_request: Instant::now(),
             auth_deadline: (ctx_auth_enabled && principal.is_none())
                 .then(|| tokio::time::Instant::now() + auth_timeout),
             principal,
@@ -191,6 +194,7 @@ impl Session {
                             return None;
                         }
                         Some(Ok(Message::Text(text))) => {
+                            self.last_request = Instant::now();
                             ::metrics::counter!(metrics::BYTES_IN).increment(text.len() as u64);
                             self.handle_text(text.as_str()).await
                         }
@@ -206,6 +210,11 @@ impl Session {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    let idle = self.ctx.config.idle_timeout;
+                    if !idle.is_zero() && self.subs.is_empty() && self.last_request.elapsed() > idle {
+                        tracing::debug!(session = self.id, "idle; closing");
+                        return Some(close_frame(CloseCode::Normal, "idle timeout"));
+                    }
                     if self.last_seen.elapsed() > interval + timeout {
                         tracing::info!(session = self.id, "no answer to heartbeat; dropping the connection");
                         return Some(close_frame(CloseCode::Policy, "heartbeat timeout"));

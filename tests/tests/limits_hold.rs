@@ -27,3 +27,19 @@ async fn connections_and_subscriptions_are_bounded() {
     assert_eq!(reply["id"], 3);
     assert_eq!(a.publish("x", json!(1)).await, 1);
 }
+
+#[tokio::test]
+async fn an_idle_connection_without_subscriptions_is_closed() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        "idle_timeout = \"200ms\"\nheartbeat_interval = \"50ms\"",
+    );
+    let mut idle = broker.client().await;
+    let mut busy = broker.client().await;
+    busy.subscribe("x", None).await;
+    let close = idle.closed().await;
+    assert_eq!(close, Some((1000, "idle timeout".to_owned())));
+    // The subscribed one is still served.
+    assert_eq!(busy.publish("x", json!(1)).await, 1);
+}
