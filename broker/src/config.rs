@@ -46,6 +46,9 @@ pub struct Config {
     /// A publish repeating a `msg_id` seen within this window is not stored again.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// The HTTP request and WebSocket (and TLS) handshake must complete within this.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// A connection with no subscription that sends no request for this long is closed;
     /// 0 = never.
     #[serde(with = "humantime_serde")]
@@ -156,6 +159,7 @@ impl Default for Config {
             max_age: Duration::ZERO,
             max_events: 0,
             max_bytes: 0,
+            handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
             max_connections: 10_000,
             max_subscriptions_per_connection: 256,
@@ -303,6 +307,10 @@ impl Config {
             (
                 "heartbeat_interval",
                 self.heartbeat_interval.as_millis() as u64,
+            ),
+            (
+                "handshake_timeout",
+                self.handshake_timeout.as_millis() as u64,
             ),
             (
                 "heartbeat_timeout",

@@ -19,8 +19,6 @@ use crate::session::Session;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
-/// A handshake must complete within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, sessions get this long to send their last replies and close frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -214,7 +212,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
             }
         }
     };
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, opening).await {
+    let ws = match tokio::time::timeout(ctx.config.handshake_timeout, opening).await {
         Ok(Ok(Some(ws))) => ws,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {

@@ -43,3 +43,24 @@ async fn an_idle_connection_without_subscriptions_is_closed() {
     // The subscribed one is still served.
     assert_eq!(busy.publish("x", json!(1)).await, 1);
 }
+
+#[test]
+fn a_handshake_that_never_finishes_is_cut_off() {
+    use std::io::{Read, Write};
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, "handshake_timeout = \"200ms\"");
+    let addr = broker
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_owned();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(wharf_tests::WAIT)).unwrap();
+    // Half a request head, then nothing: the broker closes the socket.
+    sock.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock
+        .read(&mut buf)
+        .expect("closed, not timed out on our side");
+    assert_eq!(n, 0);
+}
