@@ -294,11 +294,9 @@ impl Consumer {
         else {
             return Step::Detached;
         };
-        if inner.state.is_acked(seq) || !self.patterns.iter().any(|p| p.matches(topic)) {
-            a.read_upto = a.read_upto.max(seq);
-            return Step::Skip;
-        }
-        if inner.leases.contains_key(&seq) {
+        let settled = inner.state.is_acked(seq) || !self.patterns.iter().any(|p| p.matches(topic));
+        // Settled, not ours, or held by a shared peer: passed over, but read.
+        if settled || inner.leases.contains_key(&seq) {
             a.read_upto = a.read_upto.max(seq);
             return Step::Skip;
         }
