@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -153,35 +153,64 @@ pub async fn subscribe(
         }
         other => bail!("unexpected reply from the broker: {}", other.to_json()),
     }
-    let mut stdout = std::io::stdout().lock();
+    // Events are printed through a buffer and acked in batches: each batch is flushed to
+    // stdout before its ack goes out, so an event is acked only once it was printed.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printed = 0u64;
+    let mut batch: Vec<u64> = Vec::new();
     let mut unconfirmed = BTreeSet::new();
+    let mut next_batch = 0u64;
     loop {
-        if count.is_some_and(|n| printed >= n) && unconfirmed.is_empty() {
+        let done = count.is_some_and(|n| printed >= n);
+        if done && batch.is_empty() && unconfirmed.is_empty() {
             break;
         }
-        match next_reply(&mut stream).await? {
+        // Take what is already here without waiting; before waiting, settle what was printed.
+        let msg = match stream.next().now_or_never() {
+            Some(msg) => msg,
+            None => {
+                settle(
+                    &mut out,
+                    &mut batch,
+                    &mut sink,
+                    &consumer,
+                    &mut next_batch,
+                    &mut unconfirmed,
+                )
+                .await?;
+                if done && unconfirmed.is_empty() {
+                    break;
+                }
+                stream.next().await
+            }
+        };
+        let Some(reply) = decode(msg)? else { continue };
+        match reply {
             Reply::Event(ev) => {
                 if count.is_some_and(|n| printed >= n) {
                     continue;
                 }
-                serde_json::to_writer(&mut stdout, &Reply::Event(ev.clone()))?;
-                writeln!(stdout)?;
-                stdout.flush()?;
+                serde_json::to_writer(&mut out, &Reply::Event(ev.clone()))?;
+                writeln!(out)?;
                 printed += 1;
-                if let Some(name) = &consumer {
-                    let ack = Request::Ack {
-                        id: Some(Id::Uint(ev.seq)),
-                        consumer: name.clone(),
-                        seqs: vec![ev.seq],
-                    };
-                    sink.send(Message::text(ack.to_json())).await?;
-                    unconfirmed.insert(ev.seq);
+                if consumer.is_some() {
+                    batch.push(ev.seq);
+                }
+                if batch.len() >= 256 || count.is_some_and(|n| printed >= n) {
+                    settle(
+                        &mut out,
+                        &mut batch,
+                        &mut sink,
+                        &consumer,
+                        &mut next_batch,
+                        &mut unconfirmed,
+                    )
+                    .await?;
                 }
             }
             Reply::Ok { id: Some(id) } => {
-                if let Some(seq) = id.as_u64() {
-                    unconfirmed.remove(&seq);
+                if let Some(n) = id.as_u64() {
+                    unconfirmed.remove(&n);
                 }
             }
             Reply::Error { code, message, .. } => {
@@ -193,8 +222,55 @@ pub async fn subscribe(
             _ => {}
         }
     }
+    out.flush()?;
     let _closed = sink.close().await;
     Ok(())
+}
+
+/// Flushes what was printed, then acks it in one request (durable subscriptions only).
+async fn settle(
+    out: &mut impl Write,
+    batch: &mut Vec<u64>,
+    sink: &mut SplitSink<Ws, Message>,
+    consumer: &Option<String>,
+    next_batch: &mut u64,
+    unconfirmed: &mut BTreeSet<u64>,
+) -> anyhow::Result<()> {
+    out.flush()?;
+    let Some(name) = consumer else {
+        batch.clear();
+        return Ok(());
+    };
+    if batch.is_empty() {
+        return Ok(());
+    }
+    *next_batch += 1;
+    let ack = Request::Ack {
+        id: Some(Id::Uint(*next_batch)),
+        consumer: name.clone(),
+        seqs: std::mem::take(batch),
+    };
+    sink.send(Message::text(ack.to_json())).await?;
+    unconfirmed.insert(*next_batch);
+    Ok(())
+}
+
+/// A broker frame as a reply; `None` for control frames.
+fn decode(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> anyhow::Result<Option<Reply>> {
+    match msg {
+        None => bail!("the broker closed the connection"),
+        Some(Err(e)) => Err(e).context("connection to the broker failed"),
+        Some(Ok(Message::Text(text))) => serde_json::from_str(text.as_str())
+            .map(Some)
+            .with_context(|| format!("unexpected frame from the broker: {text}")),
+        Some(Ok(Message::Close(frame))) => {
+            let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+            bail!("the broker closed the connection: {reason}")
+        }
+        Some(Ok(_)) => Ok(None),
+    }
 }
 
 /// Sends one admin request and returns the reply (an error reply is an error).
