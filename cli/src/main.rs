@@ -1,6 +1,7 @@
 //! `wharf`: run a broker (`serve`), publish events (`publish`) and tail a topic (`subscribe`).
 //! The client commands speak only the wire protocol, like any other client.
 
+mod bench;
 mod client;
 
 use std::net::SocketAddr;
@@ -123,6 +124,8 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Load a broker (publish, replay, latency) and print events/s and latency percentiles.
+    Bench(bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
     /// Print each event matching PATTERN as one JSON line, acking it after printing.
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
                 count,
             } => client::subscribe(&url, &pattern, None, start, count).await,
             Command::Token { action } => token(action),
+            Command::Bench(args) => bench::run(args).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(

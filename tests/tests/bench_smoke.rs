@@ -1,0 +1,42 @@
+//! `wharf bench` runs each scenario end to end on a few hundred events (against a broker it
+//! starts itself, and against one at --url) and reports sane JSON. No timing is asserted.
+
+use std::process::Command;
+
+use serde_json::Value;
+use wharf_tests::{data_dir, wharf_bin, Broker};
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(wharf_bin())
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--events", "300", "--rate", "3000"])
+        .env_remove("WHARF_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("one JSON report")
+}
+
+#[test]
+fn every_scenario_runs_and_reports() {
+    for scenario in ["publish", "replay", "latency"] {
+        let r = bench(&[scenario]);
+        assert_eq!(r["scenario"], scenario);
+        assert_eq!(r["events"], 300, "{r}");
+        assert!(r["events_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        let l = &r["latency_ms"];
+        assert!(
+            l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap(),
+            "{r}"
+        );
+        assert!(
+            l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, "");
+    let r = bench(&["publish", "--url", &broker.url]);
+    assert_eq!(r["events"], 300);
+}
