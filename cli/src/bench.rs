@@ -104,14 +104,9 @@ async fn connect(
 }
 
 /// Publishes `events` over `connections` pipelined connections; returns confirm latencies (ms).
-async fn publish(
-    url: &str,
-    topic: &str,
-    events: u64,
-    size: usize,
-    connections: u64,
-    in_flight: u64,
-) -> anyhow::Result<Vec<f64>> {
+async fn publish(url: &str, topic: &str, args: &BenchArgs) -> anyhow::Result<Vec<f64>> {
+    let (events, size, connections, in_flight) =
+        (args.events, args.size, args.connections, args.in_flight);
     let per = events / connections.max(1);
     let mut tasks = Vec::new();
     for c in 0..connections.max(1) {
@@ -169,27 +164,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (count, mut latencies) = match args.scenario {
         Scenario::Publish => {
-            let l = publish(
-                &url,
-                &topic,
-                args.events,
-                args.size,
-                args.connections,
-                args.in_flight,
-            )
-            .await?;
+            let l = publish(&url, &topic, &args).await?;
             (l.len() as u64, l)
         }
         Scenario::Replay => {
-            publish(
-                &url,
-                &topic,
-                args.events,
-                args.size,
-                args.connections,
-                args.in_flight,
-            )
-            .await?;
+            publish(&url, &topic, &args).await?;
             let begin = Instant::now();
             let n = replay(&url, &topic, args.events).await?;
             let elapsed = begin.elapsed().as_secs_f64();

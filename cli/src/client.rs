@@ -157,28 +157,21 @@ pub async fn subscribe(
     // stdout before its ack goes out, so an event is acked only once it was printed.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut printed = 0u64;
-    let mut batch: Vec<u64> = Vec::new();
-    let mut unconfirmed = BTreeSet::new();
-    let mut next_batch = 0u64;
+    let mut acks = Acks {
+        consumer: consumer.clone(),
+        ..Acks::default()
+    };
     loop {
         let done = count.is_some_and(|n| printed >= n);
-        if done && batch.is_empty() && unconfirmed.is_empty() {
+        if done && acks.is_idle() {
             break;
         }
         // Take what is already here without waiting; before waiting, settle what was printed.
         let msg = match stream.next().now_or_never() {
             Some(msg) => msg,
             None => {
-                settle(
-                    &mut out,
-                    &mut batch,
-                    &mut sink,
-                    &consumer,
-                    &mut next_batch,
-                    &mut unconfirmed,
-                )
-                .await?;
-                if done && unconfirmed.is_empty() {
+                acks.settle(&mut out, &mut sink).await?;
+                if done && acks.unconfirmed.is_empty() {
                     break;
                 }
                 stream.next().await
@@ -190,27 +183,18 @@ pub async fn subscribe(
                 if count.is_some_and(|n| printed >= n) {
                     continue;
                 }
-                serde_json::to_writer(&mut out, &Reply::Event(ev.clone()))?;
+                let seq = ev.seq;
+                serde_json::to_writer(&mut out, &Reply::Event(ev))?;
                 writeln!(out)?;
                 printed += 1;
-                if consumer.is_some() {
-                    batch.push(ev.seq);
-                }
-                if batch.len() >= 256 || count.is_some_and(|n| printed >= n) {
-                    settle(
-                        &mut out,
-                        &mut batch,
-                        &mut sink,
-                        &consumer,
-                        &mut next_batch,
-                        &mut unconfirmed,
-                    )
-                    .await?;
+                acks.printed(seq);
+                if acks.batch.len() >= 256 || count.is_some_and(|n| printed >= n) {
+                    acks.settle(&mut out, &mut sink).await?;
                 }
             }
             Reply::Ok { id: Some(id) } => {
                 if let Some(n) = id.as_u64() {
-                    unconfirmed.remove(&n);
+                    acks.unconfirmed.remove(&n);
                 }
             }
             Reply::Error { code, message, .. } => {
@@ -227,32 +211,50 @@ pub async fn subscribe(
     Ok(())
 }
 
-/// Flushes what was printed, then acks it in one request (durable subscriptions only).
-async fn settle(
-    out: &mut impl Write,
-    batch: &mut Vec<u64>,
-    sink: &mut SplitSink<Ws, Message>,
-    consumer: &Option<String>,
-    next_batch: &mut u64,
-    unconfirmed: &mut BTreeSet<u64>,
-) -> anyhow::Result<()> {
-    out.flush()?;
-    let Some(name) = consumer else {
-        batch.clear();
-        return Ok(());
-    };
-    if batch.is_empty() {
-        return Ok(());
+/// Printed events waiting for their ack, and ack batches waiting for their `ok`.
+#[derive(Default)]
+struct Acks {
+    /// The durable consumer; none for `tail` and ephemeral subscriptions.
+    consumer: Option<String>,
+    batch: Vec<u64>,
+    unconfirmed: BTreeSet<u64>,
+    next_id: u64,
+}
+
+impl Acks {
+    fn printed(&mut self, seq: u64) {
+        if self.consumer.is_some() {
+            self.batch.push(seq);
+        }
     }
-    *next_batch += 1;
-    let ack = Request::Ack {
-        id: Some(Id::Uint(*next_batch)),
-        consumer: name.clone(),
-        seqs: std::mem::take(batch),
-    };
-    sink.send(Message::text(ack.to_json())).await?;
-    unconfirmed.insert(*next_batch);
-    Ok(())
+
+    fn is_idle(&self) -> bool {
+        self.batch.is_empty() && self.unconfirmed.is_empty()
+    }
+
+    /// Flushes what was printed, then acks it in one request.
+    async fn settle(
+        &mut self,
+        out: &mut impl Write,
+        sink: &mut SplitSink<Ws, Message>,
+    ) -> anyhow::Result<()> {
+        out.flush()?;
+        let Some(name) = &self.consumer else {
+            return Ok(());
+        };
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.next_id += 1;
+        let ack = Request::Ack {
+            id: Some(Id::Uint(self.next_id)),
+            consumer: name.clone(),
+            seqs: std::mem::take(&mut self.batch),
+        };
+        sink.send(Message::text(ack.to_json())).await?;
+        self.unconfirmed.insert(self.next_id);
+        Ok(())
+    }
 }
 
 /// A broker frame as a reply; `None` for control frames.
