@@ -124,7 +124,7 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
-    /// Load a broker (publish, replay, latency) and print events/s and latency percentiles.
+    /// Load a broker (publish, replay, latency, fanout, connections) and print a table.
     Bench(bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },

@@ -1,0 +1,243 @@
+//! `wharf bench`: load scenarios against a broker at `--url`, or against a `wharf serve` it
+//! starts on a temporary data dir. Prints a table (or `--json`): events/s, MB/s, latency
+//! percentiles, the broker's RSS. Figures compare within one run on one machine; they are
+//! never asserted. `bench/` in the workspace runs the same scenarios against NATS and Redis.
+
+mod scenarios;
+mod target;
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use target::Target;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Durable publishes, confirmed, from several pipelined connections.
+    Publish,
+    /// A backlog read by a reconnecting durable consumer that acks in batches.
+    Replay,
+    /// Publish→subscriber latency at a fixed rate, durable, with acks.
+    Latency,
+    /// One publisher, many live WebSocket subscribers of the same topic.
+    Fanout,
+    /// Many idle WebSocket connections: what each costs the broker.
+    Connections,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Publish => "publish",
+            Scenario::Replay => "replay",
+            Scenario::Latency => "latency",
+            Scenario::Fanout => "fanout",
+            Scenario::Connections => "connections",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Broker to load; without it, `wharf serve` is started on a temporary data dir.
+    #[arg(long, env = "WHARF_URL")]
+    url: Option<String>,
+    /// The process id of the broker at --url, to report its RSS.
+    #[arg(long, requires = "url")]
+    pid: Option<u32>,
+    /// Events to publish [default: publish and replay 200000, latency 20000, fanout 2000].
+    #[arg(long)]
+    events: Option<u64>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Connections: publishing ones for publish and replay, idle ones for connections
+    /// [default: 4, connections 10000].
+    #[arg(long)]
+    connections: Option<u64>,
+    /// Publishes in flight per connection.
+    #[arg(long, default_value_t = 256)]
+    in_flight: u64,
+    /// Events per second for the latency scenario.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// Subscribers for the fanout scenario.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: u64,
+    /// Acks per ack frame in the replay scenario.
+    #[arg(long, default_value_t = 500)]
+    ack_batch: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one scenario run measured.
+#[derive(Default)]
+pub struct Outcome {
+    /// Events published (or, for replay, read; for connections, opened).
+    pub count: u64,
+    pub seconds: f64,
+    /// Per-event latencies in ms, when the scenario measures them.
+    pub latencies: Vec<f64>,
+    /// Scenario-specific figures, merged into the report.
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl BenchArgs {
+    fn events(&self) -> u64 {
+        self.events.unwrap_or(match self.scenario {
+            Scenario::Publish | Scenario::Replay => 200_000,
+            Scenario::Latency => 20_000,
+            Scenario::Fanout => 2_000,
+            Scenario::Connections => 0,
+        })
+    }
+
+    fn connections(&self) -> u64 {
+        self.connections
+            .unwrap_or(match self.scenario {
+                Scenario::Connections => 10_000,
+                _ => 4,
+            })
+            .max(1)
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let target = match &args.url {
+        Some(url) => Target::external(url.clone(), args.pid),
+        None => {
+            let room = args.connections() + args.subscribers + 100;
+            Target::spawn(&format!("max_connections = {room}"))?
+        }
+    };
+    let topic = format!("bench.{}", wharf_protocol::now_ms());
+    let rss_before = target.rss();
+    let watch = target.watch_rss();
+    let mut outcome = match args.scenario {
+        Scenario::Publish => scenarios::publish(&target, &topic, &args).await?,
+        Scenario::Replay => scenarios::replay(&target, &topic, &args).await?,
+        Scenario::Latency => scenarios::latency(&target, &topic, &args).await?,
+        Scenario::Fanout => scenarios::fanout(&target, &topic, &args).await?,
+        Scenario::Connections => scenarios::connections(&target, &args).await?,
+    };
+    let peak = watch.peak().max(target.rss().unwrap_or(0));
+    drop(watch);
+    if let (Some(before), true) = (rss_before, peak > 0) {
+        outcome
+            .extra
+            .insert("broker_rss_before_mb".into(), json!(mb(before)));
+    }
+    report(&args, outcome, (peak > 0).then_some(peak))
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A progress bar on stderr while a run is long, hidden for `--json` (and by indicatif when
+/// stderr is not a terminal).
+fn progress(args: &BenchArgs, len: u64, what: &str) -> indicatif::ProgressBar {
+    if args.json || len < 10_000 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>10} {wide_bar} {pos}/{len} {per_sec}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn report(args: &BenchArgs, mut outcome: Outcome, broker_rss: Option<u64>) -> anyhow::Result<()> {
+    let latencies = &mut outcome.latencies;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let (count, seconds) = (outcome.count, outcome.seconds);
+    let rate = count as f64 / seconds.max(1e-9);
+    let mbps = rate * args.size as f64 / 1e6;
+    let p = |q: f64| percentile(latencies, q);
+    let max = latencies.last().copied().unwrap_or(0.0);
+    let mut result = json!({
+        "scenario": args.scenario.name(),
+        "events": count,
+        "seconds": seconds,
+        "events_per_s": rate,
+        "mb_per_s": mbps,
+        "payload_bytes": args.size,
+        "latency_ms": {"p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "p999": p(0.999), "max": max},
+        "broker_rss_peak_mb": broker_rss.map(mb),
+    });
+    if let Some(map) = result.as_object_mut() {
+        map.extend(std::mem::take(&mut outcome.extra));
+    }
+    if args.json {
+        println!("{result}");
+        return Ok(());
+    }
+    let rss = broker_rss.map_or("-".to_owned(), |b| format!("{:.1}", mb(b)));
+    println!(
+        "{:<11} {:>9} {:>8} {:>10} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>8}",
+        "scenario",
+        "events",
+        "seconds",
+        "events/s",
+        "MB/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "RSS MB"
+    );
+    println!(
+        "{:<11} {count:>9} {seconds:>8.2} {rate:>10.0} {mbps:>7.1} {:>7.2} {:>7.2} {:>7.2} {:>8.2} {max:>7.2} {rss:>8}",
+        args.scenario.name(),
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        p(0.999),
+    );
+    let extra: Vec<String> = result
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| {
+                    ![
+                        "scenario",
+                        "events",
+                        "seconds",
+                        "events_per_s",
+                        "mb_per_s",
+                        "payload_bytes",
+                        "latency_ms",
+                        "broker_rss_peak_mb",
+                    ]
+                    .contains(&k.as_str())
+                })
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !extra.is_empty() {
+        println!("{}", extra.join("  "));
+    }
+    Ok(())
+}
+
+/// Milliseconds since `at`, as a float.
+fn ms_since(at: Instant) -> f64 {
+    at.elapsed().as_secs_f64() * 1000.0
+}
