@@ -1,0 +1,100 @@
+//! One measured figure, and the small statistics the runners share.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+/// What one system did in one scenario.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    pub system: String,
+    /// The durability promise behind the figure, in the peer's own words.
+    pub durability: String,
+    pub scenario: String,
+    /// events/s (publish, replay, latency) or deliveries/s (fanout).
+    pub rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub rss_peak_mb: Option<f64>,
+}
+
+impl Figure {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "system": self.system, "durability": self.durability, "scenario": self.scenario,
+            "rate": self.rate, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+            "rss_peak_mb": self.rss_peak_mb,
+        })
+    }
+}
+
+/// Latencies in ms, summarised.
+pub fn percentiles(mut ms: Vec<f64>) -> (Option<f64>, Option<f64>) {
+    if ms.is_empty() {
+        return (None, None);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[(((ms.len() - 1) as f64) * q).round() as usize];
+    (Some(at(0.5)), Some(at(0.99)))
+}
+
+pub fn ms_since(at: Instant) -> f64 {
+    at.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Wall-clock ms since the epoch, carried in latency payloads.
+pub fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// A JSON payload of about `size` bytes, like `wharf bench` publishes.
+pub fn payload(size: usize, i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"i":{i},"pad":"{}"}}"#,
+        "x".repeat(size.saturating_sub(24))
+    )
+    .into_bytes()
+}
+
+/// A latency payload: the send time, padded to about `size` bytes.
+pub fn timed_payload(size: usize) -> Vec<u8> {
+    format!(
+        r#"{{"t":{:.3},"pad":"{}"}}"#,
+        now_ms(),
+        "x".repeat(size.saturating_sub(40))
+    )
+    .into_bytes()
+}
+
+/// The send time a latency payload carries.
+pub fn sent_ms(payload: &[u8]) -> f64 {
+    serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v["t"].as_f64())
+        .unwrap_or(0.0)
+}
+
+/// Splits `events` over `load.connections` tasks, each running `publisher(its share)`, and
+/// gathers the latencies they return.
+pub async fn across_connections<F, Fut>(
+    load: &crate::Load,
+    events: u64,
+    publisher: F,
+) -> anyhow::Result<Vec<f64>>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<f64>>> + Send + 'static,
+{
+    let n = load.connections;
+    let tasks: Vec<_> = (0..n)
+        .map(|c| tokio::spawn(publisher(events / n + u64::from(c < events % n))))
+        .collect();
+    let mut all = Vec::with_capacity(events as usize);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(all)
+}
