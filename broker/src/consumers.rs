@@ -67,6 +67,12 @@ struct Inner {
     /// Since when nobody is attached (None while someone is).
     idle_since: Option<Instant>,
     unreported_gap: Option<(u64, u64)>,
+    /// The delivered-through mark loaded at start: unsettled seqs at or below it had been
+    /// delivered once before, unless `deliveries` says more.
+    loaded_through: u64,
+    /// The highest seq delivered for the first time, and the value last saved.
+    delivered_through: u64,
+    mark_saved: u64,
 }
 
 impl Inner {
@@ -158,6 +164,9 @@ impl Consumer {
                 epoch: 0,
                 next_generation: 0,
                 idle_since: Some(Instant::now()),
+                loaded_through: 0,
+                delivered_through: 0,
+                mark_saved: 0,
                 unreported_gap: None,
             }),
         }
@@ -310,7 +319,8 @@ impl Consumer {
 
     /// Leases `seq` to `generation` and counts the delivery (or says it is dead).
     fn lease(inner: &mut Inner, generation: u64, seq: u64, now: Instant) -> Step {
-        let so_far = inner.deliveries.get(&seq).copied().unwrap_or(0);
+        let before_start = u32::from(seq <= inner.loaded_through);
+        let so_far = inner.deliveries.get(&seq).copied().unwrap_or(before_start);
         let Some(a) = inner
             .attachments
             .iter_mut()
@@ -342,6 +352,9 @@ impl Consumer {
         }
         let count = so_far.saturating_add(1);
         inner.deliveries.insert(seq, count);
+        if count == 1 {
+            inner.delivered_through = inner.delivered_through.max(seq);
+        }
         Step::Deliver(count)
     }
 
@@ -484,15 +497,22 @@ impl Consumer {
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.state.apply_settle(seqs, floor, kind);
-        let settled: Vec<u64> = inner
+        let acked: Vec<(u64, u32)> = inner
             .deliveries
-            .keys()
-            .copied()
-            .filter(|&s| inner.state.is_acked(s))
+            .iter()
+            .map(|(&s, &c)| (s, c))
+            .filter(|&(s, _)| inner.state.is_acked(s))
             .collect();
-        for s in &settled {
+        for (s, _) in &acked {
             inner.deliveries.remove(s);
         }
+        // Only counts that may be in sled: redeliveries, and what was loaded from it.
+        let loaded = inner.loaded_through;
+        let settled: Vec<u64> = acked
+            .into_iter()
+            .filter(|&(s, c)| c >= 2 || s <= loaded)
+            .map(|(s, _)| s)
+            .collect();
         let leased: Vec<u64> = inner
             .leases
             .keys()
@@ -550,6 +570,23 @@ impl Consumer {
         settled
     }
 
+    /// Sets the delivered-through mark loaded from the state view.
+    pub fn set_loaded_through(&self, through: u64) {
+        let mut inner = self.lock();
+        inner.loaded_through = through;
+        inner.delivered_through = inner.delivered_through.max(through);
+        inner.mark_saved = inner.delivered_through;
+    }
+
+    /// The delivered-through mark, if it moved since it was last taken.
+    fn take_mark(&self) -> Option<u64> {
+        let mut inner = self.lock();
+        (inner.delivered_through != inner.mark_saved).then(|| {
+            inner.mark_saved = inner.delivered_through;
+            inner.delivered_through
+        })
+    }
+
     /// A gap that happened while nobody was attached, to tell the next subscriber once.
     pub fn take_unreported_gap(&self) -> Option<(u64, u64)> {
         self.lock().unreported_gap.take()
@@ -568,6 +605,8 @@ impl Consumer {
             .filter(|&s| s > floor)
             .collect();
         inner.deliveries.retain(|&s, _| s <= floor);
+        inner.loaded_through = inner.loaded_through.min(floor);
+        inner.delivered_through = inner.delivered_through.min(floor);
         inner.epoch += 1;
         for a in &mut inner.attachments {
             a.held = 0;
@@ -633,6 +672,14 @@ impl Consumers {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Delivered-through marks that moved since they were last taken, to save.
+    pub fn take_marks(&self) -> Vec<(String, u64)> {
+        let all: Vec<Arc<Consumer>> = self.lock().values().cloned().collect();
+        all.iter()
+            .filter_map(|c| c.take_mark().map(|m| (c.name.clone(), m)))
+            .collect()
     }
 
     /// Consumers nobody has been attached to for at least `ttl`.

@@ -594,8 +594,10 @@ impl DurableDelivery {
                     ::metrics::counter!(metrics::REDELIVERED).increment(1);
                 }
                 let name = &self.consumer.name;
-                if let Err(e) = self.state.set_delivery(name, ev.seq, count) {
-                    tracing::warn!(consumer = name, error = %e, "delivery count not saved");
+                if count > 1 {
+                    if let Err(e) = self.state.set_delivery(name, ev.seq, count) {
+                        tracing::warn!(consumer = name, error = %e, "delivery count not saved");
+                    }
                 }
                 let frame = event_frame(&self.sub, Some(name), ev, count);
                 match self.outbound.deliver(frame).await {

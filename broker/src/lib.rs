@@ -170,12 +170,16 @@ impl Broker {
         let reaper = tokio::spawn(server::reap_inactive(self.ctx.clone(), shutdown.clone()));
         let retention = tokio::spawn(server::age_out(self.ctx.clone(), shutdown.clone()));
         let syncer = tokio::spawn(server::relaxed_sync(self.ctx.clone(), shutdown.clone()));
+        let marks = tokio::spawn(server::save_marks(self.ctx.clone(), shutdown.clone()));
         let server = tokio::spawn(server::serve(self.listener, self.ctx.clone(), shutdown));
         stop.await;
         tracing::info!("shutting down");
         trigger.trigger();
         if let Err(e) = server.await {
             tracing::error!(error = %e, "server task failed");
+        }
+        if let Err(e) = marks.await {
+            tracing::error!(error = %e, "mark saving task failed");
         }
         if let Err(e) = syncer.await {
             tracing::error!(error = %e, "sync timer task failed");

@@ -80,6 +80,18 @@ pub async fn relaxed_sync(ctx: Arc<Context>, mut shutdown: Shutdown) {
     }
 }
 
+/// Saves delivered-through marks every `state_flush_interval`, so delivery counts trail a
+/// crash by about that much, like the rest of the view.
+pub async fn save_marks(ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(ctx.config.state_flush_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => ctx.store.save_marks(),
+        }
+    }
+}
+
 /// Deletes durable consumers nobody has attached to for `inactive_ttl`.
 pub async fn reap_inactive(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let ttl = ctx.config.inactive_ttl;

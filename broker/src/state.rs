@@ -19,6 +19,8 @@ use crate::log::{Position, Settle};
 
 const CONSUMER: u8 = b'c';
 const DELIVERY: u8 = b'd';
+/// Per consumer: every seq at or below was delivered at least once (see `save_marks`).
+const MARK: u8 = b'h';
 const APPLIED_KEY: &[u8] = b"m\0applied";
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +200,32 @@ impl StateView {
         Ok(out)
     }
 
+    /// Each consumer's delivered-through mark.
+    pub fn delivered_marks(&self) -> Result<HashMap<String, u64>, StateError> {
+        let mut out = HashMap::new();
+        for item in self.db.scan_prefix([MARK, 0]) {
+            let (k, v) = item.map_err(|e| self.sled_err(e))?;
+            let name = String::from_utf8_lossy(&k[2..]).into_owned();
+            out.insert(name, self.decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Saves delivered-through marks in one batch. First deliveries go out in seq order, so
+    /// one number per consumer stands for every count of 1: only redeliveries (count ≥ 2)
+    /// need a key of their own, and the replay path touches sled once per batch, not once
+    /// per event.
+    pub fn save_marks(&self, marks: &[(String, u64)]) -> Result<(), StateError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (name, through) in marks {
+            batch.insert(mark_key(name), self.encode(through)?);
+        }
+        self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
+    }
+
     /// Writes consumer states, drops delivery counts that are settled, and moves the applied
     /// position, all in one atomic batch.
     pub fn save<'a>(
@@ -213,6 +241,7 @@ impl StateView {
         }
         for name in deleted {
             batch.remove(consumer_key(name));
+            batch.remove(mark_key(name));
             let mut prefix = vec![DELIVERY, 0];
             prefix.extend_from_slice(name.as_bytes());
             prefix.push(0);
@@ -227,6 +256,7 @@ impl StateView {
         self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
     }
 
+    /// Saves a redelivery's count (first deliveries are covered by the consumer's mark).
     pub fn set_delivery(&self, consumer: &str, seq: u64, count: u32) -> Result<(), StateError> {
         self.db
             .insert(delivery_key(consumer, seq), self.encode(&count)?)
@@ -254,6 +284,12 @@ impl StateView {
 
 fn consumer_key(name: &str) -> Vec<u8> {
     let mut k = vec![CONSUMER, 0];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn mark_key(name: &str) -> Vec<u8> {
+    let mut k = vec![MARK, 0];
     k.extend_from_slice(name.as_bytes());
     k
 }

@@ -57,11 +57,18 @@ fn load(view: &StateView) -> Result<(Option<Position>, Consumers), StateError> {
         tracing::warn!(error = %e, "delivery counts unreadable; they restart from zero");
         HashMap::new()
     });
+    let marks = view.delivered_marks().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "delivered-through marks unreadable; first deliveries count from zero");
+        HashMap::new()
+    });
     let registry = Consumers::default();
     for (name, state) in view.consumers()? {
         let mut counts = deliveries.remove(&name).unwrap_or_default();
         counts.retain(|&seq, _| !state.is_acked(seq));
         registry.insert(&name, state, counts);
+        if let (Some(c), Some(&mark)) = (registry.get(&name), marks.get(&name)) {
+            c.set_loaded_through(mark);
+        }
     }
     Ok((applied, registry))
 }
@@ -185,9 +192,17 @@ impl Store {
     }
 
     /// Lets queued writes commit, then flushes the view.
+    /// Saves the consumers' delivered-through marks that moved.
+    pub fn save_marks(&self) {
+        if let Err(e) = self.state.save_marks(&self.consumers.take_marks()) {
+            tracing::warn!(error = %e, "delivered-through marks not saved");
+        }
+    }
+
     pub async fn close(&self) {
         self.log.close().await;
         self.feed.close();
+        self.save_marks();
         if let Err(e) = self.state.flush() {
             tracing::warn!(error = %e, "final state flush failed; the view is rebuilt at next start");
         }
