@@ -158,10 +158,10 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
-    // tungstenite reads into a 128 KiB buffer per connection by default; 8 KiB keeps many idle
+    // tungstenite reads into a 128 KiB buffer per connection by default; 4 KiB keeps many idle
     // connections cheap (frames larger than it are still read, in several steps).
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .max_message_size(Some(ctx.config.max_frame_bytes.saturating_mul(2)))
         .max_frame_size(Some(ctx.config.max_frame_bytes.saturating_mul(2)));
     // Filled by the handshake when the client sends a valid token with it.
@@ -224,7 +224,9 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
             }
         }
     };
-    let ws = match tokio::time::timeout(ctx.config.handshake_timeout, opening).await {
+    // Boxed: the handshake's state is large and needed only briefly; unboxed it would size
+    // the whole connection future (5 KiB) for the connection's life.
+    let ws = match tokio::time::timeout(ctx.config.handshake_timeout, Box::pin(opening)).await {
         Ok(Ok(Some(ws))) => ws,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {

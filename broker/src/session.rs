@@ -178,7 +178,7 @@ impl Session {
                     return Some(close_frame(CloseCode::Again, &reason));
                 }
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
-                    if self.complete(done).await.is_err() {
+                    if Box::pin(self.complete(done)).await.is_err() {
                         return None;
                     }
                 }
@@ -196,7 +196,10 @@ impl Session {
                         Some(Ok(Message::Text(text))) => {
                             self.last_request = Instant::now();
                             ::metrics::counter!(metrics::BYTES_IN).increment(text.len() as u64);
-                            self.handle_text(text.as_str()).await
+                            // Boxed so that an idle connection's future stays small:
+                            // request handling is most of its size (issue #4, RSS per
+                            // connection).
+                            Box::pin(self.handle_text(text.as_str())).await
                         }
                         Some(Ok(Message::Binary(_))) => {
                             self.send(Reply::error(None, ErrorCode::Unsupported,
