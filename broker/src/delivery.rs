@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::{
-    format_time_ms, now_ms, DeadLetter, EventFrame, Pattern, PatternIndex, Reply, Topic,
+    format_time_ms, now_ms, DeadLetter, EventBody, EventFrame, Pattern, PatternIndex, Reply, Topic,
 };
 
 use crate::consumers::{Changes, Consumer, Consumers, Step};
@@ -450,14 +450,13 @@ impl EventSource {
 }
 
 fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> Message {
-    let published_at = format_time_ms(ev.time_ms);
+    let body = ev.frame_body.get_or_init(|| {
+        EventBody::new(ev.seq, &ev.topic, &ev.payload, &format_time_ms(ev.time_ms))
+    });
     let frame = EventFrame {
         sub,
         consumer,
-        seq: ev.seq,
-        topic: &ev.topic,
-        payload: &ev.payload,
-        published_at: &published_at,
+        body,
         delivery,
     };
     Message::text(frame.to_json())
@@ -589,9 +588,9 @@ impl DurableDelivery {
             Step::Detached => Flow::Stop,
             Step::Restart => Flow::Restart,
             Step::Deliver(count) => {
-                ::metrics::counter!(metrics::DELIVERED).increment(1);
+                metrics::delivered().increment(1);
                 if count > 1 {
-                    ::metrics::counter!(metrics::REDELIVERED).increment(1);
+                    metrics::redelivered().increment(1);
                 }
                 let name = &self.consumer.name;
                 if count > 1 {
@@ -679,7 +678,7 @@ pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventS
         };
         for ev in &batch {
             match outbound.deliver(event_frame(&sub, None, ev, 1)).await {
-                Delivered::Sent => ::metrics::counter!(metrics::DELIVERED).increment(1),
+                Delivered::Sent => metrics::delivered().increment(1),
                 Delivered::Closed => return,
                 Delivered::TooSlow => {
                     let to = source.skip_to_head();
@@ -735,12 +734,12 @@ impl CommitSink for Committer {
         let mut changes = Changes::default();
         for rec in records {
             if let Record::Acked { seqs, kind, .. } = &rec {
-                let name = match kind {
-                    Settle::Ack => metrics::ACKED,
-                    Settle::Term => metrics::TERMINATED,
-                    Settle::DeadLetter => metrics::DEAD_LETTERED,
+                let counter = match kind {
+                    Settle::Ack => metrics::acked(),
+                    Settle::Term => metrics::terminated(),
+                    Settle::DeadLetter => metrics::dead_lettered(),
                 };
-                ::metrics::counter!(name).increment(seqs.len() as u64);
+                counter.increment(seqs.len() as u64);
             }
             self.consumers.apply(&rec, &mut changes);
             if let Record::Events(batch) = rec {
@@ -771,7 +770,7 @@ impl CommitSink for Committer {
             // The log is the truth; the view is rebuilt from it at the next start.
             tracing::error!(error = %e, "state view update failed; it will be rebuilt from the log");
         }
-        ::metrics::counter!(metrics::PUBLISHED).increment(events.len() as u64);
+        metrics::published().increment(events.len() as u64);
         self.feed.push(events);
     }
 }

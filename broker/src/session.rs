@@ -195,7 +195,7 @@ impl Session {
                         }
                         Some(Ok(Message::Text(text))) => {
                             self.last_request = Instant::now();
-                            ::metrics::counter!(metrics::BYTES_IN).increment(text.len() as u64);
+                            metrics::bytes_in().increment(text.len() as u64);
                             // Boxed so that an idle connection's future stays small:
                             // request handling is most of its size (issue #4, RSS per
                             // connection).
@@ -958,7 +958,7 @@ async fn write_frames(
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 if let Message::Text(text) = &msg {
-                    ::metrics::counter!(metrics::BYTES_OUT).increment(text.len() as u64);
+                    metrics::bytes_out().increment(text.len() as u64);
                 }
                 if sink.feed(msg).await.is_err() {
                     return false;

@@ -18,7 +18,8 @@ pub mod topic;
 
 pub use error::ErrorCode;
 pub use reply::{
-    format_time_ms, ConsumerInfo, DeadLetter, EventFrame, ReceivedEvent, Reply, Stats, TopicInfo,
+    format_time_ms, ConsumerInfo, DeadLetter, EventBody, EventFrame, ReceivedEvent, Reply, Stats,
+    TopicInfo,
 };
 pub use request::{
     now_ms, parse_request, Id, Mode, NewEvent, Request, RequestError, Start, SubscribeOptions,

@@ -120,38 +120,70 @@ fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D:
         .ok_or_else(|| serde::de::Error::custom(format!("unknown error code {s:?}")))
 }
 
-/// One event delivered to one subscription, as the broker writes it. The payload is the
-/// publisher's JSON text, already validated at publish, copied in verbatim: it is never
-/// parsed again on the way out.
+/// The part of an event frame that is the same for every subscriber (seq, topic, payload,
+/// publish time), encoded once per event and shared: fanning an event out to a thousand
+/// subscriptions copies these bytes, it does not serialize the event again. The payload is
+/// the publisher's JSON text, validated at publish and copied in verbatim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventBody(String);
+
+impl EventBody {
+    pub fn new(seq: u64, topic: &str, payload: &str, published_at: &str) -> EventBody {
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut out = String::with_capacity(64 + payload.len() + topic.len());
+        out.push_str(&format!(r#","seq":{seq},"topic":"#));
+        out.push_str(&quote(topic));
+        out.push_str(r#","payload":"#);
+        out.push_str(payload);
+        out.push_str(r#","published_at":"#);
+        out.push_str(&quote(published_at));
+        EventBody(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One event delivered to one subscription, as the broker writes it: the per-subscription
+/// parts around a shared [`EventBody`].
 #[derive(Debug)]
 pub struct EventFrame<'a> {
     pub sub: &'a str,
     pub consumer: Option<&'a str>,
-    pub seq: u64,
-    pub topic: &'a str,
-    pub payload: &'a str,
-    pub published_at: &'a str,
+    pub body: &'a EventBody,
     pub delivery: u32,
 }
 
 impl EventFrame<'_> {
     pub fn to_json(&self) -> String {
-        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let mut out = String::with_capacity(128 + self.payload.len() + self.topic.len());
+        let mut out = String::with_capacity(64 + self.body.len() + self.sub.len());
         out.push_str(r#"{"type":"event","sub":"#);
-        out.push_str(&quote(self.sub));
+        push_quoted(&mut out, self.sub);
         if let Some(consumer) = self.consumer {
             out.push_str(r#","consumer":"#);
-            out.push_str(&quote(consumer));
+            push_quoted(&mut out, consumer);
         }
-        out.push_str(&format!(r#","seq":{},"topic":"#, self.seq));
-        out.push_str(&quote(self.topic));
-        out.push_str(r#","payload":"#);
-        out.push_str(self.payload);
-        out.push_str(r#","published_at":"#);
-        out.push_str(&quote(self.published_at));
-        out.push_str(&format!(r#","delivery":{}}}"#, self.delivery));
+        out.push_str(&self.body.0);
+        out.push_str(r#","delivery":"#);
+        out.push_str(itoa::Buffer::new().format(self.delivery));
+        out.push('}');
         out
+    }
+}
+
+/// Appends `s` as a JSON string, without an allocation when it needs no escaping.
+fn push_quoted(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
     }
 }
 
@@ -307,13 +339,11 @@ mod tests {
 
     #[test]
     fn event_frames_read_back_as_events() {
+        let body = EventBody::new(9, "a.b", r#"{"k":[1,"x"]}"#, "1970-01-01T00:00:01.500Z");
         let json = EventFrame {
             sub: "s\"1",
             consumer: Some("c"),
-            seq: 9,
-            topic: "a.b",
-            payload: r#"{"k":[1,"x"]}"#,
-            published_at: "1970-01-01T00:00:01.500Z",
+            body: &body,
             delivery: 2,
         }
         .to_json();

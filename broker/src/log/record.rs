@@ -24,6 +24,9 @@ pub struct Event {
     pub payload: String,
     /// The publisher's idempotency key, if it gave one.
     pub msg_id: Option<String>,
+    /// The event's frame body, encoded on first delivery and shared by every later one.
+    #[serde(skip)]
+    pub frame_body: std::sync::OnceLock<wharf_protocol::EventBody>,
 }
 
 /// How a consumer settled events.
@@ -146,6 +149,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_checksums_catch_flips() {
         let rec = Record::Events(vec![Event {
+            frame_body: Default::default(),
             seq: 7,
             time_ms: 1,
             topic: "a.b".into(),

@@ -127,6 +127,7 @@ async fn a_torn_tail_is_cut_and_writing_resumes() {
     let mut frame = Vec::new();
     record::frame_into(
         &Record::Events(vec![Event {
+            frame_body: Default::default(),
             seq: 11,
             time_ms: 1,
             topic: "t".into(),

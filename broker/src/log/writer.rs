@@ -333,6 +333,7 @@ impl Writer {
                     }
                     seqs.push((seq, false));
                     events.push(record::Event {
+                        frame_body: Default::default(),
                         seq,
                         time_ms: ev.time_ms,
                         topic: ev.topic,
@@ -394,7 +395,7 @@ impl Writer {
         index_notes: Vec<(u64, u64, u64)>,
     ) -> Result<(), LogError> {
         self.write_and_sync()?;
-        ::metrics::histogram!(crate::metrics::COMMIT_EVENTS).record(records.len() as f64);
+        crate::metrics::commit_records().record(records.len() as f64);
         for (seq, time_ms, offset) in index_notes {
             self.active.note_event(seq, time_ms, offset);
         }
@@ -517,8 +518,7 @@ impl Writer {
         self.file
             .sync_data()
             .map_err(|e| LogError::io(&self.active.path, e))?;
-        ::metrics::histogram!(crate::metrics::FSYNC_SECONDS)
-            .record(started.elapsed().as_secs_f64());
+        crate::metrics::fsync_seconds().record(started.elapsed().as_secs_f64());
         self.unsynced = false;
         self.last_sync = started;
         Ok(())
