@@ -162,11 +162,7 @@ impl Store {
             "recovered the log"
         );
         let feed = Arc::new(Feed::new(head, config.cache_events, topics));
-        let sink = Committer {
-            consumers: registry.clone(),
-            state: view.clone(),
-            feed: feed.clone(),
-        };
+        let sink = Committer::new(registry.clone(), view.clone(), feed.clone());
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
             dedup_window_ms: u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
