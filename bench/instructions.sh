@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Instructions per published and per delivered event, counted by valgrind's callgrind: a
+# figure that does not move with the load of this shared machine, to judge a change by.
+#
+# The broker (release build) runs under callgrind; the workload is fixed: one connection
+# publishing with one publish in flight (one group commit per event, so the batching does
+# not depend on timing), then one durable consumer replaying the backlog and acking in
+# batches of 500 (median of three runs each). Counted: the threads that do the broker's work (tokio's and the log
+# writer's), with what they call in sled. Each workload runs at two sizes and the difference is divided by the
+# difference in events, so start-up and shutdown cancel out.
+#   bench/instructions.sh            # 1000 and 3000 events
+#   N1=2000 N2=6000 bench/instructions.sh
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+N1=${N1:-1000}
+N2=${N2:-3000}
+command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+cargo build --release -q -p wharf-cli
+WHARF=$PWD/target/release/wharf
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# Runs the broker under callgrind for one workload; prints its total instruction count.
+count() { # scenario events
+    local dir port
+    dir=$(mktemp -d -p "$WORK")
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s/data"\nlog_level = "warn"\n' "$port" "$dir" >"$dir/config.toml"
+    valgrind --tool=callgrind --callgrind-out-file="$dir/out" "$WHARF" serve --config "$dir/config.toml" 2>"$dir/valgrind.log" &
+    local pid=$!
+    for _ in $(seq 300); do
+        curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+        sleep 0.1
+    done
+    "$WHARF" bench "$1" --url "ws://127.0.0.1:$port/ws" --events "$2" --connections 1 --in-flight 1 --json >"$dir/bench.json"
+    kill -TERM "$pid"
+    wait "$pid" || true
+    # Only the broker's own threads: tokio's (workers and blocking pool) and the log writer.
+    # sled's background threads spin on a lazy value, which under valgrind's serialised
+    # threads costs instructions in proportion to wall time, not to the work done.
+    callgrind_annotate --inclusive=yes "$dir/out" 2>/dev/null | grep -v '=>' |
+        grep -E 'pool\.rs:tokio::runtime::blocking::pool::Inner::run \[|writer\.rs:wharf_broker::log::writer::Writer::run \[' |
+        awk '{gsub(",", "", $1); sum += $1} END {print sum}'
+}
+
+# The median of three runs: tokio's workers spin a little before they park, so the count
+# still moves by a few percent from run to run.
+median() { # scenario events
+    local a b c
+    a=$(count "$1" "$2"); b=$(count "$1" "$2"); c=$(count "$1" "$2")
+    printf '%s\n%s\n%s\n' "$a" "$b" "$c" | sort -n | sed -n 2p
+}
+p1=$(median publish "$N1"); p2=$(median publish "$N2")
+r1=$(median replay "$N1"); r2=$(median replay "$N2")
+python3 - "$N1" "$N2" "$p1" "$p2" "$r1" "$r2" <<'PY'
+import sys
+n1, n2, p1, p2, r1, r2 = map(int, sys.argv[1:])
+per_publish = (p2 - p1) / (n2 - n1)
+per_replayed = (r2 - r1) / (n2 - n1)
+print(f"| figure (callgrind, release build, {n1} and {n2} events) | instructions |")
+print("|---|---|")
+print(f"| per published event (1 in flight: one group commit each) | {per_publish:,.0f} |")
+print(f"| per delivered event (durable replay, acks in batches of 500) | {per_replayed - per_publish:,.0f} |")
+PY
