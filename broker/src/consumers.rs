@@ -430,13 +430,19 @@ impl Consumer {
         let Some(covered) = inner.attachments.iter().map(|a| a.read_upto).max() else {
             return floor;
         };
-        let open = inner
-            .leases
-            .keys()
-            .chain(inner.orphans.iter())
-            .filter(|s| !seqs.contains(s))
-            .min()
-            .copied();
+        // Both are ordered: the first open one of each is found within len(seqs) steps
+        // (a scan of every lease against every acked seq was 7% of replay's instructions).
+        let mut acking = seqs.to_vec();
+        acking.sort_unstable();
+        let is_open = |s: &&u64| acking.binary_search(s).is_err();
+        let open = [
+            inner.leases.keys().find(is_open),
+            inner.orphans.iter().find(is_open),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .copied();
         let limit = match open {
             Some(s) => covered.min(s - 1),
             None => covered,
@@ -497,11 +503,15 @@ impl Consumer {
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.state.apply_settle(seqs, floor, kind);
+        // What this settle newly acks: everything up to the floor, and `seqs` above it (any
+        // other acked seq was settled, and dropped from these maps, by an earlier record).
+        let floor = inner.state.floor;
+        let above = || seqs.iter().copied().filter(move |&s| s > floor);
         let acked: Vec<(u64, u32)> = inner
             .deliveries
-            .iter()
+            .range(..=floor)
             .map(|(&s, &c)| (s, c))
-            .filter(|&(s, _)| inner.state.is_acked(s))
+            .chain(above().filter_map(|s| inner.deliveries.get(&s).map(|&c| (s, c))))
             .collect();
         for (s, _) in &acked {
             inner.deliveries.remove(s);
@@ -515,10 +525,10 @@ impl Consumer {
             .collect();
         let leased: Vec<u64> = inner
             .leases
-            .keys()
-            .chain(inner.orphans.iter())
-            .copied()
-            .filter(|&s| inner.state.is_acked(s))
+            .range(..=floor)
+            .map(|(&s, _)| s)
+            .chain(inner.orphans.range(..=floor).copied())
+            .chain(above().filter(|s| inner.leases.contains_key(s) || inner.orphans.contains(s)))
             .collect();
         for s in leased {
             inner.release(s);

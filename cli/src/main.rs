@@ -280,26 +280,37 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call, before the
+/// broker says it is listening: a signal sent right after that line must stop it cleanly,
+/// not kill it with the default action.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let handlers = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
-                let _interrupted = tokio::signal::ctrl_c().await;
+                (term, int) => {
+                    let e = term.err().or(int.err()).map(|e| e.to_string());
+                    tracing::warn!(error = ?e, "cannot listen for SIGTERM/SIGINT; only Ctrl-C stops the broker");
+                    let _interrupted = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _interrupted = tokio::signal::ctrl_c().await;
+        async {
+            let _interrupted = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -182,7 +182,8 @@ async fn run_case(ops: Vec<Op>) {
                 if kill {
                     broker.kill9();
                 } else {
-                    assert!(broker.terminate().success());
+                    let status = broker.terminate();
+                    assert!(status.success(), "{status}\n{}", broker.log());
                 }
                 broker = Broker::start(&data, "");
                 publisher = broker.client().await;
