@@ -43,6 +43,21 @@ impl SegmentMeta {
         }
     }
 
+    /// Brings this copy (the readers' table entry) up to `newer` (the writer's), copying only
+    /// the index entries it lacks: a whole clone per group commit copied the segment's index
+    /// again and again, growing with the segment.
+    pub fn catch_up(&mut self, newer: &SegmentMeta) {
+        if self.base != newer.base || self.index.len() > newer.index.len() {
+            *self = newer.clone();
+            return;
+        }
+        self.index
+            .extend_from_slice(&newer.index[self.index.len()..]);
+        self.first_time_ms = newer.first_time_ms;
+        self.last_seq = newer.last_seq;
+        self.synced_len = newer.synced_len;
+    }
+
     /// Records an event at `offset`, keeping the index sparse.
     pub fn note_event(&mut self, seq: u64, time_ms: u64, offset: u64) {
         if self.first_time_ms.is_none() {

@@ -407,7 +407,7 @@ impl Writer {
         self.active.synced_len = base_len + self.buf.len() as u64;
         if let Ok(mut table) = self.table.write() {
             if let Some(last) = table.last_mut() {
-                *last = self.active.clone();
+                last.catch_up(&self.active);
             }
         }
         let end = Position {
