@@ -25,7 +25,7 @@ use crate::log::{
     AppendLog, CommitSink, Entry, Event, EventCursor, LogError, NewEvent, Position, Record, Settle,
 };
 use crate::metrics;
-use crate::state::{ConsumerState, StateView};
+use crate::state::{ConsumerState, StateView, ViewSender, ViewUpdate};
 
 /// A connection's bounded outbound queue, and the way to have the connection closed when a
 /// subscriber stays too slow to drain it.
@@ -704,7 +704,7 @@ pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventS
 /// Applies each durable batch to memory and sled, then wakes the deliverers.
 pub struct Committer {
     consumers: Arc<Consumers>,
-    state: StateView,
+    view: ViewSender,
     feed: Arc<Feed>,
     /// When the view last recorded its log position.
     saved_at: Instant,
@@ -717,10 +717,10 @@ pub struct Committer {
 const POSITION_EVERY: Duration = Duration::from_millis(200);
 
 impl Committer {
-    pub fn new(consumers: Arc<Consumers>, state: StateView, feed: Arc<Feed>) -> Committer {
+    pub fn new(consumers: Arc<Consumers>, view: ViewSender, feed: Arc<Feed>) -> Committer {
         Committer {
             consumers,
-            state,
+            view,
             feed,
             saved_at: Instant::now(),
         }
@@ -787,16 +787,12 @@ impl CommitSink for Committer {
             .iter()
             .filter_map(|name| self.consumers.get(name).map(|c| (name.clone(), c.state())))
             .collect();
-        let saved = self.state.save(
-            states.iter().map(|(n, s)| (n.as_str(), s)),
-            changes.settled.iter().map(|(n, s)| (n.as_str(), *s)),
-            changes.deleted.iter().map(String::as_str),
-            end,
-        );
-        if let Err(e) = saved {
-            // The log is the truth; the view is rebuilt from it at the next start.
-            tracing::error!(error = %e, "state view update failed; it will be rebuilt from the log");
-        }
+        self.view.send(ViewUpdate {
+            states,
+            settled: changes.settled,
+            deleted: changes.deleted,
+            applied: end,
+        });
         metrics::published().increment(events.len() as u64);
         self.feed.push(events);
     }

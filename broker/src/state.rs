@@ -33,6 +33,8 @@ pub enum StateError {
         key: String,
         source: codec::CodecError,
     },
+    #[error("cannot start the state view's writer thread: {0}")]
+    Thread(String),
     #[error("cannot set aside {path}: {source}")]
     SetAside {
         path: PathBuf,
@@ -105,6 +107,30 @@ impl ConsumerState {
     pub fn seek(&mut self, floor: u64) {
         self.floor = floor;
         self.acked.clear();
+    }
+}
+
+/// One commit's changes to the view.
+#[derive(Debug)]
+pub struct ViewUpdate {
+    pub states: Vec<(String, ConsumerState)>,
+    /// Delivery counts that no longer matter.
+    pub settled: Vec<(String, u64)>,
+    pub deleted: Vec<String>,
+    /// The log position the view reflects once this is applied.
+    pub applied: Position,
+}
+
+/// Hands [`ViewUpdate`]s to the view's writer thread.
+pub struct ViewSender(std::sync::mpsc::Sender<ViewUpdate>);
+
+impl ViewSender {
+    pub fn send(&self, update: ViewUpdate) {
+        if self.0.send(update).is_err() {
+            tracing::error!(
+                "the state view writer stopped; the view is rebuilt from the log at the next start"
+            );
+        }
     }
 }
 
@@ -226,34 +252,56 @@ impl StateView {
         self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
     }
 
-    /// Writes consumer states, drops delivery counts that are settled, and moves the applied
-    /// position, all in one atomic batch.
-    pub fn save<'a>(
-        &self,
-        consumers: impl IntoIterator<Item = (&'a str, &'a ConsumerState)>,
-        settled: impl IntoIterator<Item = (&'a str, u64)>,
-        deleted: impl IntoIterator<Item = &'a str>,
-        applied: Position,
-    ) -> Result<(), StateError> {
+    /// Applies commits' changes in order, in one atomic batch: consumer states, settled
+    /// delivery counts dropped, deleted consumers removed, and the applied log position.
+    pub fn save(&self, updates: &[ViewUpdate]) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
-        for (name, state) in consumers {
-            batch.insert(consumer_key(name), self.encode(state)?);
-        }
-        for name in deleted {
-            batch.remove(consumer_key(name));
-            batch.remove(mark_key(name));
-            let mut prefix = vec![DELIVERY, 0];
-            prefix.extend_from_slice(name.as_bytes());
-            prefix.push(0);
-            for item in self.db.scan_prefix(&prefix).keys() {
-                batch.remove(item.map_err(|e| self.sled_err(e))?);
+        for update in updates {
+            for (name, state) in &update.states {
+                batch.insert(consumer_key(name), self.encode(state)?);
+            }
+            for name in &update.deleted {
+                batch.remove(consumer_key(name));
+                batch.remove(mark_key(name));
+                let mut prefix = vec![DELIVERY, 0];
+                prefix.extend_from_slice(name.as_bytes());
+                prefix.push(0);
+                for item in self.db.scan_prefix(&prefix).keys() {
+                    batch.remove(item.map_err(|e| self.sled_err(e))?);
+                }
+            }
+            for (name, seq) in &update.settled {
+                batch.remove(delivery_key(name, *seq));
             }
         }
-        for (name, seq) in settled {
-            batch.remove(delivery_key(name, seq));
+        if let Some(last) = updates.last() {
+            batch.insert(APPLIED_KEY, self.encode(&last.applied)?);
         }
-        batch.insert(APPLIED_KEY, self.encode(&applied)?);
         self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
+    }
+
+    /// Starts the thread that applies commits' changes to the view, in commit order. The log
+    /// writer hands them over instead of writing sled itself: sled batches stalled the
+    /// writer now and then (p99.9 publish-to-delivery latency 46 ms with, 9 ms without).
+    /// Updates that queue up while one is written go into the next batch together. The
+    /// thread ends once every sender is dropped and the queue is drained.
+    pub fn start_writer(&self) -> Result<(ViewSender, std::thread::JoinHandle<()>), StateError> {
+        let (tx, rx) = std::sync::mpsc::channel::<ViewUpdate>();
+        let view = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("wharf-state".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut updates = vec![first];
+                    updates.extend(rx.try_iter());
+                    if let Err(e) = view.save(&updates) {
+                        // The log is the truth; the view is rebuilt from it at the next start.
+                        tracing::error!(error = %e, "state view update failed; it will be rebuilt from the log");
+                    }
+                }
+            })
+            .map_err(|e| StateError::Thread(e.to_string()))?;
+        Ok((ViewSender(tx), thread))
     }
 
     /// Saves a redelivery's count (first deliveries are covered by the consumer's mark).
@@ -343,7 +391,13 @@ mod tests {
             segment: 1,
             offset: 99,
         };
-        view.save([("c-1", &s)], [("c-1", 4)], [], pos).unwrap();
+        let update = ViewUpdate {
+            states: vec![("c-1".into(), s.clone())],
+            settled: vec![("c-1".into(), 4)],
+            deleted: vec![],
+            applied: pos,
+        };
+        view.save(&[update]).unwrap();
         view.flush().unwrap();
         drop(view);
         let view = StateView::open(&path, Duration::from_millis(100)).unwrap();
@@ -351,7 +405,15 @@ mod tests {
         assert_eq!(view.consumers().unwrap()["c-1"], s);
         let d = view.deliveries().unwrap();
         assert_eq!(d["c-1"].iter().collect::<Vec<_>>(), vec![(&5, &1)]);
-        view.save([], [], ["c-1"], pos).unwrap();
+        let (writer, thread) = view.start_writer().unwrap();
+        writer.send(ViewUpdate {
+            states: vec![],
+            settled: vec![],
+            deleted: vec!["c-1".into()],
+            applied: pos,
+        });
+        drop(writer);
+        thread.join().unwrap();
         assert!(view.consumers().unwrap().is_empty());
         assert!(view.deliveries().unwrap().is_empty());
     }

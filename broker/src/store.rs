@@ -10,7 +10,7 @@ use crate::config::{Config, Durability};
 use crate::consumers::{Changes, Consumers};
 use crate::delivery::{Committer, Feed, TopicStat};
 use crate::log::{self, AppendLog, LogError, LogOptions, Position, Record, Recovery, Retention};
-use crate::state::{ConsumerState, StateError, StateView};
+use crate::state::{ConsumerState, StateError, StateView, ViewUpdate};
 use crate::BrokerError;
 
 /// Everything durable, opened and consistent.
@@ -19,6 +19,8 @@ pub struct Store {
     pub state: StateView,
     pub consumers: Arc<Consumers>,
     pub feed: Arc<Feed>,
+    /// The thread that applies commits to the view; joined at close.
+    view_writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Held for the broker's life so that a second broker cannot open the same data dir.
     _lock: File,
 }
@@ -145,12 +147,12 @@ impl Store {
             .into_iter()
             .filter_map(|name| registry.get(&name).map(|c| (name, c.state())))
             .collect();
-        view.save(
-            states.iter().map(|(n, s)| (n.as_str(), s)),
-            changes.settled.iter().map(|(n, s)| (n.as_str(), *s)),
-            changes.deleted.iter().map(String::as_str),
-            recovery.end,
-        )?;
+        view.save(&[ViewUpdate {
+            states,
+            settled: changes.settled,
+            deleted: changes.deleted,
+            applied: recovery.end,
+        }])?;
         view.flush()?;
         let registry = Arc::new(registry);
         let head = recovery.next_seq - 1;
@@ -162,7 +164,8 @@ impl Store {
             "recovered the log"
         );
         let feed = Arc::new(Feed::new(head, config.cache_events, topics));
-        let sink = Committer::new(registry.clone(), view.clone(), feed.clone());
+        let (view_tx, view_writer) = view.start_writer()?;
+        let sink = Committer::new(registry.clone(), view_tx, feed.clone());
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
             dedup_window_ms: u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
@@ -183,6 +186,7 @@ impl Store {
             state: view,
             consumers: registry,
             feed,
+            view_writer: std::sync::Mutex::new(Some(view_writer)),
             _lock: lock,
         })
     }
@@ -198,6 +202,19 @@ impl Store {
     pub async fn close(&self) {
         self.log.close().await;
         self.feed.close();
+        // The writer's sink (the only sender) is gone once the log is closed: the view's
+        // writer drains what is queued and ends.
+        let writer = self
+            .view_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(writer) = writer {
+            match tokio::task::spawn_blocking(move || writer.join()).await {
+                Ok(Ok(())) => {}
+                _ => tracing::warn!("the state view writer did not finish cleanly; the view is rebuilt from the log at next start"),
+            }
+        }
         self.save_marks();
         if let Err(e) = self.state.flush() {
             tracing::warn!(error = %e, "final state flush failed; the view is rebuilt at next start");
