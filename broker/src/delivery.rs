@@ -71,6 +71,12 @@ impl Outbound {
 
     /// Queues a pushed frame, waiting at most the slow-consumer limit for room.
     pub async fn deliver(&self, msg: Message) -> Delivered {
+        // Room now is the common case; a timer is set only when the queue is full.
+        let msg = match self.frames.try_send(msg) {
+            Ok(()) => return Delivered::Sent,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Delivered::Closed,
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
         match tokio::time::timeout(self.slow_limit, self.frames.send(msg)).await {
             Ok(Ok(())) => Delivered::Sent,
             Ok(Err(_)) => Delivered::Closed,

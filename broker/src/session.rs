@@ -446,8 +446,10 @@ impl Session {
                 return Completion::Reply(internal(id, "publish got no seq"));
             };
             let duplicate = seqs.iter().any(|&(_, dup)| dup);
-            let dups = seqs.iter().filter(|&&(_, dup)| dup).count();
-            ::metrics::counter!(metrics::DUPLICATES).increment(dups as u64);
+            if duplicate {
+                let dups = seqs.iter().filter(|&&(_, dup)| dup).count();
+                ::metrics::counter!(metrics::DUPLICATES).increment(dups as u64);
+            }
             let seqs: Vec<u64> = seqs.into_iter().map(|(seq, _)| seq).collect();
             let (seq, seqs) = match batch {
                 true => (None, Some(seqs)),
