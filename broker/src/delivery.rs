@@ -456,9 +456,9 @@ impl EventSource {
 }
 
 fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> Message {
-    let body = ev.frame_body.get_or_init(|| {
-        EventBody::new(ev.seq, &ev.topic, &ev.payload, &format_time_ms(ev.time_ms))
-    });
+    let body = ev
+        .frame_body
+        .get_or_init(|| EventBody::new(ev.seq, &ev.topic, &ev.payload, ev.time_ms));
     let frame = EventFrame {
         sub,
         consumer,

@@ -128,15 +128,21 @@ fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D:
 pub struct EventBody(String);
 
 impl EventBody {
-    pub fn new(seq: u64, topic: &str, payload: &str, published_at: &str) -> EventBody {
-        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let mut out = String::with_capacity(64 + payload.len() + topic.len());
-        out.push_str(&format!(r#","seq":{seq},"topic":"#));
-        out.push_str(&quote(topic));
+    /// `time_ms` is the publish time, ms since the Unix epoch (`published_at` in RFC 3339).
+    pub fn new(seq: u64, topic: &str, payload: &str, time_ms: u64) -> EventBody {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(80 + payload.len() + topic.len());
+        out.push_str(r#","seq":"#);
+        out.push_str(itoa::Buffer::new().format(seq));
+        out.push_str(r#","topic":"#);
+        push_quoted(&mut out, topic);
         out.push_str(r#","payload":"#);
         out.push_str(payload);
-        out.push_str(r#","published_at":"#);
-        out.push_str(&quote(published_at));
+        out.push_str(r#","published_at":""#);
+        let at = UNIX_EPOCH + Duration::from_millis(time_ms);
+        // Writing to a String cannot fail.
+        let _infallible = write!(out, "{}", humantime::format_rfc3339_millis(at));
+        out.push('"');
         EventBody(out)
     }
 
@@ -339,7 +345,7 @@ mod tests {
 
     #[test]
     fn event_frames_read_back_as_events() {
-        let body = EventBody::new(9, "a.b", r#"{"k":[1,"x"]}"#, "1970-01-01T00:00:01.500Z");
+        let body = EventBody::new(9, "a.b", r#"{"k":[1,"x"]}"#, 1500);
         let json = EventFrame {
             sub: "s\"1",
             consumer: Some("c"),
@@ -353,6 +359,7 @@ mod tests {
                 assert_eq!((ev.sub.as_str(), ev.seq, ev.delivery), ("s\"1", 9, 2));
                 assert_eq!(ev.payload, serde_json::json!({"k":[1,"x"]}));
                 assert_eq!(ev.consumer.as_deref(), Some("c"));
+                assert_eq!(ev.published_at, "1970-01-01T00:00:01.500Z");
             }
             other => panic!("{other:?}"),
         }

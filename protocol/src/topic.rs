@@ -148,6 +148,10 @@ impl Pattern {
 
     /// Whether `topic` (already validated) falls under this pattern.
     pub fn matches(&self, topic: &str) -> bool {
+        // A pattern without wildcards is a topic: one comparison.
+        if self.tokens.iter().all(|t| matches!(t, Token::Literal(_))) {
+            return topic == self.text;
+        }
         let mut parts = topic.split('.');
         for token in &self.tokens {
             match token {
