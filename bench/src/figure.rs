@@ -28,6 +28,38 @@ impl Figure {
     }
 }
 
+/// One figure per (system, scenario): the median of each measure over the runs given.
+pub fn medians(figures: Vec<Figure>) -> Vec<Figure> {
+    fn median(mut v: Vec<f64>) -> Option<f64> {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len().checked_sub(1)? / 2).copied()
+    }
+    let mut out: Vec<Figure> = Vec::new();
+    for f in &figures {
+        if out
+            .iter()
+            .any(|o| o.system == f.system && o.scenario == f.scenario)
+        {
+            continue;
+        }
+        let same: Vec<&Figure> = figures
+            .iter()
+            .filter(|g| g.system == f.system && g.scenario == f.scenario)
+            .collect();
+        let of = |pick: fn(&Figure) -> Option<f64>| {
+            median(same.iter().filter_map(|g| pick(g)).collect())
+        };
+        out.push(Figure {
+            rate: of(|g| Some(g.rate)).unwrap_or(0.0),
+            p50_ms: of(|g| g.p50_ms),
+            p99_ms: of(|g| g.p99_ms),
+            rss_peak_mb: of(|g| g.rss_peak_mb),
+            ..f.clone()
+        });
+    }
+    out
+}
+
 /// Latencies in ms, summarised.
 pub fn percentiles(mut ms: Vec<f64>) -> (Option<f64>, Option<f64>) {
     if ms.is_empty() {

@@ -78,6 +78,10 @@ struct Args {
     nats_server: String,
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
+    /// Runs of each system; each figure is the median of the runs (this machine is shared
+    /// and noisy). --quick makes it 1.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Print the figures as JSON lines instead of tables.
     #[arg(long)]
     json: bool,
@@ -138,20 +142,13 @@ async fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let load = args.load();
     let mut figures = Vec::new();
+    let runs = if args.quick { 1 } else { args.runs.max(1) };
     for system in &args.systems {
-        let found = match system.as_str() {
-            "wharf" => run_wharf(&args, &load)?,
-            "nats" => run_nats(&args, &load, false).await?,
-            "nats-always" => {
-                let mut slow = load.clone();
-                let cap = if args.quick { 300 } else { args.always_events };
-                slow.events = slow.events.min(cap);
-                slow.backlog = slow.backlog.min(cap);
-                run_nats(&args, &slow, true).await?
-            }
-            "redis" => run_redis(&args, &load).await?,
-            other => bail!("unknown system {other:?}; known: wharf, nats, nats-always, redis"),
-        };
+        let mut all = Vec::new();
+        for _ in 0..runs {
+            all.extend(run_system(&args, &load, system).await?);
+        }
+        let found = figure::medians(all);
         for f in &found {
             if args.json {
                 println!("{}", f.to_json());
@@ -173,6 +170,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         print_tables(&args, &figures);
     }
     Ok(())
+}
+
+async fn run_system(args: &Args, load: &Load, system: &str) -> anyhow::Result<Vec<Figure>> {
+    match system {
+        "wharf" => run_wharf(args, load),
+        "nats" => run_nats(args, load, false).await,
+        "nats-always" => {
+            let mut slow = load.clone();
+            let cap = if args.quick { 300 } else { args.always_events };
+            slow.events = slow.events.min(cap);
+            slow.backlog = slow.backlog.min(cap);
+            run_nats(args, &slow, true).await
+        }
+        "redis" => run_redis(args, load).await,
+        other => bail!("unknown system {other:?}; known: wharf, nats, nats-always, redis"),
+    }
 }
 
 fn fmt_ms(ms: Option<f64>) -> String {
@@ -421,6 +434,18 @@ fn print_tables(args: &Args, figures: &[Figure]) {
         header.push_str(&format!(" wharf ÷ {s} |"));
         rule.push_str("---|");
     }
+    let runs = if args.quick { 1 } else { args.runs.max(1) };
+    println!(
+        "Each figure is the median of {runs} run(s); payloads {} bytes; publish {} events from {} connections x {} in flight; replay {} events; latency {} events at {}/s; fan-out {} events to {} subscribers.",
+        args.size, args.events, args.connections, args.in_flight, args.backlog, args.latency_events, args.rate, args.fanout_events, args.subscribers
+    );
+    if systems.contains(&"nats-always") {
+        println!(
+            "nats-always publishes and replays {} events only: it fsyncs each message.",
+            args.always_events.min(args.events)
+        );
+    }
+    println!();
     println!("{header}\n{rule}");
     for scenario in &args.scenarios {
         let mut row = format!("| {scenario} |");
