@@ -87,7 +87,13 @@ pub async fn save_marks(ctx: Arc<Context>, mut shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tick.tick() => ctx.store.save_marks(),
+            _ = tick.tick() => {
+                // sled may stall; not on a runtime worker.
+                let ctx = ctx.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || ctx.store.save_marks()).await {
+                    tracing::warn!(error = %e, "saving delivered-through marks failed");
+                }
+            }
         }
     }
 }
