@@ -37,6 +37,8 @@ type Ws = WebSocketStream<Rewound>;
 
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames taken from the socket in one go when they are already there.
+const MAX_BURST: usize = 256;
 
 enum Subscription {
     Durable { consumer: Arc<Consumer> },
@@ -46,6 +48,8 @@ enum Subscription {
 /// What a pipelined request turns into once its log write is durable.
 enum Completion {
     Reply(Reply),
+    /// The replies to publishes that went to the log together, in request order.
+    Replies(Vec<Reply>),
     Silent,
     /// Start an ephemeral subscription (its turn in reply order has come).
     Ephemeral {
@@ -74,6 +78,9 @@ pub struct Session {
     subs: HashMap<Arc<str>, Subscription>,
     next_sub: u64,
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
+    /// Publishes read but not yet handed to the log: a burst of pipelined publishes goes as
+    /// one append (one queue send, one wake-up, one completion) instead of one each.
+    queued: Vec<(Option<Id>, NewEvent)>,
     last_seen: Instant,
     /// When the client last sent a request (pongs do not count).
     last_request: Instant,
@@ -85,6 +92,39 @@ pub struct Session {
 
 fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
     Reply::error(id, ErrorCode::Internal, e.to_string())
+}
+
+/// An event as the log stores it; the parsed request's strings are moved, not copied.
+fn new_event(e: WireEvent, time_ms: u64) -> NewEvent {
+    NewEvent {
+        topic: e.topic.into_string(),
+        payload: String::from(Box::<str>::from(e.payload)),
+        time_ms,
+        msg_id: e.msg_id,
+    }
+}
+
+/// The reply to a publish (`batch`: a publish_batch) once the log has its receipt.
+fn published(id: Option<Id>, receipt: Receipt, batch: bool) -> Reply {
+    let Receipt::Seqs(seqs) = receipt else {
+        return internal(id, "publish got no seq");
+    };
+    let duplicate = seqs.iter().any(|&(_, dup)| dup);
+    if duplicate {
+        let dups = seqs.iter().filter(|&&(_, dup)| dup).count();
+        ::metrics::counter!(metrics::DUPLICATES).increment(dups as u64);
+    }
+    let seqs: Vec<u64> = seqs.into_iter().map(|(seq, _)| seq).collect();
+    let (seq, seqs) = match batch {
+        true => (None, Some(seqs)),
+        false => (seqs.first().copied(), None),
+    };
+    Reply::Published {
+        id,
+        seq,
+        seqs,
+        duplicate,
+    }
 }
 
 /// Waits for a submitted write and turns its receipts into a completion.
@@ -127,6 +167,7 @@ impl Session {
             subs: HashMap::new(),
             next_sub: 0,
             pending: FuturesOrdered::new(),
+            queued: Vec::new(),
             last_seen: Instant::now(),
             last_request: Instant::now(),
             auth_deadline: (ctx_auth_enabled && principal.is_none())
@@ -139,9 +180,14 @@ impl Session {
         // completes now is not attached to a connection that is ending.
         let drain = async {
             while let Some(done) = session.pending.next().await {
-                if let Completion::Reply(reply) = done {
+                let replies = match done {
+                    Completion::Reply(reply) => vec![reply],
+                    Completion::Replies(replies) => replies,
+                    _ => Vec::new(),
+                };
+                for reply in replies {
                     if session.send_now(reply).await.is_err() {
-                        break;
+                        return;
                     }
                 }
             }
@@ -183,32 +229,20 @@ impl Session {
                     }
                 }
                 msg = stream.next() => {
-                    self.last_seen = Instant::now();
-                    let outcome = match msg {
-                        None => return None,
-                        Some(Err(WsError::Capacity(e))) => {
-                            return Some(close_frame(CloseCode::Size, &format!("frame too large: {e}")));
+                    if let Err(close) = self.on_message(msg).await {
+                        return close;
+                    }
+                    // Take what the socket already holds, so that pipelined publishes reach
+                    // the log together, then hand them over.
+                    for _ in 0..MAX_BURST {
+                        let Some(msg) = stream.next().now_or_never() else {
+                            break;
+                        };
+                        if let Err(close) = self.on_message(msg).await {
+                            return close;
                         }
-                        Some(Err(e)) => {
-                            tracing::debug!(session = self.id, error = %e, "connection failed");
-                            return None;
-                        }
-                        Some(Ok(Message::Text(text))) => {
-                            self.last_request = Instant::now();
-                            metrics::bytes_in().increment(text.len() as u64);
-                            // Boxed so that an idle connection's future stays small:
-                            // request handling is most of its size (issue #4, RSS per
-                            // connection).
-                            Box::pin(self.handle_text(text.as_str())).await
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            self.send(Reply::error(None, ErrorCode::Unsupported,
-                                "binary frames are not supported; send JSON text frames")).await
-                        }
-                        Some(Ok(Message::Close(_))) => return None,
-                        Some(Ok(_)) => Ok(()),
-                    };
-                    if outcome.is_err() {
+                    }
+                    if self.flush_queued().await.is_err() {
                         return None;
                     }
                 }
@@ -233,6 +267,85 @@ impl Session {
         }
     }
 
+    /// Handles one read from the socket; `Err` ends the connection with that close frame.
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, WsError>>,
+    ) -> Result<(), Option<CloseFrame>> {
+        self.last_seen = Instant::now();
+        let outcome = match msg {
+            None => return Err(None),
+            Some(Err(WsError::Capacity(e))) => {
+                return Err(Some(close_frame(
+                    CloseCode::Size,
+                    &format!("frame too large: {e}"),
+                )));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(session = self.id, error = %e, "connection failed");
+                return Err(None);
+            }
+            Some(Ok(Message::Text(text))) => {
+                self.last_request = Instant::now();
+                metrics::bytes_in().increment(text.len() as u64);
+                // Boxed so that an idle connection's future stays small: request handling
+                // is most of its size (issue #4, RSS per connection).
+                Box::pin(self.handle_text(text.as_str())).await
+            }
+            Some(Ok(Message::Binary(_))) => {
+                let reply = Reply::error(
+                    None,
+                    ErrorCode::Unsupported,
+                    "binary frames are not supported; send JSON text frames",
+                );
+                self.send(reply).await
+            }
+            Some(Ok(Message::Close(_))) => return Err(None),
+            Some(Ok(_)) => Ok(()),
+        };
+        outcome.map_err(|()| None)
+    }
+
+    /// Hands the queued publishes to the log as one append.
+    async fn flush_queued(&mut self) -> Result<(), ()> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let (ids, entries): (Vec<Option<Id>>, Vec<Entry>) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .map(|(id, event)| (id, Entry::Events(vec![event])))
+            .unzip();
+        match self.ctx.store.log.submit(entries).await {
+            Ok(pending) => {
+                self.pending.push_back(
+                    async move {
+                        let replies = match pending.await {
+                            Ok(Ok(receipts)) => ids
+                                .into_iter()
+                                .zip(receipts)
+                                .map(|(id, receipt)| published(id, receipt, false))
+                                .collect(),
+                            Ok(Err(e)) => ids.into_iter().map(|id| internal(id, &e)).collect(),
+                            Err(_) => ids
+                                .into_iter()
+                                .map(|id| internal(id, "the log writer stopped"))
+                                .collect(),
+                        };
+                        Completion::Replies(replies)
+                    }
+                    .boxed(),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                for id in ids {
+                    self.send(internal(id, &e)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Sends a reply now (to a request whose turn it is).
     async fn send_now(&mut self, reply: Reply) -> Result<(), ()> {
         self.outbound.send(Message::text(reply.to_json())).await
@@ -252,15 +365,34 @@ impl Session {
 
     async fn handle_text(&mut self, text: &str) -> Result<(), ()> {
         let limit = self.ctx.config.max_frame_bytes;
+        let request = (text.len() <= limit).then(|| parse_request(text));
+        if let Some(Ok(Request::Publish { id, event })) = request {
+            let request = Request::Publish { id, event };
+            match self.refusal(&request) {
+                Some(refusal) => {
+                    self.flush_queued().await?;
+                    return self.send(refusal).await;
+                }
+                None => {
+                    if let Request::Publish { id, event } = request {
+                        self.queued.push((id, new_event(event, now_ms())));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        // Anything else answers after the queued publishes: replies keep request order.
+        self.flush_queued().await?;
         if text.len() > limit {
             let message = format!("frame is {} bytes, the limit is {limit}", text.len());
             return self
                 .send(Reply::error(None, ErrorCode::TooLarge, message))
                 .await;
         }
-        let request = match parse_request(text) {
-            Ok(r) => r,
-            Err(e) => return self.send(Reply::error(e.id, e.code, e.message)).await,
+        let request = match request {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return self.send(Reply::error(e.id, e.code, e.message)).await,
+            None => return Err(()),
         };
         if let Request::Auth { id, token } = request {
             return self.authenticate(id, &token).await;
@@ -432,36 +564,15 @@ impl Session {
         batch: bool,
     ) -> Result<(), ()> {
         let time_ms = now_ms();
-        let events = events
-            .into_iter()
-            .map(|e| NewEvent {
-                topic: e.topic.as_str().to_owned(),
-                payload: e.payload.get().to_owned(),
-                time_ms,
-                msg_id: e.msg_id,
-            })
-            .collect();
-        self.submit(vec![Entry::Events(events)], id, move |id, receipts| {
-            let Some(Receipt::Seqs(seqs)) = receipts.into_iter().next() else {
-                return Completion::Reply(internal(id, "publish got no seq"));
-            };
-            let duplicate = seqs.iter().any(|&(_, dup)| dup);
-            if duplicate {
-                let dups = seqs.iter().filter(|&&(_, dup)| dup).count();
-                ::metrics::counter!(metrics::DUPLICATES).increment(dups as u64);
-            }
-            let seqs: Vec<u64> = seqs.into_iter().map(|(seq, _)| seq).collect();
-            let (seq, seqs) = match batch {
-                true => (None, Some(seqs)),
-                false => (seqs.first().copied(), None),
-            };
-            Completion::Reply(Reply::Published {
-                id,
-                seq,
-                seqs,
-                duplicate,
-            })
-        })
+        let events = events.into_iter().map(|e| new_event(e, time_ms)).collect();
+        self.submit(
+            vec![Entry::Events(events)],
+            id,
+            move |id, receipts| match receipts.into_iter().next() {
+                Some(receipt) => Completion::Reply(published(id, receipt, batch)),
+                None => Completion::Reply(internal(id, "publish got no seq")),
+            },
+        )
         .await
     }
 
@@ -884,6 +995,12 @@ impl Session {
     async fn complete(&mut self, done: Completion) -> Result<(), ()> {
         match done {
             Completion::Reply(reply) => self.send_now(reply).await,
+            Completion::Replies(replies) => {
+                for reply in replies {
+                    self.send_now(reply).await?;
+                }
+                Ok(())
+            }
             Completion::Silent => Ok(()),
             Completion::Ephemeral {
                 id,

@@ -18,7 +18,7 @@ async fn connections_and_subscriptions_are_bounded() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("503"), "{err}");
-    assert!(broker.log().contains("at max_connections"));
+    broker.wait_for_log("at max_connections");
 
     a.subscribe("x", None).await;
     a.subscribe("y", Some("c")).await;
