@@ -5,8 +5,9 @@
 # The broker (release build) runs under callgrind; the workload is fixed: one connection
 # publishing with one publish in flight (one group commit per event, so the batching does
 # not depend on timing), then one durable consumer replaying the backlog and acking in
-# batches of 500 (median of three runs each). Counted: the threads that do the broker's work (tokio's and the log
-# writer's), with what they call in sled. Each workload runs at two sizes and the difference is divided by the
+# batches of 500 (median of three runs each). Counted: the threads that do the broker's
+# work (tokio's, the log writer's, and the state view writer's sled batches), with what
+# they call in sled. Each workload runs at two sizes and the difference is divided by the
 # difference in events, so start-up and shutdown cancel out.
 #   bench/instructions.sh            # 1000 and 3000 events
 #   N1=2000 N2=6000 bench/instructions.sh
@@ -36,11 +37,12 @@ count() { # scenario events
     "$WHARF" bench "$1" --url "ws://127.0.0.1:$port/ws" --events "$2" --connections 1 --in-flight 1 --json >"$dir/bench.json"
     kill -TERM "$pid"
     wait "$pid" || true
-    # Only the broker's own threads: tokio's (workers and blocking pool) and the log writer.
+    # Only the broker's own threads: tokio's (workers and blocking pool), the log writer and
+    # the state view's writer (its sled batches: StateView::save).
     # sled's background threads spin on a lazy value, which under valgrind's serialised
     # threads costs instructions in proportion to wall time, not to the work done.
-    callgrind_annotate --inclusive=yes "$dir/out" 2>/dev/null | grep -v '=>' |
-        grep -E 'pool\.rs:tokio::runtime::blocking::pool::Inner::run \[|writer\.rs:wharf_broker::log::writer::Writer::run \[' |
+    callgrind_annotate --inclusive=yes --threshold=100 "$dir/out" 2>/dev/null | grep -v '=>' |
+        grep -E 'pool\.rs:tokio::runtime::blocking::pool::Inner::run \[|writer\.rs:wharf_broker::log::writer::Writer::run \[|state\.rs:wharf_broker::state::StateView::save \[' |
         awk '{gsub(",", "", $1); sum += $1} END {print sum}'
 }
 
