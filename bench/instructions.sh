@@ -18,7 +18,7 @@ N1=${N1:-1000}
 N2=${N2:-3000}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 cargo build --release -q -p wharf-cli
-WHARF=$PWD/target/release/wharf
+WHARF=${CARGO_TARGET_DIR:-$PWD/target}/release/wharf
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
