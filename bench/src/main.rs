@@ -41,8 +41,8 @@ struct Args {
     /// Events for the publish scenario.
     #[arg(long, default_value_t = 200_000)]
     events: u64,
-    /// Backlog for the replay scenario.
-    #[arg(long, default_value_t = 200_000)]
+    /// Backlog for the replay scenario (the target is stated for 1,000,000).
+    #[arg(long, default_value_t = 1_000_000)]
     backlog: u64,
     /// Events for the latency scenario.
     #[arg(long, default_value_t = 20_000)]
