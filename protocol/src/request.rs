@@ -319,8 +319,55 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>,
 const OPS: &str = "publish, publish_batch, subscribe, ack, nack, term, progress, seek, \
                    consumer_info, delete_consumer, unsubscribe, ping, auth, stats, topics, consumers";
 
+/// A plain `publish` frame, read without building a JSON tree: borrowed strings, the payload
+/// only validated. Anything it does not take (another op, an unknown or repeated field, an
+/// escaped string, a bad value) goes the general way, which also gives the precise errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainPublish<'a> {
+    op: &'a str,
+    #[serde(default)]
+    id: Option<Id>,
+    topic: &'a str,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    #[serde(default)]
+    msg_id: Option<&'a str>,
+}
+
+fn plain_publish(text: &str) -> Option<Request> {
+    let p: PlainPublish = serde_json::from_str(text).ok()?;
+    if p.op != "publish" {
+        return None;
+    }
+    let topic = Topic::parse(p.topic).ok()?;
+    let msg_id = match p.msg_id {
+        None => None,
+        Some(m) if !m.is_empty() && m.len() <= MAX_MSG_ID_BYTES => Some(m.to_owned()),
+        Some(_) => return None,
+    };
+    let payload = RawValue::from_string(p.payload.get().to_owned()).ok()?;
+    Some(Request::Publish {
+        id: p.id,
+        event: NewEvent {
+            topic,
+            payload,
+            msg_id,
+        },
+    })
+}
+
 /// Parses one text frame into a [`Request`], or says precisely why it is not one.
 pub fn parse_request(text: &str) -> Result<Request, RequestError> {
+    // Publishes are most of the traffic; callgrind put JSON parsing at ~3,500 instructions
+    // per publish on the general path.
+    match plain_publish(text) {
+        Some(request) => Ok(request),
+        None => parse_general(text),
+    }
+}
+
+fn parse_general(text: &str) -> Result<Request, RequestError> {
     let raw: RawFrame = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -659,6 +706,38 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_plain_publish_path_agrees_with_the_general_one() {
+        let frames = [
+            r#"{"op":"publish","id":1,"topic":"a.b","payload":{"x":[1,2]}}"#,
+            r#"{"op":"publish","id":"k\"1","topic":"a","payload":null,"msg_id":"m-1"}"#,
+            r#"{"op":"publish","id":null,"topic":"a","payload":"s","msg_id":null}"#,
+            r#"{"payload":[1],"topic":"x.y-z_9","op":"publish","id":18446744073709551615}"#,
+            r#"{"op":"publish","id":-3,"topic":"a","payload":1.5}"#,
+        ];
+        for f in frames {
+            let plain = plain_publish(f).unwrap_or_else(|| panic!("not plain: {f}"));
+            let general = parse_general(f).unwrap();
+            assert_eq!(format!("{plain:?}"), format!("{general:?}"), "{f}");
+        }
+        // What the plain path leaves to the general one, which gives the precise errors.
+        let general = [
+            r#"{"op":"publish","topic":"a..b","payload":1}"#,
+            r#"{"op":"publish","topic":"a","payload":1,"msg_id":""}"#,
+            r#"{"op":"publish","topic":"a","payload":1,"extra":2}"#,
+            r#"{"op":"publish","topic":"a","payload":1,"topic":"b"}"#,
+            r#"{"op":"publish","topic":"\u0061","payload":1}"#,
+            r#"{"op":"publish","id":1.5,"topic":"a","payload":1}"#,
+            r#"{"op":"publish","topic":"a"}"#,
+            r#"{"op":"ack","consumer":"c","seq":1}"#,
+        ];
+        for f in general {
+            assert!(plain_publish(f).is_none(), "{f}");
+        }
+        assert_eq!(err(general[0]).code, ErrorCode::InvalidTopic);
+        assert_eq!(err(general[6]).code, ErrorCode::BadRequest);
     }
 
     #[test]
