@@ -86,6 +86,9 @@ impl Inner {
         self.orphans.remove(&seq);
         if let Some(lease) = self.leases.remove(&seq) {
             if let Some(a) = self.attachment(lease.holder) {
+                // Timers of settled leases would otherwise stay until they ran out: an ack
+                // wait's worth of every delivered event (a 1M replay held ~1M of them).
+                a.timers.remove(&(lease.deadline, seq));
                 a.held = a.held.saturating_sub(1);
                 a.kick.notify_one();
             }
@@ -343,8 +346,11 @@ impl Consumer {
                 deadline,
             },
         );
-        if previous.map(|l| l.holder) != Some(generation) {
-            a.held += 1;
+        match previous {
+            Some(p) if p.holder == generation => {
+                a.timers.remove(&(p.deadline, seq));
+            }
+            _ => a.held += 1,
         }
         a.timers.insert((deadline, seq));
         if dead {
@@ -469,6 +475,7 @@ impl Consumer {
             else {
                 continue;
             };
+            a.timers.remove(&(lease.deadline, seq));
             lease.deadline = now + delay.unwrap_or(a.options.ack_wait);
             a.timers.insert((lease.deadline, seq));
             a.kick.notify_one();
