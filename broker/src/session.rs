@@ -229,20 +229,24 @@ impl Session {
                     }
                 }
                 msg = stream.next() => {
-                    if let Err(close) = self.on_message(msg).await {
-                        return close;
-                    }
-                    // Take what the socket already holds, so that pipelined publishes reach
-                    // the log together, then hand them over.
+                    // Take what the socket already holds too, so that pipelined publishes
+                    // reach the log together, then hand them over. Publishes read before
+                    // the connection ends are still stored, as if each went on its own.
+                    let mut ended = self.on_message(msg).await.err();
                     for _ in 0..MAX_BURST {
+                        if ended.is_some() {
+                            break;
+                        }
                         let Some(msg) = stream.next().now_or_never() else {
                             break;
                         };
-                        if let Err(close) = self.on_message(msg).await {
-                            return close;
-                        }
+                        ended = self.on_message(msg).await.err();
                     }
-                    if self.flush_queued().await.is_err() {
+                    let flushed = self.flush_queued().await;
+                    if let Some(close) = ended {
+                        return close;
+                    }
+                    if flushed.is_err() {
                         return None;
                     }
                 }
