@@ -75,11 +75,15 @@ struct Inner {
     mark_saved: u64,
 }
 
+/// The attachment of `generation` in `list`. A function of the list, not of `Inner`, so that
+/// callers can hold it while they touch the other fields of `Inner`.
+fn attached(list: &mut [Attachment], generation: u64) -> Option<&mut Attachment> {
+    list.iter_mut().find(|a| a.generation == generation)
+}
+
 impl Inner {
     fn attachment(&mut self, generation: u64) -> Option<&mut Attachment> {
-        self.attachments
-            .iter_mut()
-            .find(|a| a.generation == generation)
+        attached(&mut self.attachments, generation)
     }
 
     fn release(&mut self, seq: u64) {
@@ -299,11 +303,7 @@ impl Consumer {
         if inner.epoch != epoch {
             return Step::Restart;
         }
-        let Some(a) = inner
-            .attachments
-            .iter_mut()
-            .find(|a| a.generation == generation)
-        else {
+        let Some(a) = attached(&mut inner.attachments, generation) else {
             return Step::Detached;
         };
         let settled = inner.state.is_acked(seq) || !self.patterns.iter().any(|p| p.matches(topic));
@@ -324,11 +324,7 @@ impl Consumer {
     fn lease(inner: &mut Inner, generation: u64, seq: u64, now: Instant) -> Step {
         let before_start = u32::from(seq <= inner.loaded_through);
         let so_far = inner.deliveries.get(&seq).copied().unwrap_or(before_start);
-        let Some(a) = inner
-            .attachments
-            .iter_mut()
-            .find(|a| a.generation == generation)
-        else {
+        let Some(a) = attached(&mut inner.attachments, generation) else {
             return Step::Detached;
         };
         let dead = a.options.max_deliver > 0 && so_far >= a.options.max_deliver;
@@ -369,10 +365,7 @@ impl Consumer {
     pub fn next_due(&self, generation: u64, now: Instant) -> Option<u64> {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let a = inner
-            .attachments
-            .iter_mut()
-            .find(|a| a.generation == generation)?;
+        let a = attached(&mut inner.attachments, generation)?;
         while let Some(&(deadline, seq)) = a.timers.first() {
             if deadline > now {
                 break;
@@ -468,11 +461,7 @@ impl Consumer {
             let Some(lease) = inner.leases.get_mut(&seq) else {
                 continue;
             };
-            let Some(a) = inner
-                .attachments
-                .iter_mut()
-                .find(|a| a.generation == lease.holder)
-            else {
+            let Some(a) = attached(&mut inner.attachments, lease.holder) else {
                 continue;
             };
             a.timers.remove(&(lease.deadline, seq));

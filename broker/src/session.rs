@@ -276,7 +276,8 @@ impl Session {
         &mut self,
         msg: Option<Result<Message, WsError>>,
     ) -> Result<(), Option<CloseFrame>> {
-        self.last_seen = Instant::now();
+        let now = Instant::now();
+        self.last_seen = now;
         let outcome = match msg {
             None => return Err(None),
             Some(Err(WsError::Capacity(e))) => {
@@ -290,7 +291,7 @@ impl Session {
                 return Err(None);
             }
             Some(Ok(Message::Text(text))) => {
-                self.last_request = Instant::now();
+                self.last_request = now;
                 metrics::bytes_in().increment(text.len() as u64);
                 // Boxed so that an idle connection's future stays small: request handling
                 // is most of its size (issue #4, RSS per connection).
@@ -370,20 +371,14 @@ impl Session {
     async fn handle_text(&mut self, text: &str) -> Result<(), ()> {
         let limit = self.ctx.config.max_frame_bytes;
         let request = (text.len() <= limit).then(|| parse_request(text));
-        if let Some(Ok(Request::Publish { id, event })) = request {
-            let request = Request::Publish { id, event };
-            match self.refusal(&request) {
-                Some(refusal) => {
-                    self.flush_queued().await?;
-                    return self.send(refusal).await;
-                }
-                None => {
-                    if let Request::Publish { id, event } = request {
-                        self.queued.push((id, new_event(event, now_ms())));
-                    }
-                    return Ok(());
-                }
+        // A publish that is allowed joins the queue (a refused one is answered below).
+        let queue =
+            matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.refusal(r).is_none());
+        if queue {
+            if let Some(Ok(Request::Publish { id, event })) = request {
+                self.queued.push((id, new_event(event, now_ms())));
             }
+            return Ok(());
         }
         // Anything else answers after the queued publishes: replies keep request order.
         self.flush_queued().await?;
