@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tokio_tungstenite::tungstenite::Message;
-use wharf_protocol::{Mode, Pattern, Reply};
+use wharf_protocol::{Mode, Pattern};
 
 use crate::delivery::Outbound;
-use crate::log::{Record, Settle};
-use crate::state::ConsumerState;
+use crate::log::Record;
+use crate::settled::{ConsumerState, Settle};
 
 /// A subscription's settings, with the broker's defaults filled in.
 #[derive(Debug, Clone)]
@@ -66,7 +65,8 @@ struct Inner {
     next_generation: u64,
     /// Since when nobody is attached (None while someone is).
     idle_since: Option<Instant>,
-    unreported_gap: Option<(u64, u64)>,
+    /// Seqs whose dead letter is being appended: a takeover's walk must not write another.
+    dead_lettering: BTreeSet<u64>,
     /// The delivered-through mark loaded at start: unsettled seqs at or below it had been
     /// delivered once before, unless `deliveries` says more.
     loaded_through: u64,
@@ -129,7 +129,8 @@ pub struct Info {
     pub patterns: Vec<String>,
     pub mode: Mode,
     pub ack_floor: u64,
-    pub acked_above_floor: usize,
+    pub acked_above_floor: u64,
+    pub untold_gap: Option<(u64, u64)>,
     pub ack_pending: usize,
     pub redelivered: usize,
     pub terminated: u64,
@@ -174,7 +175,7 @@ impl Consumer {
                 loaded_through: 0,
                 delivered_through: 0,
                 mark_saved: 0,
-                unreported_gap: None,
+                dead_lettering: BTreeSet::new(),
             }),
         }
     }
@@ -320,7 +321,9 @@ impl Consumer {
         Self::lease(inner, generation, seq, now)
     }
 
-    /// Leases `seq` to `generation` and counts the delivery (or says it is dead).
+    /// Leases `seq` to `generation` and says which delivery it would be (or that it is dead).
+    /// The delivery is counted only once the frame is handed to the connection
+    /// ([`Consumer::handed_over`]): a closed or too-slow connection delivered nothing.
     fn lease(inner: &mut Inner, generation: u64, seq: u64, now: Instant) -> Step {
         let before_start = u32::from(seq <= inner.loaded_through);
         let so_far = inner.deliveries.get(&seq).copied().unwrap_or(before_start);
@@ -328,6 +331,10 @@ impl Consumer {
             return Step::Detached;
         };
         let dead = a.options.max_deliver > 0 && so_far >= a.options.max_deliver;
+        if dead && !inner.dead_lettering.insert(seq) {
+            // Another walk (before a takeover, or a shared peer) is moving it already.
+            return Step::Skip;
+        }
         // A dead letter stays leased until its move is durable, so nobody delivers it again.
         let wait = if dead {
             Duration::from_secs(86_400)
@@ -352,12 +359,40 @@ impl Consumer {
         if dead {
             return Step::DeadLetter(so_far);
         }
-        let count = so_far.saturating_add(1);
-        inner.deliveries.insert(seq, count);
+        Step::Deliver(so_far.saturating_add(1))
+    }
+
+    /// The frame of delivery `count` of `seq` reached the connection's queue: count it.
+    pub fn handed_over(&self, seq: u64, count: u32) {
+        let mut inner = self.lock();
+        if inner.state.is_acked(seq) {
+            return;
+        }
+        let known = inner.deliveries.get(&seq).copied().unwrap_or(0);
+        inner.deliveries.insert(seq, known.max(count));
         if count == 1 {
             inner.delivered_through = inner.delivered_through.max(seq);
         }
-        Step::Deliver(count)
+    }
+
+    /// A dead letter's append is over: stored (then the record settled it), or failed, in
+    /// which case the event is tried again after `retry`.
+    pub fn dead_letter_done(&self, seq: u64, stored: bool, retry: Duration, now: Instant) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.dead_lettering.remove(&seq);
+        if stored {
+            return;
+        }
+        let Some(lease) = inner.leases.get_mut(&seq) else {
+            return;
+        };
+        if let Some(a) = attached(&mut inner.attachments, lease.holder) {
+            a.timers.remove(&(lease.deadline, seq));
+            lease.deadline = now + retry;
+            a.timers.insert((lease.deadline, seq));
+            a.kick.notify_one();
+        }
     }
 
     /// A seq this attachment should deliver again now: its ack wait ran out or it was
@@ -421,13 +456,14 @@ impl Consumer {
         self.lock().release(seq);
     }
 
-    /// The floor an ack of `seqs` may carry: every matching event at or below it is settled
-    /// once these are, or was never for this consumer.
-    pub fn floor_for_settle(&self, seqs: &[u64]) -> u64 {
+    /// The floor an ack of `seqs` may carry (every matching event at or below it is settled
+    /// once these are, or was never for this consumer), and the seek count it is valid under.
+    pub fn floor_for_settle(&self, seqs: &[u64]) -> (u64, u64) {
         let inner = self.lock();
         let floor = inner.state.floor;
+        let seeks = inner.state.seeks;
         let Some(covered) = inner.attachments.iter().map(|a| a.read_upto).max() else {
-            return floor;
+            return (floor, seeks);
         };
         // Both are ordered: the first open one of each is found within len(seqs) steps
         // (a scan of every lease against every acked seq was 7% of replay's instructions).
@@ -446,7 +482,7 @@ impl Consumer {
             Some(s) => covered.min(s - 1),
             None => covered,
         };
-        limit.max(floor)
+        (limit.max(floor), seeks)
     }
 
     /// Restarts the ack wait (`delay` None: the holder's ack wait) of leased seqs.
@@ -486,6 +522,7 @@ impl Consumer {
             mode: inner.mode,
             ack_floor: inner.state.floor,
             acked_above_floor: inner.state.acked.len(),
+            untold_gap: inner.state.untold_gap,
             ack_pending: inner.leases.len() + inner.orphans.len(),
             redelivered: inner.deliveries.values().filter(|&&c| c > 1).count(),
             terminated: inner.state.terminated,
@@ -495,9 +532,15 @@ impl Consumer {
         }
     }
 
-    fn apply_settle(&self, seqs: &[u64], floor: u64, kind: Settle) -> Vec<u64> {
+    /// Applies a settle; `seeks` is the seek count its floor was computed under (`None`: a
+    /// first-format record, whose floor always applies).
+    fn apply_settle(&self, seqs: &[u64], floor: u64, kind: Settle, seeks: Option<u64>) -> Vec<u64> {
         let mut guard = self.lock();
         let inner = &mut *guard;
+        let floor = match seeks {
+            Some(seeks) if seeks != inner.state.seeks => None,
+            _ => Some(floor),
+        };
         inner.state.apply_settle(seqs, floor, kind);
         // What this settle newly acks: everything up to the floor, and `seqs` above it (any
         // other acked seq was settled, and dropped from these maps, by an earlier record).
@@ -559,43 +602,41 @@ impl Consumer {
             .collect();
         inner.deliveries.retain(|&s, _| s > floor);
         inner.epoch += 1;
-        let notice = Reply::Gap {
-            consumer: self.name.clone(),
-            from,
-            to,
-        };
+        // The walks restart; each tells its subscriber of the gap, which stays in the
+        // consumer's durable state until one did.
         for a in &mut inner.attachments {
             a.read_upto = a.read_upto.max(floor);
-            let _best_effort = a.outbound.try_send(Message::text(notice.to_json()));
             a.kick.notify_one();
-        }
-        if inner.attachments.is_empty() {
-            let first = inner.unreported_gap.map_or(from, |(earlier, _)| earlier);
-            inner.unreported_gap = Some((first, to));
         }
         settled
     }
 
-    /// Sets the delivered-through mark loaded from the state view.
-    pub fn set_loaded_through(&self, through: u64) {
+    /// Retention removed unsettled seqs that no subscriber has been told of.
+    pub fn untold_gap(&self) -> Option<(u64, u64)> {
+        self.lock().state.untold_gap
+    }
+
+    /// Sets the delivered-through mark loaded from the state view, if it was saved under
+    /// the seek count of the loaded state: a mark from before a seek would count the seqs
+    /// the seek made new again as delivered.
+    pub fn set_loaded_through(&self, seeks: u64, through: u64) {
         let mut inner = self.lock();
+        if seeks != inner.state.seeks {
+            return;
+        }
         inner.loaded_through = through;
         inner.delivered_through = inner.delivered_through.max(through);
         inner.mark_saved = inner.delivered_through;
     }
 
-    /// The delivered-through mark, if it moved since it was last taken.
-    fn take_mark(&self) -> Option<u64> {
+    /// The delivered-through mark with the seek count it belongs to, if it moved since it
+    /// was last taken.
+    fn take_mark(&self) -> Option<(u64, u64)> {
         let mut inner = self.lock();
         (inner.delivered_through != inner.mark_saved).then(|| {
             inner.mark_saved = inner.delivered_through;
-            inner.delivered_through
+            (inner.state.seeks, inner.delivered_through)
         })
-    }
-
-    /// A gap that happened while nobody was attached, to tell the next subscriber once.
-    pub fn take_unreported_gap(&self) -> Option<(u64, u64)> {
-        self.lock().unreported_gap.take()
     }
 
     fn apply_seek(&self, floor: u64) -> Vec<u64> {
@@ -613,6 +654,8 @@ impl Consumer {
         inner.deliveries.retain(|&s, _| s <= floor);
         inner.loaded_through = inner.loaded_through.min(floor);
         inner.delivered_through = inner.delivered_through.min(floor);
+        // Saved again under the new seek count, even if it did not move.
+        inner.mark_saved = u64::MAX;
         inner.epoch += 1;
         for a in &mut inner.attachments {
             a.held = 0;
@@ -680,11 +723,12 @@ impl Consumers {
         all
     }
 
-    /// Delivered-through marks that moved since they were last taken, to save.
-    pub fn take_marks(&self) -> Vec<(String, u64)> {
+    /// Delivered-through marks `(name, seeks, through)` that moved since they were last
+    /// taken, to save.
+    pub fn take_marks(&self) -> Vec<(String, u64, u64)> {
         let all: Vec<Arc<Consumer>> = self.lock().values().cloned().collect();
         all.iter()
-            .filter_map(|c| c.take_mark().map(|m| (c.name.clone(), m)))
+            .filter_map(|c| c.take_mark().map(|(seeks, m)| (c.name.clone(), seeks, m)))
             .collect()
     }
 
@@ -731,17 +775,32 @@ impl Consumers {
                     changes.saved.push(name.clone());
                 }
             }
+            Record::AckedV1 {
+                consumer,
+                seqs,
+                floor,
+                kind,
+            } => self.settle(consumer, seqs, *floor, *kind, None, changes),
             Record::Acked {
                 consumer,
                 seqs,
                 floor,
                 kind,
-            } => {
+                seeks,
+            } => self.settle(consumer, seqs, *floor, *kind, Some(*seeks), changes),
+            Record::DeadLetter { consumer, seq, .. } => {
                 if let Some(c) = self.get(consumer) {
-                    for seq in c.apply_settle(seqs, *floor, *kind) {
+                    let floor = c.lock().state.floor;
+                    for seq in c.apply_settle(&[*seq], floor, Settle::DeadLetter, None) {
                         changes.settled.push((consumer.clone(), seq));
                     }
                     changes.saved.push(consumer.clone());
+                }
+            }
+            Record::GapReported { name, to } => {
+                if let Some(c) = self.get(name) {
+                    c.lock().state.gap_reported(*to);
+                    changes.saved.push(name.clone());
                 }
             }
             Record::ConsumerSeek { name, floor } => {
@@ -760,11 +819,18 @@ impl Consumers {
                     changes.saved.push(name.clone());
                 }
             }
+            // Replay may start here (older segments removed): add what is not known yet.
+            // Otherwise every consumer is known and already in exactly this state.
             Record::Checkpoint { consumers } => {
-                // Replay may start here (older segments removed): add what is not known yet.
-                // Otherwise every consumer is known and already in exactly this state.
                 for (name, state) in consumers {
                     if self.insert(name, state.clone(), BTreeMap::new()) {
+                        changes.saved.push(name.clone());
+                    }
+                }
+            }
+            Record::CheckpointV1 { consumers } => {
+                for (name, state) in consumers {
+                    if self.insert(name, state.clone().into(), BTreeMap::new()) {
                         changes.saved.push(name.clone());
                     }
                 }
@@ -775,6 +841,23 @@ impl Consumers {
                     changes.deleted.push(name.clone());
                 }
             }
+        }
+    }
+
+    fn settle(
+        &self,
+        consumer: &str,
+        seqs: &[u64],
+        floor: u64,
+        kind: Settle,
+        seeks: Option<u64>,
+        changes: &mut Changes,
+    ) {
+        if let Some(c) = self.get(consumer) {
+            for seq in c.apply_settle(seqs, floor, kind, seeks) {
+                changes.settled.push((consumer.to_owned(), seq));
+            }
+            changes.saved.push(consumer.to_owned());
         }
     }
 

@@ -27,6 +27,33 @@ use crate::log::{
 use crate::metrics;
 use crate::state::{ConsumerState, StateView, ViewSender, ViewUpdate};
 
+/// The most a checkpoint record holds before the next one starts: well under the record
+/// limit readers enforce, so thousands of consumers with long pattern lists never make a
+/// record no reader accepts.
+const CHECKPOINT_RECORD_BYTES: usize = 16 << 20;
+
+/// Every consumer's state as `Checkpoint` records of at most [`CHECKPOINT_RECORD_BYTES`]
+/// each (always at least one, so a segment's first record is a checkpoint).
+pub fn checkpoint_records(all: Vec<(String, ConsumerState)>) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0usize;
+    for (name, state) in all {
+        let size = name.len()
+            + crate::codec::encode(&state).map_or(CHECKPOINT_RECORD_BYTES, |body| body.len());
+        if !part.is_empty() && bytes + size > CHECKPOINT_RECORD_BYTES {
+            records.push(Record::Checkpoint {
+                consumers: std::mem::take(&mut part),
+            });
+            bytes = 0;
+        }
+        bytes += size;
+        part.push((name, state));
+    }
+    records.push(Record::Checkpoint { consumers: part });
+    records
+}
+
 /// A connection's bounded outbound queue, and the way to have the connection closed when a
 /// subscriber stays too slow to drain it.
 #[derive(Clone)]
@@ -489,6 +516,8 @@ pub struct DurableDelivery {
     pub source: EventSource,
     pub state: StateView,
     pub log: AppendLog,
+    /// The end of the last gap this subscription told its subscriber of.
+    pub gap_told: u64,
 }
 
 enum Flow {
@@ -502,11 +531,18 @@ impl DurableDelivery {
     /// and redelivers what comes due (ack wait, nack, a shared peer that left).
     pub async fn run(mut self) {
         let mut backlog: VecDeque<Arc<Event>> = VecDeque::new();
+        let mut check_gap = true;
         loop {
+            if std::mem::take(&mut check_gap) {
+                if let Flow::Stop = self.tell_gap().await {
+                    return;
+                }
+            }
             let now = Instant::now();
             if self.consumer.start().0 != self.epoch {
                 backlog.clear();
                 self.restart();
+                check_gap = true;
                 continue;
             }
             if let Some(seq) = self.consumer.next_due(self.generation, now) {
@@ -532,6 +568,7 @@ impl DurableDelivery {
                     Flow::Restart => {
                         backlog.clear();
                         self.restart();
+                        check_gap = true;
                         continue;
                     }
                 }
@@ -553,6 +590,7 @@ impl DurableDelivery {
                     Flow::Restart => {
                         backlog.clear();
                         self.restart();
+                        check_gap = true;
                     }
                 }
                 continue;
@@ -599,14 +637,21 @@ impl DurableDelivery {
                     metrics::redelivered().increment(1);
                 }
                 let name = &self.consumer.name;
-                if count > 1 {
-                    if let Err(e) = self.state.set_delivery(name, ev.seq, count) {
-                        tracing::warn!(consumer = name, error = %e, "delivery count not saved");
-                    }
-                }
                 let frame = event_frame(&self.sub, Some(name), ev, count);
                 match self.outbound.deliver(frame).await {
-                    Delivered::Sent => Flow::Continue,
+                    Delivered::Sent => {
+                        self.consumer.handed_over(ev.seq, count);
+                        if count > 1 {
+                            // A sled insert is blocking I/O: off the runtime's workers.
+                            let (state, name, seq) = (self.state.clone(), name.clone(), ev.seq);
+                            tokio::task::spawn_blocking(move || {
+                                if let Err(e) = state.set_delivery(&name, seq, count) {
+                                    tracing::warn!(consumer = name, error = %e, "delivery count not saved");
+                                }
+                            });
+                        }
+                        Flow::Continue
+                    }
                     Delivered::Closed => Flow::Stop,
                     Delivered::TooSlow => {
                         // Nothing is lost: the consumer resumes from its settled state.
@@ -626,7 +671,7 @@ impl DurableDelivery {
     }
 
     /// Moves an event that was delivered `max_deliver` times to `dead.<consumer>` and settles
-    /// it, both in one append.
+    /// it, as one record. A failed append (a full disk) is tried again a second later.
     async fn dead_letter(&self, ev: &Event, deliveries: u32) {
         let name = &self.consumer.name;
         let payload = DeadLetter {
@@ -638,29 +683,70 @@ impl DurableDelivery {
             payload: &ev.payload,
         }
         .to_json();
-        let floor = self.consumer.floor_for_settle(&[ev.seq]);
-        let entries = vec![
-            Entry::Events(vec![NewEvent {
+        let entry = Entry::DeadLetter {
+            consumer: name.clone(),
+            seq: ev.seq,
+            event: NewEvent {
                 topic: dead_letter_topic(name),
                 payload,
                 time_ms: now_ms(),
                 msg_id: None,
-            }]),
-            Entry::Acked {
-                consumer: name.clone(),
-                seqs: vec![ev.seq],
-                floor,
-                kind: Settle::DeadLetter,
             },
-        ];
-        match self.log.append(entries).await {
-            Ok(_) => tracing::info!(consumer = name, seq = ev.seq, deliveries, "dead-lettered"),
+        };
+        let stored = match self.log.append(vec![entry]).await {
+            Ok(_) => {
+                tracing::info!(consumer = name, seq = ev.seq, deliveries, "dead-lettered");
+                true
+            }
             Err(e) => {
-                tracing::error!(consumer = name, seq = ev.seq, error = %e, "dead-lettering failed")
+                tracing::error!(consumer = name, seq = ev.seq, error = %e, "dead-lettering failed; trying again shortly");
+                false
+            }
+        };
+        self.consumer
+            .dead_letter_done(ev.seq, stored, DEAD_LETTER_RETRY, Instant::now());
+    }
+
+    /// Tells the subscriber of a gap retention made that no subscriber was told of yet,
+    /// waiting for room in its queue like an event, and records that it was told.
+    async fn tell_gap(&mut self) -> Flow {
+        let Some((from, to)) = self.consumer.untold_gap() else {
+            return Flow::Continue;
+        };
+        if to <= self.gap_told {
+            return Flow::Continue;
+        }
+        let notice = Reply::Gap {
+            consumer: self.consumer.name.clone(),
+            from,
+            to,
+        };
+        match self.outbound.deliver(Message::text(notice.to_json())).await {
+            Delivered::Sent => {}
+            Delivered::Closed => return Flow::Stop,
+            Delivered::TooSlow => {
+                self.outbound.evict(format!(
+                    "slow consumer: nothing read for {:?}; reconnect to resume",
+                    self.outbound.slow_limit()
+                ));
+                return Flow::Stop;
             }
         }
+        self.gap_told = to;
+        let entry = Entry::GapReported {
+            name: self.consumer.name.clone(),
+            to,
+        };
+        if let Err(e) = self.log.append(vec![entry]).await {
+            // Told, but not recorded: the next subscriber may be told once more.
+            tracing::warn!(consumer = self.consumer.name, error = %e, "gap notice not recorded");
+        }
+        Flow::Continue
     }
 }
+
+/// How soon a dead letter whose append failed is tried again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
@@ -734,10 +820,8 @@ impl Committer {
 }
 
 impl CommitSink for Committer {
-    fn checkpoint(&mut self) -> Record {
-        Record::Checkpoint {
-            consumers: self.consumers.snapshot(),
-        }
+    fn checkpoint(&mut self) -> Vec<Record> {
+        checkpoint_records(self.consumers.snapshot())
     }
 
     fn gaps(&mut self, first_seq: u64) -> Vec<Record> {
@@ -766,9 +850,14 @@ impl CommitSink for Committer {
                 };
                 counter.increment(seqs.len() as u64);
             }
+            if let Record::DeadLetter { .. } = &rec {
+                metrics::dead_lettered().increment(1);
+            }
             self.consumers.apply(&rec, &mut changes);
-            if let Record::Events(batch) = rec {
-                events.extend(batch.into_iter().map(Arc::new));
+            match rec {
+                Record::Events(batch) => events.extend(batch.into_iter().map(Arc::new)),
+                Record::DeadLetter { event, .. } => events.push(Arc::new(event)),
+                _ => {}
             }
         }
         for gone in changes.evicted.drain(..) {

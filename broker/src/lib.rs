@@ -26,6 +26,7 @@ pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod settled;
 pub mod shutdown;
 pub mod state;
 pub mod store;

@@ -788,15 +788,6 @@ impl Session {
             start_seq: Some(from),
         })
         .await?;
-        if let Some((from, to)) = consumer.take_unreported_gap() {
-            let name = consumer.name.clone();
-            self.send_now(Reply::Gap {
-                consumer: name,
-                from,
-                to,
-            })
-            .await?;
-        }
         let delivery = DurableDelivery {
             consumer: consumer.clone(),
             generation: attached.generation,
@@ -812,6 +803,7 @@ impl Session {
             ),
             state: self.ctx.store.state.clone(),
             log: self.ctx.store.log.clone(),
+            gap_told: 0,
         };
         let task = tokio::spawn(delivery.run());
         ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
@@ -850,12 +842,13 @@ impl Session {
                 .send(Reply::error(id, ErrorCode::BadRequest, message))
                 .await;
         }
-        let floor = consumer.floor_for_settle(&seqs);
+        let (floor, seeks) = consumer.floor_for_settle(&seqs);
         let entry = Entry::Acked {
             consumer: name,
             seqs,
             floor,
             kind,
+            seeks,
         };
         self.submit(vec![entry], id, |id, _| match id {
             Some(id) => Completion::Reply(Reply::Ok { id: Some(id) }),
@@ -941,9 +934,13 @@ impl Session {
             topics: info.patterns,
             mode: mode_name(info.mode).to_owned(),
             ack_floor: info.ack_floor,
-            acked_above_floor: info.acked_above_floor as u64,
+            acked_above_floor: info.acked_above_floor,
             ack_pending: info.ack_pending as u64,
-            lag: head.saturating_sub(info.ack_floor),
+            // Events still to settle (above the floor and not acked), not the distance from
+            // the floor: one poison event must not make a caught-up consumer look behind.
+            lag: head
+                .saturating_sub(info.ack_floor)
+                .saturating_sub(info.acked_above_floor),
             redelivered: info.redelivered as u64,
             terminated: info.terminated,
             dead_lettered: info.dead_lettered,

@@ -8,14 +8,15 @@
 //! rebuilt from the log. Delivery counts are written straight to sled and flushed in the
 //! background, so after a crash they may trail by one flush interval; they never overcount.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::codec;
-use crate::log::{Position, Settle};
+use crate::log::Position;
+pub use crate::settled::ConsumerState;
 
 const CONSUMER: u8 = b'c';
 const DELIVERY: u8 = b'd';
@@ -42,74 +43,6 @@ pub enum StateError {
     },
 }
 
-/// What a durable consumer has settled: every matching event at or below `floor`, plus the
-/// sparse set `acked` above it. Stays small however long the consumer lives.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConsumerState {
-    pub patterns: Vec<String>,
-    pub floor: u64,
-    pub acked: BTreeSet<u64>,
-    /// Events settled with `term`.
-    pub terminated: u64,
-    /// Events moved to the dead-letter topic.
-    pub dead_lettered: u64,
-    /// Seqs removed by retention before they were settled (matching or not).
-    pub gapped: u64,
-}
-
-impl ConsumerState {
-    pub fn new(patterns: Vec<String>, floor: u64) -> ConsumerState {
-        ConsumerState {
-            patterns,
-            floor,
-            ..ConsumerState::default()
-        }
-    }
-
-    /// Applies one `Acked` record.
-    pub fn apply_settle(&mut self, seqs: &[u64], floor: u64, kind: Settle) {
-        let fresh = seqs.iter().filter(|&&s| !self.is_acked(s)).count() as u64;
-        match kind {
-            Settle::Ack => {}
-            Settle::Term => self.terminated += fresh,
-            Settle::DeadLetter => self.dead_lettered += fresh,
-        }
-        self.floor = self.floor.max(floor);
-        self.acked
-            .extend(seqs.iter().copied().filter(|&s| s > self.floor));
-        while self.acked.first() == Some(&(self.floor + 1)) {
-            self.acked.pop_first();
-            self.floor += 1;
-        }
-        let floor = self.floor;
-        self.acked.retain(|&s| s > floor);
-    }
-
-    pub fn is_acked(&self, seq: u64) -> bool {
-        seq <= self.floor || self.acked.contains(&seq)
-    }
-
-    /// Applies a `ConsumerGap` record: `from..=to` are gone; returns whether it moved the floor.
-    pub fn gap(&mut self, from: u64, to: u64) -> bool {
-        if to <= self.floor {
-            return false;
-        }
-        let from = from.max(self.floor + 1);
-        let settled = self.acked.range(from..=to).count() as u64;
-        self.gapped += (to - from + 1).saturating_sub(settled);
-        self.floor = to;
-        let floor = self.floor;
-        self.acked.retain(|&s| s > floor);
-        true
-    }
-
-    /// Applies a `ConsumerSeek` record: everything above `floor` is unsettled again.
-    pub fn seek(&mut self, floor: u64) {
-        self.floor = floor;
-        self.acked.clear();
-    }
-}
-
 /// How long the view's writer gathers commits into one sled batch.
 const GATHER: Duration = Duration::from_millis(20);
 
@@ -124,8 +57,19 @@ pub struct ViewUpdate {
     pub applied: Position,
 }
 
-/// Hands [`ViewUpdate`]s to the view's writer thread.
-pub struct ViewSender(std::sync::mpsc::Sender<ViewUpdate>);
+/// Hands [`ViewUpdate`]s to the view's writer thread. The queue is bounded: a view writer
+/// that falls that far behind slows commits down instead of holding unbounded memory.
+pub struct ViewSender(std::sync::mpsc::SyncSender<ViewUpdate>);
+
+/// Commits that may wait for the view's writer.
+const VIEW_QUEUE: usize = 4096;
+
+/// Failed updates kept to retry with the next batch; past this the writer stops saving, and
+/// the view keeps the last position it reached (a restart replays the log from there).
+const MAX_RETRIED: usize = 65_536;
+
+/// Set-aside views kept for inspection; older ones are removed.
+const SET_ASIDE_KEPT: usize = 2;
 
 impl ViewSender {
     pub fn send(&self, update: ViewUpdate) {
@@ -175,6 +119,9 @@ impl StateView {
             path: path.to_owned(),
             source,
         })?;
+        if let Some(dir) = path.parent() {
+            remove_old_set_asides(dir);
+        }
         Ok(Some(aside))
     }
 
@@ -229,8 +176,8 @@ impl StateView {
         Ok(out)
     }
 
-    /// Each consumer's delivered-through mark.
-    pub fn delivered_marks(&self) -> Result<HashMap<String, u64>, StateError> {
+    /// Each consumer's delivered-through mark, with the seek count it was saved under.
+    pub fn delivered_marks(&self) -> Result<HashMap<String, (u64, u64)>, StateError> {
         let mut out = HashMap::new();
         for item in self.db.scan_prefix([MARK, 0]) {
             let (k, v) = item.map_err(|e| self.sled_err(e))?;
@@ -244,13 +191,13 @@ impl StateView {
     /// one number per consumer stands for every count of 1: only redeliveries (count ≥ 2)
     /// need a key of their own, and the replay path touches sled once per batch, not once
     /// per event.
-    pub fn save_marks(&self, marks: &[(String, u64)]) -> Result<(), StateError> {
+    pub fn save_marks(&self, marks: &[(String, u64, u64)]) -> Result<(), StateError> {
         if marks.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for (name, through) in marks {
-            batch.insert(mark_key(name), self.encode(through)?);
+        for (name, seeks, through) in marks {
+            batch.insert(mark_key(name), self.encode(&(*seeks, *through))?);
         }
         self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
     }
@@ -289,15 +236,20 @@ impl StateView {
     /// Commits within `GATHER` of each other go into one batch. The
     /// thread ends once every sender is dropped and the queue is drained.
     pub fn start_writer(&self) -> Result<(ViewSender, std::thread::JoinHandle<()>), StateError> {
-        let (tx, rx) = std::sync::mpsc::channel::<ViewUpdate>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ViewUpdate>(VIEW_QUEUE);
         let view = self.clone();
         let thread = std::thread::Builder::new()
             .name("wharf-state".into())
             .spawn(move || {
+                let mut updates = Vec::new();
+                let mut gave_up = false;
                 while let Ok(first) = rx.recv() {
+                    if gave_up {
+                        continue;
+                    }
                     // Gather for a moment: each sled batch wakes sled's I/O threads, which
                     // showed at ~8% of the broker's samples during a replay with acks.
-                    let mut updates = vec![first];
+                    updates.push(first);
                     let until = std::time::Instant::now() + GATHER;
                     while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
                         match rx.recv_timeout(left) {
@@ -305,9 +257,18 @@ impl StateView {
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = view.save(&updates) {
-                        // The log is the truth; the view is rebuilt from it at the next start.
-                        tracing::error!(error = %e, "state view update failed; it will be rebuilt from the log");
+                    match view.save(&updates) {
+                        Ok(()) => updates.clear(),
+                        // Kept and saved with the next batch: a later position must never be
+                        // saved over changes that did not reach sled.
+                        Err(e) if updates.len() < MAX_RETRIED => {
+                            tracing::error!(error = %e, pending = updates.len(), "state view update failed; retrying with the next one");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "state view updates keep failing; the view stays where it was and is replayed from the log at the next start");
+                            updates.clear();
+                            gave_up = true;
+                        }
                     }
                 }
             })
@@ -338,6 +299,35 @@ impl StateView {
             key: "(encoding)".into(),
             source,
         })
+    }
+}
+
+/// Keeps the newest [`SET_ASIDE_KEPT`] set-aside views in `dir` and removes the rest.
+fn remove_old_set_asides(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut asides: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("state.set-aside-"))
+        })
+        .collect();
+    // The stamp is a fixed-width ms count for centuries: names sort by age.
+    asides.sort();
+    let excess = asides.len().saturating_sub(SET_ASIDE_KEPT);
+    for old in asides.drain(..excess) {
+        match std::fs::remove_dir_all(&old) {
+            Ok(()) => {
+                tracing::info!(removed = %old.display(), kept = SET_ASIDE_KEPT, "removed an old set-aside state view")
+            }
+            Err(e) => {
+                tracing::warn!(path = %old.display(), error = %e, "cannot remove an old set-aside state view")
+            }
+        }
     }
 }
 
@@ -374,28 +364,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn acked_state_compacts_into_the_floor() {
-        let mut s = ConsumerState::new(vec!["a".into()], 0);
-        s.apply_settle(&[2, 3], 0, Settle::Ack);
-        assert_eq!((s.floor, s.acked.len()), (0, 2));
-        s.apply_settle(&[1], 0, Settle::Ack);
-        assert_eq!((s.floor, s.acked.len()), (3, 0));
-        s.apply_settle(&[9], 5, Settle::Term);
-        s.apply_settle(&[9], 5, Settle::Term);
-        assert_eq!((s.floor, s.terminated), (5, 1));
-        assert!(s.is_acked(9) && s.is_acked(4) && !s.is_acked(6));
-        s.seek(2);
-        assert!(!s.is_acked(3) && !s.is_acked(9) && s.is_acked(2));
-    }
-
-    #[test]
     fn view_round_trips_through_sled() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
         let view = StateView::open(&path, Duration::from_millis(100)).unwrap();
         assert_eq!(view.applied().unwrap(), None);
         let mut s = ConsumerState::new(vec!["orders.>".into()], 0);
-        s.apply_settle(&[4], 2, Settle::Ack);
+        s.apply_settle(&[4], Some(2), crate::settled::Settle::Ack);
         view.set_delivery("c-1", 4, 2).unwrap();
         view.set_delivery("c-1", 5, 1).unwrap();
         let pos = Position {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::config::{Config, Durability};
 use crate::consumers::{Changes, Consumers};
 use crate::delivery::{Committer, Feed, TopicStat};
-use crate::log::{self, AppendLog, LogError, LogOptions, Position, Record, Recovery, Retention};
+use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery, Retention};
 use crate::state::{ConsumerState, StateError, StateView, ViewUpdate};
 use crate::BrokerError;
 
@@ -26,8 +26,8 @@ pub struct Store {
 }
 
 /// Replays the log into `consumers` from `applied` on, collecting what changed. Returns the
-/// recovery and whether `applied` was found on a record boundary of the log (a view that
-/// claims a position the log does not have is stale).
+/// recovery and whether `applied` was found in the log: at a record's end, or at the start
+/// of a segment (a view saved while the newest segment was still empty).
 fn replay(
     log_dir: &Path,
     applied: Option<Position>,
@@ -37,18 +37,41 @@ fn replay(
 ) -> Result<(Recovery, bool), LogError> {
     let mut found = applied.is_none();
     topics.clear();
-    let recovery = log::recover(log_dir, |rec, pos| {
-        if let Record::Events(events) = rec {
-            for ev in events {
+    let checkpoint_of =
+        |consumers: &Consumers| crate::delivery::checkpoint_records(consumers.snapshot());
+    // Whether `consumers` hold exactly the state at the current point of the scan, as a
+    // segment that lacks its checkpoint needs: only once the view's position is behind us.
+    let exact_at = std::cell::Cell::new(applied.is_none());
+    let recovery = log::recover(
+        log_dir,
+        |rec, pos| {
+            for ev in rec.events() {
                 topics.entry(ev.topic.clone()).or_default().add(ev);
             }
-        }
-        match applied {
-            Some(a) if pos <= a => found |= pos == a,
-            _ => consumers.apply(rec, changes),
-        }
-        Ok(())
-    })?;
+            match applied {
+                Some(a) if pos <= a => {
+                    found |= pos == a;
+                    exact_at.set(pos == a);
+                }
+                _ => {
+                    exact_at.set(true);
+                    consumers.apply(rec, changes);
+                }
+            }
+            Ok(())
+        },
+        |base| {
+            let at_start = Position {
+                segment: base,
+                offset: 0,
+            };
+            let ready = exact_at.get() || applied.is_some_and(|a| a == at_start);
+            ready.then(|| checkpoint_of(consumers))
+        },
+    )?;
+    if let Some(a) = applied {
+        found |= a.offset == 0 && recovery.segments.iter().any(|m| m.base == a.segment);
+    }
     Ok((recovery, found))
 }
 
@@ -68,8 +91,8 @@ fn load(view: &StateView) -> Result<(Option<Position>, Consumers), StateError> {
         let mut counts = deliveries.remove(&name).unwrap_or_default();
         counts.retain(|&seq, _| !state.is_acked(seq));
         registry.insert(&name, state, counts);
-        if let (Some(c), Some(&mark)) = (registry.get(&name), marks.get(&name)) {
-            c.set_loaded_through(mark);
+        if let (Some(c), Some(&(seeks, mark))) = (registry.get(&name), marks.get(&name)) {
+            c.set_loaded_through(seeks, mark);
         }
     }
     Ok((applied, registry))
@@ -131,16 +154,40 @@ impl Store {
         let mut topics = BTreeMap::new();
         let (mut recovery, found) =
             replay(&log_dir, applied, &registry, &mut changes, &mut topics)?;
-        if !found {
+        let stale = if !found {
+            Some(format!(
+                "it reflects log position {applied:?}, which the log does not have"
+            ))
+        } else {
+            recovery
+                .unanchored
+                .as_ref()
+                .filter(|_| applied.is_some())
+                .map(|path| {
+                    format!(
+                        "{} lacks its checkpoint; a replay from the oldest segment writes it",
+                        path.display()
+                    )
+                })
+        };
+        if let Some(why) = stale {
             drop(view);
-            view = rebuild_view(
-                &state_dir,
-                config,
-                &format!("it reflects log position {applied:?}, which the log does not have"),
-            )?;
+            view = rebuild_view(&state_dir, config, &why)?;
             registry = Consumers::default();
             changes = Changes::default();
             recovery = replay(&log_dir, None, &registry, &mut changes, &mut topics)?.0;
+        }
+        if let Some(path) = &recovery.unanchored {
+            // The oldest segment left does not start with a checkpoint: the consumers' state
+            // before it is gone with the segments retention removed.
+            if !config.repair {
+                return Err(BrokerError::Log(LogError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: "the oldest segment does not start with a checkpoint, so consumers' state cannot be rebuilt (wharf serve --repair starts without what it lacks)".into(),
+                }));
+            }
+            tracing::error!(segment = %path.display(), "repair: the oldest segment lacks its checkpoint; consumers created before it are lost");
         }
         let states: Vec<(String, ConsumerState)> = registry
             .names()

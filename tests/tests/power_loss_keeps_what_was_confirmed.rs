@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use wharf_broker::log::{self, Position, Record};
+use wharf_broker::log::{self, Position};
 use wharf_tests::{data_dir, seed_from_clock, Broker, WAIT};
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -96,15 +96,17 @@ async fn a_prefix_of_the_log_that_holds_every_confirmed_event_recovers_them_all(
         let newest = promised.values().copied().max().unwrap();
         let mut synced_to: Option<Position> = None;
         let mut ends: Vec<Position> = Vec::new();
-        log::recover(&copy.join("log"), |rec, pos| {
-            if let Record::Events(events) = rec {
-                if events.iter().any(|e| e.seq == newest) {
+        log::recover(
+            &copy.join("log"),
+            |rec, pos| {
+                if rec.events().iter().any(|e| e.seq == newest) {
                     synced_to = Some(pos);
                 }
-            }
-            ends.push(pos);
-            Ok(())
-        })
+                ends.push(pos);
+                Ok(())
+            },
+            |_| None,
+        )
         .unwrap();
         let synced_to = synced_to.expect("the newest confirmed event is in the copy");
 

@@ -155,7 +155,7 @@ async fn consumers_can_be_inspected_and_deleted() {
     assert_eq!(info["ack_floor"], 1);
     assert_eq!(info["acked_above_floor"], 1);
     assert_eq!(info["ack_pending"], 2);
-    assert_eq!(info["lag"], 3);
+    assert_eq!(info["lag"], 2, "events still to settle: 2 and 4");
     assert_eq!(info["attached"], 1);
 
     let mut admin = broker.client().await;

@@ -85,6 +85,20 @@ pub enum Entry {
         seqs: Vec<u64>,
         floor: u64,
         kind: Settle,
+        /// The consumer's seek count when `floor` was computed.
+        seeks: u64,
+    },
+    /// A subscriber was told of the consumer's gap through `to`.
+    GapReported {
+        name: String,
+        to: u64,
+    },
+    /// Moves `seq` of `consumer` to its dead-letter topic as `event`, settling it, in one
+    /// record.
+    DeadLetter {
+        consumer: String,
+        seq: u64,
+        event: NewEvent,
     },
     ConsumerSeek {
         name: String,
@@ -126,8 +140,9 @@ pub enum Receipt {
 /// supplies the records the writer adds on its own.
 pub trait CommitSink: Send + 'static {
     fn committed(&mut self, records: Vec<Record>, end: Position);
-    /// A `Checkpoint` of every consumer's state, written at the start of each new segment.
-    fn checkpoint(&mut self) -> Record;
+    /// `Checkpoint` records holding every consumer's state, written at the start of each new
+    /// segment (several when one would be over the record size limit).
+    fn checkpoint(&mut self) -> Vec<Record>;
     /// `ConsumerGap` records for consumers whose floor is below `first_seq`, the oldest seq
     /// the log still holds.
     fn gaps(&mut self, first_seq: u64) -> Vec<Record>;
@@ -147,13 +162,48 @@ pub struct Recovery {
     /// `(time_ms, msg_id, seq)` of every stored event that carries a msg_id, oldest first;
     /// the writer keeps those inside the dedup window.
     pub msg_ids: Vec<(u64, String, u64)>,
+    /// The newest event time stored: new events are never stamped earlier, so event times
+    /// only grow even when the wall clock steps back.
+    pub last_time_ms: u64,
+    /// A segment that does not start with a checkpoint and could not be given one, so the
+    /// consumers' state cannot be rebuilt from it: it needs a replay from an older segment
+    /// (or, when it is the oldest left, that state is lost).
+    pub unanchored: Option<PathBuf>,
+}
+
+/// Written at a clean stop: the last segment and its synced length. While it is there, any
+/// damage at the end of the log is damage to confirmed data, not a torn write.
+const CLEAN_STOP_FILE: &str = "CLEAN";
+
+fn read_clean_stop(dir: &Path) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(dir.join(CLEAN_STOP_FILE)).ok()?;
+    let (base, len) = text.trim().split_once(' ')?;
+    Some((base.parse().ok()?, len.parse().ok()?))
+}
+
+/// Records a clean stop (see [`CLEAN_STOP_FILE`]).
+pub(crate) fn write_clean_stop(dir: &Path, base: u64, len: u64) -> Result<(), LogError> {
+    let path = dir.join(CLEAN_STOP_FILE);
+    let written = (|| {
+        let mut file = fs::File::create(&path)?;
+        io::Write::write_all(&mut file, format!("{base} {len}\n").as_bytes())?;
+        file.sync_all()
+    })();
+    written.map_err(|e| LogError::io(&path, e))?;
+    segment::sync_dir(dir)
 }
 
 /// Scans every segment in `dir` (creating it if needed), verifies every record, cuts a torn
 /// tail off the last segment and calls `visit` with each record and the position after it.
+///
+/// Every segment but the very first of the log (base 1) must start with a checkpoint. One
+/// that does not (a crash while an older build started it) is given one: `checkpoint_for`
+/// is asked for the consumers' state as of the end of the segment before, which the caller
+/// knows when it replays everything before it; an empty one is removed when it cannot.
 pub fn recover(
     dir: &Path,
     mut visit: impl FnMut(&Record, Position) -> Result<(), LogError>,
+    mut checkpoint_for: impl FnMut(u64) -> Option<Vec<Record>>,
 ) -> Result<Recovery, LogError> {
     if !dir.exists() {
         fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
@@ -161,30 +211,44 @@ pub fn recover(
             segment::sync_dir(parent)?;
         }
     }
+    let clean_stop = read_clean_stop(dir);
     let files = segment::list(dir)?;
     let mut segments = Vec::with_capacity(files.len());
     let mut next_seq = 1u64;
+    let mut last_time_ms = 0u64;
     let mut torn_tail = None;
+    let mut unanchored = None;
     let mut msg_ids = Vec::new();
     let count = files.len();
     for (i, (base, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == count;
+        if base > 1 && segment::first_record(&path)? == segment::FirstRecord::Other {
+            match (i > 0).then(|| checkpoint_for(base)).flatten() {
+                Some(checkpoint) => {
+                    segment::prepend(&path, &checkpoint)?;
+                    tracing::warn!(segment = %path.display(), "segment did not start with a checkpoint; one was written in front of it");
+                }
+                None => {
+                    tracing::warn!(segment = %path.display(), "segment does not start with a checkpoint");
+                    unanchored.get_or_insert(path.clone());
+                }
+            }
+        }
         let mut meta = SegmentMeta::new(base, path.clone());
         let (valid_len, end) = segment::scan(&path, is_last, |rec, start, end| {
-            if let Record::Events(events) = &rec {
-                for ev in events {
-                    if ev.seq < next_seq {
-                        return Err(LogError::Corrupt {
-                            path: path.clone(),
-                            offset: start,
-                            reason: format!("event seq {} after seq {}", ev.seq, next_seq - 1),
-                        });
-                    }
-                    meta.note_event(ev.seq, ev.time_ms, start);
-                    next_seq = ev.seq + 1;
-                    if let Some(msg_id) = &ev.msg_id {
-                        msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
-                    }
+            for ev in rec.events() {
+                if ev.seq < next_seq {
+                    return Err(LogError::Corrupt {
+                        path: path.clone(),
+                        offset: start,
+                        reason: format!("event seq {} after seq {}", ev.seq, next_seq - 1),
+                    });
+                }
+                meta.note_event(ev.seq, ev.time_ms, start);
+                next_seq = ev.seq + 1;
+                last_time_ms = last_time_ms.max(ev.time_ms);
+                if let Some(msg_id) = &ev.msg_id {
+                    msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
                 }
             }
             visit(
@@ -196,6 +260,13 @@ pub fn recover(
             )
         })?;
         if let ScanEnd::TornTail { offset, reason } = end {
+            if clean_stop.is_some() {
+                return Err(LogError::Corrupt {
+                    path: path.clone(),
+                    offset,
+                    reason: format!("{reason}, in data confirmed before the last clean stop"),
+                });
+            }
             tracing::warn!(
                 segment = %path.display(),
                 offset,
@@ -205,8 +276,54 @@ pub fn recover(
             segment::truncate(&path, valid_len)?;
             torn_tail = Some(format!("{} at byte {offset}: {reason}", path.display()));
         }
+        if is_last && i > 0 && valid_len == 0 {
+            // Started but never given its checkpoint (a crash, or a torn checkpoint just cut):
+            // give it one now, or remove it, so nothing is ever appended to it without one.
+            match checkpoint_for(base) {
+                Some(checkpoint) => {
+                    segment::prepend(&path, &checkpoint)?;
+                    for rec in &checkpoint {
+                        let mut framed = Vec::new();
+                        record::frame_into(rec, &mut framed)
+                            .map_err(|e| LogError::Encode(e.to_string()))?;
+                        meta.synced_len += framed.len() as u64;
+                        visit(
+                            rec,
+                            Position {
+                                segment: base,
+                                offset: meta.synced_len,
+                            },
+                        )?;
+                    }
+                    segments.push(meta);
+                    continue;
+                }
+                None => {
+                    fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+                    segment::sync_dir(dir)?;
+                    tracing::warn!(segment = %path.display(), "removed an empty segment that a crash left without its checkpoint");
+                    continue;
+                }
+            }
+        }
+        if let Some((clean_base, clean_len)) = clean_stop {
+            if is_last && (clean_base != base || valid_len < clean_len) {
+                return Err(LogError::Corrupt {
+                    path: path.clone(),
+                    offset: valid_len,
+                    reason: format!(
+                        "the log ends here, but it held segment {clean_base} up to byte {clean_len} at the last clean stop"
+                    ),
+                });
+            }
+        }
         meta.synced_len = valid_len;
         segments.push(meta);
+    }
+    if clean_stop.is_some() {
+        let path = dir.join(CLEAN_STOP_FILE);
+        fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+        segment::sync_dir(dir)?;
     }
     let end = segments
         .last()
@@ -224,6 +341,8 @@ pub fn recover(
         end,
         torn_tail,
         msg_ids,
+        last_time_ms,
+        unanchored,
     })
 }
 
@@ -293,20 +412,13 @@ impl AppendLog {
     /// Starts the writer thread after [`recover`].
     pub fn start(
         dir: &Path,
-        recovery: Recovery,
+        mut recovery: Recovery,
         options: LogOptions,
         sink: Box<dyn CommitSink>,
     ) -> Result<AppendLog, LogError> {
         let (tx, rx) = mpsc::channel(options.queue_depth.max(1));
-        let table: SegmentTable = Arc::new(RwLock::new(recovery.segments));
-        let writer = writer::Writer::open(
-            dir,
-            table.clone(),
-            recovery.next_seq,
-            recovery.msg_ids,
-            options,
-            sink,
-        )?;
+        let table: SegmentTable = Arc::new(RwLock::new(std::mem::take(&mut recovery.segments)));
+        let writer = writer::Writer::open(dir, table.clone(), &recovery, options, sink)?;
         std::thread::Builder::new()
             .name("wharf-log-writer".into())
             .spawn(move || writer.run(rx))

@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::settled::SeqRanges;
+pub use crate::settled::{ConsumerState, Settle};
 
 pub const HEADER_LEN: usize = 12;
 /// The largest body a record may have; also the decode limit.
@@ -29,17 +31,10 @@ pub struct Event {
     pub frame_body: std::sync::OnceLock<wharf_protocol::EventBody>,
 }
 
-/// How a consumer settled events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Settle {
-    Ack,
-    /// The consumer gave up on them: never redelivered, counted.
-    Term,
-    /// Delivered `max_deliver` times; moved to the dead-letter topic.
-    DeadLetter,
-}
-
 /// Everything that is ever confirmed to a client is one of these, in the log.
+///
+/// Variants are encoded by position: new ones go at the end, and a variant is never changed
+/// once a release wrote it (the `V1` ones are still read, no longer written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// One publish or one publish_batch: stored all or none, as one checksummed record.
@@ -50,8 +45,8 @@ pub enum Record {
         patterns: Vec<String>,
         floor: u64,
     },
-    /// A consumer settled `seqs`; every matching event at or below `floor` is settled.
-    Acked {
+    /// A settle written before settles carried the seek count: its floor always applies.
+    AckedV1 {
         consumer: String,
         seqs: Vec<u64>,
         floor: u64,
@@ -71,20 +66,114 @@ pub enum Record {
         from: u64,
         to: u64,
     },
-    /// Every consumer's state, as of this point in the log. Written first in each segment,
-    /// so the state can be rebuilt from the oldest segment retention left.
+    /// A checkpoint in the first format (acked seqs one by one).
+    CheckpointV1 {
+        consumers: Vec<(String, LegacyConsumerState)>,
+    },
+    /// A consumer settled `seqs`; every matching event at or below `floor` is settled, unless
+    /// a seek came between (`seeks` is the count the floor was computed under).
+    Acked {
+        consumer: String,
+        seqs: Vec<u64>,
+        floor: u64,
+        kind: Settle,
+        seeks: u64,
+    },
+    /// Consumers' states, as of this point in the log. Each segment starts with the whole
+    /// set, in as many of these as it takes to keep each record under the size limit, so the
+    /// state can be rebuilt from the oldest segment retention left.
     Checkpoint {
-        consumers: Vec<(String, crate::state::ConsumerState)>,
+        consumers: Vec<(String, ConsumerState)>,
+    },
+    /// A subscriber of the consumer was told of the gap through `to`.
+    GapReported {
+        name: String,
+        to: u64,
+    },
+    /// An event delivered `max_deliver` times, moved to `event.topic` (`dead.<consumer>`)
+    /// and settled as dead-lettered, in one record: a crash keeps both or neither.
+    DeadLetter {
+        consumer: String,
+        seq: u64,
+        event: Event,
     },
 }
 
-/// Appends the framed record to `out`.
-pub fn frame_into(record: &Record, out: &mut Vec<u8>) -> Result<(), codec::CodecError> {
+impl Record {
+    /// The events this record stores (a dead letter is one).
+    pub fn events(&self) -> &[Event] {
+        match self {
+            Record::Events(events) => events,
+            Record::DeadLetter { event, .. } => std::slice::from_ref(event),
+            _ => &[],
+        }
+    }
+
+    pub fn is_checkpoint(&self) -> bool {
+        matches!(
+            self,
+            Record::Checkpoint { .. } | Record::CheckpointV1 { .. }
+        )
+    }
+}
+
+/// A consumer's state as the first format stored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LegacyConsumerState {
+    pub patterns: Vec<String>,
+    pub floor: u64,
+    pub acked: std::collections::BTreeSet<u64>,
+    pub terminated: u64,
+    pub dead_lettered: u64,
+    pub gapped: u64,
+}
+
+impl From<LegacyConsumerState> for ConsumerState {
+    fn from(old: LegacyConsumerState) -> ConsumerState {
+        let mut acked = SeqRanges::default();
+        for seq in old.acked {
+            acked.insert(seq);
+        }
+        ConsumerState {
+            patterns: old.patterns,
+            floor: old.floor,
+            acked,
+            terminated: old.terminated,
+            dead_lettered: old.dead_lettered,
+            gapped: old.gapped,
+            ..ConsumerState::default()
+        }
+    }
+}
+
+/// Why a record was not framed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+    /// No reader would accept it: refused before anything is written.
+    #[error("record of {0} bytes is over the {MAX_BODY_LEN}-byte limit")]
+    TooLarge(usize),
+}
+
+/// Appends the framed record to `out`, or leaves `out` as it was and says why not. The size
+/// limit readers decode with is checked here too: the writer never writes what no reader
+/// accepts.
+pub fn frame_into(record: &Record, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
-    codec::encode_into(record, out)?;
+    if let Err(e) = codec::encode_into(record, out) {
+        out.truncate(start);
+        return Err(e.into());
+    }
     let body_len = out.len() - start - HEADER_LEN;
-    let len = u32::try_from(body_len).unwrap_or(u32::MAX);
+    let len = match u32::try_from(body_len) {
+        Ok(len) if body_len <= MAX_BODY_LEN => len,
+        _ => {
+            out.truncate(start);
+            return Err(FrameError::TooLarge(body_len));
+        }
+    };
     let body_crc = crc32fast::hash(&out[start + HEADER_LEN..]);
     let header = Header::new(len, body_crc);
     out[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());

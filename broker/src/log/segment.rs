@@ -26,6 +26,9 @@ pub struct SegmentMeta {
     pub index: Vec<(u64, u64)>,
     /// Publish time of the first event in it, if it holds any.
     pub first_time_ms: Option<u64>,
+    /// The newest publish time in it (times from before the clock stepped back may be out
+    /// of order).
+    pub newest_time_ms: Option<u64>,
     pub last_seq: Option<u64>,
     /// Bytes known to be synced; readers never look past them.
     pub synced_len: u64,
@@ -38,6 +41,7 @@ impl SegmentMeta {
             path,
             index: Vec::new(),
             first_time_ms: None,
+            newest_time_ms: None,
             last_seq: None,
             synced_len: 0,
         }
@@ -54,6 +58,7 @@ impl SegmentMeta {
         self.index
             .extend_from_slice(&newer.index[self.index.len()..]);
         self.first_time_ms = newer.first_time_ms;
+        self.newest_time_ms = newer.newest_time_ms;
         self.last_seq = newer.last_seq;
         self.synced_len = newer.synced_len;
     }
@@ -63,6 +68,7 @@ impl SegmentMeta {
         if self.first_time_ms.is_none() {
             self.first_time_ms = Some(time_ms);
         }
+        self.newest_time_ms = Some(self.newest_time_ms.map_or(time_ms, |t| t.max(time_ms)));
         let due = match self.index.last() {
             None => true,
             Some(&(last, _)) => seq >= last + INDEX_EVERY,
@@ -106,6 +112,85 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// What a segment starts with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstRecord {
+    /// Nothing, or nothing whole (the scan decides whether that is a torn tail).
+    None,
+    Checkpoint,
+    Other,
+}
+
+/// Reads only the first record of a segment.
+pub fn first_record(path: &Path) -> Result<FirstRecord, LogError> {
+    let mut file = File::open(path).map_err(|e| LogError::io(path, e))?;
+    let mut hb = [0u8; HEADER_LEN];
+    if file.read_exact(&mut hb).is_err() {
+        return Ok(FirstRecord::None);
+    }
+    let header = Header::from_bytes(&hb);
+    if !header.is_valid() {
+        return Ok(FirstRecord::None);
+    }
+    let mut body = vec![0u8; header.len as usize];
+    if file.read_exact(&mut body).is_err() {
+        return Ok(FirstRecord::None);
+    }
+    Ok(match record::decode_body(&header, &body) {
+        Ok(rec) if rec.is_checkpoint() => FirstRecord::Checkpoint,
+        Ok(_) => FirstRecord::Other,
+        Err(_) => FirstRecord::None,
+    })
+}
+
+/// Writes a new segment file holding `records` and nothing else, all or nothing: the bytes
+/// go to a temporary name, are synced, and only then take the segment's name (and the
+/// directory is synced), so no crash can leave a segment without its first records.
+/// Returns the file, open for appending, and its length.
+pub fn create_with(dir: &Path, base: u64, records: &[Record]) -> Result<(File, u64), LogError> {
+    let path = dir.join(file_name(base));
+    let mut bytes = Vec::new();
+    for rec in records {
+        record::frame_into(rec, &mut bytes).map_err(|e| LogError::Encode(e.to_string()))?;
+    }
+    replace_atomically(&path, &bytes)?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| LogError::io(&path, e))?;
+    Ok((file, bytes.len() as u64))
+}
+
+/// Rewrites `path` with `records` in front of what it holds, atomically.
+pub fn prepend(path: &Path, records: &[Record]) -> Result<(), LogError> {
+    let mut bytes = Vec::new();
+    for rec in records {
+        record::frame_into(rec, &mut bytes).map_err(|e| LogError::Encode(e.to_string()))?;
+    }
+    bytes.extend(fs::read(path).map_err(|e| LogError::io(path, e))?);
+    replace_atomically(path, &bytes)
+}
+
+/// Puts `bytes` at `path` through a synced temporary file and a rename. A failed attempt
+/// leaves no temporary file behind.
+fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let tmp = path.with_extension("new");
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _best_effort = fs::remove_file(&tmp);
+        return Err(LogError::WriteFailed(format!("{}: {e}", path.display())));
+    }
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
 }
 
 /// How a scanned segment ended.

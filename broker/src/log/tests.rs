@@ -15,10 +15,10 @@ impl CommitSink for Collect {
         self.0.lock().unwrap().push((records.len(), end));
     }
 
-    fn checkpoint(&mut self) -> Record {
-        Record::Checkpoint {
+    fn checkpoint(&mut self) -> Vec<Record> {
+        vec![Record::Checkpoint {
             consumers: Vec::new(),
-        }
+        }]
     }
 
     fn gaps(&mut self, _first_seq: u64) -> Vec<Record> {
@@ -37,10 +37,18 @@ fn event(i: u64) -> Entry {
 
 fn recover_all(dir: &Path) -> Result<(Recovery, Vec<Record>), LogError> {
     let mut records = Vec::new();
-    let recovery = recover(dir, |rec, _| {
-        records.push(rec.clone());
-        Ok(())
-    })?;
+    let recovery = recover(
+        dir,
+        |rec, _| {
+            records.push(rec.clone());
+            Ok(())
+        },
+        |_| {
+            Some(vec![Record::Checkpoint {
+                consumers: Vec::new(),
+            }])
+        },
+    )?;
     Ok((recovery, records))
 }
 
@@ -121,6 +129,8 @@ async fn a_torn_tail_is_cut_and_writing_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
     write_events(&dir, 10, 64 << 20).await;
+    // A crash, not a clean stop: no record of one.
+    std::fs::remove_file(dir.join(CLEAN_STOP_FILE)).unwrap();
     let last = segment_files(&dir).pop().unwrap();
     let good_len = std::fs::metadata(&last).unwrap().len();
     // Half a record: a header that promises more bytes than follow.
@@ -239,4 +249,105 @@ async fn a_repeated_msg_id_is_stored_once_even_across_a_restart() {
         .unwrap();
     assert_eq!(again, vec![Receipt::Seqs(vec![(3, true)])]);
     log.close().await;
+}
+
+/// Half a record appended to the last segment.
+fn tear(path: &Path) {
+    let mut frame = Vec::new();
+    record::frame_into(
+        &Record::Events(vec![Event {
+            frame_body: Default::default(),
+            seq: 99,
+            time_ms: 1,
+            topic: "t".into(),
+            payload: "1".into(),
+            msg_id: None,
+        }]),
+        &mut frame,
+    )
+    .unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(&frame[..frame.len() - 3])
+        .unwrap();
+}
+
+#[tokio::test]
+async fn damage_at_the_end_after_a_clean_stop_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    write_events(&dir, 10, 64 << 20).await;
+    let last = segment_files(&dir).pop().unwrap();
+    tear(&last);
+    let err = recover_all(&dir)
+        .err()
+        .expect("damage after a clean stop is refused");
+    assert!(err.to_string().contains("clean stop"), "{err}");
+
+    // Cut short below what the clean stop recorded: refused too.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    write_events(&dir, 10, 64 << 20).await;
+    let last = segment_files(&dir).pop().unwrap();
+    let len = std::fs::metadata(&last).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    assert!(recover_all(&dir).is_err());
+}
+
+#[test]
+fn a_record_over_the_read_limit_is_refused_when_framed() {
+    let big = Record::Events(vec![Event {
+        frame_body: Default::default(),
+        seq: 1,
+        time_ms: 1,
+        topic: "t".into(),
+        payload: "x".repeat(record::MAX_BODY_LEN + 1),
+        msg_id: None,
+    }]);
+    let mut out = vec![7u8; 3];
+    let err = record::frame_into(&big, &mut out).unwrap_err();
+    assert!(matches!(err, record::FrameError::TooLarge(_)), "{err}");
+    assert_eq!(out, vec![7u8; 3], "nothing half-framed is left behind");
+}
+
+#[tokio::test]
+async fn every_rolled_segment_starts_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    write_events(&dir, 300, 4 << 10).await;
+    let files = segment_files(&dir);
+    assert!(files.len() > 2);
+    for path in &files[1..] {
+        assert_eq!(
+            segment::first_record(path).unwrap(),
+            segment::FirstRecord::Checkpoint,
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_segment_left_without_its_checkpoint_is_given_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    write_events(&dir, 50, 64 << 20).await;
+    // What a crash between creating a segment and writing its checkpoint left behind.
+    let empty = dir.join(segment::file_name(51));
+    std::fs::File::create(&empty).unwrap();
+    std::fs::remove_file(dir.join(CLEAN_STOP_FILE)).unwrap();
+    let (recovery, _) = recover_all(&dir).unwrap();
+    assert_eq!(recovery.segments.len(), 2);
+    assert_eq!(
+        segment::first_record(&empty).unwrap(),
+        segment::FirstRecord::Checkpoint
+    );
+    assert!(recovery.unanchored.is_none());
 }

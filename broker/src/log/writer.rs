@@ -77,17 +77,20 @@ pub(super) struct Writer {
     /// The disk filled up: the reserve was released, publishes are refused until it can be
     /// put back.
     full: bool,
+    /// The newest event time written: an event is never stamped earlier, so that retention by
+    /// age and start-by-time can rely on times that only grow when the clock steps back.
+    last_time_ms: u64,
 }
 
 impl Writer {
     pub(super) fn open(
         dir: &Path,
         table: SegmentTable,
-        next_seq: u64,
-        msg_ids: Vec<(u64, String, u64)>,
+        recovery: &super::Recovery,
         options: LogOptions,
         sink: Box<dyn CommitSink>,
     ) -> Result<Writer, LogError> {
+        let next_seq = recovery.next_seq;
         let last = table
             .read()
             .map_err(|_| LogError::Stopped("segment table poisoned".into()))?
@@ -112,8 +115,8 @@ impl Writer {
             seqs: HashMap::new(),
             order: VecDeque::new(),
         };
-        for (time_ms, msg_id, seq) in msg_ids {
-            dedup.remember(time_ms, msg_id, seq);
+        for (time_ms, msg_id, seq) in &recovery.msg_ids {
+            dedup.remember(*time_ms, msg_id.clone(), *seq);
         }
         dedup.expire(wharf_protocol::now_ms());
         let full = !ensure_reserve(dir);
@@ -121,6 +124,7 @@ impl Writer {
             tracing::warn!("no room for the log's reserve: publishes are refused until there is");
         }
         Ok(Writer {
+            last_time_ms: recovery.last_time_ms,
             full,
             dedup,
             batch_ids: HashMap::new(),
@@ -178,8 +182,15 @@ impl Writer {
             }
             self.commit(&mut batch);
             if let Some(done) = close {
-                if let Err(e) = self.sync() {
-                    tracing::error!(error = %e, "final sync failed");
+                match self.sync() {
+                    Err(e) => tracing::error!(error = %e, "final sync failed"),
+                    Ok(()) if self.stopped.is_none() => {
+                        let (base, len) = (self.active.base, self.active.synced_len);
+                        if let Err(e) = super::write_clean_stop(&self.dir, base, len) {
+                            tracing::warn!(error = %e, "clean stop not recorded");
+                        }
+                    }
+                    Ok(()) => {}
                 }
                 self.stopped = Some("the broker is shutting down".into());
                 rx.close();
@@ -212,6 +223,7 @@ impl Writer {
             }
             return;
         }
+        let is_event = |e: &Entry| matches!(e, Entry::Events(_) | Entry::DeadLetter { .. });
         if self.full {
             // Back to normal only when there is room for the reserve and as much again:
             // otherwise publishes would take the reserve's space straight back.
@@ -226,7 +238,7 @@ impl Writer {
                 );
                 let (events, rest): (Vec<_>, Vec<_>) = batch
                     .drain(..)
-                    .partition(|req| req.entries.iter().any(|e| matches!(e, Entry::Events(_))));
+                    .partition(|req| req.entries.iter().any(is_event));
                 for req in events {
                     let _gone = req.done.send(Err(refused.clone()));
                 }
@@ -261,10 +273,8 @@ impl Writer {
                     failed = Some(LogError::Encode(e.to_string()));
                     break;
                 }
-                if let Record::Events(events) = &rec {
-                    for ev in events {
-                        index_notes.push((ev.seq, ev.time_ms, offset));
-                    }
+                for ev in rec.events() {
+                    index_notes.push((ev.seq, ev.time_ms, offset));
                 }
                 records.push(rec);
             }
@@ -326,25 +336,33 @@ impl Writer {
                             continue;
                         }
                     }
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    if let Some(id) = &ev.msg_id {
-                        self.batch_ids.insert(id.clone(), seq);
+                    let event = self.stamp(ev);
+                    if let Some(id) = &event.msg_id {
+                        self.batch_ids.insert(id.clone(), event.seq);
                     }
-                    seqs.push((seq, false));
-                    events.push(record::Event {
-                        frame_body: Default::default(),
-                        seq,
-                        time_ms: ev.time_ms,
-                        topic: ev.topic,
-                        payload: ev.payload,
-                        msg_id: ev.msg_id,
-                    });
+                    seqs.push((event.seq, false));
+                    events.push(event);
                 }
                 if events.is_empty() {
                     return (None, Receipt::Seqs(seqs));
                 }
                 (Record::Events(events), Receipt::Seqs(seqs))
+            }
+            Entry::DeadLetter {
+                consumer,
+                seq,
+                event,
+            } => {
+                let event = self.stamp(event);
+                let receipt = Receipt::Seqs(vec![(event.seq, false)]);
+                (
+                    Record::DeadLetter {
+                        consumer,
+                        seq,
+                        event,
+                    },
+                    receipt,
+                )
             }
             Entry::ConsumerCreated {
                 name,
@@ -369,15 +387,18 @@ impl Writer {
                 seqs,
                 floor,
                 kind,
+                seeks,
             } => (
                 Record::Acked {
                     consumer,
                     seqs,
                     floor,
                     kind,
+                    seeks,
                 },
                 Receipt::Done,
             ),
+            Entry::GapReported { name, to } => (Record::GapReported { name, to }, Receipt::Done),
             Entry::ConsumerSeek { name, floor } => {
                 let floor = floor.min(self.next_seq - 1);
                 (Record::ConsumerSeek { name, floor }, Receipt::Floor(floor))
@@ -385,6 +406,21 @@ impl Writer {
             Entry::ConsumerDeleted { name } => (Record::ConsumerDeleted { name }, Receipt::Done),
         };
         (Some(rec), receipt)
+    }
+
+    /// Gives a new event its seq and a time no earlier than the last event's.
+    fn stamp(&mut self, ev: super::NewEvent) -> record::Event {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.last_time_ms = self.last_time_ms.max(ev.time_ms);
+        record::Event {
+            frame_body: Default::default(),
+            seq,
+            time_ms: self.last_time_ms,
+            topic: ev.topic,
+            payload: ev.payload,
+            msg_id: ev.msg_id,
+        }
     }
 
     /// Writes and syncs what `commit` framed into the buffer, then tells the sink.
@@ -459,11 +495,11 @@ impl Writer {
                 let bytes_after: u64 = table[1..].iter().map(|m| m.synced_len).sum();
                 let too_many = limits.max_events > 0 && events_after >= limits.max_events;
                 let too_big = limits.max_bytes > 0 && bytes_after >= limits.max_bytes;
-                // Everything in the oldest segment is older than the next one's first event.
+                // By the newest event the oldest segment holds, never by its neighbours' times:
+                // those need not be in order after the clock stepped back.
+                let newest = table[0].newest_time_ms.or(after.first_time_ms);
                 let too_old = limits.max_age_ms > 0
-                    && after
-                        .first_time_ms
-                        .is_some_and(|t| t.saturating_add(limits.max_age_ms) <= now);
+                    && newest.is_some_and(|t| t.saturating_add(limits.max_age_ms) <= now);
                 if !(too_many || too_big || too_old) {
                     break;
                 }
@@ -529,20 +565,49 @@ impl Writer {
         self.stopped = Some(reason);
     }
 
+    /// Starts the next segment once the active one is full. The new segment is born with its
+    /// checkpoint in it (see [`segment::create_with`]). When the disk has no room for it, the
+    /// reserve is given back and the writer goes on in the full segment (acks and consumer
+    /// changes still fit; publishes are refused while the disk is full).
     fn roll_if_full(&mut self) -> Result<(), LogError> {
         if self.active.synced_len < self.options.segment_bytes || self.active.last_seq.is_none() {
             return Ok(());
         }
         // The old segment is complete: make it durable before writing elsewhere.
         self.sync()?;
-        let (meta, file) = create_segment(&self.dir, self.next_seq)?;
-        push_segment(&self.table, meta.clone())?;
-        self.active = meta;
-        self.file = file;
         // Every segment starts with the consumers' state, so that removing older segments
         // never removes what rebuilding the state view needs.
         let checkpoint = self.sink.checkpoint();
-        self.append_own(vec![checkpoint])?;
+        let base = self.next_seq;
+        let (file, len) = match segment::create_with(&self.dir, base, &checkpoint) {
+            Ok(created) => created,
+            Err(LogError::WriteFailed(reason)) => {
+                if !self.full {
+                    let reserve = self.dir.join(RESERVE_FILE);
+                    if std::fs::remove_file(&reserve).is_ok() {
+                        tracing::warn!(%reason, "no room to start a new segment: reserve released; publishes are refused until space returns");
+                    }
+                    self.full = true;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let meta = SegmentMeta::new(base, self.dir.join(segment::file_name(base)));
+        push_segment(&self.table, meta.clone())?;
+        self.active = meta;
+        self.file = file;
+        self.active.synced_len = len;
+        if let Ok(mut table) = self.table.write() {
+            if let Some(last) = table.last_mut() {
+                last.catch_up(&self.active);
+            }
+        }
+        let end = Position {
+            segment: base,
+            offset: len,
+        };
+        self.sink.committed(checkpoint, end);
         self.apply_retention()
     }
 }
