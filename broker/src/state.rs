@@ -320,7 +320,12 @@ fn remove_old_set_asides(dir: &Path) {
     asides.sort();
     let excess = asides.len().saturating_sub(SET_ASIDE_KEPT);
     for old in asides.drain(..excess) {
-        match std::fs::remove_dir_all(&old) {
+        let removed = if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        };
+        match removed {
             Ok(()) => {
                 tracing::info!(removed = %old.display(), kept = SET_ASIDE_KEPT, "removed an old set-aside state view")
             }

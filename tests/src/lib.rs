@@ -23,9 +23,15 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The `wharf` binary of this workspace, built (or brought up to date) once per test run,
 /// so that `cargo test -p wharf-tests` never runs a stale binary.
+///
+/// `WHARF_BIN` names another build to run the scenarios against instead (for example the
+/// previous commit's, to see a new scenario fail without its fix).
 pub fn wharf_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(other) = std::env::var_os("WHARF_BIN") {
+            return PathBuf::from(other);
+        }
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> → target/<profile>/wharf
         let profile_dir = exe

@@ -361,6 +361,11 @@ pub fn repair(dir: &Path) -> Result<Vec<(PathBuf, u64, u64)>, LogError> {
     if !dir.exists() {
         return Ok(removed);
     }
+    // Repairing accepts losing what is damaged, even after a clean stop.
+    let clean = dir.join(CLEAN_STOP_FILE);
+    if clean.exists() {
+        fs::remove_file(&clean).map_err(|e| LogError::io(&clean, e))?;
+    }
     for (_, path) in segment::list(dir)? {
         for (from, to) in segment::repair(&path)? {
             removed.push((path.clone(), from, to));
