@@ -103,6 +103,9 @@ impl Inner {
 pub struct Consumer {
     pub name: String,
     pub patterns: Vec<Pattern>,
+    /// Its own dead-letter topic, which it never receives (a consumer on `>` would otherwise
+    /// dead-letter its dead letters forever).
+    dead_topic: String,
     inner: Mutex<Inner>,
 }
 
@@ -162,6 +165,7 @@ impl Consumer {
         Consumer {
             name: name.to_owned(),
             patterns,
+            dead_topic: crate::delivery::dead_letter_topic(name),
             inner: Mutex::new(Inner {
                 state,
                 deliveries,
@@ -185,8 +189,9 @@ impl Consumer {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether an event on `topic` is for this consumer.
     pub fn matches(&self, topic: &str) -> bool {
-        self.patterns.iter().any(|p| p.matches(topic))
+        topic != self.dead_topic && self.patterns.iter().any(|p| p.matches(topic))
     }
 
     /// Whether `patterns` name the same set as this consumer's.
@@ -307,7 +312,7 @@ impl Consumer {
         let Some(a) = attached(&mut inner.attachments, generation) else {
             return Step::Detached;
         };
-        let settled = inner.state.is_acked(seq) || !self.patterns.iter().any(|p| p.matches(topic));
+        let settled = inner.state.is_acked(seq) || !self.matches(topic);
         // Settled, not ours, or held by a shared peer: passed over, but read.
         if settled || inner.leases.contains_key(&seq) {
             a.read_upto = a.read_upto.max(seq);

@@ -495,10 +495,13 @@ fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> 
     Message::text(frame.to_json())
 }
 
+/// Every dead-letter topic starts with this.
+const DEAD_LETTER_PREFIX: &str = "dead.";
+
 /// The dead-letter topic of a consumer: `dead.<consumer>` (dots that would make an empty
 /// token become underscores).
 pub fn dead_letter_topic(consumer: &str) -> String {
-    let topic = format!("dead.{consumer}");
+    let topic = format!("{DEAD_LETTER_PREFIX}{consumer}");
     match Topic::parse(&topic) {
         Ok(_) => topic,
         Err(_) => format!("dead.{}", consumer.replace('.', "_")),
@@ -674,6 +677,28 @@ impl DurableDelivery {
     /// it, as one record. A failed append (a full disk) is tried again a second later.
     async fn dead_letter(&self, ev: &Event, deliveries: u32) {
         let name = &self.consumer.name;
+        if ev.topic.starts_with(DEAD_LETTER_PREFIX) {
+            // A dead letter that cannot be processed is settled, never nested in another.
+            let (floor, seeks) = self.consumer.floor_for_settle(&[ev.seq]);
+            let entry = Entry::Acked {
+                consumer: name.clone(),
+                seqs: vec![ev.seq],
+                floor,
+                kind: Settle::DeadLetter,
+                seeks,
+            };
+            let stored = self.log.append(vec![entry]).await.is_ok();
+            tracing::warn!(
+                consumer = name,
+                seq = ev.seq,
+                topic = ev.topic,
+                stored,
+                "a dead letter reached max_deliver; settled without another dead letter"
+            );
+            self.consumer
+                .dead_letter_done(ev.seq, stored, DEAD_LETTER_RETRY, Instant::now());
+            return;
+        }
         let payload = DeadLetter {
             consumer: name,
             topic: &ev.topic,
@@ -854,11 +879,7 @@ impl CommitSink for Committer {
                 metrics::dead_lettered().increment(1);
             }
             self.consumers.apply(&rec, &mut changes);
-            match rec {
-                Record::Events(batch) => events.extend(batch.into_iter().map(Arc::new)),
-                Record::DeadLetter { event, .. } => events.push(Arc::new(event)),
-                _ => {}
-            }
+            events.extend(rec.into_events().into_iter().map(Arc::new));
         }
         for gone in changes.evicted.drain(..) {
             let notice = Reply::Unsubscribed {

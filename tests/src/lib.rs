@@ -129,6 +129,23 @@ impl Broker {
         extra: &str,
         args: &[&str],
     ) -> Result<Broker, (ExitStatus, String)> {
+        Broker::try_start_env(data_dir, extra, args, &[])
+    }
+
+    /// [`Broker::start`] with extra environment variables for the process.
+    pub fn start_env(data_dir: &Path, extra: &str, env: &[(&str, &str)]) -> Broker {
+        Broker::try_start_env(data_dir, extra, &[], env).unwrap_or_else(|(status, log)| {
+            panic!("wharf serve exited ({status}) before listening:\n{log}")
+        })
+    }
+
+    /// [`Broker::try_start_with`] with extra environment variables for the process.
+    pub fn try_start_env(
+        data_dir: &Path,
+        extra: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Broker, (ExitStatus, String)> {
         let config_path = data_dir.with_extension("toml");
         std::fs::write(&config_path, format!("{}{extra}\n", base_config(data_dir)))
             .expect("write test config");
@@ -137,6 +154,7 @@ impl Broker {
             .arg("--config")
             .arg(&config_path)
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

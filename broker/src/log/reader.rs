@@ -7,7 +7,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::record::{self, Header, Record, HEADER_LEN};
+use super::record::{self, Header, HEADER_LEN};
 use super::{Event, LogError, SegmentTable};
 
 struct OpenSegment {
@@ -96,7 +96,8 @@ impl EventCursor {
                 .read_exact(&mut body)
                 .map_err(|e| LogError::io(&seg.path, e))?;
             let rec = record::decode_body(&header, &body).map_err(corrupt)?;
-            if let Record::Events(events) = rec {
+            let events = rec.into_events();
+            if !events.is_empty() {
                 // A record is committed whole, so its events are all at or below the head,
                 // or all above it.
                 if events.first().is_some_and(|ev| ev.seq > head) {

@@ -109,6 +109,15 @@ impl Record {
         }
     }
 
+    /// The events this record stores, taken out of it.
+    pub fn into_events(self) -> Vec<Event> {
+        match self {
+            Record::Events(events) => events,
+            Record::DeadLetter { event, .. } => vec![event],
+            _ => Vec::new(),
+        }
+    }
+
     pub fn is_checkpoint(&self) -> bool {
         matches!(
             self,
