@@ -81,6 +81,42 @@ impl ViewSender {
     }
 }
 
+/// Updates the view's writer has not saved yet. A failed save keeps them, and they go into
+/// the next batch: saving a later position over changes that never reached sled would make a
+/// restart skip them (acked events would come back).
+#[derive(Default)]
+struct PendingUpdates {
+    updates: Vec<ViewUpdate>,
+    /// Saves kept failing: nothing more is saved, and the view keeps the last position it
+    /// reached, from which a restart replays the log.
+    gave_up: bool,
+}
+
+impl PendingUpdates {
+    fn push(&mut self, update: ViewUpdate) {
+        if !self.gave_up {
+            self.updates.push(update);
+        }
+    }
+
+    fn save_with(&mut self, save: impl FnOnce(&[ViewUpdate]) -> Result<(), StateError>) {
+        if self.gave_up || self.updates.is_empty() {
+            return;
+        }
+        match save(&self.updates) {
+            Ok(()) => self.updates.clear(),
+            Err(e) if self.updates.len() < MAX_RETRIED => {
+                tracing::error!(error = %e, pending = self.updates.len(), "state view update failed; retrying with the next one");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "state view updates keep failing; the view stays where it was and is replayed from the log at the next start");
+                self.updates.clear();
+                self.gave_up = true;
+            }
+        }
+    }
+}
+
 /// A handle to the sled view; cheap to clone.
 #[derive(Clone)]
 pub struct StateView {
@@ -241,35 +277,19 @@ impl StateView {
         let thread = std::thread::Builder::new()
             .name("wharf-state".into())
             .spawn(move || {
-                let mut updates = Vec::new();
-                let mut gave_up = false;
+                let mut pending = PendingUpdates::default();
                 while let Ok(first) = rx.recv() {
-                    if gave_up {
-                        continue;
-                    }
                     // Gather for a moment: each sled batch wakes sled's I/O threads, which
                     // showed at ~8% of the broker's samples during a replay with acks.
-                    updates.push(first);
+                    pending.push(first);
                     let until = std::time::Instant::now() + GATHER;
                     while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
                         match rx.recv_timeout(left) {
-                            Ok(update) => updates.push(update),
+                            Ok(update) => pending.push(update),
                             Err(_) => break,
                         }
                     }
-                    match view.save(&updates) {
-                        Ok(()) => updates.clear(),
-                        // Kept and saved with the next batch: a later position must never be
-                        // saved over changes that did not reach sled.
-                        Err(e) if updates.len() < MAX_RETRIED => {
-                            tracing::error!(error = %e, pending = updates.len(), "state view update failed; retrying with the next one");
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "state view updates keep failing; the view stays where it was and is replayed from the log at the next start");
-                            updates.clear();
-                            gave_up = true;
-                        }
-                    }
+                    pending.save_with(|updates| view.save(updates));
                 }
             })
             .map_err(|e| StateError::Thread(e.to_string()))?;
@@ -367,6 +387,35 @@ fn split_delivery_key(k: &[u8]) -> Option<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_save_is_retried_before_any_later_position_is_saved() {
+        let at = |offset| Position { segment: 1, offset };
+        let update = |name: &str, offset| ViewUpdate {
+            states: vec![(name.into(), ConsumerState::new(vec!["a".into()], offset))],
+            settled: vec![],
+            deleted: vec![],
+            applied: at(offset),
+        };
+        let mut pending = PendingUpdates::default();
+        pending.push(update("first", 10));
+        pending.save_with(|_| Err(StateError::Thread("disk said no".into())));
+        pending.push(update("second", 20));
+        let mut saved = Vec::new();
+        pending.save_with(|updates| {
+            saved = updates
+                .iter()
+                .map(|u| (u.states[0].0.clone(), u.applied))
+                .collect();
+            Ok(())
+        });
+        assert_eq!(
+            saved,
+            vec![("first".to_owned(), at(10)), ("second".to_owned(), at(20))],
+            "the failed update is saved with the next, in order"
+        );
+        pending.save_with(|_| panic!("nothing is left to save"));
+    }
 
     #[test]
     fn view_round_trips_through_sled() {
