@@ -218,8 +218,6 @@ async fn run_case(ops: Vec<Op>) {
                     .publish(TOPICS[t], json!({"t": t, "pad": pad}))
                     .await;
                 model.published.push((seq, TOPICS[t]));
-                let first = first_seq(&mut publisher).await;
-                model.retained_from(first, [attached[0].is_some(), attached[1].is_some()]);
             }
             Op::Attach(c) if attached[c].is_none() => {
                 let mut client = broker.client().await;
@@ -346,6 +344,9 @@ async fn run_case(ops: Vec<Op>) {
                 publisher = broker.client().await;
             }
         }
+        // Retention runs at each roll and at start.
+        let first = first_seq(&mut publisher).await;
+        model.retained_from(first, [attached[0].is_some(), attached[1].is_some()]);
         for c in 0..CONSUMERS.len() {
             if !model.created[c] {
                 continue;
