@@ -201,13 +201,17 @@ pub enum ConfigError {
 impl Config {
     /// The config from `path`, or from `./config.toml` when no path is given and it exists,
     /// or the embedded defaults.
+    /// `WHARF_*` environment variables override either, file or not.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let path = match path {
             Some(p) => p.to_owned(),
             None => {
                 let default = PathBuf::from("config.toml");
                 if !default.exists() {
-                    return Ok(Config::default());
+                    return Config::parse("").map_err(|message| ConfigError::Invalid {
+                        path: PathBuf::from("(embedded defaults and WHARF_* variables)"),
+                        message,
+                    });
                 }
                 default
             }
@@ -236,35 +240,48 @@ impl Config {
         for optional in ["tls_cert", "tls_key"] {
             keys.insert(optional.to_owned(), toml::Value::String(String::new()));
         }
-        // A number, a boolean or a quoted string as TOML; anything else as a string.
-        let value_of = |raw: String| {
+        // Typed by the key it sets: the raw text for a string key (`WHARF_DATA_DIR=2024` is a
+        // path), TOML for the others (a number, a boolean, a list), else the raw text so
+        // that the error names what was wrong with it.
+        let value_of = |raw: String, default: &toml::Value| {
+            if let toml::Value::String(_) = default {
+                return toml::Value::String(raw);
+            }
             format!("v = {raw}")
                 .parse::<toml::Table>()
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or(toml::Value::String(raw))
         };
+        // Which keys the environment set, to name the variable in an error.
+        let mut from_env: Vec<(String, String)> = Vec::new();
         for (key, default) in &keys {
             if let toml::Value::Table(section) = default {
                 // WHARF_<SECTION>_<KEY>, e.g. WHARF_AUTH_ENABLED=true.
-                for sub in section.keys() {
+                for (sub, sub_default) in section {
                     let var = format!("WHARF_{}_{}", key.to_uppercase(), sub.to_uppercase());
                     if let Some(raw) = env(&var) {
                         let entry = table
                             .entry(key.clone())
                             .or_insert_with(|| toml::Value::Table(Default::default()));
                         if let toml::Value::Table(t) = entry {
-                            t.insert(sub.clone(), value_of(raw));
+                            t.insert(sub.clone(), value_of(raw, sub_default));
                         }
+                        from_env.push((format!("{key}.{sub}"), var));
                     }
                 }
                 continue;
             }
             let var = format!("WHARF_{}", key.to_uppercase());
             if let Some(raw) = env(&var) {
-                table.insert(key.clone(), value_of(raw));
+                table.insert(key.clone(), value_of(raw, default));
+                from_env.push((key.clone(), var));
             }
         }
+        let named = |key: &str, message: String| match from_env.iter().find(|(k, _)| k == key) {
+            Some((_, var)) => format!("environment variable {var} (key `{key}`): {message}"),
+            None => format!("key `{key}`: {message}"),
+        };
         let config: Config = serde_path_to_error::deserialize(table).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner().to_string();
@@ -272,10 +289,19 @@ impl Config {
             if key == "." || key.is_empty() {
                 inner
             } else {
-                format!("key `{key}`: {inner}")
+                named(&key, inner)
             }
         })?;
-        config.validate()?;
+        config.validate().map_err(|message| {
+            // validate() names the key first.
+            match from_env
+                .iter()
+                .find(|(k, _)| message.starts_with(&format!("key `{k}`")))
+            {
+                Some((_, var)) => format!("environment variable {var}: {message}"),
+                None => message,
+            }
+        })?;
         Ok(config)
     }
 
@@ -402,7 +428,14 @@ mod tests {
         let bad = Config::parse_with_env("", |k| {
             (k == "WHARF_MAX_IN_FLIGHT").then(|| "lots".to_owned())
         });
-        assert!(bad.unwrap_err().contains("max_in_flight"));
+        let bad = bad.unwrap_err();
+        assert!(bad.contains("WHARF_MAX_IN_FLIGHT"), "{bad}");
+        // A value is typed by the key it sets: a path of digits is still a path.
+        let c = Config::parse_with_env("", |k| (k == "WHARF_DATA_DIR").then(|| "2024".to_owned()))
+            .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("2024"));
+        let c = Config::parse_with_env("", env).unwrap();
+        assert_eq!(c.max_in_flight, 7);
         // The effective config round-trips.
         let again = Config::parse_with_env(&c.to_toml().unwrap(), |_| None).unwrap();
         assert_eq!(format!("{again:?}"), format!("{c:?}"));

@@ -85,6 +85,8 @@ struct Model {
     /// Unsettled matching seqs retention removed while nobody was attached, that no gap
     /// notice received so far covers.
     owed_gap: [BTreeSet<u64>; 2],
+    /// Which consumers have an attachment right now.
+    attached_now: [bool; 2],
 }
 
 impl Model {
@@ -117,7 +119,9 @@ impl Model {
                 frame["from"].as_u64().unwrap(),
                 frame["to"].as_u64().unwrap(),
             );
-            assert!(to < self.first_seq, "{c}: gap over stored events: {frame}");
+            // Retention also runs in commits the test did not make (a gap being recorded, a
+            // dead letter): the notice may be the first news of it.
+            self.retained_from(to + 1, self.attached_now);
             self.owed_gap[c].retain(|s| *s < from || *s > to);
             return;
         }
@@ -202,11 +206,13 @@ async fn run_case(ops: Vec<Op>) {
         delivered: [BTreeMap::new(), BTreeMap::new()],
         unread_slack: [0, 0],
         owed_gap: [BTreeSet::new(), BTreeSet::new()],
+        attached_now: [false, false],
     };
     let mut attached: [Option<Attached>; 2] = [None, None];
     let pad = "p".repeat(300);
 
     for op in ops {
+        model.attached_now = [attached[0].is_some(), attached[1].is_some()];
         for (c, att) in attached.iter_mut().enumerate() {
             if let Some(att) = att {
                 drain(&mut model, c, att, Duration::ZERO).await;
@@ -374,6 +380,7 @@ async fn run_case(ops: Vec<Op>) {
         }
         let mut client = broker.client().await;
         client.subscribe_with(name, json!({"topic":pattern})).await;
+        model.attached_now = [c == 0, c == 1];
         let mut att = Attached {
             client,
             holding: BTreeSet::new(),
