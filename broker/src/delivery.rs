@@ -152,7 +152,68 @@ pub struct Feed {
     /// The oldest seq the log still holds (retention moves it).
     first: AtomicU64,
     taps: Mutex<Taps>,
-    topics: Mutex<BTreeMap<String, TopicStat>>,
+    topics: Mutex<Topics>,
+}
+
+/// Every topic's [`TopicEntry`], built by the start-up replay and kept by the feed.
+#[derive(Debug, Default)]
+pub struct Topics(BTreeMap<String, TopicEntry>);
+
+impl Topics {
+    pub fn add(&mut self, ev: &Event) {
+        match self.0.get_mut(&ev.topic) {
+            Some(entry) => entry.add(ev),
+            None => {
+                let mut entry = TopicEntry::default();
+                entry.add(ev);
+                self.0.insert(ev.topic.clone(), entry);
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// What the feed knows of one topic: its stats, and every [`SAMPLE_EVERY`]th seq, so that
+/// how many of its events lie above a consumer's floor is known without reading the log.
+#[derive(Debug, Default)]
+struct TopicEntry {
+    stat: TopicStat,
+    /// The seq of its 1st, (SAMPLE_EVERY+1)th, ... event still stored.
+    samples: VecDeque<u64>,
+    /// Samples dropped with retention, from the front.
+    dropped: u64,
+}
+
+/// One seq kept per this many events of a topic (8 bytes per 32 events).
+const SAMPLE_EVERY: u64 = 32;
+
+impl TopicEntry {
+    fn add(&mut self, ev: &Event) {
+        if self.stat.events.is_multiple_of(SAMPLE_EVERY) {
+            self.samples.push_back(ev.seq);
+        }
+        self.stat.add(ev);
+    }
+
+    /// How many of this topic's events have a seq above `floor`: exact when the floor is
+    /// below the topic's first event or at or above its last, otherwise at most
+    /// `SAMPLE_EVERY - 1` too many.
+    fn events_above(&self, floor: u64) -> u64 {
+        if floor >= self.stat.last_seq {
+            return 0;
+        }
+        let below = self.samples.partition_point(|&s| s <= floor) as u64;
+        if below == 0 && self.dropped == 0 {
+            return self.stat.events;
+        }
+        // The events at or below the floor include at least the sampled ones' blocks but
+        // the last, and that last block's first event.
+        let at_or_below = (self.dropped + below).saturating_sub(1) * SAMPLE_EVERY + 1;
+        self.stat.events.saturating_sub(at_or_below)
+    }
 }
 
 /// What `topics` reports about one topic.
@@ -172,7 +233,7 @@ impl TopicStat {
 }
 
 impl Feed {
-    pub fn new(head: u64, capacity: usize, topics: BTreeMap<String, TopicStat>) -> Feed {
+    pub fn new(head: u64, capacity: usize, topics: Topics) -> Feed {
         Feed {
             cache: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
             capacity,
@@ -186,7 +247,24 @@ impl Feed {
     /// Every topic with events, by name.
     pub fn topics(&self) -> Vec<(String, TopicStat)> {
         let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        topics.iter().map(|(t, s)| (t.clone(), *s)).collect()
+        topics.0.iter().map(|(t, e)| (t.clone(), e.stat)).collect()
+    }
+
+    /// A consumer's lag: the events matching `patterns` above its `floor` that are not among
+    /// the `acked` ones above it (see [`TopicEntry::events_above`] for when it is exact).
+    pub fn lag(&self, patterns: &[Pattern], floor: u64, acked: u64) -> u64 {
+        self.events_above(patterns, floor).saturating_sub(acked)
+    }
+
+    /// How many events matching `patterns` lie above `floor`.
+    fn events_above(&self, patterns: &[Pattern], floor: u64) -> u64 {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics
+            .0
+            .iter()
+            .filter(|(topic, _)| patterns.iter().any(|p| p.matches(topic)))
+            .map(|(_, entry)| entry.events_above(floor))
+            .sum()
     }
 
     /// The seq of the newest durable event (0 when there is none).
@@ -202,6 +280,17 @@ impl Feed {
     /// Retention removed everything below `first`: forget it here too.
     fn trim_below(&self, first: u64) {
         self.first.store(first, Ordering::Release);
+        {
+            // Samples of removed events: a block is dropped once the next one starts below
+            // `first` too, so the block `first` falls in keeps its first seq.
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in topics.0.values_mut() {
+                while entry.samples.get(1).is_some_and(|&next| next <= first) {
+                    entry.samples.pop_front();
+                    entry.dropped += 1;
+                }
+            }
+        }
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         while cache.front().is_some_and(|ev| ev.seq < first) {
             cache.pop_front();
@@ -219,14 +308,7 @@ impl Feed {
         {
             let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
             for ev in &events {
-                match topics.get_mut(&ev.topic) {
-                    Some(stat) => stat.add(ev),
-                    None => {
-                        let mut stat = TopicStat::default();
-                        stat.add(ev);
-                        topics.insert(ev.topic.clone(), stat);
-                    }
-                }
+                topics.add(ev);
             }
         }
         if self.capacity > 0 {
@@ -911,5 +993,41 @@ impl CommitSink for Committer {
         });
         metrics::published().increment(events.len() as u64);
         self.feed.push(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, topic: &str) -> Event {
+        Event {
+            seq,
+            time_ms: 0,
+            topic: topic.into(),
+            payload: "1".into(),
+            msg_id: None,
+            frame_body: Default::default(),
+        }
+    }
+
+    #[test]
+    fn events_above_a_floor_are_exact_when_caught_up_and_close_otherwise() {
+        let mut entry = TopicEntry::default();
+        // The topic's events are every third seq: 3, 6, ..., 300.
+        for i in 1..=100 {
+            entry.add(&event(i * 3, "a"));
+        }
+        assert_eq!(entry.events_above(0), 100);
+        assert_eq!(entry.events_above(300), 0);
+        assert_eq!(entry.events_above(1000), 0);
+        for floor in [3, 50, 96, 97, 150, 299] {
+            let exact = (1..=100).filter(|i| i * 3 > floor).count() as u64;
+            let counted = entry.events_above(floor);
+            assert!(
+                counted >= exact && counted < exact + SAMPLE_EVERY,
+                "floor {floor}: {counted} for {exact}"
+            );
+        }
     }
 }

@@ -293,19 +293,26 @@ fn render_metrics(ctx: &Arc<server::Context>) -> String {
     ::metrics::gauge!(metrics::HEAD_SEQ).set(head as f64);
     let mut names = store.consumers.names();
     ::metrics::gauge!(metrics::CONSUMERS).set(names.len() as f64);
-    // A label per consumer, for a bounded number of them.
+    // A label per consumer, for a bounded number of them, from the consumers there are now.
     names.sort();
     names.truncate(ctx.config.metrics_consumer_labels);
-    for name in names {
-        if let Some(c) = store.consumers.get(&name) {
+    let rows: Vec<metrics::ConsumerRow> = names
+        .into_iter()
+        .filter_map(|name| {
+            let c = store.consumers.get(&name)?;
             let info = c.info();
-            let label = [("consumer", name.clone())];
-            ::metrics::gauge!(metrics::CONSUMER_PENDING, &label).set(info.ack_pending as f64);
-            ::metrics::gauge!(metrics::CONSUMER_LAG, &label)
-                .set(head.saturating_sub(info.ack_floor) as f64);
-        }
-    }
-    metrics::handle().render()
+            Some(metrics::ConsumerRow {
+                name,
+                ack_pending: info.ack_pending as u64,
+                lag: store
+                    .feed
+                    .lag(&c.patterns, info.ack_floor, info.acked_above_floor),
+            })
+        })
+        .collect();
+    let mut text = metrics::handle().render();
+    text.push_str(&metrics::consumer_series(&rows));
+    text
 }
 
 async fn respond(stream: &mut Conn, status: &str, kind: &str, body: &str) -> io::Result<()> {

@@ -927,7 +927,6 @@ impl Session {
 
     fn info_of(&self, id: Option<Id>, consumer: &Consumer) -> ConsumerInfo {
         let info = consumer.info();
-        let head = self.ctx.store.feed.head();
         ConsumerInfo {
             id,
             consumer: consumer.name.clone(),
@@ -938,9 +937,11 @@ impl Session {
             ack_pending: info.ack_pending as u64,
             // Events still to settle (above the floor and not acked), not the distance from
             // the floor: one poison event must not make a caught-up consumer look behind.
-            lag: head
-                .saturating_sub(info.ack_floor)
-                .saturating_sub(info.acked_above_floor),
+            lag: self.ctx.store.feed.lag(
+                &consumer.patterns,
+                info.ack_floor,
+                info.acked_above_floor,
+            ),
             redelivered: info.redelivered as u64,
             terminated: info.terminated,
             dead_lettered: info.dead_lettered,
