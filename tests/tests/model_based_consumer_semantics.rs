@@ -165,8 +165,8 @@ impl Model {
         if first <= self.first_seq {
             return;
         }
-        for c in 0..CONSUMERS.len() {
-            if !self.created[c] || attached[c] {
+        for (c, &is_attached) in attached.iter().enumerate() {
+            if !self.created[c] || is_attached {
                 continue;
             }
             let removed = self.published.iter().filter(|(seq, topic)| {
@@ -361,11 +361,11 @@ async fn run_case(ops: Vec<Op>) {
         // Retention runs at each roll and at start.
         let first = first_seq(&mut publisher).await;
         model.retained_from(first, [attached[0].is_some(), attached[1].is_some()]);
-        for c in 0..CONSUMERS.len() {
+        for (c, (name, _)) in CONSUMERS.iter().enumerate() {
             if !model.created[c] {
                 continue;
             }
-            let info = publisher.info(CONSUMERS[c].0).await;
+            let info = publisher.info(name).await;
             let floor = info["ack_floor"].as_u64().unwrap();
             assert!(
                 floor <= model.max_floor(c),
