@@ -16,6 +16,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// tracing filter, e.g. `info` or `wharf_broker=debug`; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// `text` for people, `json` (one object a line) for log shippers.
+    pub log_format: LogFormat,
     /// How often every connection is pinged.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -148,6 +150,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             data_dir: PathBuf::from("wharf-data"),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             heartbeat_interval: Duration::from_secs(20),
             heartbeat_timeout: Duration::from_secs(20),
             max_frame_bytes: 1 << 20,
@@ -177,6 +180,15 @@ impl Default for Config {
             repair: false,
         }
     }
+}
+
+/// How the logs on stderr are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    /// One JSON object a line: time, level, target, message and fields (Loki, Elasticsearch).
+    Json,
 }
 
 /// When a publish or an ack is confirmed.
