@@ -36,6 +36,15 @@ pub struct Outbound {
     slow_limit: Duration,
 }
 
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// The connection is gone.
+    Closed,
+    /// The queue had no room before the deadline.
+    TimedOut,
+}
+
 /// How a delivery went.
 pub enum Delivered {
     Sent,
@@ -58,10 +67,18 @@ impl Outbound {
         }
     }
 
-    /// Queues a frame, waiting for room as long as it takes (replies to the client's own
-    /// requests: the client controls that pace).
-    pub async fn send(&self, msg: Message) -> Result<(), ()> {
-        self.frames.send(msg).await.map_err(|_| ())
+    /// Queues a frame, waiting for room until `deadline` at the latest: a peer that does not
+    /// read must not hold its connection (and the task that serves it) forever.
+    pub async fn send_by(
+        &self,
+        msg: Message,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Unsent> {
+        match tokio::time::timeout_at(deadline, self.frames.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Unsent::Closed),
+            Err(_) => Err(Unsent::TimedOut),
+        }
     }
 
     /// Queues a frame if there is room now.
@@ -687,18 +704,25 @@ pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventS
                 Delivered::Sent => metrics::delivered().increment(1),
                 Delivered::Closed => return,
                 Delivered::TooSlow => {
-                    let to = source.skip_to_head();
-                    let notice = Reply::Lost {
-                        sub: sub.to_string(),
-                        from: ev.seq,
-                        to,
-                    };
-                    if outbound
-                        .send(Message::text(notice.to_json()))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    let from = ev.seq;
+                    loop {
+                        let to = source.skip_to_head();
+                        let notice = Reply::Lost {
+                            sub: sub.to_string(),
+                            from,
+                            to,
+                        };
+                        let deadline = tokio::time::Instant::now() + outbound.slow_limit();
+                        match outbound
+                            .send_by(Message::text(notice.to_json()), deadline)
+                            .await
+                        {
+                            Ok(()) => break,
+                            Err(Unsent::Closed) => return,
+                            // Still no room: what came meanwhile is skipped too, and one
+                            // notice tells it all.
+                            Err(Unsent::TimedOut) => continue,
+                        }
                     }
                     break;
                 }

@@ -26,7 +26,7 @@ use wharf_protocol::{
 
 use crate::auth::Principal;
 use crate::consumers::{Consumer, ModeConflict, Options};
-use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound};
+use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound, Unsent};
 use crate::http::Rewound;
 use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::metrics;
@@ -88,6 +88,9 @@ pub struct Session {
     principal: Option<Arc<Principal>>,
     /// When an unauthenticated connection is closed.
     auth_deadline: Option<tokio::time::Instant>,
+    /// A reply found no room in the queue in time: the peer does not read, so nothing more
+    /// (not even a close frame) is written to it.
+    stopped_reading: bool,
 }
 
 fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
@@ -173,8 +176,15 @@ impl Session {
             auth_deadline: (ctx_auth_enabled && principal.is_none())
                 .then(|| tokio::time::Instant::now() + auth_timeout),
             principal,
+            stopped_reading: false,
         };
         let close = session.serve(&mut stream, &mut shutdown).await;
+        if session.stopped_reading {
+            session.detach_all();
+            writer.abort();
+            let _cancelled = writer.await;
+            return;
+        }
         // Replies to what was already confirmed still go out before the close frame (within
         // a bound: a client that stopped reading may never make room); a subscription that
         // completes now is not attached to a connection that is ending.
@@ -194,9 +204,7 @@ impl Session {
         };
         let _drained = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
         session.detach_all();
-        if let Some(frame) = close {
-            let _writer_gone = close_tx.send(frame);
-        }
+        let _writer_gone = close_tx.send(close);
         drop(session);
         let _finished = writer.await;
     }
@@ -351,9 +359,33 @@ impl Session {
         }
     }
 
-    /// Sends a reply now (to a request whose turn it is).
+    /// Sends a reply now (to a request whose turn it is). The wait for room in the queue is
+    /// bounded by the slow-consumer limit and by the authentication deadline: a peer that
+    /// does not read its replies is disconnected, not waited for.
     async fn send_now(&mut self, reply: Reply) -> Result<(), ()> {
-        self.outbound.send(Message::text(reply.to_json())).await
+        let slow_limit = tokio::time::Instant::now() + self.outbound.slow_limit();
+        let deadline = match self.auth_deadline {
+            Some(auth) => auth.min(slow_limit),
+            None => slow_limit,
+        };
+        match self
+            .outbound
+            .send_by(Message::text(reply.to_json()), deadline)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Unsent::Closed) => Err(()),
+            Err(Unsent::TimedOut) => {
+                let unauthenticated = self.auth_deadline.is_some();
+                tracing::info!(
+                    session = self.id,
+                    unauthenticated,
+                    "the peer does not read its replies; dropping the connection"
+                );
+                self.stopped_reading = true;
+                Err(())
+            }
+        }
     }
 
     /// Replies to the current request, after the replies of earlier requests that are still
@@ -1059,15 +1091,15 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-/// Drains the outbound queue into the socket, many frames per flush. A close frame comes
-/// through `close` so that it is never stuck behind a full queue: it goes out after whatever
-/// is already queued, and a socket that will not take it within [`CLOSE_TIMEOUT`] is dropped.
+/// Drains the outbound queue into the socket, many frames per flush. The end of the session
+/// comes through `close` (with a close frame or none) so that it is never stuck behind a full
+/// queue or a socket the peer does not read: what is already queued and the close frame go
+/// out within [`CLOSE_TIMEOUT`], or the socket is dropped.
 async fn write_frames(
     mut sink: SplitSink<Ws, Message>,
     mut rx: mpsc::Receiver<Message>,
-    mut close: oneshot::Receiver<CloseFrame>,
+    mut close: oneshot::Receiver<Option<CloseFrame>>,
 ) {
-    let mut close_open = true;
     let frame = loop {
         let batch = async {
             let Some(first) = rx.recv().await else {
@@ -1087,11 +1119,7 @@ async fn write_frames(
         };
         tokio::select! {
             biased;
-            frame = &mut close, if close_open => match frame {
-                Ok(frame) => break Some(frame),
-                // No close frame will come; keep draining until the queue ends.
-                Err(_) => close_open = false,
-            },
+            frame = &mut close => break frame.ok().flatten(),
             more = batch => if !more {
                 break None;
             },
