@@ -101,8 +101,12 @@ pub struct Auth {
     pub enabled: bool,
     /// Also accept `?token=` in the WebSocket URL (it ends up in logs and history: off).
     pub allow_query_token: bool,
-    /// Browser origins allowed to open a WebSocket; empty allows any. Others get 403.
+    /// Browser origins allowed to open a WebSocket or POST; others get 403. Empty: any
+    /// origin with auth on, only loopback origins with auth off.
     pub allowed_origins: Vec<String>,
+    /// With auth off, Host names accepted besides IP addresses and `localhost` (DNS
+    /// rebinding: a page's own name resolving to this broker is refused).
+    pub allowed_hosts: Vec<String>,
     /// Listening on a non-loopback address without auth is refused unless this is true.
     pub allow_insecure_remote: bool,
     /// A connection that has not authenticated within this is closed.
@@ -117,6 +121,7 @@ impl Default for Auth {
             enabled: false,
             allow_query_token: false,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             allow_insecure_remote: false,
             auth_timeout: Duration::from_secs(5),
             tokens: Vec::new(),
