@@ -59,6 +59,9 @@ pub struct Config {
     pub max_subscriptions_per_connection: usize,
     /// Frames queued to one connection before its delivery waits.
     pub outbound_queue: usize,
+    /// Bytes queued to one connection before its delivery waits (a frame larger than this
+    /// waits for an empty queue).
+    pub outbound_queue_bytes: usize,
     /// A subscriber whose queue stays full this long is too slow: a durable one is
     /// disconnected (it resumes from its settled state), an ephemeral one skips ahead.
     #[serde(with = "humantime_serde")]
@@ -169,6 +172,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_subscriptions_per_connection: 256,
             outbound_queue: 1024,
+            outbound_queue_bytes: 4 << 20,
             slow_consumer_timeout: Duration::from_secs(10),
             segment_bytes: 64 << 20,
             state_flush_interval: Duration::from_millis(500),
@@ -299,6 +303,7 @@ impl Config {
             ("max_in_flight", self.max_in_flight as u64),
             ("ack_wait", self.ack_wait.as_millis() as u64),
             ("outbound_queue", self.outbound_queue as u64),
+            ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("max_connections", self.max_connections as u64),
             (
                 "max_subscriptions_per_connection",

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::{
     format_time_ms, now_ms, DeadLetter, EventBody, EventFrame, Pattern, PatternIndex, Reply, Topic,
@@ -27,11 +27,22 @@ use crate::log::{
 use crate::metrics;
 use crate::state::{ConsumerState, StateView, ViewSender, ViewUpdate};
 
-/// A connection's bounded outbound queue, and the way to have the connection closed when a
-/// subscriber stays too slow to drain it.
+/// A frame in a connection's outbound queue, holding its share of the queue's byte budget
+/// until the writer takes it.
+pub struct Queued {
+    pub message: Message,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// A connection's outbound queue, bounded in frames and in bytes, and the way to have the
+/// connection closed when a subscriber stays too slow to drain it.
 #[derive(Clone)]
 pub struct Outbound {
-    frames: mpsc::Sender<Message>,
+    frames: mpsc::Sender<Queued>,
+    /// Permits are bytes: a frame waits until the queue's frames add up to no more than
+    /// `byte_budget` with it.
+    bytes: Arc<Semaphore>,
+    byte_budget: u32,
     evict: mpsc::Sender<String>,
     slow_limit: Duration,
 }
@@ -55,16 +66,44 @@ pub enum Delivered {
 }
 
 impl Outbound {
+    /// `byte_budget` is capped at `u32::MAX` (the most permits one frame can take).
     pub fn new(
-        frames: mpsc::Sender<Message>,
+        frames: mpsc::Sender<Queued>,
+        byte_budget: usize,
         evict: mpsc::Sender<String>,
         slow_limit: Duration,
     ) -> Outbound {
+        let byte_budget = u32::try_from(byte_budget).unwrap_or(u32::MAX).max(1);
         Outbound {
             frames,
+            bytes: Arc::new(Semaphore::new(byte_budget as usize)),
+            byte_budget,
             evict,
             slow_limit,
         }
+    }
+
+    /// The bytes a frame takes from the budget; a frame larger than the whole budget takes
+    /// all of it (it waits for an empty queue rather than forever).
+    fn cost(&self, msg: &Message) -> u32 {
+        u32::try_from(msg.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.byte_budget)
+    }
+
+    /// Waits for room for `msg` (bytes, then a frame slot) and queues it.
+    async fn queue(&self, msg: Message) -> Result<(), Unsent> {
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.cost(&msg))
+            .await
+            .map_err(|_| Unsent::Closed)?;
+        let queued = Queued {
+            message: msg,
+            _bytes: permit,
+        };
+        self.frames.send(queued).await.map_err(|_| Unsent::Closed)
     }
 
     /// Queues a frame, waiting for room until `deadline` at the latest: a peer that does not
@@ -74,27 +113,36 @@ impl Outbound {
         msg: Message,
         deadline: tokio::time::Instant,
     ) -> Result<(), Unsent> {
-        match tokio::time::timeout_at(deadline, self.frames.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Unsent::Closed),
+        match tokio::time::timeout_at(deadline, self.queue(msg)).await {
+            Ok(queued) => queued,
             Err(_) => Err(Unsent::TimedOut),
         }
     }
 
     /// Queues a frame if there is room now.
     pub fn try_send(&self, msg: Message) -> Result<(), mpsc::error::TrySendError<Message>> {
-        self.frames.try_send(msg)
+        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&msg)) else {
+            return Err(mpsc::error::TrySendError::Full(msg));
+        };
+        let queued = Queued {
+            message: msg,
+            _bytes: permit,
+        };
+        self.frames.try_send(queued).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.message),
+            mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.message),
+        })
     }
 
     /// Queues a pushed frame, waiting at most the slow-consumer limit for room.
     pub async fn deliver(&self, msg: Message) -> Delivered {
         // Room now is the common case; a timer is set only when the queue is full.
-        let msg = match self.frames.try_send(msg) {
+        let msg = match self.try_send(msg) {
             Ok(()) => return Delivered::Sent,
             Err(mpsc::error::TrySendError::Closed(_)) => return Delivered::Closed,
             Err(mpsc::error::TrySendError::Full(msg)) => msg,
         };
-        match tokio::time::timeout(self.slow_limit, self.frames.send(msg)).await {
+        match tokio::time::timeout(self.slow_limit, self.queue(msg)).await {
             Ok(Ok(())) => Delivered::Sent,
             Ok(Err(_)) => Delivered::Closed,
             Err(_) => Delivered::TooSlow,

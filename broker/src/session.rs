@@ -26,7 +26,7 @@ use wharf_protocol::{
 
 use crate::auth::Principal;
 use crate::consumers::{Consumer, ModeConflict, Options};
-use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound, Unsent};
+use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound, Queued, Unsent};
 use crate::http::Rewound;
 use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::metrics;
@@ -159,7 +159,12 @@ impl Session {
         let (evict_tx, evict_rx) = mpsc::channel(1);
         let (close_tx, close_rx) = oneshot::channel();
         let writer = tokio::spawn(write_frames(sink, rx, close_rx));
-        let outbound = Outbound::new(tx, evict_tx, ctx.config.slow_consumer_timeout);
+        let outbound = Outbound::new(
+            tx,
+            ctx.config.outbound_queue_bytes,
+            evict_tx,
+            ctx.config.slow_consumer_timeout,
+        );
         let ctx_auth_enabled = ctx.auth.enabled();
         let auth_timeout = ctx.config.auth.auth_timeout;
         let mut session = Session {
@@ -486,36 +491,46 @@ impl Session {
                 let stats = self.stats(id);
                 self.send(Reply::Stats(stats)).await
             }
-            Request::Topics { id } => {
-                let topics = self
-                    .ctx
-                    .store
-                    .feed
-                    .topics()
-                    .into_iter()
+            Request::Topics { id, page } => {
+                let mut all = self.ctx.store.feed.topics();
+                all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                let (taken, next_cursor) = page.select(&all, |(topic, _)| topic);
+                let topics = taken
+                    .iter()
                     .map(|(topic, s)| TopicInfo {
-                        topic,
+                        topic: topic.clone(),
                         events: s.events,
                         bytes: s.bytes,
                         last_seq: s.last_seq,
                     })
                     .collect();
-                self.send(Reply::Topics { id, topics }).await
+                self.send(Reply::Topics {
+                    id,
+                    topics,
+                    next_cursor,
+                })
+                .await
             }
-            Request::Consumers { id } => {
+            Request::Consumers { id, page } => {
                 let mut names = self.ctx.store.consumers.names();
-                names.sort();
-                let consumers = names
-                    .into_iter()
+                names.sort_unstable();
+                let (taken, next_cursor) = page.select(&names, String::as_str);
+                let consumers = taken
+                    .iter()
                     .filter_map(|name| {
                         self.ctx
                             .store
                             .consumers
-                            .get(&name)
+                            .get(name)
                             .map(|c| self.info_of(None, &c))
                     })
                     .collect();
-                self.send(Reply::Consumers { id, consumers }).await
+                self.send(Reply::Consumers {
+                    id,
+                    consumers,
+                    next_cursor,
+                })
+                .await
             }
         }
     }
@@ -1097,7 +1112,7 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
 /// out within [`CLOSE_TIMEOUT`], or the socket is dropped.
 async fn write_frames(
     mut sink: SplitSink<Ws, Message>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Queued>,
     mut close: oneshot::Receiver<Option<CloseFrame>>,
 ) {
     let frame = loop {
@@ -1106,7 +1121,8 @@ async fn write_frames(
                 return false;
             };
             let mut next = Some(first);
-            while let Some(msg) = next.take() {
+            // A frame's bytes return to the queue's budget once the socket has taken it.
+            while let Some(Queued { message: msg, .. }) = next.take() {
                 if let Message::Text(text) = &msg {
                     metrics::bytes_out().increment(text.len() as u64);
                 }
@@ -1126,8 +1142,8 @@ async fn write_frames(
         }
     };
     let finish = async {
-        while let Ok(msg) = rx.try_recv() {
-            if sink.feed(msg).await.is_err() {
+        while let Ok(queued) = rx.try_recv() {
+            if sink.feed(queued.message).await.is_err() {
                 return;
             }
         }

@@ -22,7 +22,7 @@ pub use reply::{
     TopicInfo,
 };
 pub use request::{
-    now_ms, parse_request, Id, Mode, NewEvent, Request, RequestError, Start, SubscribeOptions,
+    now_ms, parse_request, Id, Mode, NewEvent, Page, Request, RequestError, Start, SubscribeOptions,
 };
 pub use topic::{validate_consumer, Pattern, PatternIndex, Topic, TopicError};
 
