@@ -78,8 +78,11 @@ pub struct Config {
     /// How often sled flushes the state view in the background.
     #[serde(with = "humantime_serde")]
     pub state_flush_interval: Duration,
-    /// Newest events kept in memory for live delivery.
+    /// Newest events kept in memory for live delivery ...
     pub cache_events: usize,
+    /// ... and the most memory they may take, in bytes (payloads count twice: the stored text
+    /// and the encoded frame).
+    pub cache_bytes: usize,
     /// At most this many consumers get their own labelled series in `/metrics`.
     pub metrics_consumer_labels: usize,
     /// PEM certificate chain: with `tls_key`, the listener speaks TLS (`wss://`, `https://`).
@@ -179,6 +182,7 @@ impl Default for Config {
             durability: Durability::Sync,
             relaxed_sync_interval: Duration::from_millis(100),
             cache_events: 65536,
+            cache_bytes: 128 << 20,
             metrics_consumer_labels: 100,
             tls_cert: None,
             tls_key: None,

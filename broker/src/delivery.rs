@@ -184,13 +184,36 @@ struct Taps {
 /// is matched once against an index of every subscription's patterns and queued only to the
 /// subscriptions it matches (no scan of all subscriptions per event).
 pub struct Feed {
-    cache: RwLock<VecDeque<Arc<Event>>>,
+    cache: RwLock<Cache>,
     capacity: usize,
+    /// The most the cache may hold, in [`cache_cost`] bytes.
+    byte_budget: usize,
     head: watch::Sender<u64>,
     /// The oldest seq the log still holds (retention moves it).
     first: AtomicU64,
     taps: Mutex<Taps>,
     topics: Mutex<BTreeMap<String, TopicStat>>,
+}
+
+/// The newest events, contiguous by seq, and what they cost.
+#[derive(Default)]
+struct Cache {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn pop_front(&mut self) {
+        if let Some(ev) = self.events.pop_front() {
+            self.bytes -= cache_cost(&ev);
+        }
+    }
+}
+
+/// What a cached event holds in memory: its topic and payload twice (the stored text, and
+/// the frame body encoded on first delivery), its msg_id, and a fixed overhead.
+fn cache_cost(ev: &Event) -> usize {
+    2 * (ev.topic.len() + ev.payload.len()) + ev.msg_id.as_ref().map_or(0, String::len) + 128
 }
 
 /// What `topics` reports about one topic.
@@ -210,10 +233,20 @@ impl TopicStat {
 }
 
 impl Feed {
-    pub fn new(head: u64, capacity: usize, topics: BTreeMap<String, TopicStat>) -> Feed {
+    /// `capacity` events at most, and no more than `byte_budget` bytes of them.
+    pub fn new(
+        head: u64,
+        capacity: usize,
+        byte_budget: usize,
+        topics: BTreeMap<String, TopicStat>,
+    ) -> Feed {
         Feed {
-            cache: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            cache: RwLock::new(Cache {
+                events: VecDeque::with_capacity(capacity.min(1 << 16)),
+                bytes: 0,
+            }),
             capacity,
+            byte_budget,
             head: watch::Sender::new(head),
             first: AtomicU64::new(1),
             taps: Mutex::new(Taps::default()),
@@ -241,7 +274,7 @@ impl Feed {
     fn trim_below(&self, first: u64) {
         self.first.store(first, Ordering::Release);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        while cache.front().is_some_and(|ev| ev.seq < first) {
+        while cache.events.front().is_some_and(|ev| ev.seq < first) {
             cache.pop_front();
         }
     }
@@ -267,13 +300,20 @@ impl Feed {
                 }
             }
         }
-        if self.capacity > 0 {
+        if self.capacity > 0 && self.byte_budget > 0 {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
             for ev in &events {
-                if cache.len() == self.capacity {
+                let cost = cache_cost(ev);
+                if cost > self.byte_budget {
+                    // Too large to cache at all; the cache stays contiguous by starting over.
+                    *cache = Cache::default();
+                    continue;
+                }
+                while cache.events.len() >= self.capacity || cache.bytes + cost > self.byte_budget {
                     cache.pop_front();
                 }
-                cache.push_back(ev.clone());
+                cache.bytes += cost;
+                cache.events.push_back(ev.clone());
             }
         }
         // The head moves before any subscriber can see the events, so that an ack of a
@@ -304,7 +344,7 @@ impl Feed {
     /// the cache.
     fn cached(&self, seq: u64, head: u64, max: usize) -> Option<Vec<Arc<Event>>> {
         let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        let first = cache.front()?.seq;
+        let first = cache.events.front()?.seq;
         if seq < first {
             return None;
         }
@@ -312,6 +352,7 @@ impl Feed {
         let want = usize::try_from(head.saturating_sub(seq) + 1).unwrap_or(usize::MAX);
         Some(
             cache
+                .events
                 .iter()
                 .skip(start)
                 .take(max.min(want))
