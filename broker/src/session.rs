@@ -48,6 +48,8 @@ enum Subscription {
 /// What a pipelined request turns into once its log write is durable.
 enum Completion {
     Reply(Reply),
+    /// The reply to a subscribe that the log refused: no subscription comes of it.
+    NotSubscribed(Reply),
     /// The replies to publishes that went to the log together, in request order.
     Replies(Vec<Reply>),
     Silent,
@@ -76,6 +78,9 @@ pub struct Session {
     /// Close requests from this connection's delivery tasks (slow consumer).
     evict: mpsc::Receiver<String>,
     subs: HashMap<Arc<str>, Subscription>,
+    /// Subscribes accepted whose subscription has not started yet (its turn in reply order
+    /// has not come): they count against the limit, so pipelining cannot exceed it.
+    accepted_subs: usize,
     next_sub: u64,
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
     /// Publishes read but not yet handed to the log: a burst of pipelined publishes goes as
@@ -173,6 +178,7 @@ impl Session {
             outbound,
             evict: evict_rx,
             subs: HashMap::new(),
+            accepted_subs: 0,
             next_sub: 0,
             pending: FuturesOrdered::new(),
             queued: Vec::new(),
@@ -196,7 +202,7 @@ impl Session {
         let drain = async {
             while let Some(done) = session.pending.next().await {
                 let replies = match done {
-                    Completion::Reply(reply) => vec![reply],
+                    Completion::Reply(reply) | Completion::NotSubscribed(reply) => vec![reply],
                     Completion::Replies(replies) => replies,
                     _ => Vec::new(),
                 };
@@ -440,7 +446,8 @@ impl Session {
             Request::Publish { id, event } => self.publish(id, vec![event], false).await,
             Request::PublishBatch { id, events } => self.publish(id, events, true).await,
             Request::Subscribe { id, .. }
-                if self.subs.len() >= self.ctx.config.max_subscriptions_per_connection =>
+                if self.subs.len() + self.accepted_subs
+                    >= self.ctx.config.max_subscriptions_per_connection =>
             {
                 let limit = self.ctx.config.max_subscriptions_per_connection;
                 let message =
@@ -714,6 +721,7 @@ impl Session {
                 mode,
                 options,
             };
+            self.accepted_subs += 1;
             self.pending.push_back(async move { attach }.boxed());
             return Ok(());
         }
@@ -726,15 +734,29 @@ impl Session {
             patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
             start: floor,
         };
-        self.submit(vec![entry], id, move |id, _| Completion::Attach {
+        let pending = match self.ctx.store.log.submit(vec![entry]).await {
+            Ok(pending) => pending,
+            Err(e) => return self.send(internal(id, e)).await,
+        };
+        let attach = after_commit(pending, id, move |id, _| Completion::Attach {
             id,
             sub,
             name,
             patterns,
             mode,
             options,
-        })
-        .await
+        });
+        self.accepted_subs += 1;
+        self.pending.push_back(
+            async move {
+                match attach.await {
+                    Completion::Reply(refused) => Completion::NotSubscribed(refused),
+                    attach => attach,
+                }
+            }
+            .boxed(),
+        );
+        Ok(())
     }
 
     async fn subscribe_ephemeral(
@@ -755,6 +777,7 @@ impl Session {
             from,
         };
         // Its turn comes after the replies to earlier requests, so no event overtakes them.
+        self.accepted_subs += 1;
         self.pending.push_back(async move { start }.boxed());
         Ok(())
     }
@@ -1039,8 +1062,16 @@ impl Session {
     }
 
     async fn complete(&mut self, done: Completion) -> Result<(), ()> {
+        if matches!(
+            done,
+            Completion::NotSubscribed(_) | Completion::Ephemeral { .. } | Completion::Attach { .. }
+        ) {
+            self.accepted_subs = self.accepted_subs.saturating_sub(1);
+        }
         match done {
-            Completion::Reply(reply) => self.send_now(reply).await,
+            Completion::Reply(reply) | Completion::NotSubscribed(reply) => {
+                self.send_now(reply).await
+            }
             Completion::Replies(replies) => {
                 for reply in replies {
                     self.send_now(reply).await?;
