@@ -16,6 +16,8 @@ pub struct Principal {
     publish: Vec<Pattern>,
     subscribe: Vec<Pattern>,
     consumers: Vec<String>,
+    /// Consumers its names may cover at once.
+    pub max_consumers: usize,
 }
 
 impl Principal {
@@ -68,6 +70,7 @@ impl Authenticator {
                         publish: patterns(&t.publish),
                         subscribe: patterns(&t.subscribe),
                         consumers: t.consumers.clone(),
+                        max_consumers: t.max_consumers,
                     }),
                 )
             })
@@ -117,6 +120,7 @@ mod tests {
                 publish: vec!["orders.>".into()],
                 subscribe: vec!["orders.*".into()],
                 consumers: vec!["billing".into(), "vendor-*".into()],
+                max_consumers: 10,
             }],
             ..Auth::default()
         };

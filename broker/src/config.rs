@@ -57,6 +57,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Subscriptions one connection may hold; more get `limit_exceeded`.
     pub max_subscriptions_per_connection: usize,
+    /// Durable consumers the broker holds; creating more gets `limit_exceeded`.
+    pub max_consumers: usize,
     /// Frames queued to one connection before its delivery waits.
     pub outbound_queue: usize,
     /// Bytes queued to one connection before its delivery waits (a frame larger than this
@@ -151,6 +153,14 @@ pub struct TokenRule {
     /// Durable consumer names it may use; `*` for any, `prefix*` for a prefix.
     #[serde(default)]
     pub consumers: Vec<String>,
+    /// How many consumers its `consumers` names may cover at once: creating one more gets
+    /// `limit_exceeded`.
+    #[serde(default = "default_max_consumers_per_token")]
+    pub max_consumers: usize,
+}
+
+fn default_max_consumers_per_token() -> usize {
+    1000
 }
 
 impl Default for Config {
@@ -174,6 +184,7 @@ impl Default for Config {
             idle_timeout: Duration::ZERO,
             max_connections: 10_000,
             max_subscriptions_per_connection: 256,
+            max_consumers: 10_000,
             outbound_queue: 1024,
             outbound_queue_bytes: 4 << 20,
             slow_consumer_timeout: Duration::from_secs(10),
@@ -309,6 +320,7 @@ impl Config {
             ("outbound_queue", self.outbound_queue as u64),
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("max_connections", self.max_connections as u64),
+            ("max_consumers", self.max_consumers as u64),
             (
                 "max_subscriptions_per_connection",
                 self.max_subscriptions_per_connection as u64,

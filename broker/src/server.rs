@@ -2,7 +2,7 @@
 //! runs one [`Session`] per connection until shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,25 @@ pub struct Context {
     pub started: std::time::Instant,
     pub auth: Authenticator,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Consumer creations submitted to the log and not yet applied: they count against the
+    /// consumer limits, so that concurrent creations cannot pass them.
+    pub creating_consumers: Arc<AtomicUsize>,
+}
+
+/// One consumer creation in flight, counted in [`Context::creating_consumers`] until dropped.
+pub struct CreatingConsumer(Arc<AtomicUsize>);
+
+impl CreatingConsumer {
+    pub fn new(count: &Arc<AtomicUsize>) -> CreatingConsumer {
+        count.fetch_add(1, Ordering::AcqRel);
+        CreatingConsumer(count.clone())
+    }
+}
+
+impl Drop for CreatingConsumer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Context {
@@ -44,6 +63,7 @@ impl Context {
             next_session: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            creating_consumers: Arc::default(),
         }
     }
 }

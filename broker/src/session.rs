@@ -30,7 +30,7 @@ use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound, Que
 use crate::http::Rewound;
 use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::metrics;
-use crate::server::Context;
+use crate::server::{Context, CreatingConsumer};
 use crate::shutdown::Shutdown;
 
 type Ws = WebSocketStream<Rewound>;
@@ -698,6 +698,35 @@ impl Session {
         }
     }
 
+    /// Why creating consumer `name` would pass a limit: `max_consumers`, or the token's
+    /// `max_consumers` over the consumers its names cover. Creations still in flight count
+    /// (for the token's limit too: they may be its own).
+    fn consumer_limit(&self, name: &str) -> Option<String> {
+        let consumers = &self.ctx.store.consumers;
+        let creating = self
+            .ctx
+            .creating_consumers
+            .load(std::sync::atomic::Ordering::Acquire);
+        let limit = self.ctx.config.max_consumers;
+        if consumers.len() + creating >= limit {
+            return Some(format!(
+                "the broker holds {limit} consumers (max_consumers); cannot create {name:?}"
+            ));
+        }
+        let who = self.principal.as_ref()?;
+        let covered = consumers
+            .names()
+            .iter()
+            .filter(|n| who.may_use_consumer(n))
+            .count();
+        (covered + creating >= who.max_consumers).then(|| {
+            format!(
+                "token {:?} may hold {} consumers (its max_consumers); cannot create {name:?}",
+                who.name, who.max_consumers
+            )
+        })
+    }
+
     async fn subscribe_durable(
         &mut self,
         id: Option<Id>,
@@ -725,10 +754,15 @@ impl Session {
             self.pending.push_back(async move { attach }.boxed());
             return Ok(());
         }
+        if let Some(refusal) = self.consumer_limit(&name) {
+            let reply = Reply::error(id, ErrorCode::LimitExceeded, refusal);
+            return self.send(reply).await;
+        }
         let floor = match self.floor_for(start.unwrap_or(Start::All)).await {
             Ok(floor) => floor,
             Err(e) => return self.send(internal(id, e)).await,
         };
+        let creating = CreatingConsumer::new(&self.ctx.creating_consumers);
         let entry = Entry::ConsumerCreated {
             name: name.clone(),
             patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
@@ -749,7 +783,9 @@ impl Session {
         self.accepted_subs += 1;
         self.pending.push_back(
             async move {
-                match attach.await {
+                let attach = attach.await;
+                drop(creating);
+                match attach {
                     Completion::Reply(refused) => Completion::NotSubscribed(refused),
                     attach => attach,
                 }
