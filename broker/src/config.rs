@@ -24,6 +24,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Largest text frame accepted; larger ones get a `too_large` error.
     pub max_frame_bytes: usize,
+    /// Deepest nesting of arrays and objects a published payload may have (`bad_request`).
+    pub max_json_depth: usize,
     /// Unacked deliveries one durable subscription may have outstanding (per-subscription
     /// `max_in_flight` overrides it).
     pub max_in_flight: usize,
@@ -172,6 +174,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(20),
             heartbeat_timeout: Duration::from_secs(20),
             max_frame_bytes: 1 << 20,
+            max_json_depth: 128,
             max_in_flight: 1000,
             ack_wait: Duration::from_secs(30),
             max_deliver: 0,
@@ -315,6 +318,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_json_depth", self.max_json_depth as u64),
             ("max_in_flight", self.max_in_flight as u64),
             ("ack_wait", self.ack_wait.as_millis() as u64),
             ("outbound_queue", self.outbound_queue as u64),

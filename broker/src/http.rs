@@ -363,6 +363,12 @@ async fn publish(ctx: &Arc<server::Context>, topic: &str, body: &[u8]) -> (&'sta
             )
         }
     };
+    let max = ctx.config.max_json_depth;
+    if wharf_protocol::json_nesting_exceeds(payload.get(), max) {
+        let message =
+            format!("the payload nests arrays and objects more than {max} deep (max_json_depth)");
+        return ("400 Bad Request", error_json("bad_request", &message));
+    }
     let entry = Entry::Events(vec![NewEvent {
         topic: topic.as_str().to_owned(),
         payload: payload.get().to_owned(),

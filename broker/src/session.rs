@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use wharf_protocol::{
-    now_ms, parse_request, ConsumerInfo, ErrorCode, Id, Mode, NewEvent as WireEvent, Pattern,
-    Reply, Request, Start, Stats, SubscribeOptions, TopicInfo,
+    json_nesting_exceeds, now_ms, parse_request, ConsumerInfo, ErrorCode, Id, Mode,
+    NewEvent as WireEvent, Pattern, Reply, Request, Start, Stats, SubscribeOptions, TopicInfo,
 };
 
 use crate::auth::Principal;
@@ -415,8 +415,7 @@ impl Session {
         let limit = self.ctx.config.max_frame_bytes;
         let request = (text.len() <= limit).then(|| parse_request(text));
         // A publish that is allowed joins the queue (a refused one is answered below).
-        let queue =
-            matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.refusal(r).is_none());
+        let queue = matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.rejection(r).is_none());
         if queue {
             if let Some(Ok(Request::Publish { id, event })) = request {
                 self.queued.push((id, new_event(event, now_ms())));
@@ -439,7 +438,7 @@ impl Session {
         if let Request::Auth { id, token } = request {
             return self.authenticate(id, &token).await;
         }
-        if let Some(refusal) = self.refusal(&request) {
+        if let Some(refusal) = self.rejection(&request) {
             return self.send(refusal).await;
         }
         match request {
@@ -555,6 +554,30 @@ impl Session {
                 self.send(reply).await
             }
         }
+    }
+
+    /// Why this request may not go ahead: a payload nested too deep (clients whose JSON
+    /// parser recurses would fail on it at every delivery), or what auth refuses.
+    fn rejection(&self, request: &Request) -> Option<Reply> {
+        let max = self.ctx.config.max_json_depth;
+        let too_deep = match request {
+            Request::Publish { event, .. } => json_nesting_exceeds(event.payload.get(), max),
+            Request::PublishBatch { events, .. } => events
+                .iter()
+                .any(|e| json_nesting_exceeds(e.payload.get(), max)),
+            _ => false,
+        };
+        if too_deep {
+            let message = format!(
+                "the payload nests arrays and objects more than {max} deep (max_json_depth)"
+            );
+            return Some(Reply::error(
+                request.id().cloned(),
+                ErrorCode::BadRequest,
+                message,
+            ));
+        }
+        self.refusal(request)
     }
 
     /// Why this request may not go ahead, when auth is on.

@@ -739,6 +739,41 @@ fn seq_value(v: &Value, name: &str) -> Result<u64, String> {
 }
 
 /// Milliseconds since the Unix epoch, now.
+/// Whether JSON text nests arrays and objects more than `max` deep. One pass over the bytes,
+/// no recursion and no allocation, so it is safe on any input; strings (with their escapes)
+/// are skipped. Text shorter than `max` brackets cannot exceed it and is not scanned.
+pub fn json_nesting_exceeds(text: &str, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 pub fn now_ms() -> u64 {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -750,6 +785,19 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_depth() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(!json_nesting_exceeds(&deep(128), 128));
+        assert!(json_nesting_exceeds(&deep(129), 128));
+        assert!(!json_nesting_exceeds(
+            r#"{"a":"[[[[[[[[[[","b":[{"c":1}]}"#,
+            3
+        ));
+        assert!(!json_nesting_exceeds(r#"["\"[[[[[[[[[[[[[["]"#, 2));
+        assert!(json_nesting_exceeds(r#"{"a":{"b":{"c":[]}}}"#, 3));
+    }
 
     fn err(text: &str) -> RequestError {
         parse_request(text).unwrap_err()
