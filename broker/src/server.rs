@@ -147,8 +147,14 @@ pub async fn reap_inactive(ctx: Arc<Context>, mut shutdown: Shutdown) {
     }
 }
 
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: Shutdown) {
-    let mut sessions = JoinSet::new();
+/// Serves until shutdown; `sessions` holds connections accepted before (during recovery), so
+/// that they count against `max_connections`.
+pub async fn serve(
+    listener: TcpListener,
+    mut sessions: JoinSet<()>,
+    ctx: Arc<Context>,
+    mut shutdown: Shutdown,
+) {
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
