@@ -122,6 +122,8 @@ pub struct Auth {
     /// A connection that has not authenticated within this is closed.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// With auth on, serve `/metrics` without a token (it names consumers and topics).
+    pub public_metrics: bool,
     pub tokens: Vec<TokenRule>,
 }
 
@@ -134,6 +136,7 @@ impl Default for Auth {
             allowed_hosts: Vec::new(),
             allow_insecure_remote: false,
             auth_timeout: Duration::from_secs(5),
+            public_metrics: false,
             tokens: Vec::new(),
         }
     }
@@ -159,6 +162,12 @@ pub struct TokenRule {
     /// `limit_exceeded`.
     #[serde(default = "default_max_consumers_per_token")]
     pub max_consumers: usize,
+    /// May use the admin operations (`stats`, `topics`, `consumers`) and read `/metrics`.
+    #[serde(default)]
+    pub admin: bool,
+    /// May read `/metrics`.
+    #[serde(default)]
+    pub metrics: bool,
 }
 
 fn default_max_consumers_per_token() -> usize {

@@ -220,6 +220,24 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
         }
     }
     if method == "GET" && path == "/metrics" {
+        // Metrics name consumers and count topics: with auth on they need a token that may
+        // read them, unless the operator made them public.
+        let auth = &ctx.config.auth;
+        if ctx.auth.enabled() && !auth.public_metrics {
+            let principal = bearer.as_deref().and_then(|t| ctx.auth.check(t));
+            let refusal = match principal {
+                None => Some(("401 Unauthorized", "send Authorization: Bearer <token>\n")),
+                Some(p) if !p.may_read_metrics() => Some((
+                    "403 Forbidden",
+                    "this token may not read metrics (it needs metrics or admin = true)\n",
+                )),
+                Some(_) => None,
+            };
+            if let Some((status, text)) = refusal {
+                respond(&mut stream, status, "text/plain", text).await?;
+                return Ok(Opening::Answered);
+            }
+        }
         let text = render_metrics(ctx);
         respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &text).await?;
         return Ok(Opening::Answered);

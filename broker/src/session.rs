@@ -41,8 +41,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BURST: usize = 256;
 
 enum Subscription {
-    Durable { consumer: Arc<Consumer> },
-    Ephemeral { task: AbortHandle },
+    Durable {
+        consumer: Arc<Consumer>,
+    },
+    Ephemeral {
+        task: AbortHandle,
+        patterns: Vec<Pattern>,
+    },
 }
 
 /// What a pipelined request turns into once its log write is durable.
@@ -547,7 +552,8 @@ impl Session {
                 tracing::debug!(session = self.id, token = principal.name, "authenticated");
                 self.principal = Some(principal);
                 self.auth_deadline = None;
-                self.send(Reply::Ok { id }).await
+                self.send(Reply::Ok { id }).await?;
+                self.drop_forbidden_subscriptions().await
             }
             None => {
                 let reply = Reply::error(id, ErrorCode::Unauthorized, "invalid token");
@@ -578,6 +584,61 @@ impl Session {
             ));
         }
         self.refusal(request)
+    }
+
+    /// Whether this connection's principal may hold a subscription to `patterns` (through
+    /// durable consumer `consumer`, if any). Always, with auth off.
+    fn may_hold(&self, patterns: &[Pattern], consumer: Option<&str>) -> bool {
+        if !self.ctx.auth.enabled() {
+            return true;
+        }
+        self.principal.as_ref().is_some_and(|who| {
+            let name_allowed = match consumer {
+                Some(name) => who.may_use_consumer(name),
+                None => true,
+            };
+            name_allowed && who.may_subscribe_all(patterns)
+        })
+    }
+
+    /// After a re-authentication: ends the subscriptions the new principal may not hold,
+    /// telling the client with `unsubscribed` (reason `forbidden`).
+    async fn drop_forbidden_subscriptions(&mut self) -> Result<(), ()> {
+        let forbidden: Vec<Arc<str>> = self
+            .subs
+            .iter()
+            .filter(|(_, subscription)| match subscription {
+                Subscription::Durable { consumer } => {
+                    !self.may_hold(&consumer.patterns, Some(&consumer.name))
+                }
+                Subscription::Ephemeral { patterns, .. } => !self.may_hold(patterns, None),
+            })
+            .map(|(sub, _)| sub.clone())
+            .collect();
+        for sub in forbidden {
+            if let Some(subscription) = self.subs.remove(&sub) {
+                self.end(&sub, subscription);
+                let notice = Reply::Unsubscribed {
+                    sub: sub.to_string(),
+                    reason: "forbidden".into(),
+                };
+                self.send(notice).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `who` may not operate existing consumer `name`: it reads topics beyond the token's
+    /// subscribe rights (acking, seeking or inspecting it would act on, or reveal, events the
+    /// token may not read).
+    fn reads_beyond(&self, who: &Principal, name: &str) -> Option<String> {
+        let consumer = self.ctx.store.consumers.get(name)?;
+        (!who.may_subscribe_all(&consumer.patterns)).then(|| {
+            format!(
+                "token {:?} may not subscribe to every topic consumer {name:?} reads",
+                who.name
+            )
+        })
     }
 
     /// Why this request may not go ahead, when auth is on.
@@ -619,7 +680,7 @@ impl Session {
                 }
                 consumer
                     .as_deref()
-                    .and_then(consumer_of)
+                    .and_then(|c| consumer_of(c).or_else(|| self.reads_beyond(who, c)))
                     .and_then(forbidden)
             }
             Request::Ack { consumer, .. }
@@ -628,7 +689,17 @@ impl Session {
             | Request::Progress { consumer, .. }
             | Request::Seek { consumer, .. }
             | Request::ConsumerInfo { consumer, .. }
-            | Request::DeleteConsumer { consumer, .. } => consumer_of(consumer).and_then(forbidden),
+            | Request::DeleteConsumer { consumer, .. } => consumer_of(consumer)
+                .or_else(|| self.reads_beyond(who, consumer))
+                .and_then(forbidden),
+            Request::Stats { .. } | Request::Topics { .. } | Request::Consumers { .. }
+                if !who.may_administer() =>
+            {
+                forbidden(format!(
+                    "token {:?} may not use admin operations (it needs admin = true)",
+                    who.name
+                ))
+            }
             _ => None,
         }
     }
@@ -859,7 +930,7 @@ impl Session {
             self.ctx.store.feed.clone(),
             self.ctx.store.log.clone(),
             from,
-            patterns,
+            patterns.clone(),
         );
         let task = tokio::spawn(run_ephemeral(sub.clone(), self.outbound.clone(), source));
         ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
@@ -867,6 +938,7 @@ impl Session {
             sub,
             Subscription::Ephemeral {
                 task: task.abort_handle(),
+                patterns,
             },
         );
         Ok(())
@@ -1110,7 +1182,7 @@ impl Session {
             Subscription::Durable { consumer } => {
                 consumer.detach(self.id, sub);
             }
-            Subscription::Ephemeral { task } => task.abort(),
+            Subscription::Ephemeral { task, .. } => task.abort(),
         }
     }
 
@@ -1138,6 +1210,15 @@ impl Session {
                 Ok(())
             }
             Completion::Silent => Ok(()),
+            // The connection re-authenticated since the subscribe was accepted.
+            Completion::Ephemeral { id, patterns, .. } if !self.may_hold(&patterns, None) => {
+                self.send_now(no_longer_allowed(id)).await
+            }
+            Completion::Attach {
+                id, name, patterns, ..
+            } if !self.may_hold(&patterns, Some(&name)) => {
+                self.send_now(no_longer_allowed(id)).await
+            }
             Completion::Ephemeral {
                 id,
                 sub,
@@ -1167,6 +1248,14 @@ impl Session {
             },
         }
     }
+}
+
+fn no_longer_allowed(id: Option<Id>) -> Reply {
+    Reply::error(
+        id,
+        ErrorCode::Forbidden,
+        "the connection re-authenticated with a token that may not hold this subscription",
+    )
 }
 
 fn mode_name(mode: Mode) -> &'static str {
