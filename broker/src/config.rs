@@ -26,6 +26,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Largest text frame accepted; larger ones get a `too_large` error.
     pub max_frame_bytes: usize,
+    /// Deepest nesting of arrays and objects a published payload may have (`bad_request`).
+    pub max_json_depth: usize,
     /// Unacked deliveries one durable subscription may have outstanding (per-subscription
     /// `max_in_flight` overrides it).
     pub max_in_flight: usize,
@@ -59,8 +61,13 @@ pub struct Config {
     pub max_connections: usize,
     /// Subscriptions one connection may hold; more get `limit_exceeded`.
     pub max_subscriptions_per_connection: usize,
+    /// Durable consumers the broker holds; creating more gets `limit_exceeded`.
+    pub max_consumers: usize,
     /// Frames queued to one connection before its delivery waits.
     pub outbound_queue: usize,
+    /// Bytes queued to one connection before its delivery waits (a frame larger than this
+    /// waits for an empty queue).
+    pub outbound_queue_bytes: usize,
     /// A subscriber whose queue stays full this long is too slow: a durable one is
     /// disconnected (it resumes from its settled state), an ephemeral one skips ahead.
     #[serde(with = "humantime_serde")]
@@ -77,8 +84,11 @@ pub struct Config {
     /// How often sled flushes the state view in the background.
     #[serde(with = "humantime_serde")]
     pub state_flush_interval: Duration,
-    /// Newest events kept in memory for live delivery.
+    /// Newest events kept in memory for live delivery ...
     pub cache_events: usize,
+    /// ... and the most memory they may take, in bytes (payloads count twice: the stored text
+    /// and the encoded frame).
+    pub cache_bytes: usize,
     /// At most this many consumers get their own labelled series in `/metrics`.
     pub metrics_consumer_labels: usize,
     /// PEM certificate chain: with `tls_key`, the listener speaks TLS (`wss://`, `https://`).
@@ -103,13 +113,19 @@ pub struct Auth {
     pub enabled: bool,
     /// Also accept `?token=` in the WebSocket URL (it ends up in logs and history: off).
     pub allow_query_token: bool,
-    /// Browser origins allowed to open a WebSocket; empty allows any. Others get 403.
+    /// Browser origins allowed to open a WebSocket or POST; others get 403. Empty: any
+    /// origin with auth on, only loopback origins with auth off.
     pub allowed_origins: Vec<String>,
+    /// With auth off, Host names accepted besides IP addresses and `localhost` (DNS
+    /// rebinding: a page's own name resolving to this broker is refused).
+    pub allowed_hosts: Vec<String>,
     /// Listening on a non-loopback address without auth is refused unless this is true.
     pub allow_insecure_remote: bool,
     /// A connection that has not authenticated within this is closed.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// With auth on, serve `/metrics` without a token (it names consumers and topics).
+    pub public_metrics: bool,
     pub tokens: Vec<TokenRule>,
 }
 
@@ -119,8 +135,10 @@ impl Default for Auth {
             enabled: false,
             allow_query_token: false,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             allow_insecure_remote: false,
             auth_timeout: Duration::from_secs(5),
+            public_metrics: false,
             tokens: Vec::new(),
         }
     }
@@ -142,6 +160,20 @@ pub struct TokenRule {
     /// Durable consumer names it may use; `*` for any, `prefix*` for a prefix.
     #[serde(default)]
     pub consumers: Vec<String>,
+    /// How many consumers its `consumers` names may cover at once: creating one more gets
+    /// `limit_exceeded`.
+    #[serde(default = "default_max_consumers_per_token")]
+    pub max_consumers: usize,
+    /// May use the admin operations (`stats`, `topics`, `consumers`) and read `/metrics`.
+    #[serde(default)]
+    pub admin: bool,
+    /// May read `/metrics`.
+    #[serde(default)]
+    pub metrics: bool,
+}
+
+fn default_max_consumers_per_token() -> usize {
+    1000
 }
 
 impl Default for Config {
@@ -154,6 +186,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(20),
             heartbeat_timeout: Duration::from_secs(20),
             max_frame_bytes: 1 << 20,
+            max_json_depth: 128,
             max_in_flight: 1000,
             ack_wait: Duration::from_secs(30),
             max_deliver: 0,
@@ -166,13 +199,16 @@ impl Default for Config {
             idle_timeout: Duration::ZERO,
             max_connections: 10_000,
             max_subscriptions_per_connection: 256,
+            max_consumers: 10_000,
             outbound_queue: 1024,
+            outbound_queue_bytes: 4 << 20,
             slow_consumer_timeout: Duration::from_secs(10),
             segment_bytes: 64 << 20,
             state_flush_interval: Duration::from_millis(500),
             durability: Durability::Sync,
             relaxed_sync_interval: Duration::from_millis(100),
             cache_events: 65536,
+            cache_bytes: 128 << 20,
             metrics_consumer_labels: 100,
             tls_cert: None,
             tls_key: None,
@@ -329,10 +365,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_json_depth", self.max_json_depth as u64),
             ("max_in_flight", self.max_in_flight as u64),
             ("ack_wait", self.ack_wait.as_millis() as u64),
             ("outbound_queue", self.outbound_queue as u64),
+            ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("max_connections", self.max_connections as u64),
+            ("max_consumers", self.max_consumers as u64),
             (
                 "max_subscriptions_per_connection",
                 self.max_subscriptions_per_connection as u64,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::{
     format_time_ms, now_ms, DeadLetter, EventBody, EventFrame, Pattern, PatternIndex, Reply, Topic,
@@ -54,13 +54,33 @@ pub fn checkpoint_records(all: Vec<(String, ConsumerState)>) -> Vec<Record> {
     records
 }
 
-/// A connection's bounded outbound queue, and the way to have the connection closed when a
-/// subscriber stays too slow to drain it.
+/// A frame in a connection's outbound queue, holding its share of the queue's byte budget
+/// until the writer takes it.
+pub struct Queued {
+    pub message: Message,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// A connection's outbound queue, bounded in frames and in bytes, and the way to have the
+/// connection closed when a subscriber stays too slow to drain it.
 #[derive(Clone)]
 pub struct Outbound {
-    frames: mpsc::Sender<Message>,
+    frames: mpsc::Sender<Queued>,
+    /// Permits are bytes: a frame waits until the queue's frames add up to no more than
+    /// `byte_budget` with it.
+    bytes: Arc<Semaphore>,
+    byte_budget: u32,
     evict: mpsc::Sender<String>,
     slow_limit: Duration,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// The connection is gone.
+    Closed,
+    /// The queue had no room before the deadline.
+    TimedOut,
 }
 
 /// How a delivery went.
@@ -73,38 +93,83 @@ pub enum Delivered {
 }
 
 impl Outbound {
+    /// `byte_budget` is capped at `u32::MAX` (the most permits one frame can take).
     pub fn new(
-        frames: mpsc::Sender<Message>,
+        frames: mpsc::Sender<Queued>,
+        byte_budget: usize,
         evict: mpsc::Sender<String>,
         slow_limit: Duration,
     ) -> Outbound {
+        let byte_budget = u32::try_from(byte_budget).unwrap_or(u32::MAX).max(1);
         Outbound {
             frames,
+            bytes: Arc::new(Semaphore::new(byte_budget as usize)),
+            byte_budget,
             evict,
             slow_limit,
         }
     }
 
-    /// Queues a frame, waiting for room as long as it takes (replies to the client's own
-    /// requests: the client controls that pace).
-    pub async fn send(&self, msg: Message) -> Result<(), ()> {
-        self.frames.send(msg).await.map_err(|_| ())
+    /// The bytes a frame takes from the budget; a frame larger than the whole budget takes
+    /// all of it (it waits for an empty queue rather than forever).
+    fn cost(&self, msg: &Message) -> u32 {
+        u32::try_from(msg.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.byte_budget)
+    }
+
+    /// Waits for room for `msg` (bytes, then a frame slot) and queues it.
+    async fn queue(&self, msg: Message) -> Result<(), Unsent> {
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.cost(&msg))
+            .await
+            .map_err(|_| Unsent::Closed)?;
+        let queued = Queued {
+            message: msg,
+            _bytes: permit,
+        };
+        self.frames.send(queued).await.map_err(|_| Unsent::Closed)
+    }
+
+    /// Queues a frame, waiting for room until `deadline` at the latest: a peer that does not
+    /// read must not hold its connection (and the task that serves it) forever.
+    pub async fn send_by(
+        &self,
+        msg: Message,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Unsent> {
+        match tokio::time::timeout_at(deadline, self.queue(msg)).await {
+            Ok(queued) => queued,
+            Err(_) => Err(Unsent::TimedOut),
+        }
     }
 
     /// Queues a frame if there is room now.
     pub fn try_send(&self, msg: Message) -> Result<(), mpsc::error::TrySendError<Message>> {
-        self.frames.try_send(msg)
+        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&msg)) else {
+            return Err(mpsc::error::TrySendError::Full(msg));
+        };
+        let queued = Queued {
+            message: msg,
+            _bytes: permit,
+        };
+        self.frames.try_send(queued).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.message),
+            mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.message),
+        })
     }
 
     /// Queues a pushed frame, waiting at most the slow-consumer limit for room.
     pub async fn deliver(&self, msg: Message) -> Delivered {
         // Room now is the common case; a timer is set only when the queue is full.
-        let msg = match self.frames.try_send(msg) {
+        let msg = match self.try_send(msg) {
             Ok(()) => return Delivered::Sent,
             Err(mpsc::error::TrySendError::Closed(_)) => return Delivered::Closed,
             Err(mpsc::error::TrySendError::Full(msg)) => msg,
         };
-        match tokio::time::timeout(self.slow_limit, self.frames.send(msg)).await {
+        match tokio::time::timeout(self.slow_limit, self.queue(msg)).await {
             Ok(Ok(())) => Delivered::Sent,
             Ok(Err(_)) => Delivered::Closed,
             Err(_) => Delivered::TooSlow,
@@ -146,8 +211,10 @@ struct Taps {
 /// is matched once against an index of every subscription's patterns and queued only to the
 /// subscriptions it matches (no scan of all subscriptions per event).
 pub struct Feed {
-    cache: RwLock<VecDeque<Arc<Event>>>,
+    cache: RwLock<Cache>,
     capacity: usize,
+    /// The most the cache may hold, in [`cache_cost`] bytes.
+    byte_budget: usize,
     head: watch::Sender<u64>,
     /// The oldest seq the log still holds (retention moves it).
     first: AtomicU64,
@@ -216,6 +283,27 @@ impl TopicEntry {
     }
 }
 
+/// The newest events, contiguous by seq, and what they cost.
+#[derive(Default)]
+struct Cache {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn pop_front(&mut self) {
+        if let Some(ev) = self.events.pop_front() {
+            self.bytes -= cache_cost(&ev);
+        }
+    }
+}
+
+/// What a cached event holds in memory: its topic and payload twice (the stored text, and
+/// the frame body encoded on first delivery), its msg_id, and a fixed overhead.
+fn cache_cost(ev: &Event) -> usize {
+    2 * (ev.topic.len() + ev.payload.len()) + ev.msg_id.as_ref().map_or(0, String::len) + 128
+}
+
 /// What `topics` reports about one topic.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TopicStat {
@@ -233,10 +321,15 @@ impl TopicStat {
 }
 
 impl Feed {
-    pub fn new(head: u64, capacity: usize, topics: Topics) -> Feed {
+    /// `capacity` events at most, and no more than `byte_budget` bytes of them.
+    pub fn new(head: u64, capacity: usize, byte_budget: usize, topics: Topics) -> Feed {
         Feed {
-            cache: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            cache: RwLock::new(Cache {
+                events: VecDeque::with_capacity(capacity.min(1 << 16)),
+                bytes: 0,
+            }),
             capacity,
+            byte_budget,
             head: watch::Sender::new(head),
             first: AtomicU64::new(1),
             taps: Mutex::new(Taps::default()),
@@ -292,7 +385,7 @@ impl Feed {
             }
         }
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        while cache.front().is_some_and(|ev| ev.seq < first) {
+        while cache.events.front().is_some_and(|ev| ev.seq < first) {
             cache.pop_front();
         }
     }
@@ -311,13 +404,20 @@ impl Feed {
                 topics.add(ev);
             }
         }
-        if self.capacity > 0 {
+        if self.capacity > 0 && self.byte_budget > 0 {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
             for ev in &events {
-                if cache.len() == self.capacity {
+                let cost = cache_cost(ev);
+                if cost > self.byte_budget {
+                    // Too large to cache at all; the cache stays contiguous by starting over.
+                    *cache = Cache::default();
+                    continue;
+                }
+                while cache.events.len() >= self.capacity || cache.bytes + cost > self.byte_budget {
                     cache.pop_front();
                 }
-                cache.push_back(ev.clone());
+                cache.bytes += cost;
+                cache.events.push_back(ev.clone());
             }
         }
         // The head moves before any subscriber can see the events, so that an ack of a
@@ -348,7 +448,7 @@ impl Feed {
     /// the cache.
     fn cached(&self, seq: u64, head: u64, max: usize) -> Option<Vec<Arc<Event>>> {
         let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        let first = cache.front()?.seq;
+        let first = cache.events.front()?.seq;
         if seq < first {
             return None;
         }
@@ -356,6 +456,7 @@ impl Feed {
         let want = usize::try_from(head.saturating_sub(seq) + 1).unwrap_or(usize::MAX);
         Some(
             cache
+                .events
                 .iter()
                 .skip(start)
                 .take(max.min(want))
@@ -880,18 +981,25 @@ pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventS
                 Delivered::Sent => metrics::delivered().increment(1),
                 Delivered::Closed => return,
                 Delivered::TooSlow => {
-                    let to = source.skip_to_head();
-                    let notice = Reply::Lost {
-                        sub: sub.to_string(),
-                        from: ev.seq,
-                        to,
-                    };
-                    if outbound
-                        .send(Message::text(notice.to_json()))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    let from = ev.seq;
+                    loop {
+                        let to = source.skip_to_head();
+                        let notice = Reply::Lost {
+                            sub: sub.to_string(),
+                            from,
+                            to,
+                        };
+                        let deadline = tokio::time::Instant::now() + outbound.slow_limit();
+                        match outbound
+                            .send_by(Message::text(notice.to_json()), deadline)
+                            .await
+                        {
+                            Ok(()) => break,
+                            Err(Unsent::Closed) => return,
+                            // Still no room: what came meanwhile is skipped too, and one
+                            // notice tells it all.
+                            Err(Unsent::TimedOut) => continue,
+                        }
                     }
                     break;
                 }

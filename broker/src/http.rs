@@ -101,6 +101,13 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
                 let length = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
                 let bearer = header("authorization")
                     .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
+                let json_body = header("content-type").is_some_and(|v| is_json(&v));
+                let refusal = cross_site_refusal(
+                    &ctx.config.auth,
+                    header("host").as_deref(),
+                    header("origin").as_deref(),
+                    upgrade || req.method == Some("POST"),
+                );
                 break (
                     req.method.unwrap_or_default().to_owned(),
                     req.path.unwrap_or_default().to_owned(),
@@ -108,6 +115,8 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
                     head_len,
                     length,
                     bearer,
+                    json_body,
+                    refusal,
                 );
             }
             Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => continue,
@@ -133,7 +142,17 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
             }
         }
     };
-    let (method, path, upgrade, head_len, length, bearer) = parsed;
+    let (method, path, upgrade, head_len, length, bearer, json_body, refusal) = parsed;
+    if let Some(reason) = refusal {
+        respond(
+            &mut stream,
+            "403 Forbidden",
+            "text/plain",
+            &format!("{reason}\n"),
+        )
+        .await?;
+        return Ok(Opening::Answered);
+    }
     if upgrade {
         return Ok(Opening::Upgrade(Rewound {
             prefix: head,
@@ -165,6 +184,21 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
                     return Ok(Opening::Answered);
                 }
             }
+            // A cross-site form can post text/plain without a preflight; JSON it cannot.
+            if !json_body {
+                let body = error_json(
+                    "unsupported",
+                    "send the payload with content-type: application/json",
+                );
+                respond(
+                    &mut stream,
+                    "415 Unsupported Media Type",
+                    "application/json",
+                    &body,
+                )
+                .await?;
+                return Ok(Opening::Answered);
+            }
             let body = match read_body(
                 &mut stream,
                 &head[head_len..],
@@ -186,6 +220,24 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
         }
     }
     if method == "GET" && path == "/metrics" {
+        // Metrics name consumers and count topics: with auth on they need a token that may
+        // read them, unless the operator made them public.
+        let auth = &ctx.config.auth;
+        if ctx.auth.enabled() && !auth.public_metrics {
+            let principal = bearer.as_deref().and_then(|t| ctx.auth.check(t));
+            let refusal = match principal {
+                None => Some(("401 Unauthorized", "send Authorization: Bearer <token>\n")),
+                Some(p) if !p.may_read_metrics() => Some((
+                    "403 Forbidden",
+                    "this token may not read metrics (it needs metrics or admin = true)\n",
+                )),
+                Some(_) => None,
+            };
+            if let Some((status, text)) = refusal {
+                respond(&mut stream, status, "text/plain", text).await?;
+                return Ok(Opening::Answered);
+            }
+        }
         let text = render_metrics(ctx);
         respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &text).await?;
         return Ok(Opening::Answered);
@@ -209,6 +261,76 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
     };
     respond(&mut stream, status, kind, body).await?;
     Ok(Opening::Answered)
+}
+
+/// Whether a content-type names JSON (`application/json`, parameters allowed).
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Why a request that a browser may have sent on a web page's behalf is refused, if it is.
+///
+/// With auth off nothing else stands between a page and the broker, so: the Host must name
+/// the listener (an IP address, `localhost`, or `auth.allowed_hosts`), which defeats DNS
+/// rebinding; and a WebSocket upgrade or POST carrying an Origin must come from a loopback
+/// origin. With `auth.allowed_origins` set, an Origin must be listed whether auth is on or
+/// not. Requests without an Origin are not from a web page and pass.
+fn cross_site_refusal(
+    auth: &crate::config::Auth,
+    host: Option<&str>,
+    origin: Option<&str>,
+    checks_origin: bool,
+) -> Option<&'static str> {
+    if !auth.enabled && host.is_some_and(|h| !host_allowed(auth, h)) {
+        return Some("host not allowed: with auth off, use the listener's address or localhost");
+    }
+    let origin = origin.filter(|_| checks_origin)?;
+    if !auth.allowed_origins.is_empty() {
+        return (!auth.allowed_origins.iter().any(|o| o == origin)).then_some("origin not allowed");
+    }
+    if !auth.enabled && !origin_is_loopback(origin) {
+        return Some("origin not allowed: with auth off, only loopback origins may connect");
+    }
+    None
+}
+
+/// The host part of `host[:port]` or `[v6]:port`.
+fn host_name(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    }
+}
+
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+fn host_allowed(auth: &crate::config::Auth, host: &str) -> bool {
+    let name = host_name(host.trim());
+    name.parse::<std::net::IpAddr>().is_ok()
+        || is_localhost(name)
+        || auth
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+}
+
+/// `http(s)://` with a loopback address or `localhost` (`null`, from files and sandboxed
+/// frames, is not: any page can be sandboxed).
+fn origin_is_loopback(origin: &str) -> bool {
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let name = host_name(rest.split('/').next().unwrap_or_default());
+    is_localhost(name)
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The request body: what came with the head plus the rest, up to `limit` bytes.
@@ -259,6 +381,12 @@ async fn publish(ctx: &Arc<server::Context>, topic: &str, body: &[u8]) -> (&'sta
             )
         }
     };
+    let max = ctx.config.max_json_depth;
+    if wharf_protocol::json_nesting_exceeds(payload.get(), max) {
+        let message =
+            format!("the payload nests arrays and objects more than {max} deep (max_json_depth)");
+        return ("400 Bad Request", error_json("bad_request", &message));
+    }
     let entry = Entry::Events(vec![NewEvent {
         topic: topic.as_str().to_owned(),
         payload: payload.get().to_owned(),
@@ -356,5 +484,73 @@ pub async fn answer_recovering(mut stream: Conn) -> io::Result<()> {
             "recovering the log\n",
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Auth;
+
+    #[test]
+    fn hosts_and_origins_with_auth_off() {
+        let auth = Auth {
+            allowed_hosts: vec!["wharf.internal".into()],
+            ..Auth::default()
+        };
+        let refused = |host, origin| cross_site_refusal(&auth, host, origin, true).is_some();
+        for ok in [
+            "127.0.0.1:7700",
+            "localhost",
+            "[::1]:7700",
+            "10.0.0.5",
+            "WHARF.internal:80",
+        ] {
+            assert!(!refused(Some(ok), None), "{ok}");
+        }
+        for bad in [
+            "evil.example:7700",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(refused(Some(bad), None), "{bad}");
+        }
+        for ok in [
+            "http://localhost:3000",
+            "https://127.0.0.1",
+            "http://[::1]:8080",
+        ] {
+            assert!(!refused(Some("localhost"), Some(ok)), "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "null",
+            "http://10.0.0.5",
+            "localhost",
+        ] {
+            assert!(refused(Some("localhost"), Some(bad)), "{bad}");
+        }
+        assert!(cross_site_refusal(&auth, None, Some("https://evil.example"), false).is_none());
+    }
+
+    #[test]
+    fn with_auth_on_only_listed_origins_are_checked() {
+        let mut auth = Auth {
+            enabled: true,
+            ..Auth::default()
+        };
+        assert!(
+            cross_site_refusal(&auth, Some("evil.example"), Some("https://x.example"), true)
+                .is_none()
+        );
+        auth.allowed_origins = vec!["https://app.example".into()];
+        assert!(cross_site_refusal(&auth, None, Some("https://x.example"), true).is_some());
+        assert!(cross_site_refusal(&auth, None, Some("https://app.example"), true).is_none());
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json") && is_json("Application/JSON; charset=utf-8"));
+        assert!(!is_json("text/plain") && !is_json("application/jsonx"));
     }
 }

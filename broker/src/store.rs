@@ -210,7 +210,12 @@ impl Store {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered the log"
         );
-        let feed = Arc::new(Feed::new(head, config.cache_events, topics));
+        let feed = Arc::new(Feed::new(
+            head,
+            config.cache_events,
+            config.cache_bytes,
+            topics,
+        ));
         let (view_tx, view_writer) = view.start_writer()?;
         let sink = Committer::new(registry.clone(), view_tx, feed.clone());
         let options = LogOptions {

@@ -138,7 +138,7 @@ fn post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value)
         .unwrap_or_default();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
