@@ -321,8 +321,9 @@ impl TopicStat {
 }
 
 impl Feed {
-    /// `capacity` events at most, and no more than `byte_budget` bytes of them.
-    pub fn new(head: u64, capacity: usize, byte_budget: usize, topics: Topics) -> Feed {
+    /// `capacity` events at most, and no more than `byte_budget` bytes of them; `first` is
+    /// the oldest seq the log holds (retention may have removed older ones).
+    pub fn new(head: u64, first: u64, capacity: usize, byte_budget: usize, topics: Topics) -> Feed {
         Feed {
             cache: RwLock::new(Cache {
                 events: VecDeque::with_capacity(capacity.min(1 << 16)),
@@ -331,7 +332,7 @@ impl Feed {
             capacity,
             byte_budget,
             head: watch::Sender::new(head),
-            first: AtomicU64::new(1),
+            first: AtomicU64::new(first),
             taps: Mutex::new(Taps::default()),
             topics: Mutex::new(topics),
         }

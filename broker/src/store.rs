@@ -210,8 +210,14 @@ impl Store {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered the log"
         );
+        // Until the writer's first retention pass, the log starts where the recovery found it.
+        let first = recovery
+            .segments
+            .first()
+            .map_or(recovery.next_seq, |m| m.base);
         let feed = Arc::new(Feed::new(
             head,
+            first,
             config.cache_events,
             config.cache_bytes,
             topics,
