@@ -240,11 +240,12 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     let opening = async {
         let conn = crate::tls::Conn::accept(stream, ctx.tls.as_ref()).await?;
         match crate::http::open(conn, &ctx).await? {
-            Opening::Answered => Ok(None),
+            Opening::Closed => Ok(None),
+            Opening::Http(stream) => Ok(Some(Err(stream))),
             Opening::Upgrade(stream) => {
                 tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config))
                     .await
-                    .map(Some)
+                    .map(|ws| Some(Ok(ws)))
                     .map_err(std::io::Error::other)
             }
         }
@@ -252,7 +253,13 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     // Boxed: the handshake's state is large and needed only briefly; unboxed it would size
     // the whole connection future (5 KiB) for the connection's life.
     let ws = match tokio::time::timeout(ctx.config.handshake_timeout, Box::pin(opening)).await {
-        Ok(Ok(Some(ws))) => ws,
+        Ok(Ok(Some(Ok(ws)))) => ws,
+        // Plain HTTP, kept alive for as many requests as the client sends; hyper bounds the
+        // wait for each request head.
+        Ok(Ok(Some(Err(http)))) => {
+            crate::http::serve_http(http, ctx, shutdown).await;
+            return;
+        }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "handshake failed");

@@ -23,7 +23,7 @@ pub use reply::{
 };
 pub use request::{
     json_nesting_exceeds, now_ms, parse_request, Id, Mode, NewEvent, Page, Request, RequestError,
-    Start, SubscribeOptions,
+    Start, SubscribeOptions, MAX_MSG_ID_BYTES,
 };
 pub use topic::{validate_consumer, Pattern, PatternIndex, Topic, TopicError};
 

@@ -77,5 +77,8 @@ async fn payloads_nested_too_deep_are_refused_everywhere() {
     );
     c.send_raw(Message::text(frame)).await;
     assert_eq!(c.recv().await["seq"], 1);
-    assert_eq!(http_publish(&addr, &nested(3)), (200, json!({"seq": 2})));
+    assert_eq!(
+        http_publish(&addr, &nested(3)),
+        (200, json!({"seq": 2, "duplicate": false}))
+    );
 }
