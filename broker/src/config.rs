@@ -333,7 +333,15 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(table).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner().to_string();
-            let inner = inner.lines().last().unwrap_or_default().to_owned();
+            // toml's message ends with a line naming the key again (`in \`key\``); the
+            // key is named here already.
+            let inner = inner
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("in `"))
+                .last()
+                .unwrap_or_default()
+                .to_owned();
             if key == "." || key.is_empty() {
                 inner
             } else {

@@ -252,6 +252,9 @@ struct TopicEntry {
     samples: VecDeque<u64>,
     /// Samples dropped with retention, from the front.
     dropped: u64,
+    /// Every seq of the newest block (from the last sample on): counts above a floor in it,
+    /// where a consumer that is nearly caught up has its floor, are exact.
+    tail: Vec<u64>,
 }
 
 /// One seq kept per this many events of a topic (8 bytes per 32 events).
@@ -261,16 +264,21 @@ impl TopicEntry {
     fn add(&mut self, ev: &Event) {
         if self.stat.events.is_multiple_of(SAMPLE_EVERY) {
             self.samples.push_back(ev.seq);
+            self.tail.clear();
         }
+        self.tail.push(ev.seq);
         self.stat.add(ev);
     }
 
     /// How many of this topic's events have a seq above `floor`: exact when the floor is
-    /// below the topic's first event or at or above its last, otherwise at most
-    /// `SAMPLE_EVERY - 1` too many.
+    /// below the topic's first event or in its newest [`SAMPLE_EVERY`] events, otherwise at
+    /// most `SAMPLE_EVERY - 1` too many.
     fn events_above(&self, floor: u64) -> u64 {
         if floor >= self.stat.last_seq {
             return 0;
+        }
+        if self.samples.back().is_some_and(|&newest| newest <= floor) {
+            return self.tail.iter().filter(|&&seq| seq > floor).count() as u64;
         }
         let below = self.samples.partition_point(|&s| s <= floor) as u64;
         if below == 0 && self.dropped == 0 {
@@ -1130,6 +1138,9 @@ mod tests {
         assert_eq!(entry.events_above(0), 100);
         assert_eq!(entry.events_above(300), 0);
         assert_eq!(entry.events_above(1000), 0);
+        // In the newest block (seqs 291..300 hold events 97..100): exact.
+        assert_eq!(entry.events_above(291), 3);
+        assert_eq!(entry.events_above(299), 1);
         for floor in [3, 50, 96, 97, 150, 299] {
             let exact = (1..=100).filter(|i| i * 3 > floor).count() as u64;
             let counted = entry.events_above(floor);

@@ -131,7 +131,7 @@ fn describe() {
 /// Help text of the per-consumer series, rendered by [`consumer_series`].
 const CONSUMER_PENDING_HELP: &str = "Events delivered to the consumer and not yet settled.";
 const CONSUMER_LAG_HELP: &str =
-    "Events matching the consumer's patterns that it has not settled (exact when caught up on a topic; otherwise at most 31 too many per topic).";
+    "Events matching the consumer's patterns that it has not settled (exact when its floor is within a topic's newest 32 events or past them; otherwise at most 31 too many per topic).";
 
 /// One consumer's row of per-consumer series.
 pub struct ConsumerRow {
