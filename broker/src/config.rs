@@ -338,8 +338,7 @@ impl Config {
             let inner = inner
                 .lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with("in `"))
-                .last()
+                .rfind(|l| !l.is_empty() && !l.starts_with("in `"))
                 .unwrap_or_default()
                 .to_owned();
             if key == "." || key.is_empty() {

@@ -2,7 +2,7 @@
 //! runs one [`Session`] per connection until shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,61 +12,14 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::auth::{Authenticator, Principal};
-use crate::config::Config;
+use crate::auth::Principal;
+use crate::context::Context;
 use crate::http::Opening;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
 
 /// On shutdown, sessions get this long to send their last replies and close frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What every session shares.
-pub struct Context {
-    pub config: Config,
-    pub store: Store,
-    next_session: AtomicU64,
-    /// Open WebSocket connections.
-    pub connections: AtomicU64,
-    pub started: std::time::Instant,
-    pub auth: Authenticator,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Consumer creations submitted to the log and not yet applied: they count against the
-    /// consumer limits, so that concurrent creations cannot pass them.
-    pub creating_consumers: Arc<AtomicUsize>,
-}
-
-/// One consumer creation in flight, counted in [`Context::creating_consumers`] until dropped.
-pub struct CreatingConsumer(Arc<AtomicUsize>);
-
-impl CreatingConsumer {
-    pub fn new(count: &Arc<AtomicUsize>) -> CreatingConsumer {
-        count.fetch_add(1, Ordering::AcqRel);
-        CreatingConsumer(count.clone())
-    }
-}
-
-impl Drop for CreatingConsumer {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Context {
-    pub fn new(config: Config, store: Store, tls: Option<tokio_rustls::TlsAcceptor>) -> Context {
-        Context {
-            tls,
-            auth: Authenticator::new(&config.auth),
-            config,
-            store,
-            next_session: AtomicU64::new(1),
-            connections: AtomicU64::new(0),
-            started: std::time::Instant::now(),
-            creating_consumers: Arc::default(),
-        }
-    }
-}
 
 /// With `max_age` set, has the log apply retention regularly even when no segment rolls.
 pub async fn age_out(ctx: Arc<Context>, mut shutdown: Shutdown) {
@@ -270,7 +223,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
             return;
         }
     };
-    let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
+    let id = ctx.next_session_id();
     tracing::debug!(%peer, session = id, "connected");
     ::metrics::gauge!(crate::metrics::CONNECTIONS).increment(1);
     ctx.connections.fetch_add(1, Ordering::Relaxed);

@@ -26,12 +26,13 @@ use wharf_protocol::{
 
 use crate::auth::Principal;
 use crate::consumers::{Consumer, ModeConflict, Options};
-use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound, Queued, Unsent};
-use crate::http::Rewound;
+use crate::context::{Context, CreatingConsumer};
+use crate::delivery::{run_ephemeral, DurableDelivery, EventSource};
 use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::metrics;
-use crate::server::{Context, CreatingConsumer};
+use crate::outbound::{Outbound, Queued, Unsent};
 use crate::shutdown::Shutdown;
+use crate::tls::Rewound;
 
 type Ws = WebSocketStream<Rewound>;
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use crate::config::{Config, Durability};
 use crate::consumers::{Changes, Consumers};
 use crate::delivery::{Committer, Feed, Topics};
+use crate::error::BrokerError;
 use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery, Retention};
 use crate::state::{ConsumerState, StateError, StateView, ViewUpdate};
-use crate::BrokerError;
 
 /// Everything durable, opened and consistent.
 pub struct Store {
