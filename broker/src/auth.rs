@@ -20,6 +20,7 @@ pub struct Principal {
     pub max_consumers: usize,
     admin: bool,
     metrics: bool,
+    dedup_scope: String,
 }
 
 impl Principal {
@@ -30,6 +31,11 @@ impl Principal {
     /// A subscription is allowed when a permitted pattern covers it entirely.
     pub fn may_subscribe(&self, pattern: &Pattern) -> bool {
         self.subscribe.iter().any(|p| p.covers(pattern))
+    }
+
+    /// Whose msg_ids these are: publishes deduplicate only against the same principal's.
+    pub fn dedup_scope(&self) -> &str {
+        &self.dedup_scope
     }
 
     /// The admin operations: `stats`, `topics`, `consumers`.
@@ -90,6 +96,7 @@ impl Authenticator {
                         max_consumers: t.max_consumers,
                         admin: t.admin,
                         metrics: t.metrics,
+                        dedup_scope: format!("token:{}", t.name),
                     }),
                 )
             })

@@ -48,6 +48,9 @@ pub struct Config {
     /// A publish repeating a `msg_id` seen within this window is not stored again.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// The most msg_ids remembered at once; a publish needing more is refused
+    /// (`limit_exceeded`) rather than an id being forgotten inside the window.
+    pub dedup_max_entries: usize,
     /// The HTTP request and WebSocket (and TLS) handshake must complete within this.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -188,6 +191,7 @@ impl Default for Config {
             ack_wait: Duration::from_secs(30),
             max_deliver: 0,
             dedup_window: Duration::from_secs(120),
+            dedup_max_entries: 500_000,
             inactive_ttl: Duration::ZERO,
             max_age: Duration::ZERO,
             max_events: 0,

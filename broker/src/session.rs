@@ -107,20 +107,29 @@ fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
     Reply::error(id, ErrorCode::Internal, e.to_string())
 }
 
-/// An event as the log stores it; the parsed request's strings are moved, not copied.
-fn new_event(e: WireEvent, time_ms: u64) -> NewEvent {
+/// An event as the log stores it; the parsed request's strings are moved, not copied. Its
+/// msg_id is stored as a dedup key scoped by `publisher`, so that one publisher's ids never
+/// answer for another's.
+fn new_event(e: WireEvent, time_ms: u64, publisher: &str) -> NewEvent {
     NewEvent {
         topic: e.topic.into_string(),
         payload: String::from(Box::<str>::from(e.payload)),
         time_ms,
-        msg_id: e.msg_id,
+        msg_id: e.msg_id.map(|id| dedup_key(publisher, &id)),
     }
+}
+
+/// `publisher` and `msg_id` as one key; the length prefix keeps any two pairs apart.
+fn dedup_key(publisher: &str, msg_id: &str) -> String {
+    format!("{}:{publisher}:{msg_id}", publisher.len())
 }
 
 /// The reply to a publish (`batch`: a publish_batch) once the log has its receipt.
 fn published(id: Option<Id>, receipt: Receipt, batch: bool) -> Reply {
-    let Receipt::Seqs(seqs) = receipt else {
-        return internal(id, "publish got no seq");
+    let seqs = match receipt {
+        Receipt::Seqs(seqs) => seqs,
+        Receipt::Refused(why) => return Reply::error(id, ErrorCode::LimitExceeded, why),
+        _ => return internal(id, "publish got no seq"),
     };
     let duplicate = seqs.iter().any(|&(_, dup)| dup);
     if duplicate {
@@ -423,7 +432,8 @@ impl Session {
         let queue = matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.rejection(r).is_none());
         if queue {
             if let Some(Ok(Request::Publish { id, event })) = request {
-                self.queued.push((id, new_event(event, now_ms())));
+                let event = new_event(event, now_ms(), self.publisher());
+                self.queued.push((id, event));
             }
             return Ok(());
         }
@@ -586,6 +596,12 @@ impl Session {
         self.refusal(request)
     }
 
+    /// Who publishes on this connection, as far as msg_id dedup is concerned: its principal,
+    /// or nobody in particular with auth off.
+    fn publisher(&self) -> &str {
+        self.principal.as_ref().map_or("", |who| who.dedup_scope())
+    }
+
     /// Whether this connection's principal may hold a subscription to `patterns` (through
     /// durable consumer `consumer`, if any). Always, with auth off.
     fn may_hold(&self, patterns: &[Pattern], consumer: Option<&str>) -> bool {
@@ -711,7 +727,10 @@ impl Session {
         batch: bool,
     ) -> Result<(), ()> {
         let time_ms = now_ms();
-        let events = events.into_iter().map(|e| new_event(e, time_ms)).collect();
+        let events = events
+            .into_iter()
+            .map(|e| new_event(e, time_ms, self.publisher()))
+            .collect();
         self.submit(
             vec![Entry::Events(events)],
             id,

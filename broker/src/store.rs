@@ -30,6 +30,7 @@ pub struct Store {
 /// claims a position the log does not have is stale).
 fn replay(
     log_dir: &Path,
+    dedup_since_ms: u64,
     applied: Option<Position>,
     consumers: &Consumers,
     changes: &mut Changes,
@@ -37,7 +38,7 @@ fn replay(
 ) -> Result<(Recovery, bool), LogError> {
     let mut found = applied.is_none();
     topics.clear();
-    let recovery = log::recover(log_dir, |rec, pos| {
+    let recovery = log::recover(log_dir, dedup_since_ms, |rec, pos| {
         if let Record::Events(events) = rec {
             for ev in events {
                 topics.entry(ev.topic.clone()).or_default().add(ev);
@@ -129,8 +130,16 @@ impl Store {
         };
         let mut changes = Changes::default();
         let mut topics = BTreeMap::new();
-        let (mut recovery, found) =
-            replay(&log_dir, applied, &registry, &mut changes, &mut topics)?;
+        let window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let dedup_since_ms = wharf_protocol::now_ms().saturating_sub(window_ms);
+        let (mut recovery, found) = replay(
+            &log_dir,
+            dedup_since_ms,
+            applied,
+            &registry,
+            &mut changes,
+            &mut topics,
+        )?;
         if !found {
             drop(view);
             view = rebuild_view(
@@ -140,7 +149,15 @@ impl Store {
             )?;
             registry = Consumers::default();
             changes = Changes::default();
-            recovery = replay(&log_dir, None, &registry, &mut changes, &mut topics)?.0;
+            recovery = replay(
+                &log_dir,
+                dedup_since_ms,
+                None,
+                &registry,
+                &mut changes,
+                &mut topics,
+            )?
+            .0;
         }
         let states: Vec<(String, ConsumerState)> = registry
             .names()
@@ -173,7 +190,8 @@ impl Store {
         let sink = Committer::new(registry.clone(), view_tx, feed.clone());
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
-            dedup_window_ms: u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
+            dedup_window_ms: window_ms,
+            dedup_max_entries: config.dedup_max_entries,
             relaxed_sync: match config.durability {
                 Durability::Sync => None,
                 Durability::Relaxed => Some(config.relaxed_sync_interval),

@@ -96,7 +96,7 @@ async fn a_prefix_of_the_log_that_holds_every_confirmed_event_recovers_them_all(
         let newest = promised.values().copied().max().unwrap();
         let mut synced_to: Option<Position> = None;
         let mut ends: Vec<Position> = Vec::new();
-        log::recover(&copy.join("log"), |rec, pos| {
+        log::recover(&copy.join("log"), 0, |rec, pos| {
             if let Record::Events(events) = rec {
                 if events.iter().any(|e| e.seq == newest) {
                     synced_to = Some(pos);

@@ -118,6 +118,8 @@ pub enum Receipt {
     /// Per event: its seq, and whether it is a duplicate (by msg_id) of one stored earlier,
     /// in which case nothing was written for it and the seq is the original's.
     Seqs(Vec<(u64, bool)>),
+    /// Nothing of the entry was stored, for this reason (the dedup table is full).
+    Refused(String),
     Floor(u64),
     Done,
 }
@@ -151,8 +153,11 @@ pub struct Recovery {
 
 /// Scans every segment in `dir` (creating it if needed), verifies every record, cuts a torn
 /// tail off the last segment and calls `visit` with each record and the position after it.
+/// `dedup_since_ms`: msg_ids of events published before this are outside the dedup window
+/// and are not kept.
 pub fn recover(
     dir: &Path,
+    dedup_since_ms: u64,
     mut visit: impl FnMut(&Record, Position) -> Result<(), LogError>,
 ) -> Result<Recovery, LogError> {
     if !dir.exists() {
@@ -182,8 +187,11 @@ pub fn recover(
                     }
                     meta.note_event(ev.seq, ev.time_ms, start);
                     next_seq = ev.seq + 1;
-                    if let Some(msg_id) = &ev.msg_id {
-                        msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
+                    match &ev.msg_id {
+                        Some(msg_id) if ev.time_ms >= dedup_since_ms => {
+                            msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -257,6 +265,8 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// How long a msg_id is remembered for deduplication, in ms.
     pub dedup_window_ms: u64,
+    /// The most msg_ids remembered at once; a publish that needs more is refused.
+    pub dedup_max_entries: usize,
     /// `None`: sync before every confirmation (the default). `Some(interval)`: relaxed mode,
     /// confirm after the write and sync at most this long later.
     pub relaxed_sync: Option<std::time::Duration>,
