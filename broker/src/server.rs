@@ -54,10 +54,15 @@ impl Drop for CreatingConsumer {
 }
 
 impl Context {
-    pub fn new(config: Config, store: Store, tls: Option<tokio_rustls::TlsAcceptor>) -> Context {
+    pub fn new(
+        config: Config,
+        store: Store,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        auth: Authenticator,
+    ) -> Context {
         Context {
             tls,
-            auth: Authenticator::new(&config.auth),
+            auth,
             config,
             store,
             next_session: AtomicU64::new(1),

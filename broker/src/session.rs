@@ -98,6 +98,10 @@ pub struct Session {
     principal: Option<Arc<Principal>>,
     /// When an unauthenticated connection is closed.
     auth_deadline: Option<tokio::time::Instant>,
+    /// When the client is told that its token expires soon, and when it does (a JWT's
+    /// `exp`): the connection is then closed with 4001 unless a fresh `auth` came first.
+    expiry_notice_at: Option<tokio::time::Instant>,
+    expires_at: Option<tokio::time::Instant>,
     /// A reply found no room in the queue in time: the peer does not read, so nothing more
     /// (not even a close frame) is written to it.
     stopped_reading: bool,
@@ -202,7 +206,10 @@ impl Session {
                 .then(|| tokio::time::Instant::now() + auth_timeout),
             principal,
             stopped_reading: false,
+            expiry_notice_at: None,
+            expires_at: None,
         };
+        session.arm_expiry();
         let close = session.serve(&mut stream, &mut shutdown).await;
         if session.stopped_reading {
             session.detach_all();
@@ -251,6 +258,16 @@ impl Session {
                 }
                 _ = sleep_until_opt(self.auth_deadline) => {
                     return Some(close_frame(CloseCode::Policy, "authentication timeout"));
+                }
+                _ = sleep_until_opt(self.expires_at) => {
+                    return Some(close_frame(CloseCode::from(4001), "token expired"));
+                }
+                _ = sleep_until_opt(self.expiry_notice_at) => {
+                    self.expiry_notice_at = None;
+                    let exp = self.principal.as_ref().and_then(|p| p.expires_at).unwrap_or_default();
+                    if self.send_now(Reply::TokenExpiring { exp }).await.is_err() {
+                        return None;
+                    }
                 }
                 Some(reason) = self.evict.recv() => {
                     tracing::info!(session = self.id, reason, "closing a slow consumer");
@@ -562,6 +579,7 @@ impl Session {
                 tracing::debug!(session = self.id, token = principal.name, "authenticated");
                 self.principal = Some(principal);
                 self.auth_deadline = None;
+                self.arm_expiry();
                 self.send(Reply::Ok { id }).await?;
                 self.drop_forbidden_subscriptions().await
             }
@@ -594,6 +612,18 @@ impl Session {
             ));
         }
         self.refusal(request)
+    }
+
+    /// Sets the expiry timers from the principal's token (none for tokens that do not expire).
+    fn arm_expiry(&mut self) {
+        let expires = self.principal.as_ref().and_then(|p| p.expires_at);
+        let at = expires.map(|exp| {
+            let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms());
+            tokio::time::Instant::now() + Duration::from_millis(left_ms)
+        });
+        let notice = self.ctx.config.auth.jwt.expiry_notice;
+        self.expires_at = at;
+        self.expiry_notice_at = at.map(|at| at.checked_sub(notice).unwrap_or(at));
     }
 
     /// Who publishes on this connection, as far as msg_id dedup is concerned: its principal,

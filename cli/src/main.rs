@@ -36,6 +36,36 @@ enum TokenAction {
     New,
     /// The hash of TOKEN, for `sha256 = "…"` in an [[auth.tokens]] entry.
     Hash { token: String },
+    /// A JWT signed with HS256 for [auth.jwt] (tests, operators, backends without a JWT
+    /// library). Without --publish, --subscribe, --consumers and --admin it carries no `wharf`
+    /// claim, and the broker's [auth.jwt] default_* rights apply.
+    Jwt {
+        /// The file holding the shared secret (the broker's hs256_secret_file).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The subject (the user); fills {sub} in the broker's default rights.
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid (`exp` = now + this), e.g. 15m, 1h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Topic patterns it may publish to (repeat for several).
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Patterns it may subscribe to.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Durable consumers it may use (names, prefix*, *).
+        #[arg(long)]
+        consumers: Vec<String>,
+        /// May use the admin operations and /metrics.
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        audience: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,6 +261,39 @@ fn token(action: TokenAction) -> anyhow::Result<()> {
             println!("token  = {token}");
             println!("sha256 = \"{}\"", wharf_broker::auth::hash_token(&token));
         }
+        TokenAction::Jwt {
+            secret_file,
+            sub,
+            ttl,
+            publish,
+            subscribe,
+            consumers,
+            admin,
+            issuer,
+            audience,
+        } => {
+            let secret = std::fs::read(&secret_file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", secret_file.display()))?;
+            let rights = wharf_broker::auth::Rights {
+                publish,
+                subscribe,
+                consumers,
+                admin,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| anyhow::anyhow!("the clock is before 1970: {e}"))?;
+            let claims = wharf_broker::auth::Claims {
+                sub: Some(sub),
+                exp: (now + ttl).as_secs(),
+                iss: issuer,
+                aud: audience,
+                wharf: (rights != wharf_broker::auth::Rights::default()).then_some(rights),
+            };
+            let token = wharf_broker::auth::sign_hs256(&secret, &claims)
+                .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+            println!("{token}");
+        }
     }
     Ok(())
 }
@@ -253,6 +316,8 @@ async fn serve(
     // The flags may change what the file was checked against (a non-loopback --listen).
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if check_config {
+        // The JWT key files are read as the broker would, so a bad one fails the check.
+        wharf_broker::auth::Authenticator::new(&config.auth).map_err(|e| anyhow::anyhow!("{e}"))?;
         print!("{}", config.to_toml()?);
         return Ok(());
     }

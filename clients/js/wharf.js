@@ -142,7 +142,7 @@ export class WharfClient {
     this.heartbeatTimer = setInterval(() => this.heartbeat(ws), Math.max(100, this.options.heartbeatInterval / 3));
     try {
       if (this.options.token !== undefined) {
-        await this.request({ op: 'auth', token: this.options.token });
+        await this.request({ op: 'auth', token: await this.currentToken() });
       }
       // Subscriptions first, then the publishes that waited, in their order.
       for (const sub of this.subscriptions) {
@@ -256,6 +256,17 @@ export class WharfClient {
         return undefined;
       }
       case 'gap': return this.emit('gap', frame);
+      case 'token_expiring': {
+        this.emit('token_expiring', frame);
+        // With a token function, renew before the broker closes the connection (4001); the
+        // subscriptions stay.
+        if (typeof this.options.token === 'function') {
+          this.currentToken()
+            .then((token) => this.request({ op: 'auth', token }))
+            .catch((e) => this.emit('error', e));
+        }
+        return undefined;
+      }
       case 'lost': return this.emit('lost', frame);
       case 'unsubscribed': {
         const sub = this.bySub.get(frame.sub);
@@ -284,6 +295,13 @@ export class WharfClient {
         }
       }
     }
+  }
+
+  /** The token to send now: `options.token`, or what the function there returns (a fresh JWT
+   * from the application's backend, say). */
+  async currentToken() {
+    const token = this.options.token;
+    return typeof token === 'function' ? await token() : token;
   }
 
   /** Resolves to the seq once the broker has the event on disk. */

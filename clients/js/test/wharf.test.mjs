@@ -5,7 +5,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { WharfClient, WharfError } from '../wharf.js';
-import { Broker, until } from './broker.mjs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Broker, until, WHARF_BIN } from './broker.mjs';
 
 const fast = { minReconnectDelay: 20, maxReconnectDelay: 200, requestTimeout: 3000 };
 
@@ -177,6 +181,47 @@ test('a repeated msgId is stored once', async () => {
     const b = await client.publish('pay', { amount: 5 }, { msgId: 'pay-1' });
     assert.equal(a, b);
     assert.equal(await client.publish('pay', 'other'), a + 1);
+  } finally {
+    client.close();
+    await broker.stop();
+  }
+});
+
+test('a token function renews an expiring JWT without dropping the connection', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'wharf-jwt-'));
+  const secretFile = join(dir, 'jwt.secret');
+  writeFileSync(secretFile, 'a shared secret of at least thirty-two bytes');
+  const config = [
+    '[auth]', 'enabled = true', '[auth.jwt]', `hs256_secret_file = ${JSON.stringify(secretFile)}`,
+    'leeway = "0s"', 'expiry_notice = "1s"',
+    'default_publish = ["user.{sub}.>"]', 'default_subscribe = ["user.{sub}.>"]', '',
+  ].join('\n');
+  const broker = await Broker.start('127.0.0.1:0', mkdtempSync(join(tmpdir(), 'wharf-js-')), config);
+  const changed = new EventEmitter();
+  let minted = 0;
+  const token = async () => {
+    minted += 1;
+    changed.emit('x');
+    const args = ['token', 'jwt', '--secret-file', secretFile, '--sub', 'alice', '--ttl', '2s'];
+    return execFileSync(WHARF_BIN, args, { encoding: 'utf8' }).trim();
+  };
+  const client = new WharfClient(broker.url, { ...fast, token });
+  const states = [];
+  client.on('state', (s) => states.push(s));
+  const notices = [];
+  client.on('token_expiring', (frame) => { notices.push(frame); changed.emit('x'); });
+  try {
+    await client.connect();
+    const got = collector();
+    await client.subscribe('user.alice.>', {}, got.onEvent);
+    // Three renewals, each a second before the previous token's exp: the first token has
+    // expired by the third one.
+    await until(() => minted >= 4, (fn) => { changed.on('x', fn); return () => changed.off('x', fn); });
+    assert.ok(notices.length >= 3);
+    assert.ok(!states.includes('disconnected'), `states: ${states}`);
+    await client.publish('user.alice.inbox', 'still here');
+    await got.wait(1);
+    assert.equal(got.events[0].payload, 'still here');
   } finally {
     client.close();
     await broker.stop();
