@@ -23,6 +23,11 @@ export interface ClientOptions {
   requestTimeout?: number;
   /** An idle connection is checked with a ping this often, ms (default 15000). */
   heartbeatInterval?: number;
+  /** An event whose handler throws is delivered again after this long, ms (default 1000),
+   * doubled per delivery. */
+  handlerRetryDelay?: number;
+  /** The longest such delay, ms (default 60000). */
+  maxHandlerRetryDelay?: number;
 }
 
 export type Start = 'all' | 'new' | number | string;

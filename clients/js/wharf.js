@@ -27,7 +27,23 @@ const DEFAULTS = {
   requestTimeout: 10000,
   // How often an idle connection is checked with a ping (browsers cannot see WebSocket pings).
   heartbeatInterval: 15000,
+  // An event whose handler throws comes back after this long, doubled per delivery, at most
+  // maxHandlerRetryDelay: a failing handler must not spin the broker and the page.
+  handlerRetryDelay: 1000,
+  maxHandlerRetryDelay: 60000,
 };
+
+/** Whether a ws:// URL leaves the machine (a token sent over it can be read on the way). */
+function cleartextRemote(url) {
+  try {
+    const { protocol, hostname } = new URL(url);
+    if (protocol !== 'ws:') return false;
+    const host = hostname.replace(/^\[|\]$/g, '');
+    return !(host === 'localhost' || host.endsWith('.localhost') || host === '::1' || /^127\./.test(host));
+  } catch {
+    return false;
+  }
+}
 
 function randomId() {
   const c = globalThis.crypto;
@@ -42,6 +58,9 @@ export class WharfClient {
     this.WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
     if (typeof this.WebSocket !== 'function') {
       throw new WharfError('no_websocket', 'no WebSocket implementation: pass one as options.WebSocket');
+    }
+    if (this.options.token !== undefined && cleartextRemote(url)) {
+      console.warn(`wharf: sending a token over unencrypted ${url}; use wss:// beyond this machine`);
     }
     this.state = 'disconnected';
     this.ws = null;
@@ -434,7 +453,11 @@ export class WharfClient {
       if (!settled && sub.options.autoAck) await event.ack();
     } catch (e) {
       if (e instanceof WharfError) { this.emit('error', e); return; }
-      if (!settled) await event.nack().catch((err) => this.emit('error', err));
+      if (!settled) {
+        const { handlerRetryDelay, maxHandlerRetryDelay } = this.options;
+        const delay = Math.min(handlerRetryDelay * 2 ** Math.max(0, (frame.delivery ?? 1) - 1), maxHandlerRetryDelay);
+        await event.nack(delay).catch((err) => this.emit('error', err));
+      }
     }
   }
 }

@@ -60,21 +60,25 @@ test('publish resolves to the seq and a durable subscriber gets events in order,
   }
 });
 
-test('a handler that throws nacks: the event comes again, then is acked', async () => {
+test('a handler that throws nacks: the event comes again after a backoff, then is acked', async () => {
   const broker = await Broker.start();
-  const client = new WharfClient(broker.url, fast);
+  const client = new WharfClient(broker.url, { ...fast, handlerRetryDelay: 200 });
   try {
     await client.connect();
-    let failures = 0;
+    const seen = [];
     const got = collector(async (event) => {
-      if (event.delivery === 1) { failures += 1; throw new Error('not yet'); }
+      seen.push(Date.now());
+      if (event.delivery < 3) throw new Error('not yet');
       await event.ack();
     });
     await client.subscribe('jobs', { consumer: 'js-nack' }, got.onEvent);
     await client.publish('jobs', 'work');
     await got.wait(1);
-    assert.equal(failures, 1);
-    assert.equal(got.events[0].delivery, 2);
+    assert.equal(seen.length, 3);
+    assert.equal(got.events[0].delivery, 3);
+    // 200 ms after the first failure, 400 ms after the second: no immediate redelivery loop.
+    assert.ok(seen[1] - seen[0] >= 180, `${seen[1] - seen[0]} ms`);
+    assert.ok(seen[2] - seen[1] >= 380, `${seen[2] - seen[1]} ms`);
     const info = await client.request({ op: 'consumer_info', consumer: 'js-nack' });
     assert.equal(info.ack_floor, 1);
   } finally {
@@ -226,4 +230,21 @@ test('a token function renews an expiring JWT without dropping the connection', 
     client.close();
     await broker.stop();
   }
+});
+
+test('a token bound for another machine over ws:// is warned about', () => {
+  const warned = [];
+  const original = console.warn;
+  console.warn = (message) => warned.push(message);
+  try {
+    new WharfClient('ws://broker.example.com:7700/ws', { token: 't' }).close();
+    new WharfClient('wss://broker.example.com/ws', { token: 't' }).close();
+    new WharfClient('ws://127.0.0.1:7700/ws', { token: 't' }).close();
+    new WharfClient('ws://localhost:7700/ws', { token: 't' }).close();
+    new WharfClient('ws://broker.example.com:7700/ws').close();
+  } finally {
+    console.warn = original;
+  }
+  assert.equal(warned.length, 1);
+  assert.match(warned[0], /unencrypted ws:\/\/broker\.example\.com/);
 });
