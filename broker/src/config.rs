@@ -60,6 +60,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Connections served at once; more get HTTP 503.
     pub max_connections: usize,
+    /// Connections one remote address may hold at once (loopback peers excepted); more get
+    /// HTTP 503. 0 = no limit.
+    pub max_connections_per_ip: usize,
     /// Subscriptions one connection may hold; more get `limit_exceeded`.
     pub max_subscriptions_per_connection: usize,
     /// Durable consumers the broker holds; creating more gets `limit_exceeded`.
@@ -256,6 +259,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             max_subscriptions_per_connection: 256,
             max_consumers: 10_000,
             outbound_queue: 1024,

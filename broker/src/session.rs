@@ -39,6 +39,9 @@ type Ws = WebSocketStream<Rewound>;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames taken from the socket in one go when they are already there.
 const MAX_BURST: usize = 256;
+/// Refused `auth` ops a connection may make before it is closed: guessing tokens takes a
+/// new connection every few tries.
+const MAX_FAILED_AUTHS: u32 = 3;
 
 enum Subscription {
     Durable {
@@ -105,6 +108,9 @@ pub struct Session {
     /// A reply found no room in the queue in time: the peer does not read, so nothing more
     /// (not even a close frame) is written to it.
     stopped_reading: bool,
+    failed_auths: u32,
+    /// The close frame for a request that ends the connection.
+    closing: Option<CloseFrame>,
 }
 
 fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
@@ -208,6 +214,8 @@ impl Session {
             stopped_reading: false,
             expiry_notice_at: None,
             expires_at: None,
+            failed_auths: 0,
+            closing: None,
         };
         session.arm_expiry();
         let close = session.serve(&mut stream, &mut shutdown).await;
@@ -330,6 +338,12 @@ impl Session {
         self.last_seen = now;
         let outcome = match msg {
             None => return Err(None),
+            Some(Err(WsError::Utf8(e))) => {
+                return Err(Some(close_frame(
+                    CloseCode::Invalid,
+                    &format!("a text frame is not valid UTF-8: {e}"),
+                )));
+            }
             Some(Err(WsError::Capacity(e))) => {
                 return Err(Some(close_frame(
                     CloseCode::Size,
@@ -358,7 +372,7 @@ impl Session {
             Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(_)) => Ok(()),
         };
-        outcome.map_err(|()| None)
+        outcome.map_err(|()| self.closing.take())
     }
 
     /// Hands the queued publishes to the log as one append.
@@ -584,8 +598,22 @@ impl Session {
                 self.drop_forbidden_subscriptions().await
             }
             None => {
+                self.failed_auths += 1;
                 let reply = Reply::error(id, ErrorCode::Unauthorized, "invalid token");
-                self.send(reply).await
+                self.send(reply).await?;
+                if self.failed_auths < MAX_FAILED_AUTHS {
+                    return Ok(());
+                }
+                tracing::warn!(
+                    session = self.id,
+                    failed = self.failed_auths,
+                    "closing a connection after repeated invalid tokens"
+                );
+                self.closing = Some(close_frame(
+                    CloseCode::Policy,
+                    "too many failed authentications",
+                ));
+                Err(())
             }
         }
     }

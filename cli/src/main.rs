@@ -19,6 +19,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_URL: &str = "ws://127.0.0.1:7700/ws";
 
+/// The shortest token `wharf token hash` accepts.
+const MIN_TOKEN_BYTES: usize = 16;
+
 #[derive(Parser)]
 #[command(
     name = "wharf",
@@ -253,7 +256,17 @@ fn main() -> ExitCode {
 
 fn token(action: TokenAction) -> anyhow::Result<()> {
     match action {
-        TokenAction::Hash { token } => println!("{}", wharf_broker::auth::hash_token(&token)),
+        TokenAction::Hash { token } => {
+            // A short token can be guessed; `wharf token new` makes 48 hex digits.
+            if token.len() < MIN_TOKEN_BYTES {
+                anyhow::bail!(
+                    "a token must be at least {MIN_TOKEN_BYTES} bytes (this one has {}); \
+                     `wharf token new` makes a random one",
+                    token.len()
+                );
+            }
+            println!("{}", wharf_broker::auth::hash_token(&token))
+        }
         TokenAction::New => {
             let mut bytes = [0u8; 24];
             getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -322,6 +335,13 @@ async fn serve(
         return Ok(());
     }
     init_logging(&config.log_level)?;
+    // The log, the state view and the lock file are for this user only (0600 files, 0700
+    // directories): events and consumer state are nobody else's business on a shared host.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let broker = Broker::open(config).await?;
     broker.run(stop_signal()).await;
     Ok(())
