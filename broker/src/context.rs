@@ -46,10 +46,15 @@ impl Context {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn new(config: Config, store: Store, tls: Option<tokio_rustls::TlsAcceptor>) -> Context {
+    pub fn new(
+        config: Config,
+        store: Store,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        auth: Authenticator,
+    ) -> Context {
         Context {
             tls,
-            auth: Authenticator::new(&config.auth),
+            auth,
             config,
             store,
             next_session: AtomicU64::new(1),

@@ -456,11 +456,15 @@ async fn publish(
             );
             return json_error(StatusCode::BAD_REQUEST, "bad_request", &message);
         }
+        // Scoped like a WebSocket publish's: one publisher's ids never answer for another's.
+        let publisher = principal.as_ref().map_or("", |p| p.dedup_scope());
         events.push(NewEvent {
             topic: topic.as_str().to_owned(),
             payload: event.payload.get().to_owned(),
             time_ms,
-            msg_id: event.msg_id,
+            msg_id: event
+                .msg_id
+                .map(|id| crate::auth::dedup_key(publisher, &id)),
         });
     }
     let count = events.len();
@@ -475,6 +479,9 @@ async fn publish(
                     }
                 };
                 reply(StatusCode::OK, "application/json", body.to_string())
+            }
+            Some(Receipt::Refused(why)) => {
+                json_error(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", why)
             }
             _ => json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -130,6 +130,12 @@ impl Broker {
             })?),
             _ => None,
         };
+        let auth = auth::Authenticator::new(&config.auth).map_err(|message| {
+            BrokerError::Config(config::ConfigError::Invalid {
+                path: "config".into(),
+                message,
+            })
+        })?;
         tracing::info!(address = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "recovering the log");
         let started = std::time::Instant::now();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -153,7 +159,7 @@ impl Broker {
             source: std::io::Error::other(e.to_string()),
         })??;
         Ok(Broker {
-            ctx: Arc::new(context::Context::new(config, store, tls)),
+            ctx: Arc::new(context::Context::new(config, store, tls, auth)),
             listener,
             answering,
             addr,

@@ -1,7 +1,7 @@
 //! The listener: accepts TCP connections, completes the WebSocket handshake on `/ws`, and
 //! runs one [`Session`] per connection until shutdown.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,52 @@ use crate::shutdown::Shutdown;
 
 /// On shutdown, sessions get this long to send their last replies and close frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections open per remote address, for `max_connections_per_ip`.
+#[derive(Clone, Default)]
+struct PerIp(Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// One connection, counted against its address (when limited) until dropped.
+struct IpSlot {
+    counts: PerIp,
+    ip: Option<IpAddr>,
+}
+
+impl PerIp {
+    /// Counts a connection from `ip`, or `None` when it already has `limit`. Loopback peers
+    /// are not limited: behind a local proxy every client would share one address.
+    fn admit(&self, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let counts = self.clone();
+        if ip.is_loopback() || limit == 0 {
+            return Some(IpSlot { counts, ip: None });
+        }
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            counts,
+            ip: Some(ip),
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else {
+            return;
+        };
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+}
 
 /// With `max_age` set, has the log apply retention regularly even when no segment rolls.
 pub async fn age_out(ctx: Arc<Context>, mut shutdown: Shutdown) {
@@ -108,6 +154,7 @@ pub async fn serve(
     ctx: Arc<Context>,
     mut shutdown: Shutdown,
 ) {
+    let per_ip = PerIp::default();
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -116,9 +163,20 @@ pub async fn serve(
                     tracing::warn!(%peer, limit = ctx.config.max_connections, "connection refused: at max_connections");
                     tokio::spawn(crate::http::refuse(stream, "too many connections"));
                 }
-                Ok((stream, peer)) => {
-                    sessions.spawn(connection(ctx.clone(), stream, peer, shutdown.clone()));
-                }
+                Ok((stream, peer)) => match per_ip.admit(peer.ip(), ctx.config.max_connections_per_ip) {
+                    Some(slot) => {
+                        let ctx = ctx.clone();
+                        let shutdown = shutdown.clone();
+                        sessions.spawn(async move {
+                            connection(ctx, stream, peer, shutdown).await;
+                            drop(slot);
+                        });
+                    }
+                    None => {
+                        tracing::warn!(%peer, limit = ctx.config.max_connections_per_ip, "connection refused: at max_connections_per_ip");
+                        tokio::spawn(crate::http::refuse(stream, "too many connections from this address"));
+                    }
+                },
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");

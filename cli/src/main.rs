@@ -19,6 +19,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_URL: &str = "ws://127.0.0.1:7700/ws";
 
+/// The shortest token `wharf token hash` accepts.
+const MIN_TOKEN_BYTES: usize = 16;
+
 #[derive(Parser)]
 #[command(
     name = "wharf",
@@ -36,6 +39,36 @@ enum TokenAction {
     New,
     /// The hash of TOKEN, for `sha256 = "…"` in an [[auth.tokens]] entry.
     Hash { token: String },
+    /// A JWT signed with HS256 for [auth.jwt] (tests, operators, backends without a JWT
+    /// library). Without --publish, --subscribe, --consumers and --admin it carries no `wharf`
+    /// claim, and the broker's [auth.jwt] default_* rights apply.
+    Jwt {
+        /// The file holding the shared secret (the broker's hs256_secret_file).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The subject (the user); fills {sub} in the broker's default rights.
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid (`exp` = now + this), e.g. 15m, 1h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Topic patterns it may publish to (repeat for several).
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Patterns it may subscribe to.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Durable consumers it may use (names, prefix*, *).
+        #[arg(long)]
+        consumers: Vec<String>,
+        /// May use the admin operations and /metrics.
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        audience: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,13 +256,56 @@ fn main() -> ExitCode {
 
 fn token(action: TokenAction) -> anyhow::Result<()> {
     match action {
-        TokenAction::Hash { token } => println!("{}", wharf_broker::auth::hash_token(&token)),
+        TokenAction::Hash { token } => {
+            // A short token can be guessed; `wharf token new` makes 48 hex digits.
+            if token.len() < MIN_TOKEN_BYTES {
+                anyhow::bail!(
+                    "a token must be at least {MIN_TOKEN_BYTES} bytes (this one has {}); \
+                     `wharf token new` makes a random one",
+                    token.len()
+                );
+            }
+            println!("{}", wharf_broker::auth::hash_token(&token))
+        }
         TokenAction::New => {
             let mut bytes = [0u8; 24];
             getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             println!("token  = {token}");
             println!("sha256 = \"{}\"", wharf_broker::auth::hash_token(&token));
+        }
+        TokenAction::Jwt {
+            secret_file,
+            sub,
+            ttl,
+            publish,
+            subscribe,
+            consumers,
+            admin,
+            issuer,
+            audience,
+        } => {
+            let secret = std::fs::read(&secret_file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", secret_file.display()))?;
+            let rights = wharf_broker::auth::Rights {
+                publish,
+                subscribe,
+                consumers,
+                admin,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| anyhow::anyhow!("the clock is before 1970: {e}"))?;
+            let claims = wharf_broker::auth::Claims {
+                sub: Some(sub),
+                exp: (now + ttl).as_secs(),
+                iss: issuer,
+                aud: audience,
+                wharf: (rights != wharf_broker::auth::Rights::default()).then_some(rights),
+            };
+            let token = wharf_broker::auth::sign_hs256(&secret, &claims)
+                .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+            println!("{token}");
         }
     }
     Ok(())
@@ -253,10 +329,19 @@ async fn serve(
     // The flags may change what the file was checked against (a non-loopback --listen).
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if check_config {
+        // The JWT key files are read as the broker would, so a bad one fails the check.
+        wharf_broker::auth::Authenticator::new(&config.auth).map_err(|e| anyhow::anyhow!("{e}"))?;
         print!("{}", config.to_toml()?);
         return Ok(());
     }
     init_logging(&config.log_level, config.log_format)?;
+    // The log, the state view and the lock file are for this user only (0600 files, 0700
+    // directories): events and consumer state are nobody else's business on a shared host.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let broker = Broker::open(config).await?;
     broker.run(stop_signal()).await;
     Ok(())
