@@ -252,6 +252,27 @@ impl Broker {
     pub async fn client(&self) -> Client {
         Client::connect(&self.url).await
     }
+
+    /// `host:port` of the listener, for plain HTTP requests.
+    pub fn http_addr(&self) -> String {
+        self.url
+            .trim_start_matches("ws://")
+            .trim_end_matches(wharf_protocol::WS_PATH)
+            .to_owned()
+    }
+}
+
+/// The base seqs of the segment files in `data`'s log, ascending.
+pub fn segment_bases(data: &Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = std::fs::read_dir(data.join("log"))
+        .expect("the log directory")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
 }
 
 impl Drop for Broker {

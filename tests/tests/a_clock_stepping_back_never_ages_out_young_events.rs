@@ -7,29 +7,17 @@
 use std::path::Path;
 
 use serde_json::json;
-use wharf_tests::{data_dir, Broker};
+use wharf_tests::{data_dir, segment_bases, Broker};
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const CONFIG: &str = "segment_bytes = 4096\nmax_age = \"1h\"";
-
-fn segments(data: &Path) -> Vec<u64> {
-    let mut bases: Vec<u64> = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".seg").map(|s| s.parse().unwrap())
-        })
-        .collect();
-    bases.sort();
-    bases
-}
 
 /// Publishes padded events until the log has `n` segments.
 async fn fill_to(broker: &Broker, data: &Path, n: usize) {
     let mut p = broker.client().await;
     let pad = "c".repeat(200);
     let mut i = 0;
-    while segments(data).len() < n {
+    while segment_bases(data).len() < n {
         p.publish("clock.a", json!({ "i": i, "pad": pad })).await;
         i += 1;
         assert!(i < 1000, "the log never rolled");
@@ -58,7 +46,7 @@ async fn young_events_stay_when_the_clock_steps_back_and_forward() {
             .await;
         i += 1;
     }
-    assert_eq!(segments(&data), vec![1]);
+    assert_eq!(segment_bases(&data), vec![1]);
     broker.terminate();
 
     // The clock steps back two hours: more segments, stamped (by a naive broker) 2 h ago.
@@ -76,10 +64,10 @@ async fn young_events_stay_when_the_clock_steps_back_and_forward() {
     let broker = Broker::start(&data, CONFIG);
     fill_to(&broker, &data, 5).await;
     assert_eq!(
-        segments(&data)[0],
+        segment_bases(&data)[0],
         1,
         "a segment of young events was removed: {:?}",
-        segments(&data)
+        segment_bases(&data)
     );
     let mut c = broker.client().await;
     let stats = c.reply(json!({"op":"stats","id":1})).await;

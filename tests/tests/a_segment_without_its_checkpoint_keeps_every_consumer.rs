@@ -3,24 +3,11 @@
 //! retention by age makes it the oldest (and only) segment, a rebuild of the state view
 //! still finds every consumer in it.
 
-use std::path::Path;
 
 use serde_json::json;
-use wharf_tests::{data_dir, Broker};
+use wharf_tests::{data_dir, segment_bases, Broker};
 
 const AGED: &str = "max_age = \"1s\"";
-
-fn segments(data: &Path) -> Vec<u64> {
-    let mut bases: Vec<u64> = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            name.strip_suffix(".seg").map(|s| s.parse().unwrap())
-        })
-        .collect();
-    bases.sort();
-    bases
-}
 
 #[tokio::test]
 async fn consumers_survive_a_segment_born_without_its_checkpoint() {
@@ -45,7 +32,7 @@ async fn consumers_survive_a_segment_born_without_its_checkpoint() {
     p.publish("keep.a", json!("after the crash")).await;
     // Everything older than the segment the crash left ages out.
     broker.wait_for_log("retention removed old segments");
-    assert_eq!(segments(&data), vec![head + 1]);
+    assert_eq!(segment_bases(&data), vec![head + 1]);
     broker.terminate();
 
     std::fs::remove_dir_all(data.join("state")).unwrap();

@@ -9,14 +9,6 @@ use std::net::TcpStream;
 use serde_json::{json, Value};
 use wharf_tests::{data_dir, Broker, WAIT};
 
-fn addr_of(broker: &Broker) -> String {
-    broker
-        .url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/ws")
-        .to_owned()
-}
-
 /// Reads one response (status, headers, body by content-length) from a kept-alive stream.
 fn read_response(reader: &mut BufReader<TcpStream>, head_only: bool) -> (u16, Vec<String>, String) {
     let mut status_line = String::new();
@@ -57,7 +49,7 @@ fn connect(addr: &str) -> (TcpStream, BufReader<TcpStream>) {
 async fn keep_alive_chunked_head_continue_idempotency_and_batches() {
     let (_tmp, data) = data_dir();
     let broker = Broker::start(&data, "");
-    let addr = addr_of(&broker);
+    let addr = broker.http_addr();
     let (mut s, mut r) = connect(&addr);
 
     // Two requests on one connection, the first a HEAD: headers, no body.

@@ -12,11 +12,7 @@ use wharf_tests::{data_dir, Broker, WAIT};
 
 /// GET `path` from the broker; the body of the answer.
 fn scrape(broker: &Broker, path: &str) -> String {
-    let addr = broker
-        .url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/ws")
-        .to_owned();
+    let addr = broker.http_addr();
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     write!(

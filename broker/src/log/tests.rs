@@ -136,25 +136,7 @@ async fn a_torn_tail_is_cut_and_writing_resumes() {
     let last = segment_files(&dir).pop().unwrap();
     let good_len = std::fs::metadata(&last).unwrap().len();
     // Half a record: a header that promises more bytes than follow.
-    let mut frame = Vec::new();
-    record::frame_into(
-        &Record::Events(vec![Event {
-            frame_body: Default::default(),
-            seq: 11,
-            time_ms: 1,
-            topic: "t".into(),
-            payload: "1".into(),
-            msg_id: None,
-        }]),
-        &mut frame,
-    )
-    .unwrap();
-    OpenOptions::new()
-        .append(true)
-        .open(&last)
-        .unwrap()
-        .write_all(&frame[..frame.len() - 3])
-        .unwrap();
+    tear(&last);
 
     let (recovery, records) = recover_all(&dir).unwrap();
     assert_eq!(records.len(), 10);
