@@ -3,7 +3,6 @@
 //! retention by age makes it the oldest (and only) segment, a rebuild of the state view
 //! still finds every consumer in it.
 
-
 use serde_json::json;
 use wharf_tests::{data_dir, segment_bases, Broker};
 

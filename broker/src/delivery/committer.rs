@@ -1,0 +1,138 @@
+//! The log's commit sink: applies each durable batch to consumers in memory and the sled
+//! view, writes checkpoints, and hands the events to the feed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_tungstenite::tungstenite::Message;
+use wharf_protocol::Reply;
+
+use crate::consumers::{Changes, Consumers};
+use crate::log::{CommitSink, Position, Record, Settle};
+use crate::metrics;
+use crate::state::{ConsumerState, ViewSender, ViewUpdate};
+
+use super::Feed;
+
+/// The most a checkpoint record holds before the next one starts: well under the record
+/// limit readers enforce, so thousands of consumers with long pattern lists never make a
+/// record no reader accepts.
+const CHECKPOINT_RECORD_BYTES: usize = 16 << 20;
+
+/// Every consumer's state as `Checkpoint` records of at most 16 MiB each (always at least
+/// one, so a segment's first record is a checkpoint).
+pub fn checkpoint_records(all: Vec<(String, ConsumerState)>) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0usize;
+    for (name, state) in all {
+        let size = name.len()
+            + crate::codec::encode(&state).map_or(CHECKPOINT_RECORD_BYTES, |body| body.len());
+        if !part.is_empty() && bytes + size > CHECKPOINT_RECORD_BYTES {
+            records.push(Record::Checkpoint {
+                consumers: std::mem::take(&mut part),
+            });
+            bytes = 0;
+        }
+        bytes += size;
+        part.push((name, state));
+    }
+    records.push(Record::Checkpoint { consumers: part });
+    records
+}
+
+/// Applies each durable batch to memory and sled, then wakes the deliverers.
+pub struct Committer {
+    consumers: Arc<Consumers>,
+    view: ViewSender,
+    feed: Arc<Feed>,
+    /// When the view last recorded its log position.
+    saved_at: Instant,
+}
+
+/// How stale the view's log position may get while only events are committed. Events change
+/// nothing in sled; the position only bounds how much of the log a restart replays into
+/// consumers (which it scans anyway), so it need not move on every commit: per-commit sled
+/// batches showed as sled's I/O threads waking thousands of times a second under publish.
+const POSITION_EVERY: Duration = Duration::from_millis(200);
+
+impl Committer {
+    pub fn new(consumers: Arc<Consumers>, view: ViewSender, feed: Arc<Feed>) -> Committer {
+        Committer {
+            consumers,
+            view,
+            feed,
+            saved_at: Instant::now(),
+        }
+    }
+}
+
+impl CommitSink for Committer {
+    fn checkpoint(&mut self) -> Vec<Record> {
+        checkpoint_records(self.consumers.snapshot())
+    }
+
+    fn gaps(&mut self, first_seq: u64) -> Vec<Record> {
+        self.feed.trim_below(first_seq);
+        self.consumers
+            .snapshot()
+            .into_iter()
+            .filter(|(_, state)| state.floor + 1 < first_seq)
+            .map(|(name, state)| Record::ConsumerGap {
+                name,
+                from: state.floor + 1,
+                to: first_seq - 1,
+            })
+            .collect()
+    }
+
+    fn committed(&mut self, records: Vec<Record>, end: Position) {
+        let mut events = Vec::new();
+        let mut changes = Changes::default();
+        for rec in records {
+            if let Record::Acked { seqs, kind, .. } = &rec {
+                let counter = match kind {
+                    Settle::Ack => metrics::acked(),
+                    Settle::Term => metrics::terminated(),
+                    Settle::DeadLetter => metrics::dead_lettered(),
+                };
+                counter.increment(seqs.len() as u64);
+            }
+            if let Record::DeadLetter { .. } = &rec {
+                metrics::dead_lettered().increment(1);
+            }
+            self.consumers.apply(&rec, &mut changes);
+            events.extend(rec.into_events().into_iter().map(Arc::new));
+        }
+        for gone in changes.evicted.drain(..) {
+            let notice = Reply::Unsubscribed {
+                sub: gone.sub.to_string(),
+                reason: "deleted".into(),
+            };
+            let _best_effort = gone.outbound.try_send(Message::text(notice.to_json()));
+        }
+        let only_events =
+            changes.saved.is_empty() && changes.settled.is_empty() && changes.deleted.is_empty();
+        if only_events && self.saved_at.elapsed() < POSITION_EVERY {
+            metrics::published().increment(events.len() as u64);
+            self.feed.push(events);
+            return;
+        }
+        self.saved_at = Instant::now();
+        changes.saved.sort();
+        changes.saved.dedup();
+        let states: Vec<(String, ConsumerState)> = changes
+            .saved
+            .iter()
+            .filter_map(|name| self.consumers.get(name).map(|c| (name.clone(), c.state())))
+            .collect();
+        self.view.send(ViewUpdate {
+            states,
+            settled: changes.settled,
+            deleted: changes.deleted,
+            applied: end,
+        });
+        metrics::published().increment(events.len() as u64);
+        self.feed.push(events);
+    }
+}

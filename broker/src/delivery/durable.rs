@@ -1,0 +1,283 @@
+//! The delivery task of a durable subscription: walk from the floor, redeliver what comes
+//! due, dead-letter, tell untold gaps.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+use wharf_protocol::{format_time_ms, now_ms, DeadLetter, Reply};
+
+use crate::consumers::{dead_letter_topic, Consumer, Step, DEAD_LETTER_PREFIX};
+use crate::log::{AppendLog, Entry, Event, NewEvent, Settle};
+use crate::metrics;
+use crate::outbound::{Delivered, Outbound};
+use crate::state::StateView;
+
+use super::{event_frame, sleep_until_opt, EventSource};
+
+/// What a durable delivery task needs.
+pub struct DurableDelivery {
+    pub consumer: Arc<Consumer>,
+    pub generation: u64,
+    pub epoch: u64,
+    pub kick: Arc<Notify>,
+    pub sub: Arc<str>,
+    pub outbound: Outbound,
+    pub source: EventSource,
+    pub state: StateView,
+    pub log: AppendLog,
+    /// The end of the last gap this subscription told its subscriber of.
+    pub gap_told: u64,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+    Restart,
+}
+
+impl DurableDelivery {
+    /// Walks the log from the floor delivering what is unsettled, keeps up with new events,
+    /// and redelivers what comes due (ack wait, nack, a shared peer that left).
+    pub async fn run(mut self) {
+        let mut backlog: VecDeque<Arc<Event>> = VecDeque::new();
+        let mut check_gap = true;
+        loop {
+            if std::mem::take(&mut check_gap) {
+                if let Flow::Stop = self.tell_gap().await {
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if self.consumer.start().0 != self.epoch {
+                backlog.clear();
+                self.restart();
+                check_gap = true;
+                continue;
+            }
+            if let Some(seq) = self.consumer.next_due(self.generation, now) {
+                let flow = match self.source.fetch(seq).await {
+                    Ok(Some(ev)) => {
+                        let step = self
+                            .consumer
+                            .redeliver(self.generation, self.epoch, seq, now);
+                        self.act(step, &ev).await
+                    }
+                    Ok(None) => {
+                        self.consumer.drop_lease(seq);
+                        Flow::Continue
+                    }
+                    Err(e) => {
+                        tracing::error!(consumer = self.consumer.name, error = %e, "cannot read an event to redeliver");
+                        Flow::Stop
+                    }
+                };
+                match flow {
+                    Flow::Continue => continue,
+                    Flow::Stop => return,
+                    Flow::Restart => {
+                        backlog.clear();
+                        self.restart();
+                        check_gap = true;
+                        continue;
+                    }
+                }
+            }
+            if let Some(ev) = backlog.front().cloned() {
+                let step = self
+                    .consumer
+                    .step(self.generation, self.epoch, ev.seq, &ev.topic, now);
+                if step == Step::NoRoom {
+                    self.wait().await;
+                    continue;
+                }
+                if !matches!(step, Step::Restart | Step::Detached) {
+                    backlog.pop_front();
+                }
+                match self.act(step, &ev).await {
+                    Flow::Continue => {}
+                    Flow::Stop => return,
+                    Flow::Restart => {
+                        backlog.clear();
+                        self.restart();
+                        check_gap = true;
+                    }
+                }
+                continue;
+            }
+            let deadline = self.consumer.next_deadline(self.generation);
+            tokio::select! {
+                batch = self.source.next_batch() => match batch {
+                    Ok(Some(batch)) => backlog.extend(batch),
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::error!(consumer = self.consumer.name, error = %e, "cannot read the log for delivery");
+                        return;
+                    }
+                },
+                _ = sleep_until_opt(deadline) => {}
+                _ = self.kick.notified() => {}
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        let (epoch, from) = self.consumer.start();
+        self.epoch = epoch;
+        self.source.reset(from);
+    }
+
+    /// Waits for room (an ack), a due redelivery, or a seek.
+    async fn wait(&self) {
+        let deadline = self.consumer.next_deadline(self.generation);
+        tokio::select! {
+            _ = sleep_until_opt(deadline) => {}
+            _ = self.kick.notified() => {}
+        }
+    }
+
+    async fn act(&mut self, step: Step, ev: &Event) -> Flow {
+        match step {
+            Step::Skip | Step::NoRoom => Flow::Continue,
+            Step::Detached => Flow::Stop,
+            Step::Restart => Flow::Restart,
+            Step::Deliver(count) => {
+                metrics::delivered().increment(1);
+                if count > 1 {
+                    metrics::redelivered().increment(1);
+                }
+                let name = &self.consumer.name;
+                let frame = event_frame(&self.sub, Some(name), ev, count);
+                match self.outbound.deliver(frame).await {
+                    Delivered::Sent => {
+                        self.consumer.handed_over(ev.seq, count);
+                        if count > 1 {
+                            // A sled insert is blocking I/O: off the runtime's workers.
+                            let (state, name, seq) = (self.state.clone(), name.clone(), ev.seq);
+                            tokio::task::spawn_blocking(move || {
+                                if let Err(e) = state.set_delivery(&name, seq, count) {
+                                    tracing::warn!(consumer = name, error = %e, "delivery count not saved");
+                                }
+                            });
+                        }
+                        Flow::Continue
+                    }
+                    Delivered::Closed => Flow::Stop,
+                    Delivered::TooSlow => {
+                        // Nothing is lost: the consumer resumes from its settled state.
+                        self.outbound.evict(format!(
+                            "slow consumer: nothing read for {:?}; reconnect to resume",
+                            self.outbound.slow_limit()
+                        ));
+                        Flow::Stop
+                    }
+                }
+            }
+            Step::DeadLetter(deliveries) => {
+                self.dead_letter(ev, deliveries).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Moves an event that was delivered `max_deliver` times to `dead.<consumer>` and settles
+    /// it, as one record. A failed append (a full disk) is tried again a second later.
+    async fn dead_letter(&self, ev: &Event, deliveries: u32) {
+        let name = &self.consumer.name;
+        if ev.topic.starts_with(DEAD_LETTER_PREFIX) {
+            // A dead letter that cannot be processed is settled, never nested in another.
+            let (floor, seeks) = self.consumer.floor_for_settle(&[ev.seq]);
+            let entry = Entry::Acked {
+                consumer: name.clone(),
+                seqs: vec![ev.seq],
+                floor,
+                kind: Settle::DeadLetter,
+                seeks,
+            };
+            let stored = self.log.append(vec![entry]).await.is_ok();
+            tracing::warn!(
+                consumer = name,
+                seq = ev.seq,
+                topic = ev.topic,
+                stored,
+                "a dead letter reached max_deliver; settled without another dead letter"
+            );
+            self.consumer
+                .dead_letter_done(ev.seq, stored, DEAD_LETTER_RETRY, Instant::now());
+            return;
+        }
+        let payload = DeadLetter {
+            consumer: name,
+            topic: &ev.topic,
+            seq: ev.seq,
+            deliveries,
+            published_at: &format_time_ms(ev.time_ms),
+            payload: &ev.payload,
+        }
+        .to_json();
+        let entry = Entry::DeadLetter {
+            consumer: name.clone(),
+            seq: ev.seq,
+            event: NewEvent {
+                topic: dead_letter_topic(name),
+                payload,
+                time_ms: now_ms(),
+                msg_id: None,
+            },
+        };
+        let stored = match self.log.append(vec![entry]).await {
+            Ok(_) => {
+                tracing::info!(consumer = name, seq = ev.seq, deliveries, "dead-lettered");
+                true
+            }
+            Err(e) => {
+                tracing::error!(consumer = name, seq = ev.seq, error = %e, "dead-lettering failed; trying again shortly");
+                false
+            }
+        };
+        self.consumer
+            .dead_letter_done(ev.seq, stored, DEAD_LETTER_RETRY, Instant::now());
+    }
+
+    /// Tells the subscriber of a gap retention made that no subscriber was told of yet,
+    /// waiting for room in its queue like an event, and records that it was told.
+    async fn tell_gap(&mut self) -> Flow {
+        let Some((from, to)) = self.consumer.untold_gap() else {
+            return Flow::Continue;
+        };
+        if to <= self.gap_told {
+            return Flow::Continue;
+        }
+        let notice = Reply::Gap {
+            consumer: self.consumer.name.clone(),
+            from,
+            to,
+        };
+        match self.outbound.deliver(Message::text(notice.to_json())).await {
+            Delivered::Sent => {}
+            Delivered::Closed => return Flow::Stop,
+            Delivered::TooSlow => {
+                self.outbound.evict(format!(
+                    "slow consumer: nothing read for {:?}; reconnect to resume",
+                    self.outbound.slow_limit()
+                ));
+                return Flow::Stop;
+            }
+        }
+        self.gap_told = to;
+        let entry = Entry::GapReported {
+            name: self.consumer.name.clone(),
+            to,
+        };
+        if let Err(e) = self.log.append(vec![entry]).await {
+            // Told, but not recorded: the next subscriber may be told once more.
+            tracing::warn!(consumer = self.consumer.name, error = %e, "gap notice not recorded");
+        }
+        Flow::Continue
+    }
+}
+
+/// How soon a dead letter whose append failed is tried again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);

@@ -1,0 +1,49 @@
+//! Getting durable events to subscribers.
+//!
+//! * [`Committer`] is the log's [`CommitSink`]: once a batch is synced it applies acks and new
+//!   consumers to memory and sled, then publishes the events to the [`Feed`].
+//! * The [`Feed`] holds the newest events in memory and the committed head seq; an
+//!   [`EventSource`] reads from any seq, from that cache when it can and from the segments
+//!   when it must, so live delivery and replay of a long backlog are one code path.
+//! * One delivery task per subscription walks its source in seq order. For a durable
+//!   consumer it skips what is acked or not matching, counts deliveries, and stops at
+//!   `max_in_flight` unacked events until acks make room. Only synced events ever reach it.
+
+mod committer;
+mod durable;
+mod ephemeral;
+mod feed;
+mod source;
+
+use std::time::Instant;
+
+use tokio_tungstenite::tungstenite::Message;
+use wharf_protocol::{EventBody, EventFrame};
+
+use crate::log::Event;
+
+pub use committer::{checkpoint_records, Committer};
+pub use durable::DurableDelivery;
+pub use ephemeral::run_ephemeral;
+pub use feed::{Feed, TopicStat, Topics};
+pub use source::EventSource;
+
+fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> Message {
+    let body = ev
+        .frame_body
+        .get_or_init(|| EventBody::new(ev.seq, &ev.topic, &ev.payload, ev.time_ms));
+    let frame = EventFrame {
+        sub,
+        consumer,
+        body,
+        delivery,
+    };
+    Message::text(frame.to_json())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
