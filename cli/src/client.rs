@@ -63,69 +63,167 @@ fn payload_of(text: &str) -> anyhow::Result<Box<RawValue>> {
     Ok(RawValue::from_string(json)?)
 }
 
-fn publish_frame(topic: &Topic, n: u64, text: &str) -> anyhow::Result<Message> {
+fn publish_frame(
+    topic: &Topic,
+    line: u64,
+    text: &str,
+    prefix: Option<&str>,
+) -> anyhow::Result<Message> {
     let request = Request::Publish {
-        id: Some(Id::Uint(n)),
+        id: Some(Id::Uint(line)),
         event: NewEvent {
             topic: topic.clone(),
             payload: payload_of(text)?,
-            msg_id: None,
+            msg_id: prefix.map(|p| format!("{p}-{line}")),
         },
     };
     Ok(Message::text(request.to_json()))
 }
 
-pub async fn publish(url: &str, topic: &str, payload: Option<String>) -> anyhow::Result<()> {
+/// Per-line errors shown before the rest are only counted.
+const SHOWN_FAILURES: u64 = 10;
+
+/// Publishes PAYLOAD, or each non-blank stdin line, pipelined. Every stored event's seq is
+/// printed in input order, also when some lines fail: a failure is reported on stderr with
+/// its line number and the run goes on, so that stdout accounts for everything stored.
+pub async fn publish(
+    url: &str,
+    topic: &str,
+    payload: Option<String>,
+    prefix: Option<String>,
+) -> anyhow::Result<()> {
     let topic = Topic::parse(topic).map_err(|e| anyhow!("invalid topic: {e}"))?;
+    let prefix = prefix.as_deref();
     let (mut sink, mut stream) = connect(url).await?;
-    let mut stdout = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if let Some(text) = payload {
-        sink.send(publish_frame(&topic, 1, &text)?).await?;
-        let seq = expect_published(next_reply(&mut stream).await?)?;
-        writeln!(stdout, "{seq}")?;
+        sink.send(publish_frame(&topic, 1, &text, prefix)?).await?;
+        let seq = match next_reply(&mut stream).await? {
+            Reply::Published { seq: Some(seq), .. } => seq,
+            Reply::Error { code, message, .. } => {
+                bail!("the broker refused the publish: {code}: {message}")
+            }
+            other => bail!("unexpected reply from the broker: {}", other.to_json()),
+        };
+        writeln!(out, "{seq}")?;
+        out.flush()?;
         let _closed = sink.close().await;
         return Ok(());
     }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let (mut sent, mut confirmed, mut eof) = (0u64, 0u64, false);
+    // Line numbers of the publishes sent and not yet answered, oldest first: replies come
+    // back in request order.
+    let mut in_flight = std::collections::VecDeque::<u64>::new();
+    let (mut line_no, mut stored, mut duplicates, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut input_error = None;
+    let mut eof = false;
+    // A closed stdout loses the seqs, not the publishes: the run goes on.
+    let mut stdout_open = true;
     // A progress line on a terminal; nothing extra when stderr is piped.
     let progress = indicatif::ProgressBar::new_spinner().with_style(
         indicatif::ProgressStyle::with_template("{spinner} {pos} published ({per_sec})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
-    while !eof || confirmed < sent {
+    while !eof || !in_flight.is_empty() {
         tokio::select! {
-            line = lines.next_line(), if !eof && sent - confirmed < PIPELINE => {
-                match line.context("cannot read stdin")? {
-                    Some(line) if line.trim().is_empty() => {}
-                    Some(line) => {
-                        sent += 1;
-                        sink.feed(publish_frame(&topic, sent, &line)?).await?;
+            line = lines.next_line(), if !eof && (in_flight.len() as u64) < PIPELINE => {
+                match line {
+                    Ok(Some(line)) => {
+                        line_no += 1;
+                        if !line.trim().is_empty() {
+                            sink.feed(publish_frame(&topic, line_no, &line, prefix)?).await?;
+                            in_flight.push_back(line_no);
+                        }
                     }
-                    None => eof = true,
+                    Ok(None) => eof = true,
+                    Err(e) => {
+                        // What was sent is still answered and printed before the error.
+                        input_error = Some(anyhow!("cannot read stdin after line {line_no}: {e}"));
+                        eof = true;
+                    }
                 }
                 sink.flush().await?;
             }
-            reply = next_reply(&mut stream), if confirmed < sent => {
-                let seq = expect_published(reply?)?;
-                confirmed += 1;
-                progress.inc(1);
-                writeln!(stdout, "{seq}")?;
+            reply = next_reply(&mut stream), if !in_flight.is_empty() => {
+                let line = in_flight.pop_front().unwrap_or_default();
+                let reply = match reply {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        progress.finish_and_clear();
+                        if stdout_open {
+                            let _flushed = out.flush();
+                        }
+                        let last = in_flight.back().copied().unwrap_or(line);
+                        bail!(
+                            "{e:#}; {stored} events were stored and printed; lines {line} to {last} \
+                             were sent but not confirmed, so each may or may not be stored{}",
+                            if prefix.is_none() { " (rerun with --msg-id-prefix to store each line once)" } else { "" }
+                        )
+                    }
+                };
+                match reply {
+                    Reply::Published { seq: Some(seq), duplicate, .. } => {
+                        stored += 1;
+                        duplicates += u64::from(duplicate);
+                        progress.inc(1);
+                        if stdout_open {
+                            stdout_open = write_seq(&mut out, seq, in_flight.is_empty())?;
+                        }
+                    }
+                    Reply::Error { code, message, .. } => {
+                        failed += 1;
+                        if failed <= SHOWN_FAILURES {
+                            progress.suspend(|| eprintln!("wharf: line {line} not stored: {code}: {message}"));
+                        }
+                    }
+                    other => bail!("unexpected reply from the broker: {}", other.to_json()),
+                }
             }
         }
     }
     progress.finish_and_clear();
+    if stdout_open {
+        write_seq_flush(&mut out)?;
+    }
     let _closed = sink.close().await;
+    if duplicates > 0 {
+        eprintln!("wharf: {duplicates} lines were already stored (same msg_id); their first seq is printed");
+    }
+    if let Some(e) = input_error {
+        return Err(e);
+    }
+    if failed > 0 {
+        let hint = match prefix {
+            Some(_) => {
+                "rerun with the same --msg-id-prefix once fixed: stored lines are not stored again"
+            }
+            None => "--msg-id-prefix makes a rerun store each line once",
+        };
+        bail!(
+            "{failed} of {} lines were not stored ({stored} were); {hint}",
+            failed + stored
+        )
+    }
     Ok(())
 }
 
-fn expect_published(reply: Reply) -> anyhow::Result<u64> {
-    match reply {
-        Reply::Published { seq: Some(seq), .. } => Ok(seq),
-        Reply::Error { code, message, .. } => {
-            bail!("the broker refused the publish: {code}: {message}")
+/// Writes one seq; `false` once stdout is closed. Flushed when nothing else is in flight, so
+/// that an interactive user sees each seq as it is confirmed.
+fn write_seq(out: &mut impl Write, seq: u64, flush: bool) -> anyhow::Result<bool> {
+    let written = writeln!(out, "{seq}").and_then(|()| if flush { out.flush() } else { Ok(()) });
+    match written {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("cannot write to stdout"),
+    }
+}
+
+fn write_seq_flush(out: &mut impl Write) -> anyhow::Result<()> {
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
         }
-        other => bail!("unexpected reply from the broker: {}", other.to_json()),
+        _ => Ok(()),
     }
 }
 

@@ -84,6 +84,10 @@ enum Command {
         url: String,
         topic: String,
         payload: Option<String>,
+        /// Give each line the msg_id `PREFIX-<line number>`, so that a rerun of the same
+        /// input stores nothing twice (within the broker's dedup window).
+        #[arg(long, value_name = "PREFIX")]
+        msg_id_prefix: Option<String>,
     },
     /// The broker at a glance.
     Stats {
@@ -202,7 +206,8 @@ fn main() -> ExitCode {
                 url,
                 topic,
                 payload,
-            } => client::publish(&url, &topic, payload).await,
+                msg_id_prefix,
+            } => client::publish(&url, &topic, payload, msg_id_prefix).await,
             Command::Subscribe {
                 url,
                 pattern,
