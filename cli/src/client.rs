@@ -253,7 +253,8 @@ pub async fn subscribe(
     }
     // Events are printed through a buffer and acked in batches: each batch is flushed to
     // stdout before its ack goes out, so an event is acked only once it was printed.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = Output::new();
+    let mut closed = std::pin::pin!(stdout_closed());
     let mut printed = 0u64;
     let mut acks = Acks {
         consumer: consumer.clone(),
@@ -268,11 +269,19 @@ pub async fn subscribe(
         let msg = match stream.next().now_or_never() {
             Some(msg) => msg,
             None => {
-                acks.settle(&mut out, &mut sink).await?;
+                if !acks.settle(&mut out, &mut sink).await? {
+                    break;
+                }
                 if done && acks.unconfirmed.is_empty() {
                     break;
                 }
-                stream.next().await
+                tokio::select! {
+                    msg = stream.next() => msg,
+                    () = &mut closed => {
+                        out.closed = true;
+                        break;
+                    }
+                }
             }
         };
         let Some(reply) = decode(msg)? else { continue };
@@ -282,12 +291,15 @@ pub async fn subscribe(
                     continue;
                 }
                 let seq = ev.seq;
-                serde_json::to_writer(&mut out, &Reply::Event(ev))?;
-                writeln!(out)?;
+                let line = serde_json::to_string(&Reply::Event(ev))?;
+                if !out.line(line.as_bytes())? {
+                    break;
+                }
                 printed += 1;
                 acks.printed(seq);
-                if acks.batch.len() >= 256 || count.is_some_and(|n| printed >= n) {
-                    acks.settle(&mut out, &mut sink).await?;
+                let due = acks.batch.len() >= 256 || count.is_some_and(|n| printed >= n);
+                if due && !acks.settle(&mut out, &mut sink).await? {
+                    break;
                 }
             }
             Reply::Ok { id: Some(id) } => {
@@ -304,9 +316,82 @@ pub async fn subscribe(
             _ => {}
         }
     }
-    out.flush()?;
+    if out.closed {
+        // The reader went away (`| head`): a normal end. What it did not get is not acked;
+        // the acks already sent are waited for, so that what it got is not delivered again.
+        acks.batch.clear();
+        let confirm = acks.confirm(&mut stream);
+        let _in_time = tokio::time::timeout(ACK_CONFIRM_WAIT, confirm).await;
+    }
     let _closed = sink.close().await;
     Ok(())
+}
+
+/// How long a subscriber whose stdout closed waits for its last acks to be confirmed.
+const ACK_CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Printed events, buffered. A closed stdout (its reader, such as `head`, exited) is the
+/// normal end of a subscription, not an error.
+struct Output {
+    out: std::io::BufWriter<std::io::Stdout>,
+    closed: bool,
+}
+
+impl Output {
+    fn new() -> Output {
+        Output {
+            out: std::io::BufWriter::new(std::io::stdout()),
+            closed: false,
+        }
+    }
+
+    /// Buffers one line; `false` once stdout is closed.
+    fn line(&mut self, bytes: &[u8]) -> anyhow::Result<bool> {
+        let written = self
+            .out
+            .write_all(bytes)
+            .and_then(|()| self.out.write_all(b"\n"));
+        self.check(written)
+    }
+
+    /// Flushes what was buffered; `false` once stdout is closed.
+    fn flush(&mut self) -> anyhow::Result<bool> {
+        let flushed = self.out.flush();
+        self.check(flushed)
+    }
+
+    fn check(&mut self, result: std::io::Result<()>) -> anyhow::Result<bool> {
+        match result {
+            Ok(()) => Ok(!self.closed),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(false)
+            }
+            Err(e) => Err(e).context("cannot write to stdout"),
+        }
+    }
+}
+
+/// Resolves when stdout is a pipe whose reader has gone, so that `wharf subscribe | head`
+/// ends when `head` does, not at the next event. Never resolves where this cannot be
+/// watched (a file, /dev/null, a platform without it); a failed write still ends the run.
+async fn stdout_closed() {
+    #[cfg(target_os = "linux")]
+    {
+        use tokio::io::unix::AsyncFd;
+        use tokio::io::Interest;
+        // The write end of a pipe reports an error once the read end is closed.
+        // SAFETY: `Stdout` is fd 1, which stays open, on the same file description, for the
+        // life of the process; nothing in wharf closes or replaces it.
+        let watched =
+            unsafe { AsyncFd::register_with_interest(std::io::stdout(), Interest::ERROR) };
+        if let Ok(fd) = watched {
+            if fd.ready(Interest::ERROR).await.is_ok() {
+                return;
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Printed events waiting for their ack, and ack batches waiting for their `ok`.
@@ -330,18 +415,21 @@ impl Acks {
         self.batch.is_empty() && self.unconfirmed.is_empty()
     }
 
-    /// Flushes what was printed, then acks it in one request.
+    /// Flushes what was printed, then acks it in one request; `false` when stdout is
+    /// closed (nothing is acked then: it may not have reached the reader).
     async fn settle(
         &mut self,
-        out: &mut impl Write,
+        out: &mut Output,
         sink: &mut SplitSink<Ws, Message>,
-    ) -> anyhow::Result<()> {
-        out.flush()?;
+    ) -> anyhow::Result<bool> {
+        if !out.flush()? {
+            return Ok(false);
+        }
         let Some(name) = &self.consumer else {
-            return Ok(());
+            return Ok(true);
         };
         if self.batch.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         self.next_id += 1;
         let ack = Request::Ack {
@@ -351,6 +439,19 @@ impl Acks {
         };
         sink.send(Message::text(ack.to_json())).await?;
         self.unconfirmed.insert(self.next_id);
+        Ok(true)
+    }
+
+    /// Reads until every ack sent is confirmed (events that arrive meanwhile are dropped,
+    /// unacked).
+    async fn confirm(&mut self, stream: &mut SplitStream<Ws>) -> anyhow::Result<()> {
+        while !self.unconfirmed.is_empty() {
+            if let Some(Reply::Ok { id: Some(id) }) = decode(stream.next().await)? {
+                if let Some(n) = id.as_u64() {
+                    self.unconfirmed.remove(&n);
+                }
+            }
+        }
         Ok(())
     }
 }
