@@ -18,16 +18,51 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Publishes in flight at once when reading stdin.
 const PIPELINE: u64 = 1024;
 
-/// Connects; `WHARF_TOKEN`, when set, goes along as `Authorization: Bearer`.
-async fn connect(url: &str) -> anyhow::Result<(SplitSink<Ws, Message>, SplitStream<Ws>)> {
+const DEFAULT_URL: &str = "ws://127.0.0.1:7700/ws";
+
+/// Where the client commands find the broker. Global flags: they may come before or after
+/// the subcommand.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Conn {
+    /// The broker's WebSocket URL, for the client commands [default: ws://127.0.0.1:7700/ws]
+    #[arg(
+        long,
+        global = true,
+        env = "WHARF_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        display_order = 900
+    )]
+    pub url: Option<String>,
+    /// Token for a broker with [auth] on, sent as `Authorization: Bearer`
+    #[arg(
+        long,
+        global = true,
+        env = "WHARF_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        display_order = 901
+    )]
+    pub token: Option<String>,
+}
+
+impl Conn {
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(DEFAULT_URL)
+    }
+}
+
+/// Connects; the token, when given, goes along as `Authorization: Bearer`.
+async fn connect(conn: &Conn) -> anyhow::Result<(SplitSink<Ws, Message>, SplitStream<Ws>)> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = conn.url();
     let mut request = url
         .into_client_request()
         .map_err(|e| anyhow!("invalid url {url}: {e}"))?;
-    if let Ok(token) = std::env::var("WHARF_TOKEN") {
+    if let Some(token) = &conn.token {
         let value = format!("Bearer {token}")
             .parse()
-            .map_err(|_| anyhow!("WHARF_TOKEN holds characters a header cannot carry"))?;
+            .map_err(|_| anyhow!("the token holds characters a header cannot carry"))?;
         request.headers_mut().insert("authorization", value);
     }
     let (ws, _) = tokio_tungstenite::connect_async(request)
@@ -87,14 +122,14 @@ const SHOWN_FAILURES: u64 = 10;
 /// printed in input order, also when some lines fail: a failure is reported on stderr with
 /// its line number and the run goes on, so that stdout accounts for everything stored.
 pub async fn publish(
-    url: &str,
+    conn: &Conn,
     topic: &str,
     payload: Option<String>,
     prefix: Option<String>,
 ) -> anyhow::Result<()> {
     let topic = Topic::parse(topic).map_err(|e| anyhow!("invalid topic: {e}"))?;
     let prefix = prefix.as_deref();
-    let (mut sink, mut stream) = connect(url).await?;
+    let (mut sink, mut stream) = connect(conn).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if let Some(text) = payload {
         sink.send(publish_frame(&topic, 1, &text, prefix)?).await?;
@@ -228,14 +263,14 @@ fn write_seq_flush(out: &mut impl Write) -> anyhow::Result<()> {
 }
 
 pub async fn subscribe(
-    url: &str,
+    conn: &Conn,
     pattern: &str,
     consumer: Option<String>,
     start: Option<Start>,
     count: Option<u64>,
 ) -> anyhow::Result<()> {
     let pattern = Pattern::parse(pattern).map_err(|e| anyhow!("invalid pattern: {e}"))?;
-    let (mut sink, mut stream) = connect(url).await?;
+    let (mut sink, mut stream) = connect(conn).await?;
     let request = Request::Subscribe {
         id: Some(Id::Str("subscribe".into())),
         topics: vec![pattern],
@@ -475,8 +510,8 @@ fn decode(
 }
 
 /// Sends one admin request and returns the reply (an error reply is an error).
-async fn admin(url: &str, request: serde_json::Value) -> anyhow::Result<Reply> {
-    let (mut sink, mut stream) = connect(url).await?;
+async fn admin(conn: &Conn, request: serde_json::Value) -> anyhow::Result<Reply> {
+    let (mut sink, mut stream) = connect(conn).await?;
     sink.send(Message::text(request.to_string())).await?;
     let reply = next_reply(&mut stream).await?;
     let _closed = sink.close().await;
@@ -521,8 +556,8 @@ fn print_json(reply: &Reply) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn stats(url: &str, json: bool) -> anyhow::Result<()> {
-    let reply = admin(url, serde_json::json!({"op":"stats","id":1})).await?;
+pub async fn stats(conn: &Conn, json: bool) -> anyhow::Result<()> {
+    let reply = admin(conn, serde_json::json!({"op":"stats","id":1})).await?;
     if json {
         return print_json(&reply);
     }
@@ -549,8 +584,8 @@ pub async fn stats(url: &str, json: bool) -> anyhow::Result<()> {
     )
 }
 
-pub async fn topics(url: &str, json: bool) -> anyhow::Result<()> {
-    let reply = admin(url, serde_json::json!({"op":"topics","id":1})).await?;
+pub async fn topics(conn: &Conn, json: bool) -> anyhow::Result<()> {
+    let reply = admin(conn, serde_json::json!({"op":"topics","id":1})).await?;
     if json {
         return print_json(&reply);
     }
@@ -597,8 +632,8 @@ const CONSUMER_HEADER: [&str; 9] = [
     "attached",
 ];
 
-pub async fn consumers(url: &str, json: bool) -> anyhow::Result<()> {
-    let reply = admin(url, serde_json::json!({"op":"consumers","id":1})).await?;
+pub async fn consumers(conn: &Conn, json: bool) -> anyhow::Result<()> {
+    let reply = admin(conn, serde_json::json!({"op":"consumers","id":1})).await?;
     if json {
         return print_json(&reply);
     }
@@ -611,9 +646,9 @@ pub async fn consumers(url: &str, json: bool) -> anyhow::Result<()> {
     )
 }
 
-pub async fn consumer_info(url: &str, name: &str, json: bool) -> anyhow::Result<()> {
+pub async fn consumer_info(conn: &Conn, name: &str, json: bool) -> anyhow::Result<()> {
     let reply = admin(
-        url,
+        conn,
         serde_json::json!({"op":"consumer_info","id":1,"consumer":name}),
     )
     .await?;
@@ -626,9 +661,9 @@ pub async fn consumer_info(url: &str, name: &str, json: bool) -> anyhow::Result<
     table(&CONSUMER_HEADER, vec![consumer_row(&info)])
 }
 
-pub async fn consumer_delete(url: &str, name: &str) -> anyhow::Result<()> {
+pub async fn consumer_delete(conn: &Conn, name: &str) -> anyhow::Result<()> {
     admin(
-        url,
+        conn,
         serde_json::json!({"op":"delete_consumer","id":1,"consumer":name}),
     )
     .await?;

@@ -17,15 +17,22 @@ use wharf_protocol::Start;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const DEFAULT_URL: &str = "ws://127.0.0.1:7700/ws";
-
 #[derive(Parser)]
 #[command(
     name = "wharf",
     version,
-    about = "A durable message broker for WebSocket clients"
+    about = "A durable message broker for WebSocket clients",
+    long_about = "A durable message broker for WebSocket clients.\n\n\
+        `wharf serve` runs the broker; the other commands are clients of a running broker \
+        and speak only its wire protocol (docs/PROTOCOL.md).",
+    after_help = "Examples:
+  wharf serve
+  wharf publish orders.created '{\"id\": 1}'
+  wharf subscribe 'orders.>' --consumer billing"
 )]
 struct Cli {
+    #[command(flatten)]
+    conn: client::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,25 +40,39 @@ struct Cli {
 #[derive(Subcommand)]
 enum TokenAction {
     /// A new random token, and the hash to put in config.toml.
+    #[command(after_help = "Examples:
+  wharf token new
+  wharf token new >> secrets.txt")]
     New,
     /// The hash of TOKEN, for `sha256 = "…"` in an [[auth.tokens]] entry.
-    Hash { token: String },
+    #[command(after_help = "Examples:
+  wharf token hash 3f0c9a…
+  wharf token hash \"$APP_TOKEN\"")]
+    Hash {
+        /// The token to hash, as clients will send it.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum ConsumerAction {
     /// A consumer's settled state and backlog.
+    #[command(after_help = "Examples:
+  wharf consumer info billing
+  wharf consumer info billing --json")]
     Info {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// The durable consumer's name.
         name: String,
+        /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Delete a consumer and its state.
+    #[command(after_help = "Examples:
+  wharf consumer delete billing
+  wharf consumer delete billing --url ws://broker.internal:7700/ws")]
     Delete {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// The durable consumer's name.
         name: String,
     },
 }
@@ -59,6 +80,10 @@ enum ConsumerAction {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (reads ./config.toml when present; flags win).
+    #[command(after_help = "Examples:
+  wharf serve
+  wharf serve --config /etc/wharf/config.toml --data-dir /var/lib/wharf
+  wharf serve --check-config")]
     Serve {
         /// Config file to read instead of ./config.toml.
         #[arg(long)]
@@ -77,49 +102,69 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Publish PAYLOAD (JSON; other text is sent as a JSON string), or one event per stdin
-    /// line when PAYLOAD is absent. Prints the seq of each stored event.
+    /// Publish PAYLOAD, or one event per stdin line when PAYLOAD is absent; prints the seq of
+    /// each stored event.
+    #[command(
+        long_about = "Publish PAYLOAD, or one event per stdin line when PAYLOAD is absent \
+            (blank lines are skipped; lines are pipelined). Prints the seq of each stored \
+            event, in input order. A line the broker refuses is reported on stderr with its \
+            line number and the rest go on; the exit code is then 1.",
+        after_help = "Examples:
+  wharf publish orders.created '{\"id\": 1}'
+  seq 1 100000 | wharf publish imports.rows
+  wharf publish imports.rows --msg-id-prefix import-2026-11-29 < rows.jsonl"
+    )]
     Publish {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Topic to publish to, e.g. orders.created.
         topic: String,
+        /// The event's payload: JSON, or any other text (sent as a JSON string).
         payload: Option<String>,
-        /// Give each line the msg_id `PREFIX-<line number>`, so that a rerun of the same
-        /// input stores nothing twice (within the broker's dedup window).
+        /// Give each line the msg_id `PREFIX-<line number>` (PAYLOAD is line 1), so that a
+        /// rerun of the same input stores nothing twice (within the broker's dedup window).
         #[arg(long, value_name = "PREFIX")]
         msg_id_prefix: Option<String>,
     },
     /// The broker at a glance.
+    #[command(after_help = "Examples:
+  wharf stats
+  wharf stats --json")]
     Stats {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
         /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Every topic with events: count, payload bytes, last seq.
+    #[command(after_help = "Examples:
+  wharf topics
+  wharf topics --json")]
     Topics {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Every durable consumer with its backlog.
+    #[command(after_help = "Examples:
+  wharf consumers
+  wharf consumers --json")]
     Consumers {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Inspect or delete one durable consumer.
+    /// Inspect, create, move or delete one durable consumer.
+    #[command(after_help = "Examples:
+  wharf consumer info billing
+  wharf consumer delete billing")]
     Consumer {
         #[command(subcommand)]
         action: ConsumerAction,
     },
     /// Follow PATTERN live, like `tail -f`: one JSON line per event, nothing stored.
+    #[command(after_help = "Examples:
+  wharf tail 'orders.>'
+  wharf tail 'orders.*' --start all --count 10")]
     Tail {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Topic pattern: `*` matches one token, a final `>` one or more.
         pattern: String,
         /// Start at: all, new (default), a seq, or an RFC 3339 time.
         #[arg(long, value_parser = Start::parse)]
@@ -129,18 +174,34 @@ enum Command {
         count: Option<u64>,
     },
     /// Make or hash tokens for [auth] in config.toml.
+    #[command(after_help = "Examples:
+  wharf token new
+  wharf token hash \"$APP_TOKEN\"")]
     Token {
         #[command(subcommand)]
         action: TokenAction,
     },
     /// Load a broker (publish, replay, latency, fanout, connections) and print a table.
+    #[command(after_help = "Examples:
+  wharf bench publish
+  wharf bench fanout --subscribers 200
+  wharf bench replay --url ws://127.0.0.1:7700/ws --pid \"$(pidof wharf)\"")]
     Bench(bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, …).
-    Completions { shell: clap_complete::Shell },
+    #[command(after_help = "Examples:
+  wharf completions bash > /etc/bash_completion.d/wharf
+  wharf completions zsh > \"${fpath[1]}/_wharf\"")]
+    Completions {
+        /// The shell to write the script for.
+        shell: clap_complete::Shell,
+    },
     /// Print each event matching PATTERN as one JSON line, acking it after printing.
+    #[command(after_help = "Examples:
+  wharf subscribe 'orders.>'
+  wharf subscribe 'orders.>' --consumer billing
+  wharf subscribe 'orders.>' --consumer billing --start 2026-11-29T08:00:00Z --count 100")]
     Subscribe {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Topic pattern: `*` matches one token, a final `>` one or more.
         pattern: String,
         /// Durable consumer name: unacked events survive disconnects and restarts.
         #[arg(long)]
@@ -166,6 +227,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let conn = cli.conn;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve {
@@ -175,23 +237,22 @@ fn main() -> ExitCode {
                 check_config,
                 repair,
             } => serve(config, listen, data_dir, check_config, repair).await,
-            Command::Stats { url, json } => client::stats(&url, json).await,
-            Command::Topics { url, json } => client::topics(&url, json).await,
-            Command::Consumers { url, json } => client::consumers(&url, json).await,
+            Command::Stats { json } => client::stats(&conn, json).await,
+            Command::Topics { json } => client::topics(&conn, json).await,
+            Command::Consumers { json } => client::consumers(&conn, json).await,
             Command::Consumer {
-                action: ConsumerAction::Info { url, name, json },
-            } => client::consumer_info(&url, &name, json).await,
+                action: ConsumerAction::Info { name, json },
+            } => client::consumer_info(&conn, &name, json).await,
             Command::Consumer {
-                action: ConsumerAction::Delete { url, name },
-            } => client::consumer_delete(&url, &name).await,
+                action: ConsumerAction::Delete { name },
+            } => client::consumer_delete(&conn, &name).await,
             Command::Tail {
-                url,
                 pattern,
                 start,
                 count,
-            } => client::subscribe(&url, &pattern, None, start, count).await,
+            } => client::subscribe(&conn, &pattern, None, start, count).await,
             Command::Token { action } => token(action),
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(args, conn.url.clone()).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(
@@ -203,18 +264,16 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Publish {
-                url,
                 topic,
                 payload,
                 msg_id_prefix,
-            } => client::publish(&url, &topic, payload, msg_id_prefix).await,
+            } => client::publish(&conn, &topic, payload, msg_id_prefix).await,
             Command::Subscribe {
-                url,
                 pattern,
                 consumer,
                 start,
                 count,
-            } => client::subscribe(&url, &pattern, consumer, start, count).await,
+            } => client::subscribe(&conn, &pattern, consumer, start, count).await,
         }
     });
     match result {
@@ -335,5 +394,14 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
         async {
             let _interrupted = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }
