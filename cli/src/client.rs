@@ -1,19 +1,18 @@
 //! The client subcommands: they talk to a broker over the wire protocol only.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wharf_protocol::{Id, NewEvent, Pattern, Reply, Request, Start, SubscribeOptions, Topic};
+use wharf_protocol::{Id, NewEvent, Reply, Request, Topic};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Publishes in flight at once when reading stdin.
 const PIPELINE: u64 = 1024;
@@ -53,7 +52,9 @@ impl Conn {
 }
 
 /// Connects; the token, when given, goes along as `Authorization: Bearer`.
-async fn connect(conn: &Conn) -> anyhow::Result<(SplitSink<Ws, Message>, SplitStream<Ws>)> {
+pub(crate) async fn connect(
+    conn: &Conn,
+) -> anyhow::Result<(SplitSink<Ws, Message>, SplitStream<Ws>)> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = conn.url();
     let mut request = url
@@ -259,253 +260,6 @@ fn write_seq_flush(out: &mut impl Write) -> anyhow::Result<()> {
             Err(e).context("cannot write to stdout")
         }
         _ => Ok(()),
-    }
-}
-
-pub async fn subscribe(
-    conn: &Conn,
-    pattern: &str,
-    consumer: Option<String>,
-    start: Option<Start>,
-    count: Option<u64>,
-) -> anyhow::Result<()> {
-    let pattern = Pattern::parse(pattern).map_err(|e| anyhow!("invalid pattern: {e}"))?;
-    let (mut sink, mut stream) = connect(conn).await?;
-    let request = Request::Subscribe {
-        id: Some(Id::Str("subscribe".into())),
-        topics: vec![pattern],
-        consumer: consumer.clone(),
-        start,
-        options: SubscribeOptions::default(),
-    };
-    sink.send(Message::text(request.to_json())).await?;
-    match next_reply(&mut stream).await? {
-        Reply::Subscribed { .. } => {}
-        Reply::Error { code, message, .. } => {
-            bail!("the broker refused the subscription: {code}: {message}")
-        }
-        other => bail!("unexpected reply from the broker: {}", other.to_json()),
-    }
-    // Events are printed through a buffer and acked in batches: each batch is flushed to
-    // stdout before its ack goes out, so an event is acked only once it was printed.
-    let mut out = Output::new();
-    let mut closed = std::pin::pin!(stdout_closed());
-    let mut printed = 0u64;
-    let mut acks = Acks {
-        consumer: consumer.clone(),
-        ..Acks::default()
-    };
-    loop {
-        let done = count.is_some_and(|n| printed >= n);
-        if done && acks.is_idle() {
-            break;
-        }
-        // Take what is already here without waiting; before waiting, settle what was printed.
-        let msg = match stream.next().now_or_never() {
-            Some(msg) => msg,
-            None => {
-                if !acks.settle(&mut out, &mut sink).await? {
-                    break;
-                }
-                if done && acks.unconfirmed.is_empty() {
-                    break;
-                }
-                tokio::select! {
-                    msg = stream.next() => msg,
-                    () = &mut closed => {
-                        out.closed = true;
-                        break;
-                    }
-                }
-            }
-        };
-        let Some(reply) = decode(msg)? else { continue };
-        match reply {
-            Reply::Event(ev) => {
-                if count.is_some_and(|n| printed >= n) {
-                    continue;
-                }
-                let seq = ev.seq;
-                let line = serde_json::to_string(&Reply::Event(ev))?;
-                if !out.line(line.as_bytes())? {
-                    break;
-                }
-                printed += 1;
-                acks.printed(seq);
-                let due = acks.batch.len() >= 256 || count.is_some_and(|n| printed >= n);
-                if due && !acks.settle(&mut out, &mut sink).await? {
-                    break;
-                }
-            }
-            Reply::Ok { id: Some(id) } => {
-                if let Some(n) = id.as_u64() {
-                    acks.unconfirmed.remove(&n);
-                }
-            }
-            Reply::Error { code, message, .. } => {
-                bail!("the broker reported an error: {code}: {message}")
-            }
-            Reply::Unsubscribed { reason, .. } => {
-                bail!("the broker ended the subscription: {reason}")
-            }
-            _ => {}
-        }
-    }
-    if out.closed {
-        // The reader went away (`| head`): a normal end. What it did not get is not acked;
-        // the acks already sent are waited for, so that what it got is not delivered again.
-        acks.batch.clear();
-        let confirm = acks.confirm(&mut stream);
-        let _in_time = tokio::time::timeout(ACK_CONFIRM_WAIT, confirm).await;
-    }
-    let _closed = sink.close().await;
-    Ok(())
-}
-
-/// How long a subscriber whose stdout closed waits for its last acks to be confirmed.
-const ACK_CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Printed events, buffered. A closed stdout (its reader, such as `head`, exited) is the
-/// normal end of a subscription, not an error.
-struct Output {
-    out: std::io::BufWriter<std::io::Stdout>,
-    closed: bool,
-}
-
-impl Output {
-    fn new() -> Output {
-        Output {
-            out: std::io::BufWriter::new(std::io::stdout()),
-            closed: false,
-        }
-    }
-
-    /// Buffers one line; `false` once stdout is closed.
-    fn line(&mut self, bytes: &[u8]) -> anyhow::Result<bool> {
-        let written = self
-            .out
-            .write_all(bytes)
-            .and_then(|()| self.out.write_all(b"\n"));
-        self.check(written)
-    }
-
-    /// Flushes what was buffered; `false` once stdout is closed.
-    fn flush(&mut self) -> anyhow::Result<bool> {
-        let flushed = self.out.flush();
-        self.check(flushed)
-    }
-
-    fn check(&mut self, result: std::io::Result<()>) -> anyhow::Result<bool> {
-        match result {
-            Ok(()) => Ok(!self.closed),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.closed = true;
-                Ok(false)
-            }
-            Err(e) => Err(e).context("cannot write to stdout"),
-        }
-    }
-}
-
-/// Resolves when stdout is a pipe whose reader has gone, so that `wharf subscribe | head`
-/// ends when `head` does, not at the next event. Never resolves where this cannot be
-/// watched (a file, /dev/null, a platform without it); a failed write still ends the run.
-async fn stdout_closed() {
-    #[cfg(target_os = "linux")]
-    {
-        use tokio::io::unix::AsyncFd;
-        use tokio::io::Interest;
-        // The write end of a pipe reports an error once the read end is closed.
-        // SAFETY: `Stdout` is fd 1, which stays open, on the same file description, for the
-        // life of the process; nothing in wharf closes or replaces it.
-        let watched =
-            unsafe { AsyncFd::register_with_interest(std::io::stdout(), Interest::ERROR) };
-        if let Ok(fd) = watched {
-            if fd.ready(Interest::ERROR).await.is_ok() {
-                return;
-            }
-        }
-    }
-    std::future::pending::<()>().await
-}
-
-/// Printed events waiting for their ack, and ack batches waiting for their `ok`.
-#[derive(Default)]
-struct Acks {
-    /// The durable consumer; none for `tail` and ephemeral subscriptions.
-    consumer: Option<String>,
-    batch: Vec<u64>,
-    unconfirmed: BTreeSet<u64>,
-    next_id: u64,
-}
-
-impl Acks {
-    fn printed(&mut self, seq: u64) {
-        if self.consumer.is_some() {
-            self.batch.push(seq);
-        }
-    }
-
-    fn is_idle(&self) -> bool {
-        self.batch.is_empty() && self.unconfirmed.is_empty()
-    }
-
-    /// Flushes what was printed, then acks it in one request; `false` when stdout is
-    /// closed (nothing is acked then: it may not have reached the reader).
-    async fn settle(
-        &mut self,
-        out: &mut Output,
-        sink: &mut SplitSink<Ws, Message>,
-    ) -> anyhow::Result<bool> {
-        if !out.flush()? {
-            return Ok(false);
-        }
-        let Some(name) = &self.consumer else {
-            return Ok(true);
-        };
-        if self.batch.is_empty() {
-            return Ok(true);
-        }
-        self.next_id += 1;
-        let ack = Request::Ack {
-            id: Some(Id::Uint(self.next_id)),
-            consumer: name.clone(),
-            seqs: std::mem::take(&mut self.batch),
-        };
-        sink.send(Message::text(ack.to_json())).await?;
-        self.unconfirmed.insert(self.next_id);
-        Ok(true)
-    }
-
-    /// Reads until every ack sent is confirmed (events that arrive meanwhile are dropped,
-    /// unacked).
-    async fn confirm(&mut self, stream: &mut SplitStream<Ws>) -> anyhow::Result<()> {
-        while !self.unconfirmed.is_empty() {
-            if let Some(Reply::Ok { id: Some(id) }) = decode(stream.next().await)? {
-                if let Some(n) = id.as_u64() {
-                    self.unconfirmed.remove(&n);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A broker frame as a reply; `None` for control frames.
-fn decode(
-    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-) -> anyhow::Result<Option<Reply>> {
-    match msg {
-        None => bail!("the broker closed the connection"),
-        Some(Err(e)) => Err(e).context("connection to the broker failed"),
-        Some(Ok(Message::Text(text))) => serde_json::from_str(text.as_str())
-            .map(Some)
-            .with_context(|| format!("unexpected frame from the broker: {text}")),
-        Some(Ok(Message::Close(frame))) => {
-            let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-            bail!("the broker closed the connection: {reason}")
-        }
-        Some(Ok(_)) => Ok(None),
     }
 }
 

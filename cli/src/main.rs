@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod follow;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wharf_broker::{Broker, Config};
-use wharf_protocol::Start;
+use wharf_protocol::{Pattern, Start, SubscribeOptions};
 
 /// glibc malloc showed as 12-18% of the broker's samples under publish load (perf); mimalloc's
 /// thread-local free lists cut that. See docs/BENCHMARKS.md.
@@ -35,6 +36,45 @@ struct Cli {
     conn: client::Conn,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `subscribe` and `tail` share.
+#[derive(clap::Args)]
+struct FollowArgs {
+    /// Topic patterns: `*` matches one token, a final `>` one or more.
+    #[arg(required = true, value_name = "PATTERN", value_parser = parse_pattern)]
+    patterns: Vec<Pattern>,
+    /// Exit after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Print each event's payload only: a string as its text, other JSON on one line.
+    #[arg(long)]
+    raw: bool,
+    /// Reconnect when the connection is lost (a broker restart), resuming where it was:
+    /// a consumer from its acked state, a tail after the last seq printed. On by default.
+    #[arg(long, overrides_with = "no_reconnect")]
+    reconnect: bool,
+    /// Exit with an error when the connection is lost instead of reconnecting.
+    #[arg(long)]
+    no_reconnect: bool,
+}
+
+impl FollowArgs {
+    fn into_follow(self, consumer: Option<String>, start: Option<Start>) -> follow::Follow {
+        follow::Follow {
+            patterns: self.patterns,
+            consumer,
+            start,
+            count: self.count,
+            raw: self.raw,
+            reconnect: !self.no_reconnect,
+            options: SubscribeOptions::default(),
+        }
+    }
+}
+
+fn parse_pattern(text: &str) -> Result<Pattern, String> {
+    Pattern::parse(text).map_err(|e| format!("invalid pattern: {}", e.0))
 }
 
 #[derive(Subcommand)]
@@ -162,16 +202,14 @@ enum Command {
     /// Follow PATTERN live, like `tail -f`: one JSON line per event, nothing stored.
     #[command(after_help = "Examples:
   wharf tail 'orders.>'
-  wharf tail 'orders.*' --start all --count 10")]
+  wharf tail 'orders.*' 'billing.>' --start all --count 10
+  wharf tail 'logs.>' --raw | grep ERROR")]
     Tail {
-        /// Topic pattern: `*` matches one token, a final `>` one or more.
-        pattern: String,
+        #[command(flatten)]
+        follow: FollowArgs,
         /// Start at: all, new (default), a seq, or an RFC 3339 time.
         #[arg(long, value_parser = Start::parse)]
         start: Option<Start>,
-        /// Exit after this many events.
-        #[arg(long)]
-        count: Option<u64>,
     },
     /// Make or hash tokens for [auth] in config.toml.
     #[command(after_help = "Examples:
@@ -196,22 +234,26 @@ enum Command {
         shell: clap_complete::Shell,
     },
     /// Print each event matching PATTERN as one JSON line, acking it after printing.
-    #[command(after_help = "Examples:
+    #[command(
+        long_about = "Print each event matching PATTERN as one JSON line (or, with --raw, its \
+            payload), acking it once it is written to stdout. With --consumer the subscription \
+            is durable: what is not acked is delivered again, after a disconnect or a restart. \
+            A closed stdout (`| head`) ends it normally; what was not printed is not acked.",
+        after_help = "Examples:
   wharf subscribe 'orders.>'
   wharf subscribe 'orders.>' --consumer billing
-  wharf subscribe 'orders.>' --consumer billing --start 2026-11-29T08:00:00Z --count 100")]
+  wharf subscribe 'orders.>' --consumer billing --start 2026-11-29T08:00:00Z --raw | head"
+    )]
     Subscribe {
-        /// Topic pattern: `*` matches one token, a final `>` one or more.
-        pattern: String,
+        #[command(flatten)]
+        follow: FollowArgs,
         /// Durable consumer name: unacked events survive disconnects and restarts.
         #[arg(long)]
         consumer: Option<String>,
-        /// Where a new consumer starts: all, new, a seq, or an RFC 3339 time.
+        /// Where a new consumer (or an ephemeral subscription) starts: all, new, a seq, or an
+        /// RFC 3339 time.
         #[arg(long, value_parser = Start::parse)]
         start: Option<Start>,
-        /// Exit after this many events.
-        #[arg(long)]
-        count: Option<u64>,
     },
 }
 
@@ -246,11 +288,9 @@ fn main() -> ExitCode {
             Command::Consumer {
                 action: ConsumerAction::Delete { name },
             } => client::consumer_delete(&conn, &name).await,
-            Command::Tail {
-                pattern,
-                start,
-                count,
-            } => client::subscribe(&conn, &pattern, None, start, count).await,
+            Command::Tail { follow, start } => {
+                follow::run(&conn, follow.into_follow(None, start)).await
+            }
             Command::Token { action } => token(action),
             Command::Bench(args) => bench::run(args, conn.url.clone()).await,
             Command::Completions { shell } => {
@@ -269,11 +309,10 @@ fn main() -> ExitCode {
                 msg_id_prefix,
             } => client::publish(&conn, &topic, payload, msg_id_prefix).await,
             Command::Subscribe {
-                pattern,
+                follow,
                 consumer,
                 start,
-                count,
-            } => client::subscribe(&conn, &pattern, consumer, start, count).await,
+            } => follow::run(&conn, follow.into_follow(consumer, start)).await,
         }
     });
     match result {
