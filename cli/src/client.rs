@@ -10,7 +10,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wharf_protocol::{Id, NewEvent, Reply, Request, Topic};
+use wharf_protocol::{
+    ErrorCode, Id, NewEvent, Pattern, Reply, Request, Start, SubscribeOptions, Topic,
+};
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -422,5 +424,209 @@ pub async fn consumer_delete(conn: &Conn, name: &str) -> anyhow::Result<()> {
     )
     .await?;
     println!("deleted consumer {name}");
+    Ok(())
+}
+
+/// The answer to the request just sent on a connection that may also carry events.
+async fn answer(stream: &mut SplitStream<Ws>) -> anyhow::Result<Reply> {
+    loop {
+        match next_reply(stream).await? {
+            Reply::Event(_) => {}
+            reply => return Ok(reply),
+        }
+    }
+}
+
+/// Sends `request` and returns its answer; an error reply is an error.
+async fn ask(
+    sink: &mut SplitSink<Ws, Message>,
+    stream: &mut SplitStream<Ws>,
+    request: Request,
+) -> anyhow::Result<Reply> {
+    sink.send(Message::text(request.to_json())).await?;
+    match answer(stream).await? {
+        Reply::Error { code, message, .. } => bail!("the broker refused: {code}: {message}"),
+        reply => Ok(reply),
+    }
+}
+
+/// Prints a consumer as `consumer info` does.
+async fn show_consumer(
+    sink: &mut SplitSink<Ws, Message>,
+    stream: &mut SplitStream<Ws>,
+    name: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let request = Request::ConsumerInfo {
+        id: Some(Id::Uint(1)),
+        consumer: name.to_owned(),
+    };
+    let reply = ask(sink, stream, request).await?;
+    if json {
+        return print_json(&reply);
+    }
+    let Reply::ConsumerInfo(info) = reply else {
+        bail!("unexpected reply from the broker: {}", reply.to_json())
+    };
+    table(&CONSUMER_HEADER, vec![consumer_row(&info)])
+}
+
+/// Creates a durable consumer without consuming from it. The protocol creates consumers by
+/// subscribing, so this subscribes from "new" (nothing to deliver), unsubscribes, and then
+/// seeks to `start`: no event gets a delivery counted by the creation.
+pub async fn consumer_add(
+    conn: &Conn,
+    name: &str,
+    patterns: Vec<Pattern>,
+    start: Start,
+    options: SubscribeOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (mut sink, mut stream) = connect(conn).await?;
+    let exists = Request::ConsumerInfo {
+        id: Some(Id::Uint(1)),
+        consumer: name.to_owned(),
+    };
+    sink.send(Message::text(exists.to_json())).await?;
+    match answer(&mut stream).await? {
+        Reply::ConsumerInfo(info) => bail!(
+            "consumer {name} already exists (topics {}); `wharf consumer seek` moves it, \
+             `wharf consumer delete` removes it",
+            info.topics.join(",")
+        ),
+        Reply::Error {
+            code: ErrorCode::NotFound,
+            ..
+        } => {}
+        Reply::Error { code, message, .. } => bail!("the broker refused: {code}: {message}"),
+        other => bail!("unexpected reply from the broker: {}", other.to_json()),
+    }
+    let subscribe = Request::Subscribe {
+        id: Some(Id::Uint(2)),
+        topics: patterns,
+        consumer: Some(name.to_owned()),
+        start: Some(Start::New),
+        options,
+    };
+    let Reply::Subscribed { sub, .. } = ask(&mut sink, &mut stream, subscribe).await? else {
+        bail!("the broker did not confirm the subscription that creates the consumer")
+    };
+    let unsubscribe = Request::Unsubscribe {
+        id: Some(Id::Uint(3)),
+        sub,
+    };
+    ask(&mut sink, &mut stream, unsubscribe).await?;
+    if start != Start::New {
+        let seek = Request::Seek {
+            id: Some(Id::Uint(4)),
+            consumer: name.to_owned(),
+            start,
+        };
+        ask(&mut sink, &mut stream, seek).await?;
+    }
+    show_consumer(&mut sink, &mut stream, name, json).await?;
+    let _closed = sink.close().await;
+    Ok(())
+}
+
+/// Moves a consumer to `start` and shows where it is now.
+pub async fn consumer_seek(
+    conn: &Conn,
+    name: &str,
+    start: Start,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (mut sink, mut stream) = connect(conn).await?;
+    let seek = Request::Seek {
+        id: Some(Id::Uint(1)),
+        consumer: name.to_owned(),
+        start,
+    };
+    ask(&mut sink, &mut stream, seek).await?;
+    show_consumer(&mut sink, &mut stream, name, json).await?;
+    let _closed = sink.close().await;
+    Ok(())
+}
+
+/// How long `get` waits for the event it asked for.
+const GET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The parts of an event frame `get` prints, with the payload as the publisher sent it.
+#[derive(serde::Deserialize)]
+struct StoredEvent<'a> {
+    seq: u64,
+    topic: String,
+    published_at: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+/// One stored event by seq. The protocol has no op for it: this is an ephemeral subscription
+/// to every topic (`>`) from `seq`, which takes the first event and ends.
+pub async fn get(conn: &Conn, seq: u64, json: bool) -> anyhow::Result<()> {
+    let (mut sink, mut stream) = connect(conn).await?;
+    let Reply::Stats(stats) = ask(&mut sink, &mut stream, Request::Stats { id: None }).await?
+    else {
+        bail!("unexpected reply from the broker to stats")
+    };
+    if seq == 0 || seq > stats.head_seq {
+        bail!("no event with seq {seq}: the newest is {}", stats.head_seq)
+    }
+    if seq < stats.first_seq {
+        bail!(
+            "seq {seq} was removed by retention: the oldest stored is {}",
+            stats.first_seq
+        )
+    }
+    let all = Pattern::parse(">").map_err(|e| anyhow!("{e}"))?;
+    let subscribe = Request::Subscribe {
+        id: Some(Id::Uint(1)),
+        topics: vec![all],
+        consumer: None,
+        start: Some(Start::Seq(seq)),
+        options: SubscribeOptions::default(),
+    };
+    ask(&mut sink, &mut stream, subscribe).await?;
+    let text = tokio::time::timeout(GET_WAIT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(text)))
+                    if text.as_str().starts_with(r#"{"type":"event""#) =>
+                {
+                    return Ok(text);
+                }
+                Some(Ok(Message::Close(_))) | None => bail!("the broker closed the connection"),
+                Some(Err(e)) => return Err(e).context("connection to the broker failed"),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("no event came for seq {seq} within {GET_WAIT:?}"))??;
+    let _closed = sink.close().await;
+    let event: StoredEvent = serde_json::from_str(text.as_str())
+        .with_context(|| format!("unexpected frame from the broker: {}", text.as_str()))?;
+    if event.seq != seq {
+        bail!(
+            "no event with seq {seq} is stored (the next is {})",
+            event.seq
+        )
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(
+            out,
+            r#"{{"seq":{},"topic":{},"published_at":{},"payload":{}}}"#,
+            event.seq,
+            serde_json::to_string(&event.topic)?,
+            serde_json::to_string(&event.published_at)?,
+            event.payload.get()
+        )?;
+    } else {
+        writeln!(out, "seq           {}", event.seq)?;
+        writeln!(out, "topic         {}", event.topic)?;
+        writeln!(out, "published at  {}", event.published_at)?;
+        writeln!(out, "payload       {}", event.payload.get())?;
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wharf_broker::{Broker, Config};
-use wharf_protocol::{Pattern, Start, SubscribeOptions};
+use wharf_protocol::{Mode, Pattern, Start, SubscribeOptions};
 
 /// glibc malloc showed as 12-18% of the broker's samples under publish load (perf); mimalloc's
 /// thread-local free lists cut that. See docs/BENCHMARKS.md.
@@ -38,6 +38,57 @@ struct Cli {
     command: Command,
 }
 
+/// Settings of a durable subscription; each defaults to the broker's config.
+#[derive(clap::Args)]
+struct DurableOptions {
+    /// Deliver an event again when it is not acked within this long, e.g. 30s or 500ms.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ack_wait: Option<std::time::Duration>,
+    /// Move an event to dead.<consumer> after this many deliveries (0: never).
+    #[arg(long, value_name = "N")]
+    max_deliver: Option<u32>,
+    /// At most this many delivered, unacked events at once.
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<u32>,
+    /// exclusive: one subscriber holds the consumer; shared: subscribers share its events.
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Exclusive,
+    Shared,
+}
+
+impl DurableOptions {
+    fn into_options(self) -> anyhow::Result<SubscribeOptions> {
+        let ack_wait_ms = match self.ack_wait {
+            Some(wait) if wait.as_millis() == 0 => {
+                anyhow::bail!("--ack-wait must be at least 1ms")
+            }
+            Some(wait) => Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+            None => None,
+        };
+        Ok(SubscribeOptions {
+            mode: self.mode.map(|m| match m {
+                ModeArg::Exclusive => Mode::Exclusive,
+                ModeArg::Shared => Mode::Shared,
+            }),
+            ack_wait_ms,
+            max_deliver: self.max_deliver,
+            max_in_flight: self.max_in_flight,
+        })
+    }
+}
+
+fn parse_time(text: &str) -> Result<Start, String> {
+    match Start::parse(text)? {
+        time @ Start::TimeMs(_) => Ok(time),
+        _ => Err(format!("{text:?} is not an RFC 3339 time")),
+    }
+}
+
 /// What `subscribe` and `tail` share.
 #[derive(clap::Args)]
 struct FollowArgs {
@@ -60,7 +111,12 @@ struct FollowArgs {
 }
 
 impl FollowArgs {
-    fn into_follow(self, consumer: Option<String>, start: Option<Start>) -> follow::Follow {
+    fn into_follow(
+        self,
+        consumer: Option<String>,
+        start: Option<Start>,
+        options: SubscribeOptions,
+    ) -> follow::Follow {
         follow::Follow {
             patterns: self.patterns,
             consumer,
@@ -68,7 +124,7 @@ impl FollowArgs {
             count: self.count,
             raw: self.raw,
             reconnect: !self.no_reconnect,
-            options: SubscribeOptions::default(),
+            options,
         }
     }
 }
@@ -103,6 +159,63 @@ enum ConsumerAction {
     Info {
         /// The durable consumer's name.
         name: String,
+        /// Print the broker's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a durable consumer without consuming: its patterns and where it starts.
+    #[command(
+        long_about = "Create a durable consumer without consuming: its patterns and where it \
+            starts. The broker stores a consumer's name, patterns and position; ack wait, max \
+            deliver, max in flight and mode are settings of each subscription, so the ones \
+            given here are checked by the broker now and must be given again to `wharf \
+            subscribe --consumer NAME` (or the client library) to apply. (The protocol \
+            creates consumers by subscribing: this subscribes from `new`, unsubscribes at \
+            once and seeks to --start, so no event is delivered.)",
+        after_help = "Examples:
+  wharf consumer add billing --pattern 'orders.>'
+  wharf consumer add audit --pattern 'orders.*' --pattern 'refunds.>' --start new
+  wharf consumer add workers --pattern 'jobs.>' --mode shared --ack-wait 5s --json"
+    )]
+    Add {
+        /// The new consumer's name (A-Z a-z 0-9 _ . -, up to 128 bytes).
+        name: String,
+        /// A topic pattern it consumes; repeat for several.
+        #[arg(long = "pattern", required = true, value_name = "PATTERN", value_parser = parse_pattern)]
+        patterns: Vec<Pattern>,
+        /// Where it starts: all (default), new, a seq, or an RFC 3339 time.
+        #[arg(long, value_parser = Start::parse, default_value = "all")]
+        start: Start,
+        #[command(flatten)]
+        options: DurableOptions,
+        /// Print the broker's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a consumer: what it settled from that point on is forgotten and delivered again.
+    #[command(
+        group(clap::ArgGroup::new("to").required(true).args(["seq", "time", "all", "new"])),
+        after_help = "Examples:
+  wharf consumer seek billing --seq 1200
+  wharf consumer seek billing --time 2026-11-29T08:00:00Z
+  wharf consumer seek billing --new --json"
+    )]
+    Seek {
+        /// The durable consumer's name.
+        name: String,
+        /// The next delivery is the first matching event at or after this seq.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// The next delivery is the first matching event published at or after this RFC 3339
+        /// time.
+        #[arg(long, value_parser = parse_time)]
+        time: Option<Start>,
+        /// Back to the oldest stored event.
+        #[arg(long)]
+        all: bool,
+        /// Skip everything stored: only events published from now on.
+        #[arg(long)]
+        new: bool,
         /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -193,8 +306,9 @@ enum Command {
     },
     /// Inspect, create, move or delete one durable consumer.
     #[command(after_help = "Examples:
+  wharf consumer add billing --pattern 'orders.>'
   wharf consumer info billing
-  wharf consumer delete billing")]
+  wharf consumer seek billing --time 2026-11-29T08:00:00Z")]
     Consumer {
         #[command(subcommand)]
         action: ConsumerAction,
@@ -210,6 +324,22 @@ enum Command {
         /// Start at: all, new (default), a seq, or an RFC 3339 time.
         #[arg(long, value_parser = Start::parse)]
         start: Option<Start>,
+    },
+    /// Print one stored event by its seq.
+    #[command(
+        long_about = "Print one stored event by its seq. The wire protocol has no op for it: \
+            this is an ephemeral subscription to every topic (`>`) starting at SEQ that takes \
+            the first event and ends, so a token needs the right to subscribe to `>`.",
+        after_help = "Examples:
+  wharf get 42
+  wharf get 42 --json | jq .payload"
+    )]
+    Get {
+        /// The event's seq, as `wharf publish` printed it.
+        seq: u64,
+        /// Print {seq, topic, published_at, payload} as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Make or hash tokens for [auth] in config.toml.
     #[command(after_help = "Examples:
@@ -254,6 +384,8 @@ enum Command {
         /// RFC 3339 time.
         #[arg(long, value_parser = Start::parse)]
         start: Option<Start>,
+        #[command(flatten)]
+        options: DurableOptions,
     },
 }
 
@@ -289,7 +421,8 @@ fn main() -> ExitCode {
                 action: ConsumerAction::Delete { name },
             } => client::consumer_delete(&conn, &name).await,
             Command::Tail { follow, start } => {
-                follow::run(&conn, follow.into_follow(None, start)).await
+                let options = SubscribeOptions::default();
+                follow::run(&conn, follow.into_follow(None, start, options)).await
             }
             Command::Token { action } => token(action),
             Command::Bench(args) => bench::run(args, conn.url.clone()).await,
@@ -312,7 +445,50 @@ fn main() -> ExitCode {
                 follow,
                 consumer,
                 start,
-            } => follow::run(&conn, follow.into_follow(consumer, start)).await,
+                options,
+            } => {
+                let options = options.into_options()?;
+                if consumer.is_none() && options != SubscribeOptions::default() {
+                    anyhow::bail!(
+                        "--ack-wait, --max-deliver, --max-in-flight and --mode need --consumer"
+                    );
+                }
+                follow::run(&conn, follow.into_follow(consumer, start, options)).await
+            }
+            Command::Get { seq, json } => client::get(&conn, seq, json).await,
+            Command::Consumer {
+                action:
+                    ConsumerAction::Add {
+                        name,
+                        patterns,
+                        start,
+                        options,
+                        json,
+                    },
+            } => {
+                let options = options.into_options()?;
+                client::consumer_add(&conn, &name, patterns, start, options, json).await
+            }
+            Command::Consumer {
+                action:
+                    ConsumerAction::Seek {
+                        name,
+                        seq,
+                        time,
+                        all,
+                        new,
+                        json,
+                    },
+            } => {
+                let start = match (seq, time) {
+                    (Some(seq), _) => Start::Seq(seq),
+                    (None, Some(time)) => time,
+                    (None, None) if all => Start::All,
+                    (None, None) if new => Start::New,
+                    (None, None) => anyhow::bail!("give --seq, --time, --all or --new"),
+                };
+                client::consumer_seek(&conn, &name, start, json).await
+            }
         }
     });
     match result {
