@@ -1,5 +1,6 @@
 //! The client subcommands: they talk to a broker over the wire protocol only.
 
+use std::collections::VecDeque;
 use std::io::Write;
 
 use anyhow::{anyhow, bail, Context};
@@ -148,10 +149,13 @@ pub async fn publish(
         let _closed = sink.close().await;
         return Ok(());
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut input = BufReader::new(tokio::io::stdin());
+    // Bytes, not `lines()`: a line that is not UTF-8 is one failed line, not the end of input.
+    // `read_until` keeps a partial line in `buf` when the other branch wins the select.
+    let mut buf = Vec::new();
     // Line numbers of the publishes sent and not yet answered, oldest first: replies come
     // back in request order.
-    let mut in_flight = std::collections::VecDeque::<u64>::new();
+    let mut in_flight = VecDeque::<u64>::new();
     let (mut line_no, mut stored, mut duplicates, mut failed) = (0u64, 0u64, 0u64, 0u64);
     let mut input_error = None;
     let mut eof = false;
@@ -164,26 +168,45 @@ pub async fn publish(
     );
     while !eof || !in_flight.is_empty() {
         tokio::select! {
-            line = lines.next_line(), if !eof && (in_flight.len() as u64) < PIPELINE => {
-                match line {
-                    Ok(Some(line)) => {
+            read = input.read_until(b'\n', &mut buf), if !eof && (in_flight.len() as u64) < PIPELINE => {
+                match read {
+                    Ok(0) => eof = true,
+                    Ok(_) => {
                         line_no += 1;
-                        if !line.trim().is_empty() {
-                            sink.feed(publish_frame(&topic, line_no, &line, prefix)?).await?;
-                            in_flight.push_back(line_no);
+                        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        match std::str::from_utf8(line) {
+                            Ok(text) if text.trim().is_empty() => {}
+                            Ok(text) => {
+                                let frame = publish_frame(&topic, line_no, text, prefix)?;
+                                if let Err(e) = sink.feed(frame).await {
+                                    in_flight.push_back(line_no);
+                                    let e = anyhow::Error::new(e).context("connection to the broker failed");
+                                    return Err(lost(e, &in_flight, stored, prefix));
+                                }
+                                in_flight.push_back(line_no);
+                            }
+                            Err(_) => {
+                                failed += 1;
+                                if failed <= SHOWN_FAILURES {
+                                    progress.suspend(|| eprintln!("wharf: line {line_no} not stored: it is not UTF-8"));
+                                }
+                            }
                         }
+                        buf.clear();
                     }
-                    Ok(None) => eof = true,
                     Err(e) => {
                         // What was sent is still answered and printed before the error.
                         input_error = Some(anyhow!("cannot read stdin after line {line_no}: {e}"));
                         eof = true;
                     }
                 }
-                sink.flush().await?;
+                if let Err(e) = sink.flush().await {
+                    let e = anyhow::Error::new(e).context("connection to the broker failed");
+                    return Err(lost(e, &in_flight, stored, prefix));
+                }
             }
             reply = next_reply(&mut stream), if !in_flight.is_empty() => {
-                let line = in_flight.pop_front().unwrap_or_default();
                 let reply = match reply {
                     Ok(reply) => reply,
                     Err(e) => {
@@ -191,14 +214,10 @@ pub async fn publish(
                         if stdout_open {
                             let _flushed = out.flush();
                         }
-                        let last = in_flight.back().copied().unwrap_or(line);
-                        bail!(
-                            "{e:#}; {stored} events were stored and printed; lines {line} to {last} \
-                             were sent but not confirmed, so each may or may not be stored{}",
-                            if prefix.is_none() { " (rerun with --msg-id-prefix to store each line once)" } else { "" }
-                        )
+                        return Err(lost(e, &in_flight, stored, prefix));
                     }
                 };
+                let line = in_flight.pop_front().unwrap_or_default();
                 match reply {
                     Reply::Published { seq: Some(seq), duplicate, .. } => {
                         stored += 1;
@@ -243,6 +262,27 @@ pub async fn publish(
         )
     }
     Ok(())
+}
+
+/// The error for a connection lost mid-run: which lines may or may not be stored.
+fn lost(
+    e: anyhow::Error,
+    in_flight: &VecDeque<u64>,
+    stored: u64,
+    prefix: Option<&str>,
+) -> anyhow::Error {
+    let (Some(first), Some(last)) = (in_flight.front(), in_flight.back()) else {
+        return e.context(format!("{stored} events were stored and printed"));
+    };
+    let hint = match prefix {
+        Some(_) => "rerun with the same --msg-id-prefix: stored lines are not stored again",
+        None => "--msg-id-prefix makes a rerun store each line once",
+    };
+    anyhow!(
+        "{}; {stored} events were stored and printed; lines {first} to {last} were sent but \
+         not confirmed, so each may or may not be stored ({hint})",
+        crate::one_line(&e)
+    )
 }
 
 /// Writes one seq; `false` once stdout is closed. Flushed when nothing else is in flight, so

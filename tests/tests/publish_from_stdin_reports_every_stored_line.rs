@@ -91,3 +91,27 @@ fn a_failing_line_leaves_every_stored_seq_printed_and_a_rerun_stores_only_it() {
     let topics: serde_json::Value = serde_json::from_slice(&topics.stdout).expect("JSON");
     assert_eq!(topics["topics"][0]["events"], LINES as u64, "{topics}");
 }
+
+#[test]
+fn a_line_that_is_not_utf8_fails_alone() {
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(&data, "");
+    let mut child = Command::new(wharf_bin())
+        .args(["publish", "--url", &broker.url, "imports.bytes"])
+        .env_remove("WHARF_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wharf publish");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(b"1\n2\n\xff\xfe broken\n4\r\n5")
+        .expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wharf publish output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("line 3 not stored"), "{stderr}");
+    assert_eq!(seqs(&out), vec![1, 2, 3, 4], "{stderr}");
+}
