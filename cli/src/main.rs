@@ -368,7 +368,10 @@ enum Command {
         long_about = "Print each event matching PATTERN as one JSON line (or, with --raw, its \
             payload), acking it once it is written to stdout. With --consumer the subscription \
             is durable: what is not acked is delivered again, after a disconnect or a restart. \
-            A closed stdout (`| head`) ends it normally; what was not printed is not acked.",
+            A closed stdout (`| head`) ends it normally (exit code 0); what could not be \
+            written is not acked. (What a pipe had taken but its reader had not read when it \
+            exited counts as written: use --count N to take exactly N.) The connection is \
+            re-established after a broker restart unless --no-reconnect is given.",
         after_help = "Examples:
   wharf subscribe 'orders.>'
   wharf subscribe 'orders.>' --consumer billing
