@@ -142,3 +142,45 @@ async fn a_raw_tail_resumes_after_the_last_seq_it_printed() {
     assert_one_notice_each_way(&stderr);
     assert!(stderr.contains("from seq 6"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_reconnect_a_lost_broker_ends_the_run_with_one_error_line() {
+    let (_tmp, data) = data_dir();
+    let mut broker = Broker::start(&data, "");
+    publish(&broker, 1..=1).await;
+    let mut child = Command::new(wharf_bin())
+        .args([
+            "tail",
+            "orders.>",
+            "--start",
+            "all",
+            "--no-reconnect",
+            "--url",
+            &broker.url,
+        ])
+        .env_remove("WHARF_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wharf tail");
+    // Kept open to the end: a closed stdout would be a normal end of its own.
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read the first event");
+    assert!(first.contains(r#""seq":1"#), "{first}");
+    broker.kill9();
+    let status = wait_child(&mut child, WAIT).expect("wharf tail exits when the broker is gone");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("reconnecting"), "{stderr}");
+    drop(stdout);
+}
