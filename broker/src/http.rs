@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use wharf_protocol::{now_ms, Topic};
 
 use crate::log::{Entry, NewEvent, Receipt};
+use crate::shutdown::Shutdown;
 use crate::tls::Conn;
 use crate::{metrics, server};
 
@@ -72,24 +73,28 @@ impl AsyncWrite for Rewound {
 pub enum Opening {
     /// A WebSocket upgrade: hand the stream to the handshake.
     Upgrade(Rewound),
-    /// Answered here; the connection is done.
-    Answered,
+    /// Plain HTTP: serve it (and what follows on the connection) with [`serve_http`].
+    Http(Rewound),
+    /// Refused or gone; nothing more to do.
+    Closed,
 }
 
-/// Reads the request head and either answers it or hands it on for the upgrade.
+/// Reads the first request head, only to tell a WebSocket upgrade (which goes on to the
+/// handshake, its Host and Origin checked here) from anything else (served by hyper, which
+/// reads the same bytes again).
 pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Opening> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
-    let parsed = loop {
+    let refusal = loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(Opening::Answered);
+            return Ok(Opening::Closed);
         }
         head.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&head) {
-            Ok(httparse::Status::Complete(head_len)) => {
+            Ok(httparse::Status::Complete(_)) => {
                 let header = |name: &str| {
                     req.headers
                         .iter()
@@ -98,186 +103,439 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
                 };
                 let upgrade =
                     header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-                let length = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
-                let bearer = header("authorization")
-                    .and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
-                break (
-                    req.method.unwrap_or_default().to_owned(),
-                    req.path.unwrap_or_default().to_owned(),
-                    upgrade,
-                    head_len,
-                    length,
-                    bearer,
-                );
+                if !upgrade {
+                    break None;
+                }
+                break Some(cross_site_refusal(
+                    &ctx.config.auth,
+                    header("host").as_deref(),
+                    header("origin").as_deref(),
+                    true,
+                ));
             }
             Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => continue,
-            Ok(httparse::Status::Partial) => {
-                respond(
-                    &mut stream,
-                    "431 Request Header Fields Too Large",
-                    "text/plain",
-                    "request head too large\n",
-                )
-                .await?;
-                return Ok(Opening::Answered);
-            }
-            Err(_) => {
-                respond(
-                    &mut stream,
-                    "400 Bad Request",
-                    "text/plain",
-                    "not an HTTP request\n",
-                )
-                .await?;
-                return Ok(Opening::Answered);
-            }
+            // hyper answers a head too large (431) or malformed (400).
+            _ => break None,
         }
     };
-    let (method, path, upgrade, head_len, length, bearer) = parsed;
-    if upgrade {
-        return Ok(Opening::Upgrade(Rewound {
-            prefix: head,
-            read: 0,
-            inner: stream,
-        }));
-    }
-    let path = path.split('?').next().unwrap_or_default().to_owned();
-    if method == "POST" {
-        if let Some(topic) = path.strip_prefix("/v1/publish/") {
-            if ctx.auth.enabled() {
-                let principal = bearer.as_deref().and_then(|t| ctx.auth.check(t));
-                let refusal = match principal {
-                    None => Some((
-                        "401 Unauthorized",
-                        error_json("unauthorized", "send Authorization: Bearer <token>"),
-                    )),
-                    Some(p) if !p.may_publish(topic) => Some((
-                        "403 Forbidden",
-                        error_json(
-                            "forbidden",
-                            &format!("token {:?} may not publish to {topic}", p.name),
-                        ),
-                    )),
-                    Some(_) => None,
-                };
-                if let Some((status, body)) = refusal {
-                    respond(&mut stream, status, "application/json", &body).await?;
-                    return Ok(Opening::Answered);
-                }
-            }
-            let body = match read_body(
+    let rewound = Rewound {
+        prefix: head,
+        read: 0,
+        inner: stream,
+    };
+    match refusal {
+        None => Ok(Opening::Http(rewound)),
+        Some(None) => Ok(Opening::Upgrade(rewound)),
+        Some(Some(reason)) => {
+            let mut stream = rewound.inner;
+            respond(
                 &mut stream,
-                &head[head_len..],
-                length,
-                ctx.config.max_frame_bytes,
+                "403 Forbidden",
+                "text/plain",
+                &format!("{reason}\n"),
             )
-            .await?
-            {
-                Ok(body) => body,
-                Err((status, message)) => {
-                    let reply = error_json("too_large", &message);
-                    respond(&mut stream, status, "application/json", &reply).await?;
-                    return Ok(Opening::Answered);
-                }
-            };
-            let (status, reply) = publish(ctx, topic, &body).await;
-            respond(&mut stream, status, "application/json", &reply).await?;
-            return Ok(Opening::Answered);
+            .await?;
+            Ok(Opening::Closed)
         }
     }
-    if method == "GET" && path == "/metrics" {
-        let text = render_metrics(ctx);
-        respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &text).await?;
-        return Ok(Opening::Answered);
-    }
-    let (status, kind, body) = match (method.as_str(), path.as_str()) {
-        ("GET", "/") | ("GET", "/index.html") => ("200 OK", "text/html; charset=utf-8", DEMO_HTML),
-        ("GET", "/wharf.js") => ("200 OK", "text/javascript; charset=utf-8", CLIENT_JS),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n"),
-        ("GET", "/readyz") => ("200 OK", "text/plain", "ready\n"),
-        ("GET", p) if p == wharf_protocol::WS_PATH => (
-            "426 Upgrade Required",
-            "text/plain",
-            "this is the WebSocket endpoint: connect with a WebSocket client\n",
-        ),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n"),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET is served here\n",
-        ),
-    };
-    respond(&mut stream, status, kind, body).await?;
-    Ok(Opening::Answered)
 }
 
-/// The request body: what came with the head plus the rest, up to `limit` bytes.
-async fn read_body(
-    stream: &mut Conn,
-    already: &[u8],
-    length: Option<usize>,
-    limit: usize,
-) -> io::Result<Result<Vec<u8>, (&'static str, String)>> {
-    let Some(length) = length else {
-        return Ok(Err((
-            "411 Length Required",
-            "a Content-Length header is required".into(),
-        )));
+/// Serves HTTP/1.1 on a connection with hyper: keep-alive, chunked bodies, `HEAD`,
+/// `Expect: 100-continue`. A connection waiting longer than `handshake_timeout` for a
+/// request head is closed; at shutdown the request in progress finishes first.
+pub async fn serve_http(stream: Rewound, ctx: Arc<server::Context>, mut shutdown: Shutdown) {
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service_ctx = ctx.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = service_ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(req, &ctx).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ctx.config.handshake_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = shutdown.wait() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
     };
-    if length > limit {
-        return Ok(Err((
-            "413 Payload Too Large",
-            format!("the body is {length} bytes, the limit is {limit}"),
-        )));
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "HTTP connection ended");
     }
-    let mut body = already[..already.len().min(length)].to_vec();
-    body.resize(length, 0);
-    let have = already.len().min(length);
-    stream.read_exact(&mut body[have..]).await?;
-    Ok(Ok(body))
+}
+
+type Answer = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+
+fn reply(status: hyper::StatusCode, kind: &str, body: impl Into<bytes::Bytes>) -> Answer {
+    let mut answer = hyper::Response::new(http_body_util::Full::new(body.into()));
+    *answer.status_mut() = status;
+    let headers = answer.headers_mut();
+    if let Ok(kind) = hyper::header::HeaderValue::from_str(kind) {
+        headers.insert(hyper::header::CONTENT_TYPE, kind);
+    }
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    answer
+}
+
+fn text(status: hyper::StatusCode, body: &str) -> Answer {
+    reply(status, "text/plain; charset=utf-8", format!("{body}\n"))
+}
+
+fn json_error(status: hyper::StatusCode, code: &str, message: &str) -> Answer {
+    reply(status, "application/json", error_json(code, message))
+}
+
+/// Answers one request.
+async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<server::Context>) -> Answer {
+    use hyper::{Method, StatusCode};
+    let (parts, body) = req.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("host")
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    if let Some(reason) = cross_site_refusal(
+        &ctx.config.auth,
+        host.as_deref(),
+        header("origin"),
+        parts.method == Method::POST,
+    ) {
+        return text(StatusCode::FORBIDDEN, reason);
+    }
+    let bearer = header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let path = parts.uri.path();
+    let get = parts.method == Method::GET || parts.method == Method::HEAD;
+    if path == "/v1/publish" || path.starts_with("/v1/publish/") {
+        if parts.method != Method::POST {
+            let mut answer = text(StatusCode::METHOD_NOT_ALLOWED, "publish with POST");
+            answer.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("POST"),
+            );
+            return answer;
+        }
+        let request = PublishRequest {
+            topic: path.strip_prefix("/v1/publish/").map(str::to_owned),
+            bearer,
+            json: header("content-type").is_some_and(is_json),
+            length: header("content-length").and_then(|v| v.trim().parse::<usize>().ok()),
+            idempotency_key: header("idempotency-key").map(str::to_owned),
+        };
+        return publish(ctx, request, body).await;
+    }
+    let known = matches!(
+        path,
+        "/" | "/index.html" | "/wharf.js" | "/healthz" | "/readyz" | "/metrics"
+    ) || path == wharf_protocol::WS_PATH;
+    if !get {
+        if !known {
+            return text(StatusCode::NOT_FOUND, "not found");
+        }
+        let mut answer = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served here",
+        );
+        answer.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return answer;
+    }
+    match path {
+        "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", DEMO_HTML),
+        "/wharf.js" => reply(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT_JS),
+        "/healthz" => text(StatusCode::OK, "ok"),
+        "/readyz" => text(StatusCode::OK, "ready"),
+        "/metrics" => metrics_answer(ctx, bearer.as_deref()),
+        p if p == wharf_protocol::WS_PATH => text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is the WebSocket endpoint: connect with a WebSocket client",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `/metrics`. Metrics name consumers and count topics: with auth on they need a token that
+/// may read them, unless the operator made them public.
+fn metrics_answer(ctx: &Arc<server::Context>, bearer: Option<&str>) -> Answer {
+    use hyper::StatusCode;
+    let auth = &ctx.config.auth;
+    if ctx.auth.enabled() && !auth.public_metrics {
+        match bearer.and_then(|t| ctx.auth.check(t)) {
+            None => {
+                return text(
+                    StatusCode::UNAUTHORIZED,
+                    "send Authorization: Bearer <token>",
+                )
+            }
+            Some(p) if !p.may_read_metrics() => {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "this token may not read metrics (it needs metrics or admin = true)",
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    reply(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        render_metrics(ctx),
+    )
+}
+
+/// Whether a content-type names JSON (`application/json`, parameters allowed).
+fn is_json(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Why a request that a browser may have sent on a web page's behalf is refused, if it is.
+///
+/// With auth off nothing else stands between a page and the broker, so: the Host must name
+/// the listener (an IP address, `localhost`, or `auth.allowed_hosts`), which defeats DNS
+/// rebinding; and a WebSocket upgrade or POST carrying an Origin must come from a loopback
+/// origin. With `auth.allowed_origins` set, an Origin must be listed whether auth is on or
+/// not. Requests without an Origin are not from a web page and pass.
+fn cross_site_refusal(
+    auth: &crate::config::Auth,
+    host: Option<&str>,
+    origin: Option<&str>,
+    checks_origin: bool,
+) -> Option<&'static str> {
+    if !auth.enabled && host.is_some_and(|h| !host_allowed(auth, h)) {
+        return Some("host not allowed: with auth off, use the listener's address or localhost");
+    }
+    let origin = origin.filter(|_| checks_origin)?;
+    if !auth.allowed_origins.is_empty() {
+        return (!auth.allowed_origins.iter().any(|o| o == origin)).then_some("origin not allowed");
+    }
+    if !auth.enabled && !origin_is_loopback(origin) {
+        return Some("origin not allowed: with auth off, only loopback origins may connect");
+    }
+    None
+}
+
+/// The host part of `host[:port]` or `[v6]:port`.
+fn host_name(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    }
+}
+
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+fn host_allowed(auth: &crate::config::Auth, host: &str) -> bool {
+    let name = host_name(host.trim());
+    name.parse::<std::net::IpAddr>().is_ok()
+        || is_localhost(name)
+        || auth
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+}
+
+/// `http(s)://` with a loopback address or `localhost` (`null`, from files and sandboxed
+/// frames, is not: any page can be sandboxed).
+fn origin_is_loopback(origin: &str) -> bool {
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let name = host_name(rest.split('/').next().unwrap_or_default());
+    is_localhost(name)
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn error_json(code: &str, message: &str) -> String {
     serde_json::json!({"code": code, "message": message}).to_string()
 }
 
-/// `POST /v1/publish/{topic}`: the body is the payload; answers `{"seq":N}` once durable.
-async fn publish(ctx: &Arc<server::Context>, topic: &str, body: &[u8]) -> (&'static str, String) {
-    let topic = match Topic::parse(topic) {
-        Ok(t) => t,
-        Err(e) => return ("400 Bad Request", error_json("invalid_topic", &e.0)),
+/// What a publish request said besides its body.
+struct PublishRequest {
+    /// `/v1/publish/{topic}`; `None` for a batch (`/v1/publish`).
+    topic: Option<String>,
+    bearer: Option<String>,
+    json: bool,
+    length: Option<usize>,
+    /// The `Idempotency-Key` header: the event's msg_id, so a retried webhook is stored once.
+    idempotency_key: Option<String>,
+}
+
+/// One event of a batch posted to `/v1/publish`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchEvent {
+    topic: String,
+    payload: Box<serde_json::value::RawValue>,
+    #[serde(default)]
+    msg_id: Option<String>,
+}
+
+/// `POST /v1/publish/{topic}` (the body is the payload) and `POST /v1/publish` (a JSON array
+/// of `{topic, payload, msg_id}`, stored all or none). Answers once durable:
+/// `{"seq":N,"duplicate":bool}`, or `{"events":[…]}` for a batch.
+async fn publish(
+    ctx: &Arc<server::Context>,
+    request: PublishRequest,
+    body: hyper::body::Incoming,
+) -> Answer {
+    use http_body_util::BodyExt;
+    use hyper::StatusCode;
+    let principal = if ctx.auth.enabled() {
+        match request.bearer.as_deref().and_then(|t| ctx.auth.check(t)) {
+            Some(p) => Some(p),
+            None => {
+                return json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "send Authorization: Bearer <token>",
+                )
+            }
+        }
+    } else {
+        None
     };
-    let payload = match std::str::from_utf8(body)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Box<serde_json::value::RawValue>>(text).ok())
-    {
-        Some(raw) => raw,
-        None => {
-            return (
-                "400 Bad Request",
-                error_json("bad_json", "the body must be one JSON value"),
+    // A cross-site form can post text/plain without a preflight; JSON it cannot.
+    if !request.json {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported",
+            "send the payload with content-type: application/json",
+        );
+    }
+    let limit = ctx.config.max_frame_bytes;
+    let too_large = |length: usize| {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("the body is {length} bytes or more, the limit is {limit}"),
+        )
+    };
+    // Refused before the body is read, so a client that asked `Expect: 100-continue` is
+    // not told to send it.
+    if let Some(length) = request.length.filter(|&l| l > limit) {
+        return too_large(length);
+    }
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit + 1),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("the body could not be read: {e}"),
             )
         }
     };
-    let entry = Entry::Events(vec![NewEvent {
-        topic: topic.as_str().to_owned(),
-        payload: payload.get().to_owned(),
-        time_ms: now_ms(),
-        msg_id: None,
-    }]);
-    match ctx.store.log.append(vec![entry]).await {
-        Ok(receipts) => match receipts.first() {
-            Some(Receipt::Seqs(seqs)) if !seqs.is_empty() => {
-                ("200 OK", serde_json::json!({"seq": seqs[0].0}).to_string())
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_json", "the body is not UTF-8");
+    };
+    let batch = match &request.topic {
+        Some(topic) => {
+            let Ok(payload) = serde_json::from_str::<Box<serde_json::value::RawValue>>(text) else {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    "the body must be one JSON value",
+                );
+            };
+            vec![BatchEvent {
+                topic: topic.clone(),
+                payload,
+                msg_id: request.idempotency_key.clone(),
+            }]
+        }
+        None => match serde_json::from_str::<Vec<BatchEvent>>(text) {
+            Ok(batch) if !batch.is_empty() => batch,
+            Ok(_) => {
+                return json_error(StatusCode::BAD_REQUEST, "bad_request", "the batch is empty")
             }
-            _ => (
-                "500 Internal Server Error",
-                error_json("internal", "publish got no seq"),
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    &format!("the body must be an array of {{topic, payload, msg_id}}: {e}"),
+                )
+            }
+        },
+    };
+    let time_ms = now_ms();
+    let mut events = Vec::with_capacity(batch.len());
+    for event in batch {
+        let topic = match Topic::parse(&event.topic) {
+            Ok(t) => t,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_topic", &e.0),
+        };
+        if let Some(p) = principal
+            .as_ref()
+            .filter(|p| !p.may_publish(topic.as_str()))
+        {
+            let message = format!("token {:?} may not publish to {}", p.name, topic.as_str());
+            return json_error(StatusCode::FORBIDDEN, "forbidden", &message);
+        }
+        if let Some(id) = &event.msg_id {
+            if id.is_empty() || id.len() > wharf_protocol::MAX_MSG_ID_BYTES {
+                let message = format!(
+                    "msg_id (or Idempotency-Key) must be 1 to {} bytes",
+                    wharf_protocol::MAX_MSG_ID_BYTES
+                );
+                return json_error(StatusCode::BAD_REQUEST, "bad_request", &message);
+            }
+        }
+        let max = ctx.config.max_json_depth;
+        if wharf_protocol::json_nesting_exceeds(event.payload.get(), max) {
+            let message = format!(
+                "the payload nests arrays and objects more than {max} deep (max_json_depth)"
+            );
+            return json_error(StatusCode::BAD_REQUEST, "bad_request", &message);
+        }
+        events.push(NewEvent {
+            topic: topic.as_str().to_owned(),
+            payload: event.payload.get().to_owned(),
+            time_ms,
+            msg_id: event.msg_id,
+        });
+    }
+    let count = events.len();
+    match ctx.store.log.append(vec![Entry::Events(events)]).await {
+        Ok(receipts) => match receipts.first() {
+            Some(Receipt::Seqs(seqs)) if seqs.len() == count => {
+                let stored = |&(seq, duplicate): &(u64, bool)| serde_json::json!({"seq": seq, "duplicate": duplicate});
+                let body = match request.topic {
+                    Some(_) => stored(&seqs[0]),
+                    None => {
+                        serde_json::json!({"events": seqs.iter().map(stored).collect::<Vec<_>>()})
+                    }
+                };
+                reply(StatusCode::OK, "application/json", body.to_string())
+            }
+            _ => json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "publish got no seq",
             ),
         },
-        Err(e) => (
-            "500 Internal Server Error",
-            error_json("internal", &e.to_string()),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
         ),
     }
 }
@@ -293,19 +551,26 @@ fn render_metrics(ctx: &Arc<server::Context>) -> String {
     ::metrics::gauge!(metrics::HEAD_SEQ).set(head as f64);
     let mut names = store.consumers.names();
     ::metrics::gauge!(metrics::CONSUMERS).set(names.len() as f64);
-    // A label per consumer, for a bounded number of them.
+    // A label per consumer, for a bounded number of them, from the consumers there are now.
     names.sort();
     names.truncate(ctx.config.metrics_consumer_labels);
-    for name in names {
-        if let Some(c) = store.consumers.get(&name) {
+    let rows: Vec<metrics::ConsumerRow> = names
+        .into_iter()
+        .filter_map(|name| {
+            let c = store.consumers.get(&name)?;
             let info = c.info();
-            let label = [("consumer", name.clone())];
-            ::metrics::gauge!(metrics::CONSUMER_PENDING, &label).set(info.ack_pending as f64);
-            ::metrics::gauge!(metrics::CONSUMER_LAG, &label)
-                .set(head.saturating_sub(info.ack_floor) as f64);
-        }
-    }
-    metrics::handle().render()
+            Some(metrics::ConsumerRow {
+                name,
+                ack_pending: info.ack_pending as u64,
+                lag: store
+                    .feed
+                    .lag(&c.patterns, info.ack_floor, info.acked_above_floor),
+            })
+        })
+        .collect();
+    let mut text = metrics::handle().render();
+    text.push_str(&metrics::consumer_series(&rows));
+    text
 }
 
 async fn respond(stream: &mut Conn, status: &str, kind: &str, body: &str) -> io::Result<()> {
@@ -349,5 +614,73 @@ pub async fn answer_recovering(mut stream: Conn) -> io::Result<()> {
             "recovering the log\n",
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Auth;
+
+    #[test]
+    fn hosts_and_origins_with_auth_off() {
+        let auth = Auth {
+            allowed_hosts: vec!["wharf.internal".into()],
+            ..Auth::default()
+        };
+        let refused = |host, origin| cross_site_refusal(&auth, host, origin, true).is_some();
+        for ok in [
+            "127.0.0.1:7700",
+            "localhost",
+            "[::1]:7700",
+            "10.0.0.5",
+            "WHARF.internal:80",
+        ] {
+            assert!(!refused(Some(ok), None), "{ok}");
+        }
+        for bad in [
+            "evil.example:7700",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(refused(Some(bad), None), "{bad}");
+        }
+        for ok in [
+            "http://localhost:3000",
+            "https://127.0.0.1",
+            "http://[::1]:8080",
+        ] {
+            assert!(!refused(Some("localhost"), Some(ok)), "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "null",
+            "http://10.0.0.5",
+            "localhost",
+        ] {
+            assert!(refused(Some("localhost"), Some(bad)), "{bad}");
+        }
+        assert!(cross_site_refusal(&auth, None, Some("https://evil.example"), false).is_none());
+    }
+
+    #[test]
+    fn with_auth_on_only_listed_origins_are_checked() {
+        let mut auth = Auth {
+            enabled: true,
+            ..Auth::default()
+        };
+        assert!(
+            cross_site_refusal(&auth, Some("evil.example"), Some("https://x.example"), true)
+                .is_none()
+        );
+        auth.allowed_origins = vec!["https://app.example".into()];
+        assert!(cross_site_refusal(&auth, None, Some("https://x.example"), true).is_some());
+        assert!(cross_site_refusal(&auth, None, Some("https://app.example"), true).is_none());
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json") && is_json("Application/JSON; charset=utf-8"));
+        assert!(!is_json("text/plain") && !is_json("application/jsonx"));
     }
 }

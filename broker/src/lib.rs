@@ -59,29 +59,45 @@ pub enum BrokerError {
     Locked(PathBuf),
 }
 
-/// Serves "not ready" until `stop`, then gives the listener back.
+/// Serves "not ready" until `stop`, then gives the listener back with the connections still
+/// being answered: they count against `max_connections` like any other, and each must finish
+/// within `handshake_timeout`.
 async fn answer_while_recovering(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    config: &Config,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> TcpListener {
+) -> (TcpListener, tokio::task::JoinSet<()>) {
+    let mut answering = tokio::task::JoinSet::new();
+    let limit = config.handshake_timeout;
     loop {
         tokio::select! {
-            _ = &mut stop => return listener,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
+            _ = &mut stop => return (listener, answering),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if answering.len() >= config.max_connections => {
+                    tracing::warn!(%peer, limit = config.max_connections, "connection refused: at max_connections");
+                    tokio::spawn(http::refuse(stream, "too many connections"));
+                }
+                Ok((stream, _)) => {
                     let tls = tls.clone();
-                    tokio::spawn(async move {
+                    answering.spawn(async move {
                         let answered = async {
                             let conn = tls::Conn::accept(stream, tls.as_ref()).await?;
                             http::answer_recovering(conn).await
                         };
-                        if let Err(e) = answered.await {
-                            tracing::debug!(error = %e, "request during recovery failed");
+                        match tokio::time::timeout(limit, answered).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(error = %e, "request during recovery failed"),
+                            Err(_) => tracing::debug!("request during recovery timed out"),
                         }
                     });
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = answering.join_next(), if !answering.is_empty() => {}
         }
     }
 }
@@ -90,6 +106,8 @@ async fn answer_while_recovering(
 pub struct Broker {
     ctx: Arc<server::Context>,
     listener: TcpListener,
+    /// Connections accepted during recovery and not finished yet.
+    answering: tokio::task::JoinSet<()>,
     addr: SocketAddr,
     recovery_ms: u64,
 }
@@ -122,13 +140,18 @@ impl Broker {
         tracing::info!(address = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "recovering the log");
         let started = std::time::Instant::now();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let early = tokio::spawn(answer_while_recovering(listener, tls.clone(), stopped));
+        let early = {
+            let (tls, config) = (tls.clone(), config.clone());
+            tokio::spawn(
+                async move { answer_while_recovering(listener, tls, &config, stopped).await },
+            )
+        };
         let recovered = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || store::Store::open(&config)).await
         };
         let _ = stop.send(());
-        let listener = early.await.map_err(|e| BrokerError::Io {
+        let (listener, answering) = early.await.map_err(|e| BrokerError::Io {
             what: "listener task failed".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
@@ -139,6 +162,7 @@ impl Broker {
         Ok(Broker {
             ctx: Arc::new(server::Context::new(config, store, tls)),
             listener,
+            answering,
             addr,
             recovery_ms: started.elapsed().as_millis() as u64,
         })
@@ -172,7 +196,12 @@ impl Broker {
         let retention = tokio::spawn(server::age_out(self.ctx.clone(), shutdown.clone()));
         let syncer = tokio::spawn(server::relaxed_sync(self.ctx.clone(), shutdown.clone()));
         let marks = tokio::spawn(server::save_marks(self.ctx.clone(), shutdown.clone()));
-        let server = tokio::spawn(server::serve(self.listener, self.ctx.clone(), shutdown));
+        let server = tokio::spawn(server::serve(
+            self.listener,
+            self.answering,
+            self.ctx.clone(),
+            shutdown,
+        ));
         stop.await;
         tracing::info!("shutting down");
         trigger.trigger();

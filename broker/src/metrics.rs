@@ -59,6 +59,120 @@ resolved! {
     fsync_seconds: Histogram histogram FSYNC_SECONDS;
 }
 
+/// Help text for every metric: Prometheus tooling (`promtool check metrics`) flags a metric
+/// without it, and it is what a dashboard shows next to the name.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        PUBLISHED,
+        Unit::Count,
+        "Events stored (publishes confirmed to clients)."
+    );
+    describe_counter!(
+        DUPLICATES,
+        Unit::Count,
+        "Publishes answered as duplicates of an earlier msg_id."
+    );
+    describe_counter!(
+        DELIVERED,
+        Unit::Count,
+        "Event frames handed to subscribers' connections."
+    );
+    describe_counter!(
+        REDELIVERED,
+        Unit::Count,
+        "Deliveries after the first of an event to a durable consumer."
+    );
+    describe_counter!(ACKED, Unit::Count, "Events acked by durable consumers.");
+    describe_counter!(NACKED, Unit::Count, "Events nacked by durable consumers.");
+    describe_counter!(
+        TERMINATED,
+        Unit::Count,
+        "Events termed by durable consumers."
+    );
+    describe_counter!(
+        DEAD_LETTERED,
+        Unit::Count,
+        "Events moved to a dead-letter topic."
+    );
+    describe_counter!(BYTES_IN, Unit::Bytes, "WebSocket payload bytes received.");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "WebSocket payload bytes sent.");
+    describe_gauge!(CONNECTIONS, Unit::Count, "Open client connections.");
+    describe_gauge!(
+        SUBSCRIPTIONS,
+        Unit::Count,
+        "Open subscriptions, durable and ephemeral."
+    );
+    describe_histogram!(
+        COMMIT_EVENTS,
+        Unit::Count,
+        "Records per group commit (one write and one fdatasync)."
+    );
+    describe_histogram!(
+        FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time of one fdatasync of the log."
+    );
+    describe_gauge!(
+        LOG_BYTES,
+        Unit::Bytes,
+        "Synced bytes in the log's segments."
+    );
+    describe_gauge!(LOG_SEGMENTS, Unit::Count, "Segment files in the log.");
+    describe_gauge!(
+        STATE_BYTES,
+        Unit::Bytes,
+        "Bytes the sled state view uses on disk."
+    );
+    describe_gauge!(HEAD_SEQ, "Seq of the newest stored event.");
+    describe_gauge!(CONSUMERS, Unit::Count, "Durable consumers.");
+}
+
+/// Help text of the per-consumer series, rendered by [`consumer_series`].
+const CONSUMER_PENDING_HELP: &str = "Events delivered to the consumer and not yet settled.";
+const CONSUMER_LAG_HELP: &str =
+    "Events matching the consumer's patterns that it has not settled (exact when its floor is within a topic's newest 32 events or past them; otherwise at most 31 too many per topic).";
+
+/// One consumer's row of per-consumer series.
+pub struct ConsumerRow {
+    pub name: String,
+    pub ack_pending: u64,
+    pub lag: u64,
+}
+
+/// The per-consumer series, rendered from the consumers that exist now. They are not kept
+/// in the recorder: a gauge registered there would be exported forever, after its consumer
+/// was deleted, and alerts on it would never clear.
+pub fn consumer_series(rows: &[ConsumerRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if rows.is_empty() {
+        return out;
+    }
+    let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+    for (metric, help, value) in [
+        (
+            CONSUMER_PENDING,
+            CONSUMER_PENDING_HELP,
+            (|r: &ConsumerRow| r.ack_pending) as fn(&ConsumerRow) -> u64,
+        ),
+        (CONSUMER_LAG, CONSUMER_LAG_HELP, |r: &ConsumerRow| r.lag),
+    ] {
+        let _ = writeln!(out, "# HELP {metric} {help}");
+        let _ = writeln!(out, "# TYPE {metric} gauge");
+        for row in rows {
+            let _ = writeln!(
+                out,
+                "{metric}{{consumer=\"{}\"}} {}",
+                label(&row.name),
+                value(row)
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The process-wide recorder (one per process, however many brokers a test starts in it).
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -81,6 +195,7 @@ pub fn handle() -> &'static PrometheusHandle {
                 if metrics::set_global_recorder(recorder).is_err() {
                     tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
                 }
+                describe();
                 handle
             }
             Err(e) => {

@@ -2,7 +2,7 @@
 //! runs one [`Session`] per connection until shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,25 @@ pub struct Context {
     pub started: std::time::Instant,
     pub auth: Authenticator,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Consumer creations submitted to the log and not yet applied: they count against the
+    /// consumer limits, so that concurrent creations cannot pass them.
+    pub creating_consumers: Arc<AtomicUsize>,
+}
+
+/// One consumer creation in flight, counted in [`Context::creating_consumers`] until dropped.
+pub struct CreatingConsumer(Arc<AtomicUsize>);
+
+impl CreatingConsumer {
+    pub fn new(count: &Arc<AtomicUsize>) -> CreatingConsumer {
+        count.fetch_add(1, Ordering::AcqRel);
+        CreatingConsumer(count.clone())
+    }
+}
+
+impl Drop for CreatingConsumer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Context {
@@ -44,6 +63,7 @@ impl Context {
             next_session: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             started: std::time::Instant::now(),
+            creating_consumers: Arc::default(),
         }
     }
 }
@@ -127,8 +147,14 @@ pub async fn reap_inactive(ctx: Arc<Context>, mut shutdown: Shutdown) {
     }
 }
 
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: Shutdown) {
-    let mut sessions = JoinSet::new();
+/// Serves until shutdown; `sessions` holds connections accepted before (during recovery), so
+/// that they count against `max_connections`.
+pub async fn serve(
+    listener: TcpListener,
+    mut sessions: JoinSet<()>,
+    ctx: Arc<Context>,
+    mut shutdown: Shutdown,
+) {
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -189,16 +215,9 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
             );
             return refuse(StatusCode::NOT_FOUND, &text);
         }
+        // Host and Origin were checked with the request head (http::open).
         let auth = &hs_ctx.config.auth;
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        // A browser page from another site must not ride on this origin's network position.
-        if !auth.allowed_origins.is_empty() {
-            if let Some(origin) = header("origin") {
-                if !auth.allowed_origins.iter().any(|o| o == origin) {
-                    return refuse(StatusCode::FORBIDDEN, "origin not allowed");
-                }
-            }
-        }
         let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
         let query = req
             .uri()
@@ -221,11 +240,12 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     let opening = async {
         let conn = crate::tls::Conn::accept(stream, ctx.tls.as_ref()).await?;
         match crate::http::open(conn, &ctx).await? {
-            Opening::Answered => Ok(None),
+            Opening::Closed => Ok(None),
+            Opening::Http(stream) => Ok(Some(Err(stream))),
             Opening::Upgrade(stream) => {
                 tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config))
                     .await
-                    .map(Some)
+                    .map(|ws| Some(Ok(ws)))
                     .map_err(std::io::Error::other)
             }
         }
@@ -233,7 +253,13 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     // Boxed: the handshake's state is large and needed only briefly; unboxed it would size
     // the whole connection future (5 KiB) for the connection's life.
     let ws = match tokio::time::timeout(ctx.config.handshake_timeout, Box::pin(opening)).await {
-        Ok(Ok(Some(ws))) => ws,
+        Ok(Ok(Some(Ok(ws)))) => ws,
+        // Plain HTTP, kept alive for as many requests as the client sends; hyper bounds the
+        // wait for each request head.
+        Ok(Ok(Some(Err(http)))) => {
+            crate::http::serve_http(http, ctx, shutdown).await;
+            return;
+        }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "handshake failed");

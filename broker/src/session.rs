@@ -20,17 +20,17 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use wharf_protocol::{
-    now_ms, parse_request, ConsumerInfo, ErrorCode, Id, Mode, NewEvent as WireEvent, Pattern,
-    Reply, Request, Start, Stats, SubscribeOptions, TopicInfo,
+    json_nesting_exceeds, now_ms, parse_request, ConsumerInfo, ErrorCode, Id, Mode,
+    NewEvent as WireEvent, Pattern, Reply, Request, Start, Stats, SubscribeOptions, TopicInfo,
 };
 
 use crate::auth::Principal;
 use crate::consumers::{Consumer, ModeConflict, Options};
-use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound};
+use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound, Queued, Unsent};
 use crate::http::Rewound;
 use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::metrics;
-use crate::server::Context;
+use crate::server::{Context, CreatingConsumer};
 use crate::shutdown::Shutdown;
 
 type Ws = WebSocketStream<Rewound>;
@@ -41,13 +41,20 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BURST: usize = 256;
 
 enum Subscription {
-    Durable { consumer: Arc<Consumer> },
-    Ephemeral { task: AbortHandle },
+    Durable {
+        consumer: Arc<Consumer>,
+    },
+    Ephemeral {
+        task: AbortHandle,
+        patterns: Vec<Pattern>,
+    },
 }
 
 /// What a pipelined request turns into once its log write is durable.
 enum Completion {
     Reply(Reply),
+    /// The reply to a subscribe that the log refused: no subscription comes of it.
+    NotSubscribed(Reply),
     /// The replies to publishes that went to the log together, in request order.
     Replies(Vec<Reply>),
     Silent,
@@ -76,6 +83,9 @@ pub struct Session {
     /// Close requests from this connection's delivery tasks (slow consumer).
     evict: mpsc::Receiver<String>,
     subs: HashMap<Arc<str>, Subscription>,
+    /// Subscribes accepted whose subscription has not started yet (its turn in reply order
+    /// has not come): they count against the limit, so pipelining cannot exceed it.
+    accepted_subs: usize,
     next_sub: u64,
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
     /// Publishes read but not yet handed to the log: a burst of pipelined publishes goes as
@@ -88,6 +98,9 @@ pub struct Session {
     principal: Option<Arc<Principal>>,
     /// When an unauthenticated connection is closed.
     auth_deadline: Option<tokio::time::Instant>,
+    /// A reply found no room in the queue in time: the peer does not read, so nothing more
+    /// (not even a close frame) is written to it.
+    stopped_reading: bool,
 }
 
 fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
@@ -156,7 +169,12 @@ impl Session {
         let (evict_tx, evict_rx) = mpsc::channel(1);
         let (close_tx, close_rx) = oneshot::channel();
         let writer = tokio::spawn(write_frames(sink, rx, close_rx));
-        let outbound = Outbound::new(tx, evict_tx, ctx.config.slow_consumer_timeout);
+        let outbound = Outbound::new(
+            tx,
+            ctx.config.outbound_queue_bytes,
+            evict_tx,
+            ctx.config.slow_consumer_timeout,
+        );
         let ctx_auth_enabled = ctx.auth.enabled();
         let auth_timeout = ctx.config.auth.auth_timeout;
         let mut session = Session {
@@ -165,6 +183,7 @@ impl Session {
             outbound,
             evict: evict_rx,
             subs: HashMap::new(),
+            accepted_subs: 0,
             next_sub: 0,
             pending: FuturesOrdered::new(),
             queued: Vec::new(),
@@ -173,15 +192,22 @@ impl Session {
             auth_deadline: (ctx_auth_enabled && principal.is_none())
                 .then(|| tokio::time::Instant::now() + auth_timeout),
             principal,
+            stopped_reading: false,
         };
         let close = session.serve(&mut stream, &mut shutdown).await;
+        if session.stopped_reading {
+            session.detach_all();
+            writer.abort();
+            let _cancelled = writer.await;
+            return;
+        }
         // Replies to what was already confirmed still go out before the close frame (within
         // a bound: a client that stopped reading may never make room); a subscription that
         // completes now is not attached to a connection that is ending.
         let drain = async {
             while let Some(done) = session.pending.next().await {
                 let replies = match done {
-                    Completion::Reply(reply) => vec![reply],
+                    Completion::Reply(reply) | Completion::NotSubscribed(reply) => vec![reply],
                     Completion::Replies(replies) => replies,
                     _ => Vec::new(),
                 };
@@ -194,9 +220,7 @@ impl Session {
         };
         let _drained = tokio::time::timeout(CLOSE_TIMEOUT, drain).await;
         session.detach_all();
-        if let Some(frame) = close {
-            let _writer_gone = close_tx.send(frame);
-        }
+        let _writer_gone = close_tx.send(close);
         drop(session);
         let _finished = writer.await;
     }
@@ -351,9 +375,33 @@ impl Session {
         }
     }
 
-    /// Sends a reply now (to a request whose turn it is).
+    /// Sends a reply now (to a request whose turn it is). The wait for room in the queue is
+    /// bounded by the slow-consumer limit and by the authentication deadline: a peer that
+    /// does not read its replies is disconnected, not waited for.
     async fn send_now(&mut self, reply: Reply) -> Result<(), ()> {
-        self.outbound.send(Message::text(reply.to_json())).await
+        let slow_limit = tokio::time::Instant::now() + self.outbound.slow_limit();
+        let deadline = match self.auth_deadline {
+            Some(auth) => auth.min(slow_limit),
+            None => slow_limit,
+        };
+        match self
+            .outbound
+            .send_by(Message::text(reply.to_json()), deadline)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Unsent::Closed) => Err(()),
+            Err(Unsent::TimedOut) => {
+                let unauthenticated = self.auth_deadline.is_some();
+                tracing::info!(
+                    session = self.id,
+                    unauthenticated,
+                    "the peer does not read its replies; dropping the connection"
+                );
+                self.stopped_reading = true;
+                Err(())
+            }
+        }
     }
 
     /// Replies to the current request, after the replies of earlier requests that are still
@@ -372,8 +420,7 @@ impl Session {
         let limit = self.ctx.config.max_frame_bytes;
         let request = (text.len() <= limit).then(|| parse_request(text));
         // A publish that is allowed joins the queue (a refused one is answered below).
-        let queue =
-            matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.refusal(r).is_none());
+        let queue = matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.rejection(r).is_none());
         if queue {
             if let Some(Ok(Request::Publish { id, event })) = request {
                 self.queued.push((id, new_event(event, now_ms())));
@@ -396,14 +443,15 @@ impl Session {
         if let Request::Auth { id, token } = request {
             return self.authenticate(id, &token).await;
         }
-        if let Some(refusal) = self.refusal(&request) {
+        if let Some(refusal) = self.rejection(&request) {
             return self.send(refusal).await;
         }
         match request {
             Request::Publish { id, event } => self.publish(id, vec![event], false).await,
             Request::PublishBatch { id, events } => self.publish(id, events, true).await,
             Request::Subscribe { id, .. }
-                if self.subs.len() >= self.ctx.config.max_subscriptions_per_connection =>
+                if self.subs.len() + self.accepted_subs
+                    >= self.ctx.config.max_subscriptions_per_connection =>
             {
                 let limit = self.ctx.config.max_subscriptions_per_connection;
                 let message =
@@ -454,36 +502,46 @@ impl Session {
                 let stats = self.stats(id);
                 self.send(Reply::Stats(stats)).await
             }
-            Request::Topics { id } => {
-                let topics = self
-                    .ctx
-                    .store
-                    .feed
-                    .topics()
-                    .into_iter()
+            Request::Topics { id, page } => {
+                let mut all = self.ctx.store.feed.topics();
+                all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                let (taken, next_cursor) = page.select(&all, |(topic, _)| topic);
+                let topics = taken
+                    .iter()
                     .map(|(topic, s)| TopicInfo {
-                        topic,
+                        topic: topic.clone(),
                         events: s.events,
                         bytes: s.bytes,
                         last_seq: s.last_seq,
                     })
                     .collect();
-                self.send(Reply::Topics { id, topics }).await
+                self.send(Reply::Topics {
+                    id,
+                    topics,
+                    next_cursor,
+                })
+                .await
             }
-            Request::Consumers { id } => {
+            Request::Consumers { id, page } => {
                 let mut names = self.ctx.store.consumers.names();
-                names.sort();
-                let consumers = names
-                    .into_iter()
+                names.sort_unstable();
+                let (taken, next_cursor) = page.select(&names, String::as_str);
+                let consumers = taken
+                    .iter()
                     .filter_map(|name| {
                         self.ctx
                             .store
                             .consumers
-                            .get(&name)
+                            .get(name)
                             .map(|c| self.info_of(None, &c))
                     })
                     .collect();
-                self.send(Reply::Consumers { id, consumers }).await
+                self.send(Reply::Consumers {
+                    id,
+                    consumers,
+                    next_cursor,
+                })
+                .await
             }
         }
     }
@@ -494,13 +552,93 @@ impl Session {
                 tracing::debug!(session = self.id, token = principal.name, "authenticated");
                 self.principal = Some(principal);
                 self.auth_deadline = None;
-                self.send(Reply::Ok { id }).await
+                self.send(Reply::Ok { id }).await?;
+                self.drop_forbidden_subscriptions().await
             }
             None => {
                 let reply = Reply::error(id, ErrorCode::Unauthorized, "invalid token");
                 self.send(reply).await
             }
         }
+    }
+
+    /// Why this request may not go ahead: a payload nested too deep (clients whose JSON
+    /// parser recurses would fail on it at every delivery), or what auth refuses.
+    fn rejection(&self, request: &Request) -> Option<Reply> {
+        let max = self.ctx.config.max_json_depth;
+        let too_deep = match request {
+            Request::Publish { event, .. } => json_nesting_exceeds(event.payload.get(), max),
+            Request::PublishBatch { events, .. } => events
+                .iter()
+                .any(|e| json_nesting_exceeds(e.payload.get(), max)),
+            _ => false,
+        };
+        if too_deep {
+            let message = format!(
+                "the payload nests arrays and objects more than {max} deep (max_json_depth)"
+            );
+            return Some(Reply::error(
+                request.id().cloned(),
+                ErrorCode::BadRequest,
+                message,
+            ));
+        }
+        self.refusal(request)
+    }
+
+    /// Whether this connection's principal may hold a subscription to `patterns` (through
+    /// durable consumer `consumer`, if any). Always, with auth off.
+    fn may_hold(&self, patterns: &[Pattern], consumer: Option<&str>) -> bool {
+        if !self.ctx.auth.enabled() {
+            return true;
+        }
+        self.principal.as_ref().is_some_and(|who| {
+            let name_allowed = match consumer {
+                Some(name) => who.may_use_consumer(name),
+                None => true,
+            };
+            name_allowed && who.may_subscribe_all(patterns)
+        })
+    }
+
+    /// After a re-authentication: ends the subscriptions the new principal may not hold,
+    /// telling the client with `unsubscribed` (reason `forbidden`).
+    async fn drop_forbidden_subscriptions(&mut self) -> Result<(), ()> {
+        let forbidden: Vec<Arc<str>> = self
+            .subs
+            .iter()
+            .filter(|(_, subscription)| match subscription {
+                Subscription::Durable { consumer } => {
+                    !self.may_hold(&consumer.patterns, Some(&consumer.name))
+                }
+                Subscription::Ephemeral { patterns, .. } => !self.may_hold(patterns, None),
+            })
+            .map(|(sub, _)| sub.clone())
+            .collect();
+        for sub in forbidden {
+            if let Some(subscription) = self.subs.remove(&sub) {
+                self.end(&sub, subscription);
+                let notice = Reply::Unsubscribed {
+                    sub: sub.to_string(),
+                    reason: "forbidden".into(),
+                };
+                self.send(notice).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `who` may not operate existing consumer `name`: it reads topics beyond the token's
+    /// subscribe rights (acking, seeking or inspecting it would act on, or reveal, events the
+    /// token may not read).
+    fn reads_beyond(&self, who: &Principal, name: &str) -> Option<String> {
+        let consumer = self.ctx.store.consumers.get(name)?;
+        (!who.may_subscribe_all(&consumer.patterns)).then(|| {
+            format!(
+                "token {:?} may not subscribe to every topic consumer {name:?} reads",
+                who.name
+            )
+        })
     }
 
     /// Why this request may not go ahead, when auth is on.
@@ -542,7 +680,7 @@ impl Session {
                 }
                 consumer
                     .as_deref()
-                    .and_then(consumer_of)
+                    .and_then(|c| consumer_of(c).or_else(|| self.reads_beyond(who, c)))
                     .and_then(forbidden)
             }
             Request::Ack { consumer, .. }
@@ -551,7 +689,17 @@ impl Session {
             | Request::Progress { consumer, .. }
             | Request::Seek { consumer, .. }
             | Request::ConsumerInfo { consumer, .. }
-            | Request::DeleteConsumer { consumer, .. } => consumer_of(consumer).and_then(forbidden),
+            | Request::DeleteConsumer { consumer, .. } => consumer_of(consumer)
+                .or_else(|| self.reads_beyond(who, consumer))
+                .and_then(forbidden),
+            Request::Stats { .. } | Request::Topics { .. } | Request::Consumers { .. }
+                if !who.may_administer() =>
+            {
+                forbidden(format!(
+                    "token {:?} may not use admin operations (it needs admin = true)",
+                    who.name
+                ))
+            }
             _ => None,
         }
     }
@@ -644,6 +792,35 @@ impl Session {
         }
     }
 
+    /// Why creating consumer `name` would pass a limit: `max_consumers`, or the token's
+    /// `max_consumers` over the consumers its names cover. Creations still in flight count
+    /// (for the token's limit too: they may be its own).
+    fn consumer_limit(&self, name: &str) -> Option<String> {
+        let consumers = &self.ctx.store.consumers;
+        let creating = self
+            .ctx
+            .creating_consumers
+            .load(std::sync::atomic::Ordering::Acquire);
+        let limit = self.ctx.config.max_consumers;
+        if consumers.len() + creating >= limit {
+            return Some(format!(
+                "the broker holds {limit} consumers (max_consumers); cannot create {name:?}"
+            ));
+        }
+        let who = self.principal.as_ref()?;
+        let covered = consumers
+            .names()
+            .iter()
+            .filter(|n| who.may_use_consumer(n))
+            .count();
+        (covered + creating >= who.max_consumers).then(|| {
+            format!(
+                "token {:?} may hold {} consumers (its max_consumers); cannot create {name:?}",
+                who.name, who.max_consumers
+            )
+        })
+    }
+
     async fn subscribe_durable(
         &mut self,
         id: Option<Id>,
@@ -667,27 +844,49 @@ impl Session {
                 mode,
                 options,
             };
+            self.accepted_subs += 1;
             self.pending.push_back(async move { attach }.boxed());
             return Ok(());
+        }
+        if let Some(refusal) = self.consumer_limit(&name) {
+            let reply = Reply::error(id, ErrorCode::LimitExceeded, refusal);
+            return self.send(reply).await;
         }
         let floor = match self.floor_for(start.unwrap_or(Start::All)).await {
             Ok(floor) => floor,
             Err(e) => return self.send(internal(id, e)).await,
         };
+        let creating = CreatingConsumer::new(&self.ctx.creating_consumers);
         let entry = Entry::ConsumerCreated {
             name: name.clone(),
             patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
             start: floor,
         };
-        self.submit(vec![entry], id, move |id, _| Completion::Attach {
+        let pending = match self.ctx.store.log.submit(vec![entry]).await {
+            Ok(pending) => pending,
+            Err(e) => return self.send(internal(id, e)).await,
+        };
+        let attach = after_commit(pending, id, move |id, _| Completion::Attach {
             id,
             sub,
             name,
             patterns,
             mode,
             options,
-        })
-        .await
+        });
+        self.accepted_subs += 1;
+        self.pending.push_back(
+            async move {
+                let attach = attach.await;
+                drop(creating);
+                match attach {
+                    Completion::Reply(refused) => Completion::NotSubscribed(refused),
+                    attach => attach,
+                }
+            }
+            .boxed(),
+        );
+        Ok(())
     }
 
     async fn subscribe_ephemeral(
@@ -708,6 +907,7 @@ impl Session {
             from,
         };
         // Its turn comes after the replies to earlier requests, so no event overtakes them.
+        self.accepted_subs += 1;
         self.pending.push_back(async move { start }.boxed());
         Ok(())
     }
@@ -730,7 +930,7 @@ impl Session {
             self.ctx.store.feed.clone(),
             self.ctx.store.log.clone(),
             from,
-            patterns,
+            patterns.clone(),
         );
         let task = tokio::spawn(run_ephemeral(sub.clone(), self.outbound.clone(), source));
         ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
@@ -738,6 +938,7 @@ impl Session {
             sub,
             Subscription::Ephemeral {
                 task: task.abort_handle(),
+                patterns,
             },
         );
         Ok(())
@@ -927,7 +1128,6 @@ impl Session {
 
     fn info_of(&self, id: Option<Id>, consumer: &Consumer) -> ConsumerInfo {
         let info = consumer.info();
-        let head = self.ctx.store.feed.head();
         ConsumerInfo {
             id,
             consumer: consumer.name.clone(),
@@ -938,9 +1138,11 @@ impl Session {
             ack_pending: info.ack_pending as u64,
             // Events still to settle (above the floor and not acked), not the distance from
             // the floor: one poison event must not make a caught-up consumer look behind.
-            lag: head
-                .saturating_sub(info.ack_floor)
-                .saturating_sub(info.acked_above_floor),
+            lag: self.ctx.store.feed.lag(
+                &consumer.patterns,
+                info.ack_floor,
+                info.acked_above_floor,
+            ),
             redelivered: info.redelivered as u64,
             terminated: info.terminated,
             dead_lettered: info.dead_lettered,
@@ -978,7 +1180,7 @@ impl Session {
             Subscription::Durable { consumer } => {
                 consumer.detach(self.id, sub);
             }
-            Subscription::Ephemeral { task } => task.abort(),
+            Subscription::Ephemeral { task, .. } => task.abort(),
         }
     }
 
@@ -989,8 +1191,16 @@ impl Session {
     }
 
     async fn complete(&mut self, done: Completion) -> Result<(), ()> {
+        if matches!(
+            done,
+            Completion::NotSubscribed(_) | Completion::Ephemeral { .. } | Completion::Attach { .. }
+        ) {
+            self.accepted_subs = self.accepted_subs.saturating_sub(1);
+        }
         match done {
-            Completion::Reply(reply) => self.send_now(reply).await,
+            Completion::Reply(reply) | Completion::NotSubscribed(reply) => {
+                self.send_now(reply).await
+            }
             Completion::Replies(replies) => {
                 for reply in replies {
                     self.send_now(reply).await?;
@@ -998,6 +1208,15 @@ impl Session {
                 Ok(())
             }
             Completion::Silent => Ok(()),
+            // The connection re-authenticated since the subscribe was accepted.
+            Completion::Ephemeral { id, patterns, .. } if !self.may_hold(&patterns, None) => {
+                self.send_now(no_longer_allowed(id)).await
+            }
+            Completion::Attach {
+                id, name, patterns, ..
+            } if !self.may_hold(&patterns, Some(&name)) => {
+                self.send_now(no_longer_allowed(id)).await
+            }
             Completion::Ephemeral {
                 id,
                 sub,
@@ -1029,6 +1248,14 @@ impl Session {
     }
 }
 
+fn no_longer_allowed(id: Option<Id>) -> Reply {
+    Reply::error(
+        id,
+        ErrorCode::Forbidden,
+        "the connection re-authenticated with a token that may not hold this subscription",
+    )
+}
+
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Exclusive => "exclusive",
@@ -1056,22 +1283,23 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-/// Drains the outbound queue into the socket, many frames per flush. A close frame comes
-/// through `close` so that it is never stuck behind a full queue: it goes out after whatever
-/// is already queued, and a socket that will not take it within [`CLOSE_TIMEOUT`] is dropped.
+/// Drains the outbound queue into the socket, many frames per flush. The end of the session
+/// comes through `close` (with a close frame or none) so that it is never stuck behind a full
+/// queue or a socket the peer does not read: what is already queued and the close frame go
+/// out within [`CLOSE_TIMEOUT`], or the socket is dropped.
 async fn write_frames(
     mut sink: SplitSink<Ws, Message>,
-    mut rx: mpsc::Receiver<Message>,
-    mut close: oneshot::Receiver<CloseFrame>,
+    mut rx: mpsc::Receiver<Queued>,
+    mut close: oneshot::Receiver<Option<CloseFrame>>,
 ) {
-    let mut close_open = true;
     let frame = loop {
         let batch = async {
             let Some(first) = rx.recv().await else {
                 return false;
             };
             let mut next = Some(first);
-            while let Some(msg) = next.take() {
+            // A frame's bytes return to the queue's budget once the socket has taken it.
+            while let Some(Queued { message: msg, .. }) = next.take() {
                 if let Message::Text(text) = &msg {
                     metrics::bytes_out().increment(text.len() as u64);
                 }
@@ -1084,19 +1312,15 @@ async fn write_frames(
         };
         tokio::select! {
             biased;
-            frame = &mut close, if close_open => match frame {
-                Ok(frame) => break Some(frame),
-                // No close frame will come; keep draining until the queue ends.
-                Err(_) => close_open = false,
-            },
+            frame = &mut close => break frame.ok().flatten(),
             more = batch => if !more {
                 break None;
             },
         }
     };
     let finish = async {
-        while let Ok(msg) = rx.try_recv() {
-            if sink.feed(msg).await.is_err() {
+        while let Ok(queued) = rx.try_recv() {
+            if sink.feed(queued.message).await.is_err() {
                 return;
             }
         }

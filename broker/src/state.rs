@@ -243,9 +243,8 @@ impl StateView {
     pub fn save(&self, updates: &[ViewUpdate]) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
         for update in updates {
-            for (name, state) in &update.states {
-                batch.insert(consumer_key(name), self.encode(state)?);
-            }
+            // Deletions first: an update's states are the consumers that exist after it, and
+            // a name deleted and created again within it (or within one replay) is one of them.
             for name in &update.deleted {
                 batch.remove(consumer_key(name));
                 batch.remove(mark_key(name));
@@ -255,6 +254,9 @@ impl StateView {
                 for item in self.db.scan_prefix(&prefix).keys() {
                     batch.remove(item.map_err(|e| self.sled_err(e))?);
                 }
+            }
+            for (name, state) in &update.states {
+                batch.insert(consumer_key(name), self.encode(state)?);
             }
             for (name, seq) in &update.settled {
                 batch.remove(delivery_key(name, *seq));

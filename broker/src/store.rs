@@ -1,14 +1,14 @@
 //! Opening the data directory: recover the log, bring the sled view up to it (or rebuild the
 //! view from the log), and wire the writer to memory, sled and the feed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, Durability};
 use crate::consumers::{Changes, Consumers};
-use crate::delivery::{Committer, Feed, TopicStat};
+use crate::delivery::{Committer, Feed, Topics};
 use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery, Retention};
 use crate::state::{ConsumerState, StateError, StateView, ViewUpdate};
 use crate::BrokerError;
@@ -33,7 +33,7 @@ fn replay(
     applied: Option<Position>,
     consumers: &Consumers,
     changes: &mut Changes,
-    topics: &mut BTreeMap<String, TopicStat>,
+    topics: &mut Topics,
 ) -> Result<(Recovery, bool), LogError> {
     let mut found = applied.is_none();
     topics.clear();
@@ -46,7 +46,7 @@ fn replay(
         log_dir,
         |rec, pos| {
             for ev in rec.events() {
-                topics.entry(ev.topic.clone()).or_default().add(ev);
+                topics.add(ev);
             }
             match applied {
                 Some(a) if pos <= a => {
@@ -151,7 +151,7 @@ impl Store {
             }
         };
         let mut changes = Changes::default();
-        let mut topics = BTreeMap::new();
+        let mut topics = Topics::default();
         let (mut recovery, found) =
             replay(&log_dir, applied, &registry, &mut changes, &mut topics)?;
         let stale = if !found {
@@ -210,7 +210,18 @@ impl Store {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered the log"
         );
-        let feed = Arc::new(Feed::new(head, config.cache_events, topics));
+        // Until the writer's first retention pass, the log starts where the recovery found it.
+        let first = recovery
+            .segments
+            .first()
+            .map_or(recovery.next_seq, |m| m.base);
+        let feed = Arc::new(Feed::new(
+            head,
+            first,
+            config.cache_events,
+            config.cache_bytes,
+            topics,
+        ));
         let (view_tx, view_writer) = view.start_writer()?;
         let sink = Committer::new(registry.clone(), view_tx, feed.clone());
         let options = LogOptions {

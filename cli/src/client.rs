@@ -317,6 +317,37 @@ async fn admin(conn: &Conn, request: serde_json::Value) -> anyhow::Result<Reply>
     }
 }
 
+/// Every page of a `topics` or `consumers` listing, on one connection, following
+/// `next_cursor` until the broker has no more.
+async fn admin_pages(conn: &Conn, op: &str) -> anyhow::Result<Vec<Reply>> {
+    let (mut sink, mut stream) = connect(conn).await?;
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = serde_json::json!({"op": op, "id": pages.len() + 1, "limit": 1000});
+        if let Some(cursor) = cursor.take() {
+            request["cursor"] = cursor.into();
+        }
+        sink.send(Message::text(request.to_string())).await?;
+        let reply = match next_reply(&mut stream).await? {
+            Reply::Error { code, message, .. } => bail!("the broker refused: {code}: {message}"),
+            reply => reply,
+        };
+        cursor = match &reply {
+            Reply::Topics { next_cursor, .. } | Reply::Consumers { next_cursor, .. } => {
+                next_cursor.clone()
+            }
+            other => bail!("unexpected reply from the broker: {}", other.to_json()),
+        };
+        pages.push(reply);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let _closed = sink.close().await;
+    Ok(pages)
+}
+
 /// Prints rows as a table with aligned columns.
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -381,13 +412,21 @@ pub async fn stats(conn: &Conn, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn topics(conn: &Conn, json: bool) -> anyhow::Result<()> {
-    let reply = admin(conn, serde_json::json!({"op":"topics","id":1})).await?;
+    let topics: Vec<_> = admin_pages(conn, "topics")
+        .await?
+        .into_iter()
+        .flat_map(|page| match page {
+            Reply::Topics { topics, .. } => topics,
+            _ => Vec::new(),
+        })
+        .collect();
     if json {
-        return print_json(&reply);
+        return print_json(&Reply::Topics {
+            id: None,
+            topics,
+            next_cursor: None,
+        });
     }
-    let Reply::Topics { topics, .. } = reply else {
-        bail!("unexpected reply from the broker: {}", reply.to_json())
-    };
     let rows = topics
         .into_iter()
         .map(|t| {
@@ -429,13 +468,21 @@ const CONSUMER_HEADER: [&str; 9] = [
 ];
 
 pub async fn consumers(conn: &Conn, json: bool) -> anyhow::Result<()> {
-    let reply = admin(conn, serde_json::json!({"op":"consumers","id":1})).await?;
+    let consumers: Vec<_> = admin_pages(conn, "consumers")
+        .await?
+        .into_iter()
+        .flat_map(|page| match page {
+            Reply::Consumers { consumers, .. } => consumers,
+            _ => Vec::new(),
+        })
+        .collect();
     if json {
-        return print_json(&reply);
+        return print_json(&Reply::Consumers {
+            id: None,
+            consumers,
+            next_cursor: None,
+        });
     }
-    let Reply::Consumers { consumers, .. } = reply else {
-        bail!("unexpected reply from the broker: {}", reply.to_json())
-    };
     table(
         &CONSUMER_HEADER,
         consumers.iter().map(consumer_row).collect(),

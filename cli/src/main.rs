@@ -556,13 +556,13 @@ async fn serve(
         print!("{}", config.to_toml()?);
         return Ok(());
     }
-    init_logging(&config.log_level)?;
+    init_logging(&config.log_level, config.log_format)?;
     let broker = Broker::open(config).await?;
     broker.run(stop_signal()).await;
     Ok(())
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
+fn init_logging(level: &str, format: wharf_broker::config::LogFormat) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.is_empty() => EnvFilter::try_new(&env)
@@ -572,11 +572,15 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         })?,
     };
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        wharf_broker::config::LogFormat::Text => {
+            logs.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+        wharf_broker::config::LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     Ok(())
 }
 

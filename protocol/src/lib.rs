@@ -22,7 +22,8 @@ pub use reply::{
     TopicInfo,
 };
 pub use request::{
-    now_ms, parse_request, Id, Mode, NewEvent, Request, RequestError, Start, SubscribeOptions,
+    json_nesting_exceeds, now_ms, parse_request, Id, Mode, NewEvent, Page, Request, RequestError,
+    Start, SubscribeOptions, MAX_MSG_ID_BYTES,
 };
 pub use topic::{validate_consumer, Pattern, PatternIndex, Topic, TopicError};
 

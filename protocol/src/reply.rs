@@ -26,15 +26,21 @@ pub enum Reply {
     },
     ConsumerInfo(ConsumerInfo),
     Stats(Stats),
+    /// One page of topics; `next_cursor`, when present, asks for the next one.
     Topics {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
         topics: Vec<TopicInfo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_cursor: Option<String>,
     },
+    /// One page of consumers; `next_cursor`, when present, asks for the next one.
     Consumers {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
         consumers: Vec<ConsumerInfo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_cursor: Option<String>,
     },
     Subscribed {
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -213,16 +213,64 @@ pub enum Request {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
     },
-    /// Every topic with events, with counts.
+    /// Topics with events, with counts, by name: one page.
     Topics {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
+        #[serde(flatten)]
+        page: Page,
     },
-    /// Every durable consumer, as `consumer_info` describes one.
+    /// Durable consumers, as `consumer_info` describes one, by name: one page.
     Consumers {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Id>,
+        #[serde(flatten)]
+        page: Page,
     },
+}
+
+/// Which part of a listing a `topics` or `consumers` request asks for: at most `limit` names
+/// ([`Page::DEFAULT_LIMIT`] when absent, never more than [`Page::MAX_LIMIT`]), after `cursor`
+/// (the previous reply's `next_cursor`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Page {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// How many names this page may hold.
+    pub fn max_entries(&self) -> usize {
+        self.limit
+            .map_or(Page::DEFAULT_LIMIT, |n| n as usize)
+            .min(Page::MAX_LIMIT)
+    }
+
+    /// Takes this page out of `items` (sorted by `name`, no duplicate names): the items after
+    /// the cursor, at most [`Page::max_entries`] of them, and the cursor of the next page when more
+    /// remain.
+    pub fn select<'a, T>(
+        &self,
+        items: &'a [T],
+        name: impl Fn(&T) -> &str,
+    ) -> (&'a [T], Option<String>) {
+        let start = match &self.cursor {
+            Some(cursor) => items.partition_point(|item| name(item) <= cursor.as_str()),
+            None => 0,
+        };
+        let rest = &items[start..];
+        let taken = &rest[..rest.len().min(self.max_entries())];
+        let next = match taken.last() {
+            Some(last) if taken.len() < rest.len() => Some(name(last).to_owned()),
+            _ => None,
+        };
+        (taken, next)
+    }
 }
 
 fn as_str<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -250,8 +298,8 @@ impl Request {
             | Request::Ping { id }
             | Request::Auth { id, .. }
             | Request::Stats { id }
-            | Request::Topics { id }
-            | Request::Consumers { id } => id.as_ref(),
+            | Request::Topics { id, .. }
+            | Request::Consumers { id, .. } => id.as_ref(),
         }
     }
 
@@ -301,6 +349,8 @@ struct RawFrame {
     max_in_flight: Option<Value>,
     delay_ms: Option<Value>,
     token: Option<Value>,
+    limit: Option<Value>,
+    cursor: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -533,8 +583,19 @@ fn parse_general(text: &str) -> Result<Request, RequestError> {
             Ok(Request::Auth { id, token })
         }
         "stats" => Ok(Request::Stats { id }),
-        "topics" => Ok(Request::Topics { id }),
-        "consumers" => Ok(Request::Consumers { id }),
+        "topics" | "consumers" => {
+            let page = Page {
+                limit: count(&raw.limit, "limit", 1).map_err(bad)?,
+                cursor: match &raw.cursor {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(string_field(&raw.cursor, "cursor").map_err(bad)?.to_owned()),
+                },
+            };
+            Ok(match op.as_str() {
+                "topics" => Request::Topics { id, page },
+                _ => Request::Consumers { id, page },
+            })
+        }
         other => Err(RequestError::new(
             &id,
             ErrorCode::UnknownOp,
@@ -678,6 +739,41 @@ fn seq_value(v: &Value, name: &str) -> Result<u64, String> {
 }
 
 /// Milliseconds since the Unix epoch, now.
+/// Whether JSON text nests arrays and objects more than `max` deep. One pass over the bytes,
+/// no recursion and no allocation, so it is safe on any input; strings (with their escapes)
+/// are skipped. Text shorter than `max` brackets cannot exceed it and is not scanned.
+pub fn json_nesting_exceeds(text: &str, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 pub fn now_ms() -> u64 {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -689,6 +785,19 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_depth() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(!json_nesting_exceeds(&deep(128), 128));
+        assert!(json_nesting_exceeds(&deep(129), 128));
+        assert!(!json_nesting_exceeds(
+            r#"{"a":"[[[[[[[[[[","b":[{"c":1}]}"#,
+            3
+        ));
+        assert!(!json_nesting_exceeds(r#"["\"[[[[[[[[[[[[[["]"#, 2));
+        assert!(json_nesting_exceeds(r#"{"a":{"b":{"c":[]}}}"#, 3));
+    }
 
     fn err(text: &str) -> RequestError {
         parse_request(text).unwrap_err()

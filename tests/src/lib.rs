@@ -170,10 +170,17 @@ impl Broker {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if line.contains("listening") {
-                        if let Some(url) =
-                            line.split_whitespace().find_map(|w| w.strip_prefix("url="))
-                        {
-                            let _ = url_tx.send(Some(url.to_owned()));
+                        // Text logs say `url=…`; JSON logs (log_format = "json") a field.
+                        let url = line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("url="))
+                            .map(str::to_owned)
+                            .or_else(|| {
+                                let v: Value = serde_json::from_str(&line).ok()?;
+                                v["fields"]["url"].as_str().map(str::to_owned)
+                            });
+                        if let Some(url) = url {
+                            let _ = url_tx.send(Some(url));
                         }
                     }
                     lines.0.lock().unwrap().push(line);

@@ -138,7 +138,7 @@ fn post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value)
         .unwrap_or_default();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -171,7 +171,7 @@ async fn the_http_publish_needs_a_token_too() {
         403
     );
     let (status, body) = post(&addr, "/v1/publish/orders.new", Some("app-secret"), "1");
-    assert_eq!((status, body), (200, json!({"seq": 1})));
+    assert_eq!((status, body), (200, json!({"seq": 1, "duplicate": false})));
     // The CLI sends WHARF_TOKEN as a bearer token.
     let out = Command::new(wharf_bin())
         .args(["publish", "--url", &broker.url, "orders.cli", "2"])

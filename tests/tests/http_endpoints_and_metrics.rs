@@ -74,7 +74,7 @@ async fn health_metrics_and_http_publish() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
-        json!({"seq": 2})
+        json!({"seq": 2, "duplicate": false})
     );
     let got = c.events(2).await;
     assert_eq!(got[1]["payload"], json!({"id":1,"amount":5}));

@@ -370,7 +370,7 @@ impl Writer {
                 start,
             } => {
                 let floor = match start {
-                    Floor::At(floor) => floor,
+                    Floor::At(floor) => self.clamp_floor(floor),
                     Floor::Head => self.next_seq - 1,
                 };
                 (
@@ -400,12 +400,24 @@ impl Writer {
             ),
             Entry::GapReported { name, to } => (Record::GapReported { name, to }, Receipt::Done),
             Entry::ConsumerSeek { name, floor } => {
-                let floor = floor.min(self.next_seq - 1);
+                let floor = self.clamp_floor(floor);
                 (Record::ConsumerSeek { name, floor }, Receipt::Floor(floor))
             }
             Entry::ConsumerDeleted { name } => (Record::ConsumerDeleted { name }, Receipt::Done),
         };
         (Some(rec), receipt)
+    }
+
+    /// A floor the log can honour: not past the newest event, and not below the oldest one
+    /// stored. Retention may have run after the floor was computed (a seek to a seq that
+    /// was removed meanwhile); a floor below it would owe events that are gone, with no gap
+    /// recorded for them.
+    fn clamp_floor(&self, floor: u64) -> u64 {
+        let first = match self.table.read() {
+            Ok(table) => table.first().map_or(self.next_seq, |m| m.base),
+            Err(_) => 1,
+        };
+        floor.max(first.saturating_sub(1)).min(self.next_seq - 1)
     }
 
     /// Gives a new event its seq and a time no earlier than the last event's.
