@@ -652,18 +652,28 @@ struct StoredEvent<'a> {
 /// to every topic (`>`) from `seq`, which takes the first event and ends.
 pub async fn get(conn: &Conn, seq: u64, json: bool) -> anyhow::Result<()> {
     let (mut sink, mut stream) = connect(conn).await?;
-    let Reply::Stats(stats) = ask(&mut sink, &mut stream, Request::Stats { id: None }).await?
-    else {
-        bail!("unexpected reply from the broker to stats")
-    };
-    if seq == 0 || seq > stats.head_seq {
-        bail!("no event with seq {seq}: the newest is {}", stats.head_seq)
-    }
-    if seq < stats.first_seq {
-        bail!(
-            "seq {seq} was removed by retention: the oldest stored is {}",
-            stats.first_seq
-        )
+    // The seq range tells a seq never stored from one removed by retention; a token without
+    // admin rights cannot ask, and then an unknown seq shows as no event within GET_WAIT.
+    sink.send(Message::text(Request::Stats { id: None }.to_json()))
+        .await?;
+    match answer(&mut stream).await? {
+        Reply::Stats(stats) => {
+            if seq == 0 || seq > stats.head_seq {
+                bail!("no event with seq {seq}: the newest is {}", stats.head_seq)
+            }
+            if seq < stats.first_seq {
+                bail!(
+                    "seq {seq} was removed by retention: the oldest stored is {}",
+                    stats.first_seq
+                )
+            }
+        }
+        Reply::Error {
+            code: ErrorCode::Forbidden,
+            ..
+        } => {}
+        Reply::Error { code, message, .. } => bail!("the broker refused: {code}: {message}"),
+        other => bail!("unexpected reply from the broker: {}", other.to_json()),
     }
     let all = Pattern::parse(">").map_err(|e| anyhow!("{e}"))?;
     let subscribe = Request::Subscribe {

@@ -329,7 +329,8 @@ enum Command {
     #[command(
         long_about = "Print one stored event by its seq. The wire protocol has no op for it: \
             this is an ephemeral subscription to every topic (`>`) starting at SEQ that takes \
-            the first event and ends, so a token needs the right to subscribe to `>`.",
+            the first event and ends, so a token needs the right to subscribe to `>` (and, to tell \
+            an unknown seq at once, admin rights for `stats`).",
         after_help = "Examples:
   wharf get 42
   wharf get 42 --json | jq .payload"
