@@ -50,6 +50,9 @@ pub struct Config {
     /// A publish repeating a `msg_id` seen within this window is not stored again.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// The most msg_ids remembered at once; a publish needing more is refused
+    /// (`limit_exceeded`) rather than an id being forgotten inside the window.
+    pub dedup_max_entries: usize,
     /// The HTTP request and WebSocket (and TLS) handshake must complete within this.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -59,6 +62,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Connections served at once; more get HTTP 503.
     pub max_connections: usize,
+    /// Connections one remote address may hold at once (loopback peers excepted); more get
+    /// HTTP 503. 0 = no limit.
+    pub max_connections_per_ip: usize,
     /// Subscriptions one connection may hold; more get `limit_exceeded`.
     pub max_subscriptions_per_connection: usize,
     /// Durable consumers the broker holds; creating more gets `limit_exceeded`.
@@ -127,6 +133,62 @@ pub struct Auth {
     /// With auth on, serve `/metrics` without a token (it names consumers and topics).
     pub public_metrics: bool,
     pub tokens: Vec<TokenRule>,
+    /// Per-user tokens: JWTs signed by an identity provider or the application's backend.
+    pub jwt: Jwt,
+}
+
+/// `[auth.jwt]`: how JWTs are verified and what rights a JWT without a `wharf` claim gets.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jwt {
+    /// A file holding the HS256 shared secret (its bytes, as they are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// A PEM file holding the RS256 public key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// When set, a JWT's `iss` must be this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// When set, a JWT's `aud` must include this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// A connection whose JWT expires gets `{"type":"token_expiring"}` this long before.
+    #[serde(with = "humantime_serde")]
+    pub expiry_notice: Duration,
+    /// Rights of a JWT without a `wharf` claim; `{sub}` stands for its `sub`.
+    pub default_publish: Vec<String>,
+    pub default_subscribe: Vec<String>,
+    pub default_consumers: Vec<String>,
+    /// Consumers the names of one JWT's subject may cover at once.
+    pub max_consumers: usize,
+}
+
+impl Default for Jwt {
+    fn default() -> Jwt {
+        Jwt {
+            hs256_secret_file: None,
+            rs256_public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+            expiry_notice: Duration::from_secs(30),
+            default_publish: Vec::new(),
+            default_subscribe: Vec::new(),
+            default_consumers: Vec::new(),
+            max_consumers: 1000,
+        }
+    }
+}
+
+impl Jwt {
+    /// Whether JWTs are accepted at all (a key is configured).
+    pub fn enabled(&self) -> bool {
+        self.hs256_secret_file.is_some() || self.rs256_public_key_file.is_some()
+    }
 }
 
 impl Default for Auth {
@@ -140,6 +202,7 @@ impl Default for Auth {
             auth_timeout: Duration::from_secs(5),
             public_metrics: false,
             tokens: Vec::new(),
+            jwt: Jwt::default(),
         }
     }
 }
@@ -191,6 +254,7 @@ impl Default for Config {
             ack_wait: Duration::from_secs(30),
             max_deliver: 0,
             dedup_window: Duration::from_secs(120),
+            dedup_max_entries: 500_000,
             inactive_ttl: Duration::ZERO,
             max_age: Duration::ZERO,
             max_events: 0,
@@ -198,6 +262,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             max_subscriptions_per_connection: 256,
             max_consumers: 10_000,
             outbound_queue: 1024,
@@ -338,8 +403,7 @@ impl Config {
             let inner = inner
                 .lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with("in `"))
-                .last()
+                .rfind(|l| !l.is_empty() && !l.starts_with("in `"))
                 .unwrap_or_default()
                 .to_owned();
             if key == "." || key.is_empty() {
@@ -426,8 +490,18 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("keys `tls_cert` and `tls_key`: give both, or neither".into());
         }
-        if self.auth.enabled && self.auth.tokens.is_empty() {
-            return Err("key `auth.tokens`: auth is enabled but no token is defined".into());
+        if self.auth.enabled && self.auth.tokens.is_empty() && !self.auth.jwt.enabled() {
+            return Err(
+                "key `auth.tokens`: auth is enabled but no token is defined (nor an [auth.jwt] key)"
+                    .into(),
+            );
+        }
+        let jwt = &self.auth.jwt;
+        for p in jwt.default_publish.iter().chain(&jwt.default_subscribe) {
+            let example = p.replace("{sub}", "alice");
+            if let Err(e) = wharf_protocol::Pattern::parse(&example) {
+                return Err(format!("key `auth.jwt`: {e}"));
+            }
         }
         for (i, t) in self.auth.tokens.iter().enumerate() {
             let hex_ok = t.sha256.len() == 64 && t.sha256.bytes().all(|b| b.is_ascii_hexdigit());

@@ -17,11 +17,24 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use wharf_protocol::{Mode, Pattern};
+use wharf_protocol::{Mode, Pattern, Topic};
 
-use crate::delivery::Outbound;
 use crate::log::Record;
+use crate::outbound::Outbound;
 use crate::settled::{ConsumerState, Settle};
+
+/// Every dead-letter topic starts with this.
+pub const DEAD_LETTER_PREFIX: &str = "dead.";
+
+/// The dead-letter topic of a consumer: `dead.<consumer>` (dots that would make an empty
+/// token become underscores).
+pub fn dead_letter_topic(consumer: &str) -> String {
+    let topic = format!("{DEAD_LETTER_PREFIX}{consumer}");
+    match Topic::parse(&topic) {
+        Ok(_) => topic,
+        Err(_) => format!("dead.{}", consumer.replace('.', "_")),
+    }
+}
 
 /// A subscription's settings, with the broker's defaults filled in.
 #[derive(Debug, Clone)]
@@ -165,7 +178,7 @@ impl Consumer {
         Consumer {
             name: name.to_owned(),
             patterns,
-            dead_topic: crate::delivery::dead_letter_topic(name),
+            dead_topic: dead_letter_topic(name),
             inner: Mutex::new(Inner {
                 state,
                 deliveries,

@@ -14,17 +14,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::{
-    format_time_ms, now_ms, DeadLetter, EventBody, EventFrame, Pattern, PatternIndex, Reply, Topic,
+    format_time_ms, now_ms, DeadLetter, EventBody, EventFrame, Pattern, PatternIndex, Reply,
 };
 
-use crate::consumers::{Changes, Consumer, Consumers, Step};
+use crate::consumers::{dead_letter_topic, Changes, Consumer, Consumers, Step, DEAD_LETTER_PREFIX};
 use crate::log::{
     AppendLog, CommitSink, Entry, Event, EventCursor, LogError, NewEvent, Position, Record, Settle,
 };
 use crate::metrics;
+use crate::outbound::{Delivered, Outbound, Unsent};
 use crate::state::{ConsumerState, StateView, ViewSender, ViewUpdate};
 
 /// The most a checkpoint record holds before the next one starts: well under the record
@@ -32,8 +33,8 @@ use crate::state::{ConsumerState, StateView, ViewSender, ViewUpdate};
 /// record no reader accepts.
 const CHECKPOINT_RECORD_BYTES: usize = 16 << 20;
 
-/// Every consumer's state as `Checkpoint` records of at most [`CHECKPOINT_RECORD_BYTES`]
-/// each (always at least one, so a segment's first record is a checkpoint).
+/// Every consumer's state as `Checkpoint` records of at most 16 MiB each (always at least
+/// one, so a segment's first record is a checkpoint).
 pub fn checkpoint_records(all: Vec<(String, ConsumerState)>) -> Vec<Record> {
     let mut records = Vec::new();
     let mut part = Vec::new();
@@ -52,138 +53,6 @@ pub fn checkpoint_records(all: Vec<(String, ConsumerState)>) -> Vec<Record> {
     }
     records.push(Record::Checkpoint { consumers: part });
     records
-}
-
-/// A frame in a connection's outbound queue, holding its share of the queue's byte budget
-/// until the writer takes it.
-pub struct Queued {
-    pub message: Message,
-    _bytes: OwnedSemaphorePermit,
-}
-
-/// A connection's outbound queue, bounded in frames and in bytes, and the way to have the
-/// connection closed when a subscriber stays too slow to drain it.
-#[derive(Clone)]
-pub struct Outbound {
-    frames: mpsc::Sender<Queued>,
-    /// Permits are bytes: a frame waits until the queue's frames add up to no more than
-    /// `byte_budget` with it.
-    bytes: Arc<Semaphore>,
-    byte_budget: u32,
-    evict: mpsc::Sender<String>,
-    slow_limit: Duration,
-}
-
-/// Why a frame was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unsent {
-    /// The connection is gone.
-    Closed,
-    /// The queue had no room before the deadline.
-    TimedOut,
-}
-
-/// How a delivery went.
-pub enum Delivered {
-    Sent,
-    /// The connection is gone.
-    Closed,
-    /// The queue stayed full for the slow-consumer limit.
-    TooSlow,
-}
-
-impl Outbound {
-    /// `byte_budget` is capped at `u32::MAX` (the most permits one frame can take).
-    pub fn new(
-        frames: mpsc::Sender<Queued>,
-        byte_budget: usize,
-        evict: mpsc::Sender<String>,
-        slow_limit: Duration,
-    ) -> Outbound {
-        let byte_budget = u32::try_from(byte_budget).unwrap_or(u32::MAX).max(1);
-        Outbound {
-            frames,
-            bytes: Arc::new(Semaphore::new(byte_budget as usize)),
-            byte_budget,
-            evict,
-            slow_limit,
-        }
-    }
-
-    /// The bytes a frame takes from the budget; a frame larger than the whole budget takes
-    /// all of it (it waits for an empty queue rather than forever).
-    fn cost(&self, msg: &Message) -> u32 {
-        u32::try_from(msg.len())
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.byte_budget)
-    }
-
-    /// Waits for room for `msg` (bytes, then a frame slot) and queues it.
-    async fn queue(&self, msg: Message) -> Result<(), Unsent> {
-        let permit = self
-            .bytes
-            .clone()
-            .acquire_many_owned(self.cost(&msg))
-            .await
-            .map_err(|_| Unsent::Closed)?;
-        let queued = Queued {
-            message: msg,
-            _bytes: permit,
-        };
-        self.frames.send(queued).await.map_err(|_| Unsent::Closed)
-    }
-
-    /// Queues a frame, waiting for room until `deadline` at the latest: a peer that does not
-    /// read must not hold its connection (and the task that serves it) forever.
-    pub async fn send_by(
-        &self,
-        msg: Message,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), Unsent> {
-        match tokio::time::timeout_at(deadline, self.queue(msg)).await {
-            Ok(queued) => queued,
-            Err(_) => Err(Unsent::TimedOut),
-        }
-    }
-
-    /// Queues a frame if there is room now.
-    pub fn try_send(&self, msg: Message) -> Result<(), mpsc::error::TrySendError<Message>> {
-        let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&msg)) else {
-            return Err(mpsc::error::TrySendError::Full(msg));
-        };
-        let queued = Queued {
-            message: msg,
-            _bytes: permit,
-        };
-        self.frames.try_send(queued).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.message),
-            mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.message),
-        })
-    }
-
-    /// Queues a pushed frame, waiting at most the slow-consumer limit for room.
-    pub async fn deliver(&self, msg: Message) -> Delivered {
-        // Room now is the common case; a timer is set only when the queue is full.
-        let msg = match self.try_send(msg) {
-            Ok(()) => return Delivered::Sent,
-            Err(mpsc::error::TrySendError::Closed(_)) => return Delivered::Closed,
-            Err(mpsc::error::TrySendError::Full(msg)) => msg,
-        };
-        match tokio::time::timeout(self.slow_limit, self.queue(msg)).await {
-            Ok(Ok(())) => Delivered::Sent,
-            Ok(Err(_)) => Delivered::Closed,
-            Err(_) => Delivered::TooSlow,
-        }
-    }
-
-    /// Asks the connection to close with `reason`.
-    pub fn evict(&self, reason: String) {
-        let _already_asked = self.evict.try_send(reason);
-    }
-
-    pub fn slow_limit(&self) -> Duration {
-        self.slow_limit
-    }
 }
 
 /// Events read per batch by a delivery task.
@@ -222,7 +91,7 @@ pub struct Feed {
     topics: Mutex<Topics>,
 }
 
-/// Every topic's [`TopicEntry`], built by the start-up replay and kept by the feed.
+/// Every topic's stats and seq samples, built by the start-up replay and kept by the feed.
 #[derive(Debug, Default)]
 pub struct Topics(BTreeMap<String, TopicEntry>);
 
@@ -353,7 +222,8 @@ impl Feed {
     }
 
     /// A consumer's lag: the events matching `patterns` above its `floor` that are not among
-    /// the `acked` ones above it (see [`TopicEntry::events_above`] for when it is exact).
+    /// the `acked` ones above it: exact when the floor is within a topic's newest 32 events or
+    /// past them, otherwise at most 31 too many per topic.
     pub fn lag(&self, patterns: &[Pattern], floor: u64, acked: u64) -> u64 {
         self.events_above(patterns, floor).saturating_sub(acked)
     }
@@ -685,19 +555,6 @@ fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> 
         delivery,
     };
     Message::text(frame.to_json())
-}
-
-/// Every dead-letter topic starts with this.
-const DEAD_LETTER_PREFIX: &str = "dead.";
-
-/// The dead-letter topic of a consumer: `dead.<consumer>` (dots that would make an empty
-/// token become underscores).
-pub fn dead_letter_topic(consumer: &str) -> String {
-    let topic = format!("{DEAD_LETTER_PREFIX}{consumer}");
-    match Topic::parse(&topic) {
-        Ok(_) => topic,
-        Err(_) => format!("dead.{}", consumer.replace('.', "_")),
-    }
 }
 
 /// What a durable delivery task needs.

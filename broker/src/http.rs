@@ -4,19 +4,16 @@
 //! operators; `POST /v1/publish/{topic}` for curl, webhooks and cron jobs.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wharf_protocol::{now_ms, Topic};
 
 use crate::log::{Entry, NewEvent, Receipt};
 use crate::shutdown::Shutdown;
-use crate::tls::Conn;
-use crate::{metrics, server};
+use crate::tls::{Conn, Rewound};
+use crate::{context, metrics};
 
 /// The browser client, served at `/wharf.js`.
 pub const CLIENT_JS: &str = include_str!("../../clients/js/wharf.js");
@@ -25,49 +22,6 @@ pub const DEMO_HTML: &str = include_str!("../../clients/js/demo.html");
 
 /// The most a request head may take.
 const MAX_HEAD: usize = 16 * 1024;
-
-/// A stream that first yields bytes already read from it (the request head), so that the
-/// WebSocket handshake can parse the request again.
-pub struct Rewound {
-    prefix: Vec<u8>,
-    read: usize,
-    inner: Conn,
-}
-
-impl AsyncRead for Rewound {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.read < this.prefix.len() {
-            let n = (this.prefix.len() - this.read).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.read..this.read + n]);
-            this.read += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewound {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
 
 /// What the first request on a connection asks for.
 pub enum Opening {
@@ -82,7 +36,7 @@ pub enum Opening {
 /// Reads the first request head, only to tell a WebSocket upgrade (which goes on to the
 /// handshake, its Host and Origin checked here) from anything else (served by hyper, which
 /// reads the same bytes again).
-pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Opening> {
+pub async fn open(mut stream: Conn, ctx: &Arc<context::Context>) -> io::Result<Opening> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let refusal = loop {
@@ -118,16 +72,12 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
             _ => break None,
         }
     };
-    let rewound = Rewound {
-        prefix: head,
-        read: 0,
-        inner: stream,
-    };
+    let rewound = Rewound::new(head, stream);
     match refusal {
         None => Ok(Opening::Http(rewound)),
         Some(None) => Ok(Opening::Upgrade(rewound)),
         Some(Some(reason)) => {
-            let mut stream = rewound.inner;
+            let mut stream = rewound.into_inner();
             respond(
                 &mut stream,
                 "403 Forbidden",
@@ -143,7 +93,7 @@ pub async fn open(mut stream: Conn, ctx: &Arc<server::Context>) -> io::Result<Op
 /// Serves HTTP/1.1 on a connection with hyper: keep-alive, chunked bodies, `HEAD`,
 /// `Expect: 100-continue`. A connection waiting longer than `handshake_timeout` for a
 /// request head is closed; at shutdown the request in progress finishes first.
-pub async fn serve_http(stream: Rewound, ctx: Arc<server::Context>, mut shutdown: Shutdown) {
+pub async fn serve_http(stream: Rewound, ctx: Arc<context::Context>, mut shutdown: Shutdown) {
     let io = hyper_util::rt::TokioIo::new(stream);
     let service_ctx = ctx.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -194,7 +144,7 @@ fn json_error(status: hyper::StatusCode, code: &str, message: &str) -> Answer {
 }
 
 /// Answers one request.
-async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<server::Context>) -> Answer {
+async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::Context>) -> Answer {
     use hyper::{Method, StatusCode};
     let (parts, body) = req.into_parts();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -266,7 +216,7 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<server::Co
 
 /// `/metrics`. Metrics name consumers and count topics: with auth on they need a token that
 /// may read them, unless the operator made them public.
-fn metrics_answer(ctx: &Arc<server::Context>, bearer: Option<&str>) -> Answer {
+fn metrics_answer(ctx: &Arc<context::Context>, bearer: Option<&str>) -> Answer {
     use hyper::StatusCode;
     let auth = &ctx.config.auth;
     if ctx.auth.enabled() && !auth.public_metrics {
@@ -392,7 +342,7 @@ struct BatchEvent {
 /// of `{topic, payload, msg_id}`, stored all or none). Answers once durable:
 /// `{"seq":N,"duplicate":bool}`, or `{"events":[…]}` for a batch.
 async fn publish(
-    ctx: &Arc<server::Context>,
+    ctx: &Arc<context::Context>,
     request: PublishRequest,
     body: hyper::body::Incoming,
 ) -> Answer {
@@ -506,11 +456,15 @@ async fn publish(
             );
             return json_error(StatusCode::BAD_REQUEST, "bad_request", &message);
         }
+        // Scoped like a WebSocket publish's: one publisher's ids never answer for another's.
+        let publisher = principal.as_ref().map_or("", |p| p.dedup_scope());
         events.push(NewEvent {
             topic: topic.as_str().to_owned(),
             payload: event.payload.get().to_owned(),
             time_ms,
-            msg_id: event.msg_id,
+            msg_id: event
+                .msg_id
+                .map(|id| crate::auth::dedup_key(publisher, &id)),
         });
     }
     let count = events.len();
@@ -525,6 +479,9 @@ async fn publish(
                     }
                 };
                 reply(StatusCode::OK, "application/json", body.to_string())
+            }
+            Some(Receipt::Refused(why)) => {
+                json_error(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", why)
             }
             _ => json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -541,7 +498,7 @@ async fn publish(
 }
 
 /// `/metrics`: counters and histograms as recorded, plus gauges read off the state now.
-fn render_metrics(ctx: &Arc<server::Context>) -> String {
+fn render_metrics(ctx: &Arc<context::Context>) -> String {
     let store = &ctx.store;
     let (segments, bytes) = store.log.size();
     ::metrics::gauge!(metrics::LOG_SEGMENTS).set(segments as f64);

@@ -4,15 +4,22 @@
 //! checksummed, fdatasync'ed log before it is confirmed, durable consumers' acks go through
 //! the same log, and whatever a consumer has not acked is delivered again when it returns.
 //!
-//! The pieces, each in its own module:
+//! The pieces, each in its own module, from the bottom up (a module imports only from the
+//! ones listed before it):
 //!
+//! * [`codec`], [`settled`] (what a consumer has settled: ranges, seek count, untold gap),
+//!   [`config`], [`metrics`], [`shutdown`], [`tls`] (a connection, plain or TLS, and
+//!   [`tls::Rewound`], one that replays what was read ahead).
 //! * [`log`]: the append log (segment files, group commit, recovery, streaming reads). The
 //!   only durable copy of anything confirmed.
 //! * [`state`]: the sled view of consumers and acked state, rebuilt from the log if needed.
+//! * [`outbound`]: a connection's bounded queue of frames. [`auth`]: tokens and rights.
 //! * [`consumers`]: durable consumers in memory: acked state, attachment, in-flight events.
 //! * [`delivery`]: the commit sink, the event feed and the per-subscription delivery tasks.
-//! * [`session`]: one WebSocket connection. [`server`]: the listener and handshake.
-//! * [`store`]: opening a data directory consistently. [`config`], [`shutdown`], [`codec`].
+//! * [`store`]: opening a data directory consistently; [`error`]: why it could not be.
+//! * [`context`]: what every connection shares.
+//! * [`http`]: the front door (WebSocket upgrades, and HTTP served by hyper).
+//!   [`session`]: one WebSocket connection. [`server`]: the listener.
 //!
 //! The wire format lives in the `wharf-protocol` crate, never here.
 
@@ -20,10 +27,13 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod consumers;
+pub mod context;
 pub mod delivery;
+pub mod error;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod outbound;
 pub mod server;
 pub mod session;
 pub mod settled;
@@ -34,30 +44,13 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 pub use config::Config;
+pub use error::BrokerError;
 use shutdown::Shutdown;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error(transparent)]
-    Log(#[from] log::LogError),
-    #[error(transparent)]
-    State(#[from] state::StateError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error("data dir {0} is in use by another wharf process")]
-    Locked(PathBuf),
-}
 
 /// Serves "not ready" until `stop`, then gives the listener back with the connections still
 /// being answered: they count against `max_connections` like any other, and each must finish
@@ -104,7 +97,7 @@ async fn answer_while_recovering(
 
 /// A broker whose store is open and whose listener is bound.
 pub struct Broker {
-    ctx: Arc<server::Context>,
+    ctx: Arc<context::Context>,
     listener: TcpListener,
     /// Connections accepted during recovery and not finished yet.
     answering: tokio::task::JoinSet<()>,
@@ -137,6 +130,12 @@ impl Broker {
             })?),
             _ => None,
         };
+        let auth = auth::Authenticator::new(&config.auth).map_err(|message| {
+            BrokerError::Config(config::ConfigError::Invalid {
+                path: "config".into(),
+                message,
+            })
+        })?;
         tracing::info!(address = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "recovering the log");
         let started = std::time::Instant::now();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -160,7 +159,7 @@ impl Broker {
             source: std::io::Error::other(e.to_string()),
         })??;
         Ok(Broker {
-            ctx: Arc::new(server::Context::new(config, store, tls)),
+            ctx: Arc::new(context::Context::new(config, store, tls, auth)),
             listener,
             answering,
             addr,

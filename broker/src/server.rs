@@ -1,8 +1,8 @@
 //! The listener: accepts TCP connections, completes the WebSocket handshake on `/ws`, and
 //! runs one [`Session`] per connection until shutdown.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,58 +12,57 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::auth::{Authenticator, Principal};
-use crate::config::Config;
+use crate::auth::Principal;
+use crate::context::Context;
 use crate::http::Opening;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
 
 /// On shutdown, sessions get this long to send their last replies and close frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What every session shares.
-pub struct Context {
-    pub config: Config,
-    pub store: Store,
-    next_session: AtomicU64,
-    /// Open WebSocket connections.
-    pub connections: AtomicU64,
-    pub started: std::time::Instant,
-    pub auth: Authenticator,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Consumer creations submitted to the log and not yet applied: they count against the
-    /// consumer limits, so that concurrent creations cannot pass them.
-    pub creating_consumers: Arc<AtomicUsize>,
+/// Connections open per remote address, for `max_connections_per_ip`.
+#[derive(Clone, Default)]
+struct PerIp(Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>);
+
+/// One connection, counted against its address (when limited) until dropped.
+struct IpSlot {
+    counts: PerIp,
+    ip: Option<IpAddr>,
 }
 
-/// One consumer creation in flight, counted in [`Context::creating_consumers`] until dropped.
-pub struct CreatingConsumer(Arc<AtomicUsize>);
-
-impl CreatingConsumer {
-    pub fn new(count: &Arc<AtomicUsize>) -> CreatingConsumer {
-        count.fetch_add(1, Ordering::AcqRel);
-        CreatingConsumer(count.clone())
+impl PerIp {
+    /// Counts a connection from `ip`, or `None` when it already has `limit`. Loopback peers
+    /// are not limited: behind a local proxy every client would share one address.
+    fn admit(&self, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let counts = self.clone();
+        if ip.is_loopback() || limit == 0 {
+            return Some(IpSlot { counts, ip: None });
+        }
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            counts,
+            ip: Some(ip),
+        })
     }
 }
 
-impl Drop for CreatingConsumer {
+impl Drop for IpSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Context {
-    pub fn new(config: Config, store: Store, tls: Option<tokio_rustls::TlsAcceptor>) -> Context {
-        Context {
-            tls,
-            auth: Authenticator::new(&config.auth),
-            config,
-            store,
-            next_session: AtomicU64::new(1),
-            connections: AtomicU64::new(0),
-            started: std::time::Instant::now(),
-            creating_consumers: Arc::default(),
+        let Some(ip) = self.ip else {
+            return;
+        };
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&ip);
+            }
         }
     }
 }
@@ -155,6 +154,7 @@ pub async fn serve(
     ctx: Arc<Context>,
     mut shutdown: Shutdown,
 ) {
+    let per_ip = PerIp::default();
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -163,9 +163,20 @@ pub async fn serve(
                     tracing::warn!(%peer, limit = ctx.config.max_connections, "connection refused: at max_connections");
                     tokio::spawn(crate::http::refuse(stream, "too many connections"));
                 }
-                Ok((stream, peer)) => {
-                    sessions.spawn(connection(ctx.clone(), stream, peer, shutdown.clone()));
-                }
+                Ok((stream, peer)) => match per_ip.admit(peer.ip(), ctx.config.max_connections_per_ip) {
+                    Some(slot) => {
+                        let ctx = ctx.clone();
+                        let shutdown = shutdown.clone();
+                        sessions.spawn(async move {
+                            connection(ctx, stream, peer, shutdown).await;
+                            drop(slot);
+                        });
+                    }
+                    None => {
+                        tracing::warn!(%peer, limit = ctx.config.max_connections_per_ip, "connection refused: at max_connections_per_ip");
+                        tokio::spawn(crate::http::refuse(stream, "too many connections from this address"));
+                    }
+                },
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -270,7 +281,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
             return;
         }
     };
-    let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
+    let id = ctx.next_session_id();
     tracing::debug!(%peer, session = id, "connected");
     ::metrics::gauge!(crate::metrics::CONNECTIONS).increment(1);
     ctx.connections.fetch_add(1, Ordering::Relaxed);

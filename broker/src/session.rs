@@ -24,14 +24,15 @@ use wharf_protocol::{
     NewEvent as WireEvent, Pattern, Reply, Request, Start, Stats, SubscribeOptions, TopicInfo,
 };
 
-use crate::auth::Principal;
+use crate::auth::{dedup_key, Principal};
 use crate::consumers::{Consumer, ModeConflict, Options};
-use crate::delivery::{run_ephemeral, DurableDelivery, EventSource, Outbound, Queued, Unsent};
-use crate::http::Rewound;
+use crate::context::{Context, CreatingConsumer};
+use crate::delivery::{run_ephemeral, DurableDelivery, EventSource};
 use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::metrics;
-use crate::server::{Context, CreatingConsumer};
+use crate::outbound::{Outbound, Queued, Unsent};
 use crate::shutdown::Shutdown;
+use crate::tls::Rewound;
 
 type Ws = WebSocketStream<Rewound>;
 
@@ -39,6 +40,9 @@ type Ws = WebSocketStream<Rewound>;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames taken from the socket in one go when they are already there.
 const MAX_BURST: usize = 256;
+/// Refused `auth` ops a connection may make before it is closed: guessing tokens takes a
+/// new connection every few tries.
+const MAX_FAILED_AUTHS: u32 = 3;
 
 enum Subscription {
     Durable {
@@ -98,29 +102,40 @@ pub struct Session {
     principal: Option<Arc<Principal>>,
     /// When an unauthenticated connection is closed.
     auth_deadline: Option<tokio::time::Instant>,
+    /// When the client is told that its token expires soon, and when it does (a JWT's
+    /// `exp`): the connection is then closed with 4001 unless a fresh `auth` came first.
+    expiry_notice_at: Option<tokio::time::Instant>,
+    expires_at: Option<tokio::time::Instant>,
     /// A reply found no room in the queue in time: the peer does not read, so nothing more
     /// (not even a close frame) is written to it.
     stopped_reading: bool,
+    failed_auths: u32,
+    /// The close frame for a request that ends the connection.
+    closing: Option<CloseFrame>,
 }
 
 fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
     Reply::error(id, ErrorCode::Internal, e.to_string())
 }
 
-/// An event as the log stores it; the parsed request's strings are moved, not copied.
-fn new_event(e: WireEvent, time_ms: u64) -> NewEvent {
+/// An event as the log stores it; the parsed request's strings are moved, not copied. Its
+/// msg_id is stored as a dedup key scoped by `publisher`, so that one publisher's ids never
+/// answer for another's.
+fn new_event(e: WireEvent, time_ms: u64, publisher: &str) -> NewEvent {
     NewEvent {
         topic: e.topic.into_string(),
         payload: String::from(Box::<str>::from(e.payload)),
         time_ms,
-        msg_id: e.msg_id,
+        msg_id: e.msg_id.map(|id| dedup_key(publisher, &id)),
     }
 }
 
 /// The reply to a publish (`batch`: a publish_batch) once the log has its receipt.
 fn published(id: Option<Id>, receipt: Receipt, batch: bool) -> Reply {
-    let Receipt::Seqs(seqs) = receipt else {
-        return internal(id, "publish got no seq");
+    let seqs = match receipt {
+        Receipt::Seqs(seqs) => seqs,
+        Receipt::Refused(why) => return Reply::error(id, ErrorCode::LimitExceeded, why),
+        _ => return internal(id, "publish got no seq"),
     };
     let duplicate = seqs.iter().any(|&(_, dup)| dup);
     if duplicate {
@@ -193,7 +208,12 @@ impl Session {
                 .then(|| tokio::time::Instant::now() + auth_timeout),
             principal,
             stopped_reading: false,
+            expiry_notice_at: None,
+            expires_at: None,
+            failed_auths: 0,
+            closing: None,
         };
+        session.arm_expiry();
         let close = session.serve(&mut stream, &mut shutdown).await;
         if session.stopped_reading {
             session.detach_all();
@@ -242,6 +262,16 @@ impl Session {
                 }
                 _ = sleep_until_opt(self.auth_deadline) => {
                     return Some(close_frame(CloseCode::Policy, "authentication timeout"));
+                }
+                _ = sleep_until_opt(self.expires_at) => {
+                    return Some(close_frame(CloseCode::from(4001), "token expired"));
+                }
+                _ = sleep_until_opt(self.expiry_notice_at) => {
+                    self.expiry_notice_at = None;
+                    let exp = self.principal.as_ref().and_then(|p| p.expires_at).unwrap_or_default();
+                    if self.send_now(Reply::TokenExpiring { exp }).await.is_err() {
+                        return None;
+                    }
                 }
                 Some(reason) = self.evict.recv() => {
                     tracing::info!(session = self.id, reason, "closing a slow consumer");
@@ -304,6 +334,12 @@ impl Session {
         self.last_seen = now;
         let outcome = match msg {
             None => return Err(None),
+            Some(Err(WsError::Utf8(e))) => {
+                return Err(Some(close_frame(
+                    CloseCode::Invalid,
+                    &format!("a text frame is not valid UTF-8: {e}"),
+                )));
+            }
             Some(Err(WsError::Capacity(e))) => {
                 return Err(Some(close_frame(
                     CloseCode::Size,
@@ -332,7 +368,7 @@ impl Session {
             Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(_)) => Ok(()),
         };
-        outcome.map_err(|()| None)
+        outcome.map_err(|()| self.closing.take())
     }
 
     /// Hands the queued publishes to the log as one append.
@@ -423,7 +459,8 @@ impl Session {
         let queue = matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.rejection(r).is_none());
         if queue {
             if let Some(Ok(Request::Publish { id, event })) = request {
-                self.queued.push((id, new_event(event, now_ms())));
+                let event = new_event(event, now_ms(), self.publisher());
+                self.queued.push((id, event));
             }
             return Ok(());
         }
@@ -552,12 +589,27 @@ impl Session {
                 tracing::debug!(session = self.id, token = principal.name, "authenticated");
                 self.principal = Some(principal);
                 self.auth_deadline = None;
+                self.arm_expiry();
                 self.send(Reply::Ok { id }).await?;
                 self.drop_forbidden_subscriptions().await
             }
             None => {
+                self.failed_auths += 1;
                 let reply = Reply::error(id, ErrorCode::Unauthorized, "invalid token");
-                self.send(reply).await
+                self.send(reply).await?;
+                if self.failed_auths < MAX_FAILED_AUTHS {
+                    return Ok(());
+                }
+                tracing::warn!(
+                    session = self.id,
+                    failed = self.failed_auths,
+                    "closing a connection after repeated invalid tokens"
+                );
+                self.closing = Some(close_frame(
+                    CloseCode::Policy,
+                    "too many failed authentications",
+                ));
+                Err(())
             }
         }
     }
@@ -584,6 +636,24 @@ impl Session {
             ));
         }
         self.refusal(request)
+    }
+
+    /// Sets the expiry timers from the principal's token (none for tokens that do not expire).
+    fn arm_expiry(&mut self) {
+        let expires = self.principal.as_ref().and_then(|p| p.expires_at);
+        let at = expires.map(|exp| {
+            let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms());
+            tokio::time::Instant::now() + Duration::from_millis(left_ms)
+        });
+        let notice = self.ctx.config.auth.jwt.expiry_notice;
+        self.expires_at = at;
+        self.expiry_notice_at = at.map(|at| at.checked_sub(notice).unwrap_or(at));
+    }
+
+    /// Who publishes on this connection, as far as msg_id dedup is concerned: its principal,
+    /// or nobody in particular with auth off.
+    fn publisher(&self) -> &str {
+        self.principal.as_ref().map_or("", |who| who.dedup_scope())
     }
 
     /// Whether this connection's principal may hold a subscription to `patterns` (through
@@ -711,7 +781,10 @@ impl Session {
         batch: bool,
     ) -> Result<(), ()> {
         let time_ms = now_ms();
-        let events = events.into_iter().map(|e| new_event(e, time_ms)).collect();
+        let events = events
+            .into_iter()
+            .map(|e| new_event(e, time_ms, self.publisher()))
+            .collect();
         self.submit(
             vec![Entry::Events(events)],
             id,

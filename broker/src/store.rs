@@ -9,9 +9,9 @@ use std::sync::Arc;
 use crate::config::{Config, Durability};
 use crate::consumers::{Changes, Consumers};
 use crate::delivery::{Committer, Feed, Topics};
+use crate::error::BrokerError;
 use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery, Retention};
 use crate::state::{ConsumerState, StateError, StateView, ViewUpdate};
-use crate::BrokerError;
 
 /// Everything durable, opened and consistent.
 pub struct Store {
@@ -30,6 +30,7 @@ pub struct Store {
 /// of a segment (a view saved while the newest segment was still empty).
 fn replay(
     log_dir: &Path,
+    dedup_since_ms: u64,
     applied: Option<Position>,
     consumers: &Consumers,
     changes: &mut Changes,
@@ -44,6 +45,7 @@ fn replay(
     let exact_at = std::cell::Cell::new(applied.is_none());
     let recovery = log::recover(
         log_dir,
+        dedup_since_ms,
         |rec, pos| {
             for ev in rec.events() {
                 topics.add(ev);
@@ -152,8 +154,16 @@ impl Store {
         };
         let mut changes = Changes::default();
         let mut topics = Topics::default();
-        let (mut recovery, found) =
-            replay(&log_dir, applied, &registry, &mut changes, &mut topics)?;
+        let window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let dedup_since_ms = wharf_protocol::now_ms().saturating_sub(window_ms);
+        let (mut recovery, found) = replay(
+            &log_dir,
+            dedup_since_ms,
+            applied,
+            &registry,
+            &mut changes,
+            &mut topics,
+        )?;
         let stale = if !found {
             Some(format!(
                 "it reflects log position {applied:?}, which the log does not have"
@@ -175,7 +185,15 @@ impl Store {
             view = rebuild_view(&state_dir, config, &why)?;
             registry = Consumers::default();
             changes = Changes::default();
-            recovery = replay(&log_dir, None, &registry, &mut changes, &mut topics)?.0;
+            recovery = replay(
+                &log_dir,
+                dedup_since_ms,
+                None,
+                &registry,
+                &mut changes,
+                &mut topics,
+            )?
+            .0;
         }
         if let Some(path) = &recovery.unanchored {
             // The oldest segment left does not start with a checkpoint: the consumers' state
@@ -226,7 +244,8 @@ impl Store {
         let sink = Committer::new(registry.clone(), view_tx, feed.clone());
         let options = LogOptions {
             segment_bytes: config.segment_bytes,
-            dedup_window_ms: u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
+            dedup_window_ms: window_ms,
+            dedup_max_entries: config.dedup_max_entries,
             relaxed_sync: match config.durability {
                 Durability::Sync => None,
                 Durability::Relaxed => Some(config.relaxed_sync_interval),

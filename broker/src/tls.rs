@@ -93,3 +93,61 @@ impl AsyncWrite for Conn {
         }
     }
 }
+
+/// A stream that first yields bytes already read from it (the request head), so that the
+/// WebSocket handshake can parse the request again.
+pub struct Rewound {
+    prefix: Vec<u8>,
+    read: usize,
+    inner: Conn,
+}
+
+impl Rewound {
+    pub fn new(prefix: Vec<u8>, inner: Conn) -> Rewound {
+        Rewound {
+            prefix,
+            read: 0,
+            inner,
+        }
+    }
+
+    /// The connection, without what was read ahead.
+    pub fn into_inner(self) -> Conn {
+        self.inner
+    }
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.prefix.len() {
+            let n = (this.prefix.len() - this.read).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.read..this.read + n]);
+            this.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -17,7 +17,7 @@ proptest! {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(log::segment::file_name(1)), &bytes).unwrap();
         let mut records = 0;
-        match log::recover(&dir, |_, _| { records += 1; Ok(()) }, |_| None) {
+        match log::recover(&dir, 0, |_, _| { records += 1; Ok(()) }, |_| None) {
             Ok(recovery) => {
                 // Whatever was accepted is a valid prefix; the rest was cut as a torn tail.
                 let left = fs::metadata(dir.join(log::segment::file_name(1))).unwrap().len();

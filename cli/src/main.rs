@@ -18,6 +18,9 @@ use wharf_protocol::{Mode, Pattern, Start, SubscribeOptions};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The shortest token `wharf token hash` accepts.
+const MIN_TOKEN_BYTES: usize = 16;
+
 #[derive(Parser)]
 #[command(
     name = "wharf",
@@ -145,8 +148,43 @@ enum TokenAction {
   wharf token hash 3f0c9a…
   wharf token hash \"$APP_TOKEN\"")]
     Hash {
-        /// The token to hash, as clients will send it.
+        /// The token to hash, as clients will send it (at least 16 bytes).
         token: String,
+    },
+    /// A JWT signed with HS256 for [auth.jwt] (tests, operators, backends without a JWT
+    /// library). Without --publish, --subscribe, --consumers and --admin it carries no `wharf`
+    /// claim, and the broker's [auth.jwt] default_* rights apply.
+    #[command(after_help = "Examples:
+  wharf token jwt --secret-file /etc/wharf/jwt.key --sub alice --ttl 15m
+  wharf token jwt --secret-file jwt.key --sub billing --ttl 1h --subscribe 'orders.>' --consumers 'billing-*'")]
+    Jwt {
+        /// The file holding the shared secret (the broker's hs256_secret_file).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The subject (the user); fills {sub} in the broker's default rights.
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid (`exp` = now + this), e.g. 15m, 1h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Topic patterns it may publish to (repeat for several).
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Patterns it may subscribe to.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Durable consumers it may use (names, prefix*, *).
+        #[arg(long)]
+        consumers: Vec<String>,
+        /// May use the admin operations and /metrics.
+        #[arg(long)]
+        admin: bool,
+        /// The `iss` claim, when the broker's [auth.jwt] checks an issuer.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The `aud` claim, when the broker's [auth.jwt] checks an audience.
+        #[arg(long)]
+        audience: Option<String>,
     },
 }
 
@@ -524,13 +562,56 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn token(action: TokenAction) -> anyhow::Result<()> {
     match action {
-        TokenAction::Hash { token } => println!("{}", wharf_broker::auth::hash_token(&token)),
+        TokenAction::Hash { token } => {
+            // A short token can be guessed; `wharf token new` makes 48 hex digits.
+            if token.len() < MIN_TOKEN_BYTES {
+                anyhow::bail!(
+                    "a token must be at least {MIN_TOKEN_BYTES} bytes (this one has {}); \
+                     `wharf token new` makes a random one",
+                    token.len()
+                );
+            }
+            println!("{}", wharf_broker::auth::hash_token(&token))
+        }
         TokenAction::New => {
             let mut bytes = [0u8; 24];
             getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             println!("token  = {token}");
             println!("sha256 = \"{}\"", wharf_broker::auth::hash_token(&token));
+        }
+        TokenAction::Jwt {
+            secret_file,
+            sub,
+            ttl,
+            publish,
+            subscribe,
+            consumers,
+            admin,
+            issuer,
+            audience,
+        } => {
+            let secret = std::fs::read(&secret_file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", secret_file.display()))?;
+            let rights = wharf_broker::auth::Rights {
+                publish,
+                subscribe,
+                consumers,
+                admin,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| anyhow::anyhow!("the clock is before 1970: {e}"))?;
+            let claims = wharf_broker::auth::Claims {
+                sub: Some(sub),
+                exp: (now + ttl).as_secs(),
+                iss: issuer,
+                aud: audience,
+                wharf: (rights != wharf_broker::auth::Rights::default()).then_some(rights),
+            };
+            let token = wharf_broker::auth::sign_hs256(&secret, &claims)
+                .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))?;
+            println!("{token}");
         }
     }
     Ok(())
@@ -554,10 +635,19 @@ async fn serve(
     // The flags may change what the file was checked against (a non-loopback --listen).
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if check_config {
+        // The JWT key files are read as the broker would, so a bad one fails the check.
+        wharf_broker::auth::Authenticator::new(&config.auth).map_err(|e| anyhow::anyhow!("{e}"))?;
         print!("{}", config.to_toml()?);
         return Ok(());
     }
     init_logging(&config.log_level, config.log_format)?;
+    // The log, the state view and the lock file are for this user only (0600 files, 0700
+    // directories): events and consumer state are nobody else's business on a shared host.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let broker = Broker::open(config).await?;
     broker.run(stop_signal()).await;
     Ok(())

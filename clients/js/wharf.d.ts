@@ -9,8 +9,10 @@ export class WharfError extends Error {
 }
 
 export interface ClientOptions {
-  /** Sent with an `auth` request after every (re)connect, when set. */
-  token?: string;
+  /** Sent with an `auth` request after every (re)connect, when set. A function is called
+   * each time for a fresh token (a short-lived JWT from your backend), and again when the
+   * broker says the current one is expiring (`token_expiring`). */
+  token?: string | (() => string | Promise<string>);
   /** A WebSocket implementation, where there is no global one. */
   WebSocket?: typeof WebSocket | (new (url: string) => WebSocket);
   /** First reconnect delay, ms (default 500); doubles per failed attempt, with jitter. */
@@ -21,6 +23,11 @@ export interface ClientOptions {
   requestTimeout?: number;
   /** An idle connection is checked with a ping this often, ms (default 15000). */
   heartbeatInterval?: number;
+  /** An event whose handler throws is delivered again after this long, ms (default 1000),
+   * doubled per delivery. */
+  handlerRetryDelay?: number;
+  /** The longest such delay, ms (default 60000). */
+  maxHandlerRetryDelay?: number;
 }
 
 export type Start = 'all' | 'new' | number | string;
@@ -65,7 +72,7 @@ export class WharfClient {
   close(): void;
   on(event: 'state', fn: (state: State) => void): () => void;
   on(event: 'error', fn: (error: Error) => void): () => void;
-  on(event: 'gap' | 'lost' | 'unsubscribed', fn: (frame: Record<string, unknown>) => void): () => void;
+  on(event: 'gap' | 'lost' | 'unsubscribed' | 'token_expiring', fn: (frame: Record<string, unknown>) => void): () => void;
   /** Resolves to the seq once the broker has the event on disk. */
   publish(topic: string, payload: unknown, options?: { msgId?: string }): Promise<number>;
   subscribe<T = unknown>(

@@ -27,7 +27,23 @@ const DEFAULTS = {
   requestTimeout: 10000,
   // How often an idle connection is checked with a ping (browsers cannot see WebSocket pings).
   heartbeatInterval: 15000,
+  // An event whose handler throws comes back after this long, doubled per delivery, at most
+  // maxHandlerRetryDelay: a failing handler must not spin the broker and the page.
+  handlerRetryDelay: 1000,
+  maxHandlerRetryDelay: 60000,
 };
+
+/** Whether a ws:// URL leaves the machine (a token sent over it can be read on the way). */
+function cleartextRemote(url) {
+  try {
+    const { protocol, hostname } = new URL(url);
+    if (protocol !== 'ws:') return false;
+    const host = hostname.replace(/^\[|\]$/g, '');
+    return !(host === 'localhost' || host.endsWith('.localhost') || host === '::1' || /^127\./.test(host));
+  } catch {
+    return false;
+  }
+}
 
 function randomId() {
   const c = globalThis.crypto;
@@ -42,6 +58,9 @@ export class WharfClient {
     this.WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
     if (typeof this.WebSocket !== 'function') {
       throw new WharfError('no_websocket', 'no WebSocket implementation: pass one as options.WebSocket');
+    }
+    if (this.options.token !== undefined && cleartextRemote(url)) {
+      console.warn(`wharf: sending a token over unencrypted ${url}; use wss:// beyond this machine`);
     }
     this.state = 'disconnected';
     this.ws = null;
@@ -142,7 +161,7 @@ export class WharfClient {
     this.heartbeatTimer = setInterval(() => this.heartbeat(ws), Math.max(100, this.options.heartbeatInterval / 3));
     try {
       if (this.options.token !== undefined) {
-        await this.request({ op: 'auth', token: this.options.token });
+        await this.request({ op: 'auth', token: await this.currentToken() });
       }
       // Subscriptions first, then the publishes that waited, in their order.
       for (const sub of this.subscriptions) {
@@ -256,6 +275,17 @@ export class WharfClient {
         return undefined;
       }
       case 'gap': return this.emit('gap', frame);
+      case 'token_expiring': {
+        this.emit('token_expiring', frame);
+        // With a token function, renew before the broker closes the connection (4001); the
+        // subscriptions stay.
+        if (typeof this.options.token === 'function') {
+          this.currentToken()
+            .then((token) => this.request({ op: 'auth', token }))
+            .catch((e) => this.emit('error', e));
+        }
+        return undefined;
+      }
       case 'lost': return this.emit('lost', frame);
       case 'unsubscribed': {
         const sub = this.bySub.get(frame.sub);
@@ -284,6 +314,13 @@ export class WharfClient {
         }
       }
     }
+  }
+
+  /** The token to send now: `options.token`, or what the function there returns (a fresh JWT
+   * from the application's backend, say). */
+  async currentToken() {
+    const token = this.options.token;
+    return typeof token === 'function' ? await token() : token;
   }
 
   /** Resolves to the seq once the broker has the event on disk. */
@@ -416,7 +453,11 @@ export class WharfClient {
       if (!settled && sub.options.autoAck) await event.ack();
     } catch (e) {
       if (e instanceof WharfError) { this.emit('error', e); return; }
-      if (!settled) await event.nack().catch((err) => this.emit('error', err));
+      if (!settled) {
+        const { handlerRetryDelay, maxHandlerRetryDelay } = this.options;
+        const delay = Math.min(handlerRetryDelay * 2 ** Math.max(0, (frame.delivery ?? 1) - 1), maxHandlerRetryDelay);
+        await event.nack(delay).catch((err) => this.emit('error', err));
+      }
     }
   }
 }

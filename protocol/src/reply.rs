@@ -78,6 +78,11 @@ pub enum Reply {
         from: u64,
         to: u64,
     },
+    /// The connection's token (a JWT) expires at `exp` (seconds since the Unix epoch): send a
+    /// fresh one with `auth` before then, or the connection is closed with 4001.
+    TokenExpiring {
+        exp: u64,
+    },
     /// An event as a client reads it; the broker writes events with [`EventFrame`].
     Event(ReceivedEvent),
     Error {

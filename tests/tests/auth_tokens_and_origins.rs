@@ -27,7 +27,7 @@ fn auth_config() -> String {
         "[auth]\nenabled = true\nauth_timeout = \"300ms\"\nallowed_origins = [\"http://good.example\"]\n\
          [[auth.tokens]]\nname = \"app\"\nsha256 = \"{}\"\npublish = [\"orders.>\"]\n\
          subscribe = [\"orders.*\"]\nconsumers = [\"billing\"]\n",
-        hash("app-secret")
+        hash("app-secret-0123456789")
     )
 }
 
@@ -56,7 +56,7 @@ async fn tokens_gate_every_operation() {
     let reply = c.reply(json!({"op":"auth","id":2,"token":"nope"})).await;
     assert_eq!(reply["code"], "unauthorized");
     let reply = c
-        .reply(json!({"op":"auth","id":3,"token":"app-secret"}))
+        .reply(json!({"op":"auth","id":3,"token":"app-secret-0123456789"}))
         .await;
     assert_eq!(reply, json!({"type":"ok","id":3}));
 
@@ -83,16 +83,19 @@ async fn tokens_gate_every_operation() {
     c.ack("billing", &[1]).await;
 
     // A token at the handshake; a bad one is refused there.
-    let mut b = connect_with(&broker.url, &[("authorization", "Bearer app-secret")])
-        .await
-        .unwrap();
+    let mut b = connect_with(
+        &broker.url,
+        &[("authorization", "Bearer app-secret-0123456789")],
+    )
+    .await
+    .unwrap();
     assert_eq!(b.publish("orders.paid", json!(2)).await, 2);
     let err = connect_with(&broker.url, &[("authorization", "Bearer wrong")])
         .await
         .err()
         .unwrap();
     assert!(err.contains("401"), "{err}");
-    let err = connect_with(&format!("{}?token=app-secret", broker.url), &[])
+    let err = connect_with(&format!("{}?token=app-secret-0123456789", broker.url), &[])
         .await
         .err()
         .unwrap();
@@ -108,7 +111,7 @@ async fn tokens_gate_every_operation() {
         .await
         .unwrap();
     let reply = good
-        .reply(json!({"op":"auth","id":1,"token":"app-secret"}))
+        .reply(json!({"op":"auth","id":1,"token":"app-secret-0123456789"}))
         .await;
     assert_eq!(reply["type"], "ok");
 }
@@ -167,15 +170,26 @@ async fn the_http_publish_needs_a_token_too() {
         401
     );
     assert_eq!(
-        post(&addr, "/v1/publish/billing.x", Some("app-secret"), "1").0,
+        post(
+            &addr,
+            "/v1/publish/billing.x",
+            Some("app-secret-0123456789"),
+            "1"
+        )
+        .0,
         403
     );
-    let (status, body) = post(&addr, "/v1/publish/orders.new", Some("app-secret"), "1");
+    let (status, body) = post(
+        &addr,
+        "/v1/publish/orders.new",
+        Some("app-secret-0123456789"),
+        "1",
+    );
     assert_eq!((status, body), (200, json!({"seq": 1, "duplicate": false})));
     // The CLI sends WHARF_TOKEN as a bearer token.
     let out = Command::new(wharf_bin())
         .args(["publish", "--url", &broker.url, "orders.cli", "2"])
-        .env("WHARF_TOKEN", "app-secret")
+        .env("WHARF_TOKEN", "app-secret-0123456789")
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

@@ -116,7 +116,7 @@ fn every_command_describes_its_arguments_and_ends_with_examples() {
 #[test]
 fn url_and_token_work_before_or_after_the_subcommand() {
     let hash = Command::new(wharf_bin())
-        .args(["token", "hash", "ops-secret"])
+        .args(["token", "hash", "ops-secret-0123456789"])
         .output()
         .expect("wharf token hash");
     let hash = String::from_utf8_lossy(&hash.stdout).trim().to_owned();
@@ -142,7 +142,7 @@ fn url_and_token_work_before_or_after_the_subcommand() {
             "--url",
             url,
             "--token",
-            "ops-secret",
+            "ops-secret-0123456789",
             "publish",
             "orders.a",
             "1",
@@ -154,11 +154,11 @@ fn url_and_token_work_before_or_after_the_subcommand() {
             "--url",
             url,
             "--token",
-            "ops-secret",
+            "ops-secret-0123456789",
         ],
         vec![
             "--token",
-            "ops-secret",
+            "ops-secret-0123456789",
             "publish",
             "--url",
             url,
@@ -179,7 +179,7 @@ fn url_and_token_work_before_or_after_the_subcommand() {
         url,
         "consumer",
         "--token",
-        "ops-secret",
+        "ops-secret-0123456789",
         "delete",
         "nobody",
     ]);

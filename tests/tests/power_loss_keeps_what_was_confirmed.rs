@@ -98,6 +98,7 @@ async fn a_prefix_of_the_log_that_holds_every_confirmed_event_recovers_them_all(
         let mut ends: Vec<Position> = Vec::new();
         log::recover(
             &copy.join("log"),
+            0,
             |rec, pos| {
                 if rec.events().iter().any(|e| e.seq == newest) {
                     synced_to = Some(pos);

@@ -132,6 +132,8 @@ pub enum Receipt {
     /// Per event: its seq, and whether it is a duplicate (by msg_id) of one stored earlier,
     /// in which case nothing was written for it and the seq is the original's.
     Seqs(Vec<(u64, bool)>),
+    /// Nothing of the entry was stored, for this reason (the dedup table is full).
+    Refused(String),
     Floor(u64),
     Done,
 }
@@ -200,8 +202,12 @@ pub(crate) fn write_clean_stop(dir: &Path, base: u64, len: u64) -> Result<(), Lo
 /// that does not (a crash while an older build started it) is given one: `checkpoint_for`
 /// is asked for the consumers' state as of the end of the segment before, which the caller
 /// knows when it replays everything before it; an empty one is removed when it cannot.
+///
+/// `dedup_since_ms`: msg_ids of events published before this are outside the dedup window
+/// and are not kept.
 pub fn recover(
     dir: &Path,
+    dedup_since_ms: u64,
     mut visit: impl FnMut(&Record, Position) -> Result<(), LogError>,
     mut checkpoint_for: impl FnMut(u64) -> Option<Vec<Record>>,
 ) -> Result<Recovery, LogError> {
@@ -247,8 +253,11 @@ pub fn recover(
                 meta.note_event(ev.seq, ev.time_ms, start);
                 next_seq = ev.seq + 1;
                 last_time_ms = last_time_ms.max(ev.time_ms);
-                if let Some(msg_id) = &ev.msg_id {
-                    msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
+                match &ev.msg_id {
+                    Some(msg_id) if ev.time_ms >= dedup_since_ms => {
+                        msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
+                    }
+                    _ => {}
                 }
             }
             visit(
@@ -381,6 +390,8 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// How long a msg_id is remembered for deduplication, in ms.
     pub dedup_window_ms: u64,
+    /// The most msg_ids remembered at once; a publish that needs more is refused.
+    pub dedup_max_entries: usize,
     /// `None`: sync before every confirmation (the default). `Some(interval)`: relaxed mode,
     /// confirm after the write and sync at most this long later.
     pub relaxed_sync: Option<std::time::Duration>,

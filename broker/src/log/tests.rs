@@ -39,6 +39,7 @@ fn recover_all(dir: &Path) -> Result<(Recovery, Vec<Record>), LogError> {
     let mut records = Vec::new();
     let recovery = recover(
         dir,
+        0,
         |rec, _| {
             records.push(rec.clone());
             Ok(())
@@ -59,6 +60,7 @@ async fn write_events(dir: &Path, n: u64, segment_bytes: u64) -> Collect {
     let options = LogOptions {
         segment_bytes,
         dedup_window_ms: 60_000,
+        dedup_max_entries: 1000,
         relaxed_sync: None,
         retention: Retention::default(),
         queue_depth: 64,
@@ -215,6 +217,7 @@ async fn a_repeated_msg_id_is_stored_once_even_across_a_restart() {
     let options = || LogOptions {
         segment_bytes: 1 << 20,
         dedup_window_ms: 60_000,
+        dedup_max_entries: 1000,
         relaxed_sync: None,
         retention: Retention::default(),
         queue_depth: 8,
@@ -350,4 +353,72 @@ async fn a_segment_left_without_its_checkpoint_is_given_one() {
         segment::FirstRecord::Checkpoint
     );
     assert!(recovery.unanchored.is_none());
+}
+
+#[tokio::test]
+async fn recovery_keeps_only_the_msg_ids_inside_the_dedup_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let at = |time_ms: u64, id: &str| NewEvent {
+        topic: "t".into(),
+        payload: "1".into(),
+        time_ms,
+        msg_id: Some(id.into()),
+    };
+    let (recovery, _) = recover_all(&dir).unwrap();
+    let options = LogOptions {
+        segment_bytes: 1 << 20,
+        dedup_window_ms: 60_000,
+        dedup_max_entries: 1000,
+        relaxed_sync: None,
+        retention: Retention::default(),
+        queue_depth: 8,
+    };
+    let log = AppendLog::start(&dir, recovery, options, Box::new(Collect::default())).unwrap();
+    let events = vec![at(1_000, "old"), at(5_000, "edge"), at(9_000, "new")];
+    log.append(vec![Entry::Events(events)]).await.unwrap();
+    log.close().await;
+
+    let recovery = recover(&dir, 5_000, |_, _| Ok(()), |_| None).unwrap();
+    let kept: Vec<&str> = recovery
+        .msg_ids
+        .iter()
+        .map(|(_, id, _)| id.as_str())
+        .collect();
+    assert_eq!(kept, ["edge", "new"]);
+}
+
+#[tokio::test]
+async fn a_full_dedup_table_refuses_new_msg_ids_instead_of_forgetting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let with_id = |id: &str| NewEvent {
+        topic: "t".into(),
+        payload: "1".into(),
+        time_ms: wharf_protocol::now_ms(),
+        msg_id: Some(id.into()),
+    };
+    let (recovery, _) = recover_all(&dir).unwrap();
+    let options = LogOptions {
+        segment_bytes: 1 << 20,
+        dedup_window_ms: 60_000,
+        dedup_max_entries: 2,
+        relaxed_sync: None,
+        retention: Retention::default(),
+        queue_depth: 8,
+    };
+    let log = AppendLog::start(&dir, recovery, options, Box::new(Collect::default())).unwrap();
+    let batch = vec![with_id("a"), with_id("b")];
+    log.append(vec![Entry::Events(batch)]).await.unwrap();
+    let refused = log
+        .append(vec![Entry::Events(vec![with_id("a"), with_id("c")])])
+        .await
+        .unwrap();
+    assert!(matches!(&refused[..], [Receipt::Refused(why)] if why.contains("dedup_max_entries")));
+    let again = log
+        .append(vec![Entry::Events(vec![with_id("b")])])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Receipt::Seqs(vec![(2, true)])]);
+    log.close().await;
 }

@@ -17,13 +17,14 @@ use tokio::sync::mpsc;
 use super::record::{self, Record};
 use super::segment::{self, SegmentMeta};
 use super::{
-    AppendRequest, Command, CommitSink, Entry, Floor, LogError, LogOptions, Position, Receipt,
-    SegmentTable,
+    AppendRequest, Command, CommitSink, Entry, Floor, LogError, LogOptions, NewEvent, Position,
+    Receipt, SegmentTable,
 };
 
 /// msg_ids seen inside the dedup window, with the seq each was stored under.
 struct Dedup {
     window_ms: u64,
+    max_entries: usize,
     seqs: HashMap<String, u64>,
     /// `(time_ms, msg_id, seq)`, oldest first, for expiry.
     order: VecDeque<(u64, String, u64)>,
@@ -112,6 +113,7 @@ impl Writer {
         };
         let mut dedup = Dedup {
             window_ms: options.dedup_window_ms,
+            max_entries: options.dedup_max_entries,
             seqs: HashMap::new(),
             order: VecDeque::new(),
         };
@@ -322,10 +324,40 @@ impl Writer {
         }
     }
 
+    /// Why these events cannot be stored: their new msg_ids would take the dedup table past
+    /// `dedup_max_entries`. Refusing keeps the promise that an id is remembered for the
+    /// whole window, which forgetting early would break.
+    fn dedup_full(&mut self, events: &[NewEvent]) -> Option<String> {
+        let unknown = |dedup: &Dedup, batch: &HashMap<String, u64>| {
+            events
+                .iter()
+                .filter_map(|ev| ev.msg_id.as_ref())
+                .filter(|id| !dedup.seqs.contains_key(*id) && !batch.contains_key(*id))
+                .count()
+        };
+        let fits = |dedup: &Dedup, batch: &HashMap<String, u64>| {
+            dedup.seqs.len() + batch.len() + unknown(dedup, batch) <= dedup.max_entries
+        };
+        if fits(&self.dedup, &self.batch_ids) {
+            return None;
+        }
+        self.dedup.expire(wharf_protocol::now_ms());
+        (!fits(&self.dedup, &self.batch_ids)).then(|| {
+            format!(
+                "{} msg_ids are remembered for the dedup window (dedup_max_entries); publish \
+                 without msg_id or retry later",
+                self.dedup.max_entries
+            )
+        })
+    }
+
     /// The record an entry becomes (none when every event of it is a duplicate).
     fn record_for(&mut self, entry: Entry) -> (Option<Record>, Receipt) {
         let (rec, receipt) = match entry {
             Entry::Events(new) => {
+                if let Some(refusal) = self.dedup_full(&new) {
+                    return (None, Receipt::Refused(refusal));
+                }
                 let mut events = Vec::with_capacity(new.len());
                 let mut seqs = Vec::with_capacity(new.len());
                 for ev in new {

@@ -1,6 +1,6 @@
 // Starts the real wharf broker for the module's tests.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,21 +10,28 @@ export const WHARF_BIN = process.env.WHARF_BIN ?? join(here, '..', '..', '..', '
 
 /** A `wharf serve` process; `restart()` brings it back on the same address and data. */
 export class Broker {
-  static async start(listen = '127.0.0.1:0', dataDir = mkdtempSync(join(tmpdir(), 'wharf-js-'))) {
-    const b = new Broker(dataDir);
+  /** `config`: TOML for `--config` (auth, say); none by default. */
+  static async start(listen = '127.0.0.1:0', dataDir = mkdtempSync(join(tmpdir(), 'wharf-js-')), config = undefined) {
+    const b = new Broker(dataDir, config);
     await b.spawn(listen);
     return b;
   }
 
-  constructor(dataDir) {
+  constructor(dataDir, config) {
     this.dataDir = dataDir;
+    this.configArgs = [];
+    if (config !== undefined) {
+      const path = `${dataDir}.toml`;
+      writeFileSync(path, config);
+      this.configArgs = ['--config', path];
+    }
     this.proc = null;
     this.url = null;
   }
 
   spawn(listen) {
     return new Promise((resolve, reject) => {
-      const proc = spawn(WHARF_BIN, ['serve', '--listen', listen, '--data-dir', this.dataDir], {
+      const proc = spawn(WHARF_BIN, ['serve', ...this.configArgs, '--listen', listen, '--data-dir', this.dataDir], {
         env: { ...process.env, RUST_LOG: 'info' },
         stdio: ['ignore', 'ignore', 'pipe'],
       });
@@ -74,6 +81,7 @@ export class Broker {
   async stop() {
     if (this.proc && this.proc.exitCode === null) await this.kill();
     rmSync(this.dataDir, { recursive: true, force: true });
+    if (this.configArgs.length) rmSync(`${this.dataDir}.toml`, { force: true });
   }
 }
 

@@ -5,7 +5,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { WharfClient, WharfError } from '../wharf.js';
-import { Broker, until } from './broker.mjs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Broker, until, WHARF_BIN } from './broker.mjs';
 
 const fast = { minReconnectDelay: 20, maxReconnectDelay: 200, requestTimeout: 3000 };
 
@@ -56,21 +60,25 @@ test('publish resolves to the seq and a durable subscriber gets events in order,
   }
 });
 
-test('a handler that throws nacks: the event comes again, then is acked', async () => {
+test('a handler that throws nacks: the event comes again after a backoff, then is acked', async () => {
   const broker = await Broker.start();
-  const client = new WharfClient(broker.url, fast);
+  const client = new WharfClient(broker.url, { ...fast, handlerRetryDelay: 200 });
   try {
     await client.connect();
-    let failures = 0;
+    const seen = [];
     const got = collector(async (event) => {
-      if (event.delivery === 1) { failures += 1; throw new Error('not yet'); }
+      seen.push(Date.now());
+      if (event.delivery < 3) throw new Error('not yet');
       await event.ack();
     });
     await client.subscribe('jobs', { consumer: 'js-nack' }, got.onEvent);
     await client.publish('jobs', 'work');
     await got.wait(1);
-    assert.equal(failures, 1);
-    assert.equal(got.events[0].delivery, 2);
+    assert.equal(seen.length, 3);
+    assert.equal(got.events[0].delivery, 3);
+    // 200 ms after the first failure, 400 ms after the second: no immediate redelivery loop.
+    assert.ok(seen[1] - seen[0] >= 180, `${seen[1] - seen[0]} ms`);
+    assert.ok(seen[2] - seen[1] >= 380, `${seen[2] - seen[1]} ms`);
     const info = await client.request({ op: 'consumer_info', consumer: 'js-nack' });
     assert.equal(info.ack_floor, 1);
   } finally {
@@ -181,4 +189,62 @@ test('a repeated msgId is stored once', async () => {
     client.close();
     await broker.stop();
   }
+});
+
+test('a token function renews an expiring JWT without dropping the connection', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'wharf-jwt-'));
+  const secretFile = join(dir, 'jwt.secret');
+  writeFileSync(secretFile, 'a shared secret of at least thirty-two bytes');
+  const config = [
+    '[auth]', 'enabled = true', '[auth.jwt]', `hs256_secret_file = ${JSON.stringify(secretFile)}`,
+    'leeway = "0s"', 'expiry_notice = "1s"',
+    'default_publish = ["user.{sub}.>"]', 'default_subscribe = ["user.{sub}.>"]', '',
+  ].join('\n');
+  const broker = await Broker.start('127.0.0.1:0', mkdtempSync(join(tmpdir(), 'wharf-js-')), config);
+  const changed = new EventEmitter();
+  let minted = 0;
+  const token = async () => {
+    minted += 1;
+    changed.emit('x');
+    const args = ['token', 'jwt', '--secret-file', secretFile, '--sub', 'alice', '--ttl', '2s'];
+    return execFileSync(WHARF_BIN, args, { encoding: 'utf8' }).trim();
+  };
+  const client = new WharfClient(broker.url, { ...fast, token });
+  const states = [];
+  client.on('state', (s) => states.push(s));
+  const notices = [];
+  client.on('token_expiring', (frame) => { notices.push(frame); changed.emit('x'); });
+  try {
+    await client.connect();
+    const got = collector();
+    await client.subscribe('user.alice.>', {}, got.onEvent);
+    // Three renewals, each a second before the previous token's exp: the first token has
+    // expired by the third one.
+    await until(() => minted >= 4, (fn) => { changed.on('x', fn); return () => changed.off('x', fn); });
+    assert.ok(notices.length >= 3);
+    assert.ok(!states.includes('disconnected'), `states: ${states}`);
+    await client.publish('user.alice.inbox', 'still here');
+    await got.wait(1);
+    assert.equal(got.events[0].payload, 'still here');
+  } finally {
+    client.close();
+    await broker.stop();
+  }
+});
+
+test('a token bound for another machine over ws:// is warned about', () => {
+  const warned = [];
+  const original = console.warn;
+  console.warn = (message) => warned.push(message);
+  try {
+    new WharfClient('ws://broker.example.com:7700/ws', { token: 't' }).close();
+    new WharfClient('wss://broker.example.com/ws', { token: 't' }).close();
+    new WharfClient('ws://127.0.0.1:7700/ws', { token: 't' }).close();
+    new WharfClient('ws://localhost:7700/ws', { token: 't' }).close();
+    new WharfClient('ws://broker.example.com:7700/ws').close();
+  } finally {
+    console.warn = original;
+  }
+  assert.equal(warned.length, 1);
+  assert.match(warned[0], /unencrypted ws:\/\/broker\.example\.com/);
 });
