@@ -311,7 +311,8 @@ enum Command {
         /// The event's payload: JSON, or any other text (sent as a JSON string).
         payload: Option<String>,
         /// Give each line the msg_id `PREFIX-<line number>` (PAYLOAD is line 1), so that a
-        /// rerun of the same input stores nothing twice (within the broker's dedup window).
+        /// rerun of the same input stores nothing twice (within the broker's dedup_window;
+        /// it remembers at most dedup_max_entries ids, and refuses new ones past that).
         #[arg(long, value_name = "PREFIX")]
         msg_id_prefix: Option<String>,
     },
