@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod follow;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,14 +11,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wharf_broker::{Broker, Config};
-use wharf_protocol::Start;
+use wharf_protocol::{Mode, Pattern, Start, SubscribeOptions};
 
 /// glibc malloc showed as 12-18% of the broker's samples under publish load (perf); mimalloc's
 /// thread-local free lists cut that. See docs/BENCHMARKS.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const DEFAULT_URL: &str = "ws://127.0.0.1:7700/ws";
 
 /// The shortest token `wharf token hash` accepts.
 const MIN_TOKEN_BYTES: usize = 16;
@@ -26,22 +25,138 @@ const MIN_TOKEN_BYTES: usize = 16;
 #[command(
     name = "wharf",
     version,
-    about = "A durable message broker for WebSocket clients"
+    about = "A durable message broker for WebSocket clients",
+    long_about = "A durable message broker for WebSocket clients.\n\n\
+        `wharf serve` runs the broker; the other commands are clients of a running broker \
+        and speak only its wire protocol (docs/PROTOCOL.md).",
+    after_help = "Examples:
+  wharf serve
+  wharf publish orders.created '{\"id\": 1}'
+  wharf subscribe 'orders.>' --consumer billing"
 )]
 struct Cli {
+    #[command(flatten)]
+    conn: client::Conn,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Settings of a durable subscription; each defaults to the broker's config.
+#[derive(clap::Args)]
+struct DurableOptions {
+    /// Deliver an event again when it is not acked within this long, e.g. 30s or 500ms.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    ack_wait: Option<std::time::Duration>,
+    /// Move an event to dead.<consumer> after this many deliveries (0: never).
+    #[arg(long, value_name = "N")]
+    max_deliver: Option<u32>,
+    /// At most this many delivered, unacked events at once.
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<u32>,
+    /// exclusive: one subscriber holds the consumer; shared: subscribers share its events.
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Exclusive,
+    Shared,
+}
+
+impl DurableOptions {
+    fn into_options(self) -> anyhow::Result<SubscribeOptions> {
+        let ack_wait_ms = match self.ack_wait {
+            Some(wait) if wait.as_millis() == 0 => {
+                anyhow::bail!("--ack-wait must be at least 1ms")
+            }
+            Some(wait) => Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+            None => None,
+        };
+        Ok(SubscribeOptions {
+            mode: self.mode.map(|m| match m {
+                ModeArg::Exclusive => Mode::Exclusive,
+                ModeArg::Shared => Mode::Shared,
+            }),
+            ack_wait_ms,
+            max_deliver: self.max_deliver,
+            max_in_flight: self.max_in_flight,
+        })
+    }
+}
+
+fn parse_time(text: &str) -> Result<Start, String> {
+    match Start::parse(text)? {
+        time @ Start::TimeMs(_) => Ok(time),
+        _ => Err(format!("{text:?} is not an RFC 3339 time")),
+    }
+}
+
+/// What `subscribe` and `tail` share.
+#[derive(clap::Args)]
+struct FollowArgs {
+    /// Topic patterns: `*` matches one token, a final `>` one or more.
+    #[arg(required = true, value_name = "PATTERN", value_parser = parse_pattern)]
+    patterns: Vec<Pattern>,
+    /// Exit after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Print each event's payload only: a string as its text, other JSON on one line.
+    #[arg(long)]
+    raw: bool,
+    /// Reconnect when the connection is lost (a broker restart), resuming where it was:
+    /// a consumer from its acked state, a tail after the last seq printed. On by default.
+    #[arg(long, overrides_with = "no_reconnect")]
+    reconnect: bool,
+    /// Exit with an error when the connection is lost instead of reconnecting.
+    #[arg(long)]
+    no_reconnect: bool,
+}
+
+impl FollowArgs {
+    fn into_follow(
+        self,
+        consumer: Option<String>,
+        start: Option<Start>,
+        options: SubscribeOptions,
+    ) -> follow::Follow {
+        follow::Follow {
+            patterns: self.patterns,
+            consumer,
+            start,
+            count: self.count,
+            raw: self.raw,
+            reconnect: !self.no_reconnect,
+            options,
+        }
+    }
+}
+
+fn parse_pattern(text: &str) -> Result<Pattern, String> {
+    Pattern::parse(text).map_err(|e| format!("invalid pattern: {}", e.0))
 }
 
 #[derive(Subcommand)]
 enum TokenAction {
     /// A new random token, and the hash to put in config.toml.
+    #[command(after_help = "Examples:
+  wharf token new
+  wharf token new >> secrets.txt")]
     New,
     /// The hash of TOKEN, for `sha256 = "…"` in an [[auth.tokens]] entry.
-    Hash { token: String },
+    #[command(after_help = "Examples:
+  wharf token hash 3f0c9a…
+  wharf token hash \"$APP_TOKEN\"")]
+    Hash {
+        /// The token to hash, as clients will send it (at least 16 bytes).
+        token: String,
+    },
     /// A JWT signed with HS256 for [auth.jwt] (tests, operators, backends without a JWT
     /// library). Without --publish, --subscribe, --consumers and --admin it carries no `wharf`
     /// claim, and the broker's [auth.jwt] default_* rights apply.
+    #[command(after_help = "Examples:
+  wharf token jwt --secret-file /etc/wharf/jwt.key --sub alice --ttl 15m
+  wharf token jwt --secret-file jwt.key --sub billing --ttl 1h --subscribe 'orders.>' --consumers 'billing-*'")]
     Jwt {
         /// The file holding the shared secret (the broker's hs256_secret_file).
         #[arg(long)]
@@ -64,8 +179,10 @@ enum TokenAction {
         /// May use the admin operations and /metrics.
         #[arg(long)]
         admin: bool,
+        /// The `iss` claim, when the broker's [auth.jwt] checks an issuer.
         #[arg(long)]
         issuer: Option<String>,
+        /// The `aud` claim, when the broker's [auth.jwt] checks an audience.
         #[arg(long)]
         audience: Option<String>,
     },
@@ -74,17 +191,79 @@ enum TokenAction {
 #[derive(Subcommand)]
 enum ConsumerAction {
     /// A consumer's settled state and backlog.
+    #[command(after_help = "Examples:
+  wharf consumer info billing
+  wharf consumer info billing --json")]
     Info {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// The durable consumer's name.
         name: String,
+        /// Print the broker's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a durable consumer without consuming: its patterns and where it starts.
+    #[command(
+        long_about = "Create a durable consumer without consuming: its patterns and where it \
+            starts. The broker stores a consumer's name, patterns and position; ack wait, max \
+            deliver, max in flight and mode are settings of each subscription, so the ones \
+            given here are checked by the broker now and must be given again to `wharf \
+            subscribe --consumer NAME` (or the client library) to apply. (The protocol \
+            creates consumers by subscribing: this subscribes from `new`, unsubscribes at \
+            once and seeks to --start, so no event is delivered.)",
+        after_help = "Examples:
+  wharf consumer add billing --pattern 'orders.>'
+  wharf consumer add audit --pattern 'orders.*' --pattern 'refunds.>' --start new
+  wharf consumer add workers --pattern 'jobs.>' --mode shared --ack-wait 5s --json"
+    )]
+    Add {
+        /// The new consumer's name (A-Z a-z 0-9 _ . -, up to 128 bytes).
+        name: String,
+        /// A topic pattern it consumes; repeat for several.
+        #[arg(long = "pattern", required = true, value_name = "PATTERN", value_parser = parse_pattern)]
+        patterns: Vec<Pattern>,
+        /// Where it starts: all (default), new, a seq, or an RFC 3339 time.
+        #[arg(long, value_parser = Start::parse, default_value = "all")]
+        start: Start,
+        #[command(flatten)]
+        options: DurableOptions,
+        /// Print the broker's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a consumer: what it settled from that point on is forgotten and delivered again.
+    #[command(
+        group(clap::ArgGroup::new("to").required(true).args(["seq", "time", "all", "new"])),
+        after_help = "Examples:
+  wharf consumer seek billing --seq 1200
+  wharf consumer seek billing --time 2026-11-29T08:00:00Z
+  wharf consumer seek billing --new --json"
+    )]
+    Seek {
+        /// The durable consumer's name.
+        name: String,
+        /// The next delivery is the first matching event at or after this seq.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// The next delivery is the first matching event published at or after this RFC 3339
+        /// time.
+        #[arg(long, value_parser = parse_time)]
+        time: Option<Start>,
+        /// Back to the oldest stored event.
+        #[arg(long)]
+        all: bool,
+        /// Skip everything stored: only events published from now on.
+        #[arg(long)]
+        new: bool,
+        /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Delete a consumer and its state.
+    #[command(after_help = "Examples:
+  wharf consumer delete billing
+  wharf consumer delete billing --url ws://broker.internal:7700/ws")]
     Delete {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// The durable consumer's name.
         name: String,
     },
 }
@@ -92,6 +271,10 @@ enum ConsumerAction {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (reads ./config.toml when present; flags win).
+    #[command(after_help = "Examples:
+  wharf serve
+  wharf serve --config /etc/wharf/config.toml --data-dir /var/lib/wharf
+  wharf serve --check-config")]
     Serve {
         /// Config file to read instead of ./config.toml.
         #[arg(long)]
@@ -110,76 +293,142 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Publish PAYLOAD (JSON; other text is sent as a JSON string), or one event per stdin
-    /// line when PAYLOAD is absent. Prints the seq of each stored event.
+    /// Publish PAYLOAD, or one event per stdin line when PAYLOAD is absent; prints the seq of
+    /// each stored event.
+    #[command(
+        long_about = "Publish PAYLOAD, or one event per stdin line when PAYLOAD is absent \
+            (blank lines are skipped; lines are pipelined). Prints the seq of each stored \
+            event, in input order. A line the broker refuses is reported on stderr with its \
+            line number and the rest go on; the exit code is then 1.",
+        after_help = "Examples:
+  wharf publish orders.created '{\"id\": 1}'
+  seq 1 100000 | wharf publish imports.rows
+  wharf publish imports.rows --msg-id-prefix import-2026-11-29 < rows.jsonl"
+    )]
     Publish {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Topic to publish to, e.g. orders.created.
         topic: String,
+        /// The event's payload: JSON, or any other text (sent as a JSON string).
         payload: Option<String>,
+        /// Give each line the msg_id `PREFIX-<line number>` (PAYLOAD is line 1), so that a
+        /// rerun of the same input stores nothing twice (within the broker's dedup_window;
+        /// it remembers at most dedup_max_entries ids, and refuses new ones past that).
+        #[arg(long, value_name = "PREFIX")]
+        msg_id_prefix: Option<String>,
     },
     /// The broker at a glance.
+    #[command(after_help = "Examples:
+  wharf stats
+  wharf stats --json")]
     Stats {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
         /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Every topic with events: count, payload bytes, last seq.
+    #[command(after_help = "Examples:
+  wharf topics
+  wharf topics --json")]
     Topics {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Every durable consumer with its backlog.
+    #[command(after_help = "Examples:
+  wharf consumers
+  wharf consumers --json")]
     Consumers {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
+        /// Print the broker's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Inspect or delete one durable consumer.
+    /// Inspect, create, move or delete one durable consumer.
+    #[command(after_help = "Examples:
+  wharf consumer add billing --pattern 'orders.>'
+  wharf consumer info billing
+  wharf consumer seek billing --time 2026-11-29T08:00:00Z")]
     Consumer {
         #[command(subcommand)]
         action: ConsumerAction,
     },
     /// Follow PATTERN live, like `tail -f`: one JSON line per event, nothing stored.
+    #[command(after_help = "Examples:
+  wharf tail 'orders.>'
+  wharf tail 'orders.*' 'billing.>' --start all --count 10
+  wharf tail 'logs.>' --raw | grep ERROR")]
     Tail {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
-        pattern: String,
+        #[command(flatten)]
+        follow: FollowArgs,
         /// Start at: all, new (default), a seq, or an RFC 3339 time.
         #[arg(long, value_parser = Start::parse)]
         start: Option<Start>,
-        /// Exit after this many events.
+    },
+    /// Print one stored event by its seq.
+    #[command(
+        long_about = "Print one stored event by its seq. The wire protocol has no op for it: \
+            this is an ephemeral subscription to every topic (`>`) starting at SEQ that takes \
+            the first event and ends, so a token needs the right to subscribe to `>` (and, to tell \
+            an unknown seq at once, admin rights for `stats`).",
+        after_help = "Examples:
+  wharf get 42
+  wharf get 42 --json | jq .payload"
+    )]
+    Get {
+        /// The event's seq, as `wharf publish` printed it.
+        seq: u64,
+        /// Print {seq, topic, published_at, payload} as one JSON object.
         #[arg(long)]
-        count: Option<u64>,
+        json: bool,
     },
     /// Make or hash tokens for [auth] in config.toml.
+    #[command(after_help = "Examples:
+  wharf token new
+  wharf token hash \"$APP_TOKEN\"")]
     Token {
         #[command(subcommand)]
         action: TokenAction,
     },
     /// Load a broker (publish, replay, latency, fanout, connections) and print a table.
+    #[command(after_help = "Examples:
+  wharf bench publish
+  wharf bench fanout --subscribers 200
+  wharf bench replay --url ws://127.0.0.1:7700/ws --pid \"$(pidof wharf)\"")]
     Bench(bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, …).
-    Completions { shell: clap_complete::Shell },
+    #[command(after_help = "Examples:
+  wharf completions bash > /etc/bash_completion.d/wharf
+  wharf completions zsh > \"${fpath[1]}/_wharf\"")]
+    Completions {
+        /// The shell to write the script for.
+        shell: clap_complete::Shell,
+    },
     /// Print each event matching PATTERN as one JSON line, acking it after printing.
+    #[command(
+        long_about = "Print each event matching PATTERN as one JSON line (or, with --raw, its \
+            payload), acking it once it is written to stdout. With --consumer the subscription \
+            is durable: what is not acked is delivered again, after a disconnect or a restart. \
+            A closed stdout (`| head`) ends it normally (exit code 0); what could not be \
+            written is not acked. (What a pipe had taken but its reader had not read when it \
+            exited counts as written: use --count N to take exactly N.) The connection is \
+            re-established after a broker restart unless --no-reconnect is given.",
+        after_help = "Examples:
+  wharf subscribe 'orders.>'
+  wharf subscribe 'orders.>' --consumer billing
+  wharf subscribe 'orders.>' --consumer billing --start 2026-11-29T08:00:00Z --raw | head"
+    )]
     Subscribe {
-        #[arg(long, env = "WHARF_URL", default_value = DEFAULT_URL)]
-        url: String,
-        pattern: String,
+        #[command(flatten)]
+        follow: FollowArgs,
         /// Durable consumer name: unacked events survive disconnects and restarts.
         #[arg(long)]
         consumer: Option<String>,
-        /// Where a new consumer starts: all, new, a seq, or an RFC 3339 time.
+        /// Where a new consumer (or an ephemeral subscription) starts: all, new, a seq, or an
+        /// RFC 3339 time.
         #[arg(long, value_parser = Start::parse)]
         start: Option<Start>,
-        /// Exit after this many events.
-        #[arg(long)]
-        count: Option<u64>,
+        #[command(flatten)]
+        options: DurableOptions,
     },
 }
 
@@ -195,6 +444,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let conn = cli.conn;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve {
@@ -204,23 +454,21 @@ fn main() -> ExitCode {
                 check_config,
                 repair,
             } => serve(config, listen, data_dir, check_config, repair).await,
-            Command::Stats { url, json } => client::stats(&url, json).await,
-            Command::Topics { url, json } => client::topics(&url, json).await,
-            Command::Consumers { url, json } => client::consumers(&url, json).await,
+            Command::Stats { json } => client::stats(&conn, json).await,
+            Command::Topics { json } => client::topics(&conn, json).await,
+            Command::Consumers { json } => client::consumers(&conn, json).await,
             Command::Consumer {
-                action: ConsumerAction::Info { url, name, json },
-            } => client::consumer_info(&url, &name, json).await,
+                action: ConsumerAction::Info { name, json },
+            } => client::consumer_info(&conn, &name, json).await,
             Command::Consumer {
-                action: ConsumerAction::Delete { url, name },
-            } => client::consumer_delete(&url, &name).await,
-            Command::Tail {
-                url,
-                pattern,
-                start,
-                count,
-            } => client::subscribe(&url, &pattern, None, start, count).await,
+                action: ConsumerAction::Delete { name },
+            } => client::consumer_delete(&conn, &name).await,
+            Command::Tail { follow, start } => {
+                let options = SubscribeOptions::default();
+                follow::run(&conn, follow.into_follow(None, start, options)).await
+            }
             Command::Token { action } => token(action),
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(args, conn.url.clone()).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(
@@ -232,26 +480,85 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Publish {
-                url,
                 topic,
                 payload,
-            } => client::publish(&url, &topic, payload).await,
+                msg_id_prefix,
+            } => client::publish(&conn, &topic, payload, msg_id_prefix).await,
             Command::Subscribe {
-                url,
-                pattern,
+                follow,
                 consumer,
                 start,
-                count,
-            } => client::subscribe(&url, &pattern, consumer, start, count).await,
+                options,
+            } => {
+                let options = options.into_options()?;
+                if consumer.is_none() && options != SubscribeOptions::default() {
+                    anyhow::bail!(
+                        "--ack-wait, --max-deliver, --max-in-flight and --mode need --consumer"
+                    );
+                }
+                follow::run(&conn, follow.into_follow(consumer, start, options)).await
+            }
+            Command::Get { seq, json } => client::get(&conn, seq, json).await,
+            Command::Consumer {
+                action:
+                    ConsumerAction::Add {
+                        name,
+                        patterns,
+                        start,
+                        options,
+                        json,
+                    },
+            } => {
+                let options = options.into_options()?;
+                client::consumer_add(&conn, &name, patterns, start, options, json).await
+            }
+            Command::Consumer {
+                action:
+                    ConsumerAction::Seek {
+                        name,
+                        seq,
+                        time,
+                        all,
+                        new,
+                        json,
+                    },
+            } => {
+                let start = match (seq, time) {
+                    (Some(seq), _) => Start::Seq(seq),
+                    (None, Some(time)) => time,
+                    (None, None) if all => Start::All,
+                    (None, None) if new => Start::New,
+                    (None, None) => anyhow::bail!("give --seq, --time, --all or --new"),
+                };
+                client::consumer_seek(&conn, &name, start, json).await
+            }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. A cause the text before it already ends with is
+/// left out: errors such as the broker's `cannot listen on …: {source}` carry their source
+/// in their own text, and anyhow's `{:#}` would print it a second time.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn token(action: TokenAction) -> anyhow::Result<()> {
@@ -401,5 +708,14 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
         async {
             let _interrupted = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

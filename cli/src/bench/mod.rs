@@ -40,12 +40,11 @@ impl Scenario {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// What to measure.
     #[arg(value_enum)]
     scenario: Scenario,
-    /// Broker to load; without it, `wharf serve` is started on a temporary data dir.
-    #[arg(long, env = "WHARF_URL")]
-    url: Option<String>,
-    /// The process id of the broker at --url, to report its RSS.
+    /// The process id of the broker at --url, to report its RSS (without --url, `wharf
+    /// serve` is started on a temporary data dir).
     #[arg(long, requires = "url")]
     pid: Option<u32>,
     /// Events to publish [default: publish and replay 200000, latency 20000, fanout 2000].
@@ -70,6 +69,7 @@ pub struct BenchArgs {
     /// Acks per ack frame in the replay scenario.
     #[arg(long, default_value_t = 500)]
     ack_batch: usize,
+    /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -106,8 +106,9 @@ impl BenchArgs {
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let target = match &args.url {
+/// `url`: the broker to load (the global `--url`); without it one is started.
+pub async fn run(args: BenchArgs, url: Option<String>) -> anyhow::Result<()> {
+    let target = match &url {
         Some(url) => Target::external(url.clone(), args.pid),
         None => {
             let room = args.connections() + args.subscribers + 100;
