@@ -251,11 +251,12 @@ impl JwtVerifier {
     }
 }
 
-/// The configured tokens and JWT keys.
+/// The configured tokens and JWT keys, and the `[auth]` settings they came with.
 pub struct Authenticator {
     enabled: bool,
     tokens: Vec<(String, Arc<Principal>)>,
     jwt: Option<JwtVerifier>,
+    settings: Auth,
 }
 
 impl Authenticator {
@@ -287,11 +288,17 @@ impl Authenticator {
             enabled: auth.enabled,
             tokens,
             jwt: JwtVerifier::new(&auth.jwt)?,
+            settings: auth.clone(),
         })
     }
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// The `[auth]` section this was built from (origins, timeouts, JWT settings).
+    pub fn settings(&self) -> &Auth {
+        &self.settings
     }
 
     /// The principal a token stands for. A token with two dots is a JWT.

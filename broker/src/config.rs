@@ -108,6 +108,9 @@ pub struct Config {
     /// Set by `wharf serve --repair`: cut damaged records out of the log before starting.
     #[serde(skip)]
     pub repair: bool,
+    /// The file this was loaded from, if any: SIGHUP reloads `[auth]` and TLS from it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[auth]`: tokens (stored as SHA-256 hashes), their permissions, and origin checks.
@@ -279,6 +282,7 @@ impl Default for Config {
             tls_key: None,
             auth: Auth::default(),
             repair: false,
+            source: None,
         }
     }
 }
@@ -333,7 +337,12 @@ impl Config {
             path: path.clone(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+        config.source = Some(path);
+        Ok(config)
     }
 
     /// Parses TOML text; the error names the offending key. `WHARF_<KEY>` environment

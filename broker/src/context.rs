@@ -3,7 +3,7 @@
 //! front door and the sessions all depend on it, and none on another for it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -17,8 +17,10 @@ pub struct Context {
     /// Open WebSocket connections.
     pub connections: AtomicU64,
     pub started: std::time::Instant,
-    pub auth: Authenticator,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Tokens and `[auth]` settings, and the TLS certificate: SIGHUP replaces them (new
+    /// connections get the new ones; open ones keep their authentication).
+    auth: RwLock<Arc<Authenticator>>,
+    tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
     /// Consumer creations submitted to the log and not yet applied: they count against the
     /// consumer limits, so that concurrent creations cannot pass them.
     pub creating_consumers: Arc<AtomicUsize>,
@@ -41,6 +43,41 @@ impl Drop for CreatingConsumer {
 }
 
 impl Context {
+    pub fn auth(&self) -> Arc<Authenticator> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the config file: `[auth]` (tokens, JWT keys, origins…) and the TLS
+    /// certificate take effect for new connections. The rest needs a restart, and so does
+    /// turning TLS on or off (clients' URLs would change).
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.config.source else {
+            return Err("the broker was started without a config file".into());
+        };
+        let mut fresh = Config::load(Some(path)).map_err(|e| e.to_string())?;
+        // What flags set at start still holds.
+        fresh.listen = self.config.listen;
+        fresh.data_dir = self.config.data_dir.clone();
+        fresh.validate()?;
+        let auth = Authenticator::new(&fresh.auth)?;
+        let tls = match (&fresh.tls_cert, &fresh.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        if tls.is_some() != self.tls().is_some() {
+            return Err("turning TLS on or off needs a restart".into());
+        }
+        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
+        if tls.is_some() {
+            *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        }
+        Ok(())
+    }
+
     /// A new connection's id, for logs and attachments.
     pub fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
@@ -53,8 +90,8 @@ impl Context {
         auth: Authenticator,
     ) -> Context {
         Context {
-            tls,
-            auth,
+            tls: RwLock::new(tls),
+            auth: RwLock::new(Arc::new(auth)),
             config,
             store,
             next_session: AtomicU64::new(1),

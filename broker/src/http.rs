@@ -61,7 +61,7 @@ pub async fn open(mut stream: Conn, ctx: &Arc<context::Context>) -> io::Result<O
                     break None;
                 }
                 break Some(cross_site_refusal(
-                    &ctx.config.auth,
+                    ctx.auth().settings(),
                     header("host").as_deref(),
                     header("origin").as_deref(),
                     true,
@@ -151,8 +151,10 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
     let host = header("host")
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    // The tokens and `[auth]` settings of now: SIGHUP may have replaced them.
+    let auth = ctx.auth();
     if let Some(reason) = cross_site_refusal(
-        &ctx.config.auth,
+        auth.settings(),
         host.as_deref(),
         header("origin"),
         parts.method == Method::POST,
@@ -218,9 +220,9 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
 /// may read them, unless the operator made them public.
 fn metrics_answer(ctx: &Arc<context::Context>, bearer: Option<&str>) -> Answer {
     use hyper::StatusCode;
-    let auth = &ctx.config.auth;
-    if ctx.auth.enabled() && !auth.public_metrics {
-        match bearer.and_then(|t| ctx.auth.check(t)) {
+    let auth = ctx.auth();
+    if auth.enabled() && !auth.settings().public_metrics {
+        match bearer.and_then(|t| auth.check(t)) {
             None => {
                 return text(
                     StatusCode::UNAUTHORIZED,
@@ -348,8 +350,9 @@ async fn publish(
 ) -> Answer {
     use http_body_util::BodyExt;
     use hyper::StatusCode;
-    let principal = if ctx.auth.enabled() {
-        match request.bearer.as_deref().and_then(|t| ctx.auth.check(t)) {
+    let auth = ctx.auth();
+    let principal = if auth.enabled() {
+        match request.bearer.as_deref().and_then(|t| auth.check(t)) {
             Some(p) => Some(p),
             None => {
                 return json_error(

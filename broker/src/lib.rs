@@ -175,11 +175,12 @@ impl Broker {
     /// commits finish and flushes the state view.
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let (trigger, shutdown) = Shutdown::new();
+        let reloader = server::reload_on_hangup(self.ctx.clone(), shutdown.clone());
         let (segments, log_bytes) = self.ctx.store.log.size();
         tracing::info!(
             url = %format!(
                 "{}://{}{}",
-                if self.ctx.tls.is_some() { "wss" } else { "ws" },
+                if self.ctx.tls().is_some() { "wss" } else { "ws" },
                 self.addr,
                 wharf_protocol::WS_PATH
             ),
@@ -206,6 +207,9 @@ impl Broker {
         trigger.trigger();
         if let Err(e) = server.await {
             tracing::error!(error = %e, "server task failed");
+        }
+        if let Err(e) = reloader.await {
+            tracing::error!(error = %e, "reload task failed");
         }
         if let Err(e) = marks.await {
             tracing::error!(error = %e, "mark saving task failed");

@@ -21,6 +21,39 @@ use crate::shutdown::Shutdown;
 /// On shutdown, sessions get this long to send their last replies and close frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// On SIGHUP, reloads `[auth]` and the TLS certificate ([`Context::reload`]); a config that
+/// does not load is logged and the running settings stay. The handler is in place when this
+/// returns (before then, SIGHUP would end the process).
+pub fn reload_on_hangup(ctx: Arc<Context>, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut hangups = match hangups {
+                Ok(hangups) => hangups,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    Some(()) = hangups.recv() => match ctx.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: reloaded [auth] and the TLS certificate"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: reload failed; the running settings stay"),
+                    },
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (ctx, shutdown.wait().await);
+        }
+    })
+}
+
 /// Connections open per remote address, for `max_connections_per_ip`.
 #[derive(Clone, Default)]
 struct PerIp(Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>);
@@ -227,7 +260,8 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
             return refuse(StatusCode::NOT_FOUND, &text);
         }
         // Host and Origin were checked with the request head (http::open).
-        let auth = &hs_ctx.config.auth;
+        let authenticator = hs_ctx.auth();
+        let auth = authenticator.settings();
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
         let query = req
@@ -241,7 +275,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
             (None, None) => None,
         };
         if let Some(token) = token {
-            match hs_ctx.auth.check(token) {
+            match authenticator.check(token) {
                 Some(p) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(p),
                 None => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
             }
@@ -249,7 +283,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
         Ok(resp)
     };
     let opening = async {
-        let conn = crate::tls::Conn::accept(stream, ctx.tls.as_ref()).await?;
+        let conn = crate::tls::Conn::accept(stream, ctx.tls().as_ref()).await?;
         match crate::http::open(conn, &ctx).await? {
             Opening::Closed => Ok(None),
             Opening::Http(stream) => Ok(Some(Err(stream))),

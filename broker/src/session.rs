@@ -98,6 +98,9 @@ pub struct Session {
     last_seen: Instant,
     /// When the client last sent a request (pongs do not count).
     last_request: Instant,
+    /// Whether auth was on when the connection opened (a reload does not change it for open
+    /// connections).
+    auth_enabled: bool,
     /// Who this connection is; `None` until it authenticates (or when auth is off).
     principal: Option<Arc<Principal>>,
     /// When an unauthenticated connection is closed.
@@ -190,8 +193,9 @@ impl Session {
             evict_tx,
             ctx.config.slow_consumer_timeout,
         );
-        let ctx_auth_enabled = ctx.auth.enabled();
-        let auth_timeout = ctx.config.auth.auth_timeout;
+        let auth = ctx.auth();
+        let auth_enabled = auth.enabled();
+        let auth_timeout = auth.settings().auth_timeout;
         let mut session = Session {
             id,
             ctx,
@@ -204,7 +208,8 @@ impl Session {
             queued: Vec::new(),
             last_seen: Instant::now(),
             last_request: Instant::now(),
-            auth_deadline: (ctx_auth_enabled && principal.is_none())
+            auth_enabled,
+            auth_deadline: (auth_enabled && principal.is_none())
                 .then(|| tokio::time::Instant::now() + auth_timeout),
             principal,
             stopped_reading: false,
@@ -584,7 +589,7 @@ impl Session {
     }
 
     async fn authenticate(&mut self, id: Option<Id>, token: &str) -> Result<(), ()> {
-        match self.ctx.auth.check(token) {
+        match self.ctx.auth().check(token) {
             Some(principal) => {
                 tracing::debug!(session = self.id, token = principal.name, "authenticated");
                 self.principal = Some(principal);
@@ -645,7 +650,7 @@ impl Session {
             let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms());
             tokio::time::Instant::now() + Duration::from_millis(left_ms)
         });
-        let notice = self.ctx.config.auth.jwt.expiry_notice;
+        let notice = self.ctx.auth().settings().jwt.expiry_notice;
         self.expires_at = at;
         self.expiry_notice_at = at.map(|at| at.checked_sub(notice).unwrap_or(at));
     }
@@ -659,7 +664,7 @@ impl Session {
     /// Whether this connection's principal may hold a subscription to `patterns` (through
     /// durable consumer `consumer`, if any). Always, with auth off.
     fn may_hold(&self, patterns: &[Pattern], consumer: Option<&str>) -> bool {
-        if !self.ctx.auth.enabled() {
+        if !self.auth_enabled {
             return true;
         }
         self.principal.as_ref().is_some_and(|who| {
@@ -713,7 +718,7 @@ impl Session {
 
     /// Why this request may not go ahead, when auth is on.
     fn refusal(&self, request: &Request) -> Option<Reply> {
-        if !self.ctx.auth.enabled() {
+        if !self.auth_enabled {
             return None;
         }
         let id = request.id().cloned();
