@@ -1,0 +1,197 @@
+//! Who the connection is and what it may do: the `auth` op, token expiry, the check of
+//! every request against the principal's rights.
+
+use super::*;
+
+impl Session {
+    pub(super) async fn authenticate(&mut self, id: Option<Id>, token: &str) -> Result<(), ()> {
+        match self.ctx.auth().check(token) {
+            Some(principal) => {
+                tracing::debug!(session = self.id, token = principal.name, "authenticated");
+                self.principal = Some(principal);
+                self.auth_deadline = None;
+                self.arm_expiry();
+                self.send(Reply::Ok { id }).await?;
+                self.drop_forbidden_subscriptions().await
+            }
+            None => {
+                self.failed_auths += 1;
+                let reply = Reply::error(id, ErrorCode::Unauthorized, "invalid token");
+                self.send(reply).await?;
+                if self.failed_auths < MAX_FAILED_AUTHS {
+                    return Ok(());
+                }
+                tracing::warn!(
+                    session = self.id,
+                    failed = self.failed_auths,
+                    "closing a connection after repeated invalid tokens"
+                );
+                self.closing = Some(close_frame(
+                    CloseCode::Policy,
+                    "too many failed authentications",
+                ));
+                Err(())
+            }
+        }
+    }
+
+    /// Why this request may not go ahead: a payload nested too deep (clients whose JSON
+    /// parser recurses would fail on it at every delivery), or what auth refuses.
+    pub(super) fn rejection(&self, request: &Request) -> Option<Reply> {
+        let max = self.ctx.config.max_json_depth;
+        let too_deep = match request {
+            Request::Publish { event, .. } => json_nesting_exceeds(event.payload.get(), max),
+            Request::PublishBatch { events, .. } => events
+                .iter()
+                .any(|e| json_nesting_exceeds(e.payload.get(), max)),
+            _ => false,
+        };
+        if too_deep {
+            let message = format!(
+                "the payload nests arrays and objects more than {max} deep (max_json_depth)"
+            );
+            return Some(Reply::error(
+                request.id().cloned(),
+                ErrorCode::BadRequest,
+                message,
+            ));
+        }
+        self.refusal(request)
+    }
+
+    /// Sets the expiry timers from the principal's token (none for tokens that do not expire).
+    pub(super) fn arm_expiry(&mut self) {
+        let expires = self.principal.as_ref().and_then(|p| p.expires_at);
+        let at = expires.map(|exp| {
+            let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms());
+            tokio::time::Instant::now() + Duration::from_millis(left_ms)
+        });
+        let notice = self.ctx.auth().settings().jwt.expiry_notice;
+        self.expires_at = at;
+        self.expiry_notice_at = at.map(|at| at.checked_sub(notice).unwrap_or(at));
+    }
+
+    /// Who publishes on this connection, as far as msg_id dedup is concerned: its principal,
+    /// or nobody in particular with auth off.
+    pub(super) fn publisher(&self) -> &str {
+        self.principal.as_ref().map_or("", |who| who.dedup_scope())
+    }
+
+    /// Whether this connection's principal may hold a subscription to `patterns` (through
+    /// durable consumer `consumer`, if any). Always, with auth off.
+    pub(super) fn may_hold(&self, patterns: &[Pattern], consumer: Option<&str>) -> bool {
+        if !self.auth_enabled {
+            return true;
+        }
+        self.principal.as_ref().is_some_and(|who| {
+            let name_allowed = match consumer {
+                Some(name) => who.may_use_consumer(name),
+                None => true,
+            };
+            name_allowed && who.may_subscribe_all(patterns)
+        })
+    }
+
+    /// After a re-authentication: ends the subscriptions the new principal may not hold,
+    /// telling the client with `unsubscribed` (reason `forbidden`).
+    pub(super) async fn drop_forbidden_subscriptions(&mut self) -> Result<(), ()> {
+        let forbidden: Vec<Arc<str>> = self
+            .subs
+            .iter()
+            .filter(|(_, subscription)| match subscription {
+                Subscription::Durable { consumer } => {
+                    !self.may_hold(&consumer.patterns, Some(&consumer.name))
+                }
+                Subscription::Ephemeral { patterns, .. } => !self.may_hold(patterns, None),
+            })
+            .map(|(sub, _)| sub.clone())
+            .collect();
+        for sub in forbidden {
+            if let Some(subscription) = self.subs.remove(&sub) {
+                self.end(&sub, subscription);
+                let notice = Reply::Unsubscribed {
+                    sub: sub.to_string(),
+                    reason: "forbidden".into(),
+                };
+                self.send(notice).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `who` may not operate existing consumer `name`: it reads topics beyond the token's
+    /// subscribe rights (acking, seeking or inspecting it would act on, or reveal, events the
+    /// token may not read).
+    pub(super) fn reads_beyond(&self, who: &Principal, name: &str) -> Option<String> {
+        let consumer = self.ctx.store.consumers.get(name)?;
+        (!who.may_subscribe_all(&consumer.patterns)).then(|| {
+            format!(
+                "token {:?} may not subscribe to every topic consumer {name:?} reads",
+                who.name
+            )
+        })
+    }
+
+    /// Why this request may not go ahead, when auth is on.
+    pub(super) fn refusal(&self, request: &Request) -> Option<Reply> {
+        if !self.auth_enabled {
+            return None;
+        }
+        let id = request.id().cloned();
+        let Some(who) = &self.principal else {
+            return Some(Reply::error(
+                id,
+                ErrorCode::Unauthorized,
+                "authenticate first: send {\"op\":\"auth\",\"token\":…} or an Authorization: Bearer header",
+            ));
+        };
+        let forbidden = |what: String| Some(Reply::error(id.clone(), ErrorCode::Forbidden, what));
+        let consumer_of = |name: &str| {
+            (!who.may_use_consumer(name))
+                .then(|| format!("token {:?} may not use consumer {name:?}", who.name))
+        };
+        match request {
+            Request::Publish { event, .. } if !who.may_publish(event.topic.as_str()) => forbidden(
+                format!("token {:?} may not publish to {}", who.name, event.topic),
+            ),
+            Request::PublishBatch { events, .. } => events
+                .iter()
+                .find(|e| !who.may_publish(e.topic.as_str()))
+                .and_then(|e| {
+                    forbidden(format!(
+                        "token {:?} may not publish to {}",
+                        who.name, e.topic
+                    ))
+                }),
+            Request::Subscribe {
+                topics, consumer, ..
+            } => {
+                if let Some(p) = topics.iter().find(|p| !who.may_subscribe(p)) {
+                    return forbidden(format!("token {:?} may not subscribe to {p}", who.name));
+                }
+                consumer
+                    .as_deref()
+                    .and_then(|c| consumer_of(c).or_else(|| self.reads_beyond(who, c)))
+                    .and_then(forbidden)
+            }
+            Request::Ack { consumer, .. }
+            | Request::Nack { consumer, .. }
+            | Request::Term { consumer, .. }
+            | Request::Progress { consumer, .. }
+            | Request::Seek { consumer, .. }
+            | Request::ConsumerInfo { consumer, .. }
+            | Request::DeleteConsumer { consumer, .. } => consumer_of(consumer)
+                .or_else(|| self.reads_beyond(who, consumer))
+                .and_then(forbidden),
+            Request::Stats { .. } | Request::Topics { .. } | Request::Consumers { .. }
+                if !who.may_administer() =>
+            {
+                forbidden(format!(
+                    "token {:?} may not use admin operations (it needs admin = true)",
+                    who.name
+                ))
+            }
+            _ => None,
+        }
+    }
+}
