@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::auth::Authenticator;
+use crate::backend::log::store::Store;
 use crate::config::Config;
-use crate::store::Store;
 
 /// What every session shares.
 pub struct Context {
@@ -65,7 +65,7 @@ impl Context {
         fresh.validate()?;
         let auth = Authenticator::new(&fresh.auth)?;
         let tls = match (&fresh.tls_cert, &fresh.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::net::tls::acceptor(cert, key)?),
             _ => None,
         };
         if tls.is_some() != self.tls().is_some() {

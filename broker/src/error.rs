@@ -1,14 +1,14 @@
 //! Why a broker could not be opened: the one error type the binary sees from the library.
 
-/// What stopped [`crate::Broker::open`] (and [`crate::store::Store::open`]).
+/// What stopped [`crate::Broker::open`] (and [`crate::backend::log::store::Store::open`]).
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Log(#[from] crate::log::LogError),
+    Log(#[from] crate::backend::log::append::LogError),
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] crate::backend::log::state::StateError),
     #[error("{what}: {source}")]
     Io {
         what: String,

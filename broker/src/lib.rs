@@ -24,23 +24,15 @@
 //! The wire format lives in the `wharf-protocol` crate, never here.
 
 pub mod auth;
-pub mod codec;
+pub mod backend;
 pub mod config;
-pub mod consumers;
 pub mod context;
-pub mod delivery;
 pub mod error;
-pub mod http;
-pub mod log;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
-pub mod server;
 pub mod session;
-pub mod settled;
 pub mod shutdown;
-pub mod state;
-pub mod store;
-pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,8 +40,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use backend::log::store;
 pub use config::Config;
 pub use error::BrokerError;
+use net::{http, listener as server, tls};
 use shutdown::Shutdown;
 
 /// Serves "not ready" until `stop`, then gives the listener back with the connections still

@@ -25,14 +25,14 @@ use wharf_protocol::{
 };
 
 use crate::auth::{dedup_key, Principal};
-use crate::consumers::{Consumer, ModeConflict, Options};
+use crate::backend::log::append::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
+use crate::backend::log::consumers::{Consumer, ModeConflict, Options};
+use crate::backend::log::delivery::{run_ephemeral, DurableDelivery, EventSource};
 use crate::context::{Context, CreatingConsumer};
-use crate::delivery::{run_ephemeral, DurableDelivery, EventSource};
-use crate::log::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
 use crate::metrics;
+use crate::net::tls::Rewound;
 use crate::outbound::{Outbound, Queued, Unsent};
 use crate::shutdown::Shutdown;
-use crate::tls::Rewound;
 
 mod admin;
 mod authorize;

@@ -19,9 +19,9 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use wharf_protocol::{Mode, Pattern, Topic};
 
-use crate::log::Record;
+use crate::backend::log::append::Record;
+use crate::backend::log::settled::{ConsumerState, Settle};
 use crate::outbound::Outbound;
-use crate::settled::{ConsumerState, Settle};
 
 /// Every dead-letter topic starts with this.
 pub const DEAD_LETTER_PREFIX: &str = "dead.";

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::Reply;
 
-use crate::consumers::{Changes, Consumers};
-use crate::log::{CommitSink, Position, Record, Settle};
+use crate::backend::log::append::{CommitSink, Position, Record, Settle};
+use crate::backend::log::consumers::{Changes, Consumers};
+use crate::backend::log::state::{ConsumerState, ViewSender, ViewUpdate};
 use crate::metrics;
-use crate::state::{ConsumerState, ViewSender, ViewUpdate};
 
 use super::Feed;
 
@@ -27,7 +27,8 @@ pub fn checkpoint_records(all: Vec<(String, ConsumerState)>) -> Vec<Record> {
     let mut bytes = 0usize;
     for (name, state) in all {
         let size = name.len()
-            + crate::codec::encode(&state).map_or(CHECKPOINT_RECORD_BYTES, |body| body.len());
+            + crate::backend::log::codec::encode(&state)
+                .map_or(CHECKPOINT_RECORD_BYTES, |body| body.len());
         if !part.is_empty() && bytes + size > CHECKPOINT_RECORD_BYTES {
             records.push(Record::Checkpoint {
                 consumers: std::mem::take(&mut part),

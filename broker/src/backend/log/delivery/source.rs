@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use wharf_protocol::Pattern;
 
-use crate::log::{AppendLog, Event, EventCursor, LogError};
+use crate::backend::log::append::{AppendLog, Event, EventCursor, LogError};
 
 use super::Feed;
 

@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(s.floor, 0);
         assert_eq!(s.acked.ranges(), 1);
         assert_eq!(s.acked.len(), 20_000);
-        let bytes = crate::codec::encode(&s).unwrap();
+        let bytes = crate::backend::log::codec::encode(&s).unwrap();
         assert!(bytes.len() < 64, "{} bytes", bytes.len());
     }
 

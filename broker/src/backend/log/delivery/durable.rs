@@ -9,11 +9,11 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::{format_time_ms, now_ms, DeadLetter, Reply};
 
-use crate::consumers::{dead_letter_topic, Consumer, Step, DEAD_LETTER_PREFIX};
-use crate::log::{AppendLog, Entry, Event, NewEvent, Settle};
+use crate::backend::log::append::{AppendLog, Entry, Event, NewEvent, Settle};
+use crate::backend::log::consumers::{dead_letter_topic, Consumer, Step, DEAD_LETTER_PREFIX};
+use crate::backend::log::state::StateView;
 use crate::metrics;
 use crate::outbound::{Delivered, Outbound};
-use crate::state::StateView;
 
 use super::{event_frame, sleep_until_opt, EventSource};
 

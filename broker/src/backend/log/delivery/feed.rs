@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, watch};
 use wharf_protocol::{Pattern, PatternIndex};
 
-use crate::log::Event;
+use crate::backend::log::append::Event;
 
 /// Matching events queued to one subscription that is caught up.
 const TAP_DEPTH: usize = 1024;

@@ -10,15 +10,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wharf_protocol::{now_ms, Topic};
 
-use crate::log::{Entry, NewEvent, Receipt};
+use crate::backend::log::append::{Entry, NewEvent, Receipt};
+use crate::net::tls::{Conn, Rewound};
 use crate::shutdown::Shutdown;
-use crate::tls::{Conn, Rewound};
 use crate::{context, metrics};
 
 /// The browser client, served at `/wharf.js`.
-pub const CLIENT_JS: &str = include_str!("../../clients/js/wharf.js");
+pub const CLIENT_JS: &str = include_str!("../../../clients/js/wharf.js");
 /// The demo page, served at `/`.
-pub const DEMO_HTML: &str = include_str!("../../clients/js/demo.html");
+pub const DEMO_HTML: &str = include_str!("../../../clients/js/demo.html");
 
 /// The most a request head may take.
 const MAX_HEAD: usize = 16 * 1024;

@@ -6,12 +6,14 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::backend::log::append::{
+    self, AppendLog, LogError, LogOptions, Position, Recovery, Retention,
+};
+use crate::backend::log::consumers::{Changes, Consumers};
+use crate::backend::log::delivery::{Committer, Feed, Topics};
+use crate::backend::log::state::{ConsumerState, StateError, StateView, ViewUpdate};
 use crate::config::{Config, Durability};
-use crate::consumers::{Changes, Consumers};
-use crate::delivery::{Committer, Feed, Topics};
 use crate::error::BrokerError;
-use crate::log::{self, AppendLog, LogError, LogOptions, Position, Recovery, Retention};
-use crate::state::{ConsumerState, StateError, StateView, ViewUpdate};
 
 /// Everything durable, opened and consistent.
 pub struct Store {
@@ -38,12 +40,13 @@ fn replay(
 ) -> Result<(Recovery, bool), LogError> {
     let mut found = applied.is_none();
     topics.clear();
-    let checkpoint_of =
-        |consumers: &Consumers| crate::delivery::checkpoint_records(consumers.snapshot());
+    let checkpoint_of = |consumers: &Consumers| {
+        crate::backend::log::delivery::checkpoint_records(consumers.snapshot())
+    };
     // Whether `consumers` hold exactly the state at the current point of the scan, as a
     // segment that lacks its checkpoint needs: only once the view's position is behind us.
     let exact_at = std::cell::Cell::new(applied.is_none());
-    let recovery = log::recover(
+    let recovery = append::recover(
         log_dir,
         dedup_since_ms,
         |rec, pos| {
@@ -127,7 +130,7 @@ impl Store {
 
         let started = std::time::Instant::now();
         if config.repair {
-            let removed = log::repair(&log_dir)?;
+            let removed = append::repair(&log_dir)?;
             for (path, from, to) in &removed {
                 tracing::error!(
                     segment = %path.display(),

@@ -1,15 +1,15 @@
 //! The on-disk record: what is stored, and how one record is framed in a segment file.
 //!
 //! Frame: `len: u32 LE | body_crc: u32 LE | header_crc: u32 LE | body[len]`, where
-//! `header_crc = crc32(len ‖ body_crc)` and the body is a [`crate::codec`] body. The header has
+//! `header_crc = crc32(len ‖ body_crc)` and the body is a [`crate::backend::log::codec`] body. The header has
 //! its own checksum so that a damaged length is recognised as damage instead of being taken
 //! for a record that runs past the end of the file (which would look like a torn tail).
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
-use crate::settled::SeqRanges;
-pub use crate::settled::{ConsumerState, Settle};
+use crate::backend::log::codec;
+use crate::backend::log::settled::SeqRanges;
+pub use crate::backend::log::settled::{ConsumerState, Settle};
 
 pub const HEADER_LEN: usize = 12;
 /// The largest body a record may have; also the decode limit.

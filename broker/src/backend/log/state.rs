@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::codec;
-use crate::log::Position;
-pub use crate::settled::ConsumerState;
+use crate::backend::log::append::Position;
+use crate::backend::log::codec;
+pub use crate::backend::log::settled::ConsumerState;
 
 const CONSUMER: u8 = b'c';
 const DELIVERY: u8 = b'd';
@@ -426,7 +426,7 @@ mod tests {
         let view = StateView::open(&path, Duration::from_millis(100)).unwrap();
         assert_eq!(view.applied().unwrap(), None);
         let mut s = ConsumerState::new(vec!["orders.>".into()], 0);
-        s.apply_settle(&[4], Some(2), crate::settled::Settle::Ack);
+        s.apply_settle(&[4], Some(2), crate::backend::log::settled::Settle::Ack);
         view.set_delivery("c-1", 4, 2).unwrap();
         view.set_delivery("c-1", 5, 1).unwrap();
         let pos = Position {

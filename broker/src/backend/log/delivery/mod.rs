@@ -20,7 +20,7 @@ use std::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::{EventBody, EventFrame};
 
-use crate::log::Event;
+use crate::backend::log::append::Event;
 
 pub use committer::{checkpoint_records, Committer};
 pub use durable::DurableDelivery;

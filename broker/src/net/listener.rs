@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::Principal;
 use crate::context::Context;
-use crate::http::Opening;
+use crate::net::http::Opening;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
 
@@ -168,7 +168,7 @@ pub async fn reap_inactive(ctx: Arc<Context>, mut shutdown: Shutdown) {
             .consumers
             .idle_longer_than(ttl, std::time::Instant::now());
         for name in idle {
-            let entry = crate::log::Entry::ConsumerDeleted { name: name.clone() };
+            let entry = crate::backend::log::append::Entry::ConsumerDeleted { name: name.clone() };
             match ctx.store.log.append(vec![entry]).await {
                 Ok(_) => tracing::info!(consumer = name, ?ttl, "deleted an inactive consumer"),
                 Err(e) => {
@@ -194,7 +194,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) if sessions.len() >= ctx.config.max_connections => {
                     tracing::warn!(%peer, limit = ctx.config.max_connections, "connection refused: at max_connections");
-                    tokio::spawn(crate::http::refuse(stream, "too many connections"));
+                    tokio::spawn(crate::net::http::refuse(stream, "too many connections"));
                 }
                 Ok((stream, peer)) => match per_ip.admit(peer.ip(), ctx.config.max_connections_per_ip) {
                     Some(slot) => {
@@ -207,7 +207,7 @@ pub async fn serve(
                     }
                     None => {
                         tracing::warn!(%peer, limit = ctx.config.max_connections_per_ip, "connection refused: at max_connections_per_ip");
-                        tokio::spawn(crate::http::refuse(stream, "too many connections from this address"));
+                        tokio::spawn(crate::net::http::refuse(stream, "too many connections from this address"));
                     }
                 },
                 Err(e) => {
@@ -283,8 +283,8 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
         Ok(resp)
     };
     let opening = async {
-        let conn = crate::tls::Conn::accept(stream, ctx.tls().as_ref()).await?;
-        match crate::http::open(conn, &ctx).await? {
+        let conn = crate::net::tls::Conn::accept(stream, ctx.tls().as_ref()).await?;
+        match crate::net::http::open(conn, &ctx).await? {
             Opening::Closed => Ok(None),
             Opening::Http(stream) => Ok(Some(Err(stream))),
             Opening::Upgrade(stream) => {
@@ -302,7 +302,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
         // Plain HTTP, kept alive for as many requests as the client sends; hyper bounds the
         // wait for each request head.
         Ok(Ok(Some(Err(http)))) => {
-            crate::http::serve_http(http, ctx, shutdown).await;
+            crate::net::http::serve_http(http, ctx, shutdown).await;
             return;
         }
         Ok(Ok(None)) => return,

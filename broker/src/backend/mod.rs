@@ -1,0 +1,3 @@
+//! Where events are stored and consumers kept.
+
+pub mod log;

@@ -1,0 +1,5 @@
+//! The network's edge: the listener, the HTTP front door and TLS.
+
+pub mod http;
+pub mod listener;
+pub mod tls;
