@@ -7,12 +7,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
+use wharf_protocol::Reply;
+
+/// What a connection sends: wharf's own frames. Only the session's writer turns them into
+/// WebSocket messages, so nothing below the session knows the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A reply, push or event, as JSON text.
+    Json(String),
+    /// A heartbeat.
+    Ping,
+}
+
+impl Frame {
+    pub fn reply(reply: &Reply) -> Frame {
+        Frame::Json(reply.to_json())
+    }
+
+    /// The bytes it takes on the wire (before framing).
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Json(text) => text.len(),
+            Frame::Ping => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A frame in a connection's outbound queue, holding its share of the queue's byte budget
 /// until the writer takes it.
 pub struct Queued {
-    pub message: Message,
+    pub frame: Frame,
     _bytes: OwnedSemaphorePermit,
 }
 
@@ -67,14 +95,14 @@ impl Outbound {
 
     /// The bytes a frame takes from the budget; a frame larger than the whole budget takes
     /// all of it (it waits for an empty queue rather than forever).
-    fn cost(&self, msg: &Message) -> u32 {
+    fn cost(&self, msg: &Frame) -> u32 {
         u32::try_from(msg.len())
             .unwrap_or(u32::MAX)
             .clamp(1, self.byte_budget)
     }
 
     /// Waits for room for `msg` (bytes, then a frame slot) and queues it.
-    async fn queue(&self, msg: Message) -> Result<(), Unsent> {
+    async fn queue(&self, msg: Frame) -> Result<(), Unsent> {
         let permit = self
             .bytes
             .clone()
@@ -82,7 +110,7 @@ impl Outbound {
             .await
             .map_err(|_| Unsent::Closed)?;
         let queued = Queued {
-            message: msg,
+            frame: msg,
             _bytes: permit,
         };
         self.frames.send(queued).await.map_err(|_| Unsent::Closed)
@@ -90,11 +118,7 @@ impl Outbound {
 
     /// Queues a frame, waiting for room until `deadline` at the latest: a peer that does not
     /// read must not hold its connection (and the task that serves it) forever.
-    pub async fn send_by(
-        &self,
-        msg: Message,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), Unsent> {
+    pub async fn send_by(&self, msg: Frame, deadline: tokio::time::Instant) -> Result<(), Unsent> {
         match tokio::time::timeout_at(deadline, self.queue(msg)).await {
             Ok(queued) => queued,
             Err(_) => Err(Unsent::TimedOut),
@@ -102,22 +126,22 @@ impl Outbound {
     }
 
     /// Queues a frame if there is room now.
-    pub fn try_send(&self, msg: Message) -> Result<(), mpsc::error::TrySendError<Message>> {
+    pub fn try_send(&self, msg: Frame) -> Result<(), mpsc::error::TrySendError<Frame>> {
         let Ok(permit) = self.bytes.clone().try_acquire_many_owned(self.cost(&msg)) else {
             return Err(mpsc::error::TrySendError::Full(msg));
         };
         let queued = Queued {
-            message: msg,
+            frame: msg,
             _bytes: permit,
         };
         self.frames.try_send(queued).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.message),
-            mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.message),
+            mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.frame),
+            mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.frame),
         })
     }
 
     /// Queues a pushed frame, waiting at most the slow-consumer limit for room.
-    pub async fn deliver(&self, msg: Message) -> Delivered {
+    pub async fn deliver(&self, msg: Frame) -> Delivered {
         // Room now is the common case; a timer is set only when the queue is full.
         let msg = match self.try_send(msg) {
             Ok(()) => return Delivered::Sent,

@@ -31,7 +31,7 @@ use crate::backend::log::delivery::{run_ephemeral, DurableDelivery, EventSource}
 use crate::context::{Context, CreatingConsumer};
 use crate::metrics;
 use crate::net::tls::Rewound;
-use crate::outbound::{Outbound, Queued, Unsent};
+use crate::outbound::{Frame, Outbound, Queued, Unsent};
 use crate::shutdown::Shutdown;
 
 mod admin;
@@ -329,7 +329,7 @@ impl Session {
                     }
                     // A full queue means the client is not reading; the timeout above ends it.
                     if let Err(mpsc::error::TrySendError::Closed(_)) =
-                        self.outbound.try_send(Message::Ping(Default::default()))
+                        self.outbound.try_send(Frame::Ping)
                     {
                         return None;
                     }
@@ -433,11 +433,7 @@ impl Session {
             Some(auth) => auth.min(slow_limit),
             None => slow_limit,
         };
-        match self
-            .outbound
-            .send_by(Message::text(reply.to_json()), deadline)
-            .await
-        {
+        match self.outbound.send_by(Frame::reply(&reply), deadline).await {
             Ok(()) => Ok(()),
             Err(Unsent::Closed) => Err(()),
             Err(Unsent::TimedOut) => {

@@ -243,7 +243,7 @@ impl Session {
                 reason: "taken_over".into(),
             };
             // The old connection is often half-dead; never wait on it.
-            let _best_effort = old.outbound.try_send(Message::text(notice.to_json()));
+            let _best_effort = old.outbound.try_send(Frame::reply(&notice));
         }
         // The reply goes first so that no event of this subscription overtakes it.
         let (_, from) = consumer.start();

@@ -25,11 +25,8 @@ pub(super) async fn write_frames(
             };
             let mut next = Some(first);
             // A frame's bytes return to the queue's budget once the socket has taken it.
-            while let Some(Queued { message: msg, .. }) = next.take() {
-                if let Message::Text(text) = &msg {
-                    metrics::bytes_out().increment(text.len() as u64);
-                }
-                if sink.feed(msg).await.is_err() {
+            while let Some(Queued { frame, .. }) = next.take() {
+                if sink.feed(message(frame)).await.is_err() {
                     return false;
                 }
                 next = rx.try_recv().ok();
@@ -46,7 +43,7 @@ pub(super) async fn write_frames(
     };
     let finish = async {
         while let Ok(queued) = rx.try_recv() {
-            if sink.feed(queued.message).await.is_err() {
+            if sink.feed(message(queued.frame)).await.is_err() {
                 return;
             }
         }
@@ -56,6 +53,17 @@ pub(super) async fn write_frames(
         let _closed = sink.close().await;
     };
     let _in_time = tokio::time::timeout(CLOSE_TIMEOUT, finish).await;
+}
+
+/// The WebSocket message of a frame: this is the one place that knows the transport.
+fn message(frame: Frame) -> Message {
+    match frame {
+        Frame::Json(text) => {
+            metrics::bytes_out().increment(text.len() as u64);
+            Message::text(text)
+        }
+        Frame::Ping => Message::Ping(Default::default()),
+    }
 }
 
 pub(super) async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_tungstenite::tungstenite::Message;
+use crate::outbound::Frame;
 use wharf_protocol::Reply;
 
 use crate::backend::log::append::{CommitSink, Position, Record, Settle};
@@ -110,7 +110,7 @@ impl CommitSink for Committer {
                 sub: gone.sub.to_string(),
                 reason: "deleted".into(),
             };
-            let _best_effort = gone.outbound.try_send(Message::text(notice.to_json()));
+            let _best_effort = gone.outbound.try_send(Frame::reply(&notice));
         }
         let only_events =
             changes.saved.is_empty() && changes.settled.is_empty() && changes.deleted.is_empty();

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::outbound::Frame;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
 use wharf_protocol::{format_time_ms, now_ms, DeadLetter, Reply};
 
 use crate::backend::log::append::{AppendLog, Entry, Event, NewEvent, Settle};
@@ -255,7 +255,7 @@ impl DurableDelivery {
             from,
             to,
         };
-        match self.outbound.deliver(Message::text(notice.to_json())).await {
+        match self.outbound.deliver(Frame::reply(&notice)).await {
             Delivered::Sent => {}
             Delivered::Closed => return Flow::Stop,
             Delivered::TooSlow => {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokio_tungstenite::tungstenite::Message;
+use crate::outbound::Frame;
 use wharf_protocol::Reply;
 
 use crate::metrics;
@@ -37,10 +37,7 @@ pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventS
                             to,
                         };
                         let deadline = tokio::time::Instant::now() + outbound.slow_limit();
-                        match outbound
-                            .send_by(Message::text(notice.to_json()), deadline)
-                            .await
-                        {
+                        match outbound.send_by(Frame::reply(&notice), deadline).await {
                             Ok(()) => break,
                             Err(Unsent::Closed) => return,
                             // Still no room: what came meanwhile is skipped too, and one

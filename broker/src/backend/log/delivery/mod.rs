@@ -17,7 +17,7 @@ mod source;
 
 use std::time::Instant;
 
-use tokio_tungstenite::tungstenite::Message;
+use crate::outbound::Frame;
 use wharf_protocol::{EventBody, EventFrame};
 
 use crate::backend::log::append::Event;
@@ -28,7 +28,7 @@ pub use ephemeral::run_ephemeral;
 pub use feed::{Feed, TopicStat, Topics};
 pub use source::EventSource;
 
-fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> Message {
+fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> Frame {
     let body = ev
         .frame_body
         .get_or_init(|| EventBody::new(ev.seq, &ev.topic, &ev.payload, ev.time_ms));
@@ -38,7 +38,7 @@ fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> 
         body,
         delivery,
     };
-    Message::text(frame.to_json())
+    Frame::Json(frame.to_json())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
