@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the WebSocket listener binds; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Where events are stored and consumers kept: `log`, the embedded segment log on this
+    /// machine's disk.
+    pub backend: BackendKind,
     /// Where the log (`log/`) and the state view (`state/`) live.
     pub data_dir: PathBuf,
     /// tracing filter, e.g. `info` or `wharf_broker=debug`; `RUST_LOG` wins when set.
@@ -274,6 +277,7 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             state_flush_interval: Duration::from_millis(500),
             durability: Durability::Sync,
+            backend: BackendKind::Log,
             relaxed_sync_interval: Duration::from_millis(100),
             cache_events: 65536,
             cache_bytes: 128 << 20,
@@ -294,6 +298,14 @@ pub enum LogFormat {
     Text,
     /// One JSON object a line: time, level, target, message and fields (Loki, Elasticsearch).
     Json,
+}
+
+/// Which backend stores events and keeps consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// The embedded segment log and sled view in `data_dir`.
+    Log,
 }
 
 /// When a publish or an ack is confirmed.

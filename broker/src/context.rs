@@ -1,18 +1,18 @@
-//! What every connection shares: the configuration, the open store, the authenticator, the
+//! What every connection shares: the configuration, the backend, the authenticator, the
 //! TLS acceptor and the broker's counters. Its own module so that the listener, the HTTP
 //! front door and the sessions all depend on it, and none on another for it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::auth::Authenticator;
-use crate::backend::log::store::Store;
+use crate::backend::Backend;
 use crate::config::Config;
 
 /// What every session shares.
 pub struct Context {
     pub config: Config,
-    pub store: Store,
+    pub backend: Backend,
     next_session: AtomicU64,
     /// Open WebSocket connections.
     pub connections: AtomicU64,
@@ -21,25 +21,6 @@ pub struct Context {
     /// connections get the new ones; open ones keep their authentication).
     auth: RwLock<Arc<Authenticator>>,
     tls: RwLock<Option<tokio_rustls::TlsAcceptor>>,
-    /// Consumer creations submitted to the log and not yet applied: they count against the
-    /// consumer limits, so that concurrent creations cannot pass them.
-    pub creating_consumers: Arc<AtomicUsize>,
-}
-
-/// One consumer creation in flight, counted in [`Context::creating_consumers`] until dropped.
-pub struct CreatingConsumer(Arc<AtomicUsize>);
-
-impl CreatingConsumer {
-    pub fn new(count: &Arc<AtomicUsize>) -> CreatingConsumer {
-        count.fetch_add(1, Ordering::AcqRel);
-        CreatingConsumer(count.clone())
-    }
-}
-
-impl Drop for CreatingConsumer {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl Context {
@@ -85,7 +66,7 @@ impl Context {
 
     pub fn new(
         config: Config,
-        store: Store,
+        backend: Backend,
         tls: Option<tokio_rustls::TlsAcceptor>,
         auth: Authenticator,
     ) -> Context {
@@ -93,11 +74,10 @@ impl Context {
             tls: RwLock::new(tls),
             auth: RwLock::new(Arc::new(auth)),
             config,
-            store,
+            backend,
             next_session: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             started: std::time::Instant::now(),
-            creating_consumers: Arc::default(),
         }
     }
 }

@@ -1,14 +1,13 @@
 //! Why a broker could not be opened: the one error type the binary sees from the library.
 
-/// What stopped [`crate::Broker::open`] (and [`crate::backend::log::store::Store::open`]).
+/// What stopped [`crate::Broker::open`].
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The backend could not open its storage (a damaged log, an unreadable view…).
     #[error(transparent)]
-    Log(#[from] crate::backend::log::append::LogError),
-    #[error(transparent)]
-    State(#[from] crate::backend::log::state::StateError),
+    Storage(Box<dyn std::error::Error + Send + Sync>),
     #[error("{what}: {source}")]
     Io {
         what: String,

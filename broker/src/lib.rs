@@ -1,25 +1,24 @@
 //! The wharf broker.
 //!
-//! A durable message broker for WebSocket clients: every published event is appended to a
-//! checksummed, fdatasync'ed log before it is confirmed, durable consumers' acks go through
-//! the same log, and whatever a consumer has not acked is delivered again when it returns.
+//! A durable message broker for WebSocket clients: every published event is stored durably
+//! before it is confirmed, durable consumers' acks are stored the same way, and whatever a
+//! consumer has not acked is delivered again when it returns.
 //!
-//! The pieces, each in its own module, from the bottom up (a module imports only from the
-//! ones listed before it):
+//! The pieces, from the top down (a module imports only from the ones below it):
 //!
-//! * [`codec`], [`settled`] (what a consumer has settled: ranges, seek count, untold gap),
-//!   [`config`], [`metrics`], [`shutdown`], [`tls`] (a connection, plain or TLS, and
-//!   [`tls::Rewound`], one that replays what was read ahead).
-//! * [`log`]: the append log (segment files, group commit, recovery, streaming reads). The
-//!   only durable copy of anything confirmed.
-//! * [`state`]: the sled view of consumers and acked state, rebuilt from the log if needed.
-//! * [`outbound`]: a connection's bounded queue of frames. [`auth`]: tokens and rights.
-//! * [`consumers`]: durable consumers in memory: acked state, attachment, in-flight events.
-//! * [`delivery`]: the commit sink, the event feed and the per-subscription delivery tasks.
-//! * [`store`]: opening a data directory consistently; [`error`]: why it could not be.
-//! * [`context`]: what every connection shares.
-//! * [`http`]: the front door (WebSocket upgrades, and HTTP served by hyper).
-//!   [`session`]: one WebSocket connection. [`server`]: the listener.
+//! * [`Broker`] (this file): config -> backend -> listener, and an orderly stop.
+//! * [`net`]: the listener (accept, limits, the WebSocket handshake), the HTTP front door
+//!   (hyper) and TLS.
+//! * [`session`]: one WebSocket connection: the read loop and reply order, the writer (the
+//!   only code that knows WebSocket messages), publish/settle/subscribe/admin requests.
+//! * [`context`]: what every connection shares (config, backend, reloadable auth and TLS).
+//! * [`auth`]: tokens, JWTs and what a principal may do.
+//! * [`backend`]: **the backend boundary**. The session and HTTP call only
+//!   [`backend::Backend`]; what every backend promises is written there. `backend::log` is
+//!   the embedded backend (segment log, sled view, consumers, delivery), invisible above it.
+//! * [`outbound`]: a connection's bounded queue of wharf's own frames, which the backends'
+//!   delivery tasks fill and the session's writer drains.
+//! * [`config`], [`metrics`], [`shutdown`], [`error`]: used by everything above.
 //!
 //! The wire format lives in the `wharf-protocol` crate, never here.
 
@@ -40,7 +39,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use backend::log::store;
 pub use config::Config;
 pub use error::BrokerError;
 use net::{http, listener as server, tls};
@@ -141,19 +139,19 @@ impl Broker {
         };
         let recovered = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || store::Store::open(&config)).await
+            tokio::task::spawn_blocking(move || backend::Backend::open(&config)).await
         };
         let _ = stop.send(());
         let (listener, answering) = early.await.map_err(|e| BrokerError::Io {
             what: "listener task failed".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let store = recovered.map_err(|e| BrokerError::Io {
+        let backend = recovered.map_err(|e| BrokerError::Io {
             what: "recovery task failed".into(),
             source: std::io::Error::other(e.to_string()),
         })??;
         Ok(Broker {
-            ctx: Arc::new(context::Context::new(config, store, tls, auth)),
+            ctx: Arc::new(context::Context::new(config, backend, tls, auth)),
             listener,
             answering,
             addr,
@@ -170,7 +168,7 @@ impl Broker {
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let (trigger, shutdown) = Shutdown::new();
         let reloader = server::reload_on_hangup(self.ctx.clone(), shutdown.clone());
-        let (segments, log_bytes) = self.ctx.store.log.size();
+        let stats = self.ctx.backend.stats();
         tracing::info!(
             url = %format!(
                 "{}://{}{}",
@@ -179,17 +177,14 @@ impl Broker {
                 wharf_protocol::WS_PATH
             ),
             data_dir = %self.ctx.config.data_dir.display(),
-            events = self.ctx.store.feed.head(),
-            log_bytes,
-            segments,
-            consumers = self.ctx.store.consumers.len(),
+            events = stats.head_seq,
+            log_bytes = stats.log_bytes,
+            segments = stats.segments,
+            consumers = stats.consumers,
             recovery_ms = self.recovery_ms,
             "listening"
         );
-        let reaper = tokio::spawn(server::reap_inactive(self.ctx.clone(), shutdown.clone()));
-        let retention = tokio::spawn(server::age_out(self.ctx.clone(), shutdown.clone()));
-        let syncer = tokio::spawn(server::relaxed_sync(self.ctx.clone(), shutdown.clone()));
-        let marks = tokio::spawn(server::save_marks(self.ctx.clone(), shutdown.clone()));
+        let upkeep = self.ctx.backend.spawn_upkeep(&shutdown);
         let server = tokio::spawn(server::serve(
             self.listener,
             self.answering,
@@ -205,21 +200,14 @@ impl Broker {
         if let Err(e) = reloader.await {
             tracing::error!(error = %e, "reload task failed");
         }
-        if let Err(e) = marks.await {
-            tracing::error!(error = %e, "mark saving task failed");
+        for (name, task) in upkeep {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, task = name, "backend task failed");
+            }
         }
-        if let Err(e) = syncer.await {
-            tracing::error!(error = %e, "sync timer task failed");
-        }
-        if let Err(e) = retention.await {
-            tracing::error!(error = %e, "retention task failed");
-        }
-        if let Err(e) = reaper.await {
-            tracing::error!(error = %e, "inactive-consumer task failed");
-        }
-        self.ctx.store.close().await;
+        self.ctx.backend.close().await;
         tracing::info!(
-            events = self.ctx.store.feed.head(),
+            events = self.ctx.backend.stats().head_seq,
             uptime_s = self.ctx.started.elapsed().as_secs(),
             "stopped"
         );

@@ -101,6 +101,50 @@ pub struct Broker {
     exited: Option<ExitStatus>,
 }
 
+/// A storage backend: the harness parameter of the conformance suite. A scenario about the
+/// wire contract (not about segment files, sled or the local disk) is an `async fn(Backend)`
+/// registered with [`conformance!`], which runs it once per backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded append log.
+    Log,
+}
+
+impl Backend {
+    /// The config lines that select this backend.
+    pub fn config(self) -> &'static str {
+        match self {
+            Backend::Log => "backend = \"log\"",
+        }
+    }
+
+    /// [`Broker::start`] on this backend.
+    pub fn start(self, data_dir: &Path, extra: &str) -> Broker {
+        Broker::start(data_dir, &format!("{}\n{extra}", self.config()))
+    }
+
+    /// [`Broker::start_env`] on this backend.
+    pub fn start_env(self, data_dir: &Path, extra: &str, env: &[(&str, &str)]) -> Broker {
+        Broker::start_env(data_dir, &format!("{}\n{extra}", self.config()), env)
+    }
+}
+
+/// Runs each named scenario (`async fn(Backend)`) against every backend, as a test named
+/// `<backend>::<scenario>`.
+#[macro_export]
+macro_rules! conformance {
+    ($($scenario:ident),+ $(,)?) => {
+        mod log {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario($crate::Backend::Log).await
+                }
+            )+
+        }
+    };
+}
+
 /// Settings every test broker gets unless the test overrides them: fast heartbeats and a
 /// quick state flush keep the scenarios short.
 pub fn base_config(data_dir: &Path) -> String {

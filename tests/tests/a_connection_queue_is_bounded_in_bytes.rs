@@ -3,12 +3,11 @@
 //! once that many bytes wait for it, long before its frame count is reached.
 
 use serde_json::json;
-use wharf_tests::{data_dir, Broker};
+use wharf_tests::{data_dir, Backend};
 
-#[tokio::test]
-async fn large_events_for_a_reader_that_does_not_read_fill_the_byte_budget() {
+async fn large_events_for_a_reader_that_does_not_read_fill_the_byte_budget(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(
+    let broker = backend.start(
         &data,
         "outbound_queue = 1024\noutbound_queue_bytes = 1048576\nslow_consumer_timeout = \"200ms\"",
     );
@@ -37,3 +36,5 @@ async fn large_events_for_a_reader_that_does_not_read_fill_the_byte_budget() {
     };
     assert_eq!(code, 1013, "{reason}");
 }
+
+wharf_tests::conformance!(large_events_for_a_reader_that_does_not_read_fill_the_byte_budget);

@@ -2,12 +2,11 @@
 //! settle its own seq but must not lift the floor back over what the seek made new again.
 
 use serde_json::json;
-use wharf_tests::{data_dir, seqs, Broker};
+use wharf_tests::{data_dir, seqs, Backend};
 
-#[tokio::test]
-async fn an_ack_sent_right_after_a_seek_does_not_undo_it() {
+async fn an_ack_sent_right_after_a_seek_does_not_undo_it(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let mut broker = Broker::start(&data, "");
+    let mut broker = backend.start(&data, "");
     let mut p = broker.client().await;
     for i in 1..=10 {
         p.publish("s.a", json!(i)).await;
@@ -58,10 +57,12 @@ async fn an_ack_sent_right_after_a_seek_does_not_undo_it() {
 
     // The same after a restart: the log replays to the same state.
     broker.kill9();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     let info = c.info("seeker").await;
     assert_eq!(info["ack_floor"], 0, "{info}");
     c.subscribe("s.>", Some("seeker")).await;
     assert_eq!(seqs(&c.events(9).await), (1..=9).collect::<Vec<_>>());
 }
+
+wharf_tests::conformance!(an_ack_sent_right_after_a_seek_does_not_undo_it);

@@ -4,12 +4,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wharf_tests::{data_dir, deliveries, seqs, Broker};
+use wharf_tests::{data_dir, deliveries, seqs, Backend};
 
-#[tokio::test]
-async fn an_unacked_event_comes_again_after_ack_wait() {
+async fn an_unacked_event_comes_again_after_ack_wait(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     c.subscribe_with("w", json!({"topic":"jobs","ack_wait_ms":200}))
         .await;
@@ -29,10 +28,9 @@ async fn an_unacked_event_comes_again_after_ack_wait() {
     assert_eq!(c.recv_within(Duration::from_millis(400)).await, None);
 }
 
-#[tokio::test]
-async fn progress_holds_off_redelivery_for_long_work() {
+async fn progress_holds_off_redelivery_for_long_work(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     c.subscribe_with("slow", json!({"topic":"jobs","ack_wait_ms":300}))
         .await;
@@ -52,10 +50,9 @@ async fn progress_holds_off_redelivery_for_long_work() {
     assert_eq!(deliveries(&again), vec![2]);
 }
 
-#[tokio::test]
-async fn nack_redelivers_now_or_after_its_delay_and_term_never() {
+async fn nack_redelivers_now_or_after_its_delay_and_term_never(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     c.subscribe_with("n", json!({"topic":"jobs.*","ack_wait_ms":60000}))
         .await;
@@ -110,3 +107,9 @@ async fn nack_redelivers_now_or_after_its_delay_and_term_never() {
     c.subscribe_with("n", json!({"topic":"jobs.*"})).await;
     assert_eq!(c.recv_within(Duration::from_millis(300)).await, None);
 }
+
+wharf_tests::conformance!(
+    an_unacked_event_comes_again_after_ack_wait,
+    progress_holds_off_redelivery_for_long_work,
+    nack_redelivers_now_or_after_its_delay_and_term_never
+);

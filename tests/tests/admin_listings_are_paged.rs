@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use serde_json::{json, Value};
-use wharf_tests::{data_dir, wharf_bin, Broker, Client};
+use wharf_tests::{data_dir, wharf_bin, Backend, Client};
 
 /// Every page of `op` with `limit` (None: the default), following the cursors.
 async fn all_pages(c: &mut Client, op: &str, field: &str, limit: Option<u64>) -> Vec<Vec<String>> {
@@ -42,10 +42,9 @@ async fn all_pages(c: &mut Client, op: &str, field: &str, limit: Option<u64>) ->
     }
 }
 
-#[tokio::test]
-async fn topics_and_consumers_come_in_pages() {
+async fn topics_and_consumers_come_in_pages(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     let events: Vec<Value> = (0..1234)
         .map(|i| json!({"topic": format!("t.{i:05}"), "payload": i}))
@@ -91,3 +90,5 @@ async fn topics_and_consumers_come_in_pages() {
     let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(listed["topics"].as_array().map(Vec::len), Some(1234));
 }
+
+wharf_tests::conformance!(topics_and_consumers_come_in_pages);

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wharf_tests::{data_dir, deliveries, seqs, Broker};
+use wharf_tests::{data_dir, deliveries, seqs, Backend};
 
-#[tokio::test]
-async fn an_event_delivered_max_deliver_times_is_dead_lettered_and_survives_restart() {
+async fn an_event_delivered_max_deliver_times_is_dead_lettered_and_survives_restart(
+    backend: Backend,
+) {
     let (_tmp, data) = data_dir();
-    let mut broker = Broker::start(&data, "");
+    let mut broker = backend.start(&data, "");
     let mut dlq = broker.client().await;
     dlq.subscribe("dead.>", Some("dlq")).await;
     let mut c = broker.client().await;
@@ -51,7 +52,7 @@ async fn an_event_delivered_max_deliver_times_is_dead_lettered_and_survives_rest
     );
 
     broker.kill9();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     let info = c.info("picky").await;
     assert_eq!(info["dead_lettered"], 1, "{info}");
@@ -59,10 +60,9 @@ async fn an_event_delivered_max_deliver_times_is_dead_lettered_and_survives_rest
     assert_eq!(c.recv_within(Duration::from_millis(300)).await, None);
 }
 
-#[tokio::test]
-async fn max_in_flight_caps_unacked_deliveries() {
+async fn max_in_flight_caps_unacked_deliveries(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut p = broker.client().await;
     for i in 1..=10 {
         p.publish("t", json!(i)).await;
@@ -78,3 +78,8 @@ async fn max_in_flight_caps_unacked_deliveries() {
     c.ack("capped", &[1, 3, 4]).await;
     assert_eq!(seqs(&c.events(3).await), vec![5, 6, 7]);
 }
+
+wharf_tests::conformance!(
+    an_event_delivered_max_deliver_times_is_dead_lettered_and_survives_restart,
+    max_in_flight_caps_unacked_deliveries
+);

@@ -4,12 +4,11 @@
 //! per event, so this is what checks that the mark and the per-event counts agree.
 
 use serde_json::{json, Value};
-use wharf_tests::{data_dir, deliveries, seqs, Broker};
+use wharf_tests::{data_dir, deliveries, seqs, Backend};
 
-#[tokio::test]
-async fn counts_continue_after_a_restart() {
+async fn counts_continue_after_a_restart(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let mut broker = Broker::start(&data, "");
+    let mut broker = backend.start(&data, "");
     let mut c = broker.client().await;
     c.subscribe_with("worker", json!({"topic":"jobs.*","max_in_flight":2}))
         .await;
@@ -30,10 +29,12 @@ async fn counts_continue_after_a_restart() {
     c.close().await;
     assert!(broker.terminate().success());
 
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     c.subscribe("jobs.*", Some("worker")).await;
     let after = c.events(4).await;
     assert_eq!(seqs(&after), vec![1, 2, 3, 4]);
     assert_eq!(deliveries(&after), vec![3, 2, 1, 1]);
 }
+
+wharf_tests::conformance!(counts_continue_after_a_restart);

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use serde_json::json;
-use wharf_tests::{data_dir, wharf_bin, Broker, Client};
+use wharf_tests::{data_dir, wharf_bin, Backend, Client};
 
 fn hash(token: &str) -> String {
     let out = Command::new(wharf_bin())
@@ -35,10 +35,9 @@ async fn create_many(c: &mut Client, prefix: &str, n: usize) -> usize {
     created
 }
 
-#[tokio::test]
-async fn the_broker_holds_at_most_max_consumers() {
+async fn the_broker_holds_at_most_max_consumers(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "max_consumers = 5");
+    let broker = backend.start(&data, "max_consumers = 5");
     let mut c = broker.client().await;
     assert_eq!(create_many(&mut c, "c", 30).await, 5);
     // An existing one can still be used; deleting one makes room for one.
@@ -51,8 +50,7 @@ async fn the_broker_holds_at_most_max_consumers() {
     assert_eq!(create_many(&mut other, "d", 3).await, 1);
 }
 
-#[tokio::test]
-async fn each_token_holds_at_most_its_max_consumers() {
+async fn each_token_holds_at_most_its_max_consumers(backend: Backend) {
     let (_tmp, data) = data_dir();
     let config = format!(
         "[auth]\nenabled = true\n\
@@ -61,7 +59,7 @@ async fn each_token_holds_at_most_its_max_consumers() {
         hash("browser-token-0123456789"),
         hash("backend-token-0123456789")
     );
-    let broker = Broker::start(&data, &config);
+    let broker = backend.start(&data, &config);
     let mut browser = broker.client().await;
     let reply = browser
         .reply(json!({"op":"auth","id":"a","token":"browser-token-0123456789"}))
@@ -77,3 +75,8 @@ async fn each_token_holds_at_most_its_max_consumers() {
     assert_eq!(reply["type"], "ok", "{reply}");
     assert_eq!(create_many(&mut backend, "jobs-", 10).await, 10);
 }
+
+wharf_tests::conformance!(
+    the_broker_holds_at_most_max_consumers,
+    each_token_holds_at_most_its_max_consumers
+);

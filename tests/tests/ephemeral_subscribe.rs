@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wharf_tests::{data_dir, seqs, Broker};
+use wharf_tests::{data_dir, seqs, Backend};
 
-#[tokio::test]
-async fn ephemeral_subscription_gets_live_events_only() {
+async fn ephemeral_subscription_gets_live_events_only(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut p = broker.client().await;
     p.publish("news.old", json!("before")).await;
 
@@ -45,10 +44,9 @@ async fn ephemeral_subscription_gets_live_events_only() {
     assert_eq!(seqs(&e.events(2).await), vec![2, 4]);
 }
 
-#[tokio::test]
-async fn a_disconnected_ephemeral_subscriber_leaves_nothing_behind() {
+async fn a_disconnected_ephemeral_subscriber_leaves_nothing_behind(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut e = broker.client().await;
     e.subscribe("x", None).await;
     e.close().await;
@@ -58,3 +56,8 @@ async fn a_disconnected_ephemeral_subscriber_leaves_nothing_behind() {
     e.subscribe("x", None).await;
     assert_eq!(e.recv_within(Duration::from_millis(300)).await, None);
 }
+
+wharf_tests::conformance!(
+    ephemeral_subscription_gets_live_events_only,
+    a_disconnected_ephemeral_subscriber_leaves_nothing_behind
+);

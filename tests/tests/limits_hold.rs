@@ -3,12 +3,11 @@
 //! connection stays usable.
 
 use serde_json::json;
-use wharf_tests::{data_dir, Broker};
+use wharf_tests::{data_dir, Backend, Broker};
 
-#[tokio::test]
-async fn connections_and_subscriptions_are_bounded() {
+async fn connections_and_subscriptions_are_bounded(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(
+    let broker = backend.start(
         &data,
         "max_connections = 2\nmax_subscriptions_per_connection = 2",
     );
@@ -28,10 +27,9 @@ async fn connections_and_subscriptions_are_bounded() {
     assert_eq!(a.publish("x", json!(1)).await, 1);
 }
 
-#[tokio::test]
-async fn an_idle_connection_without_subscriptions_is_closed() {
+async fn an_idle_connection_without_subscriptions_is_closed(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(
+    let broker = backend.start(
         &data,
         "idle_timeout = \"200ms\"\nheartbeat_interval = \"50ms\"",
     );
@@ -64,3 +62,8 @@ fn a_handshake_that_never_finishes_is_cut_off() {
         .expect("closed, not timed out on our side");
     assert_eq!(n, 0);
 }
+
+wharf_tests::conformance!(
+    connections_and_subscriptions_are_bounded,
+    an_idle_connection_without_subscriptions_is_closed
+);

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use serde_json::{json, Value};
-use wharf_tests::{data_dir, wharf_bin, Broker, Client};
+use wharf_tests::{data_dir, wharf_bin, Backend, Broker, Client};
 
 fn hash(token: &str) -> String {
     let out = Command::new(wharf_bin())
@@ -32,8 +32,7 @@ async fn publish_with_id(c: &mut Client, topic: &str, msg_id: &str) -> Value {
         .await
 }
 
-#[tokio::test]
-async fn one_publishers_msg_ids_never_answer_for_anothers() {
+async fn one_publishers_msg_ids_never_answer_for_anothers(backend: Backend) {
     let (_tmp, data) = data_dir();
     let config = format!(
         "[auth]\nenabled = true\n\
@@ -42,7 +41,7 @@ async fn one_publishers_msg_ids_never_answer_for_anothers() {
         hash(BILLING),
         hash(SHOP)
     );
-    let mut broker = Broker::start(&data, &config);
+    let mut broker = backend.start(&data, &config);
     let mut billing = as_token(&broker, BILLING).await;
     let mut shop = as_token(&broker, SHOP).await;
     let first = publish_with_id(&mut billing, "invoices", "invoice-42").await;
@@ -64,7 +63,7 @@ async fn one_publishers_msg_ids_never_answer_for_anothers() {
 
     // The scope survives a restart.
     broker.terminate();
-    let broker = Broker::start(&data, &config);
+    let broker = backend.start(&data, &config);
     let mut shop = as_token(&broker, SHOP).await;
     let again = publish_with_id(&mut shop, "orders", "invoice-42").await;
     assert_eq!(
@@ -73,10 +72,9 @@ async fn one_publishers_msg_ids_never_answer_for_anothers() {
     );
 }
 
-#[tokio::test]
-async fn a_full_dedup_table_refuses_new_msg_ids() {
+async fn a_full_dedup_table_refuses_new_msg_ids(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "dedup_max_entries = 3");
+    let broker = backend.start(&data, "dedup_max_entries = 3");
     let mut c = broker.client().await;
     for id in ["a", "b", "c"] {
         assert_eq!(publish_with_id(&mut c, "t", id).await["type"], "published");
@@ -95,3 +93,8 @@ async fn a_full_dedup_table_refuses_new_msg_ids() {
         (json!(2), json!(true))
     );
 }
+
+wharf_tests::conformance!(
+    one_publishers_msg_ids_never_answer_for_anothers,
+    a_full_dedup_table_refuses_new_msg_ids
+);

@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wharf_tests::{data_dir, deliveries, seqs, Broker};
+use wharf_tests::{data_dir, deliveries, seqs, Backend};
 
-#[tokio::test]
-async fn offline_subscriber_gets_exactly_the_unacked_events() {
+async fn offline_subscriber_gets_exactly_the_unacked_events(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut publisher = broker.client().await;
 
     let mut sub = broker.client().await;
@@ -55,10 +54,9 @@ async fn offline_subscriber_gets_exactly_the_unacked_events() {
     assert_eq!(seqs(&live), vec![s9]);
 }
 
-#[tokio::test]
-async fn a_new_consumer_can_start_at_new_or_at_a_seq() {
+async fn a_new_consumer_can_start_at_new_or_at_a_seq(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut publisher = broker.client().await;
     for i in 1..=3 {
         publisher.publish("t.a", json!(i)).await;
@@ -78,3 +76,8 @@ async fn a_new_consumer_can_start_at_new_or_at_a_seq() {
     assert_eq!(seqs(&fresh.events(1).await), vec![4]);
     assert_eq!(seqs(&from2.events(1).await), vec![4]);
 }
+
+wharf_tests::conformance!(
+    offline_subscriber_gets_exactly_the_unacked_events,
+    a_new_consumer_can_start_at_new_or_at_a_seq
+);

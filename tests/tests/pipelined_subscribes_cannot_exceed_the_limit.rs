@@ -3,12 +3,11 @@
 //! the limit like any others, and a refused or ended subscription frees its place.
 
 use serde_json::json;
-use wharf_tests::{data_dir, Broker};
+use wharf_tests::{data_dir, Backend};
 
-#[tokio::test]
-async fn pipelined_subscribes_stop_at_the_limit() {
+async fn pipelined_subscribes_stop_at_the_limit(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "max_subscriptions_per_connection = 3");
+    let broker = backend.start(&data, "max_subscriptions_per_connection = 3");
     let mut c = broker.client().await;
     for i in 0..200 {
         let frame = match i % 2 {
@@ -40,3 +39,5 @@ async fn pipelined_subscribes_stop_at_the_limit() {
     assert_eq!(c.recv().await["type"], "subscribed");
     assert_eq!(c.recv().await["code"], "limit_exceeded");
 }
+
+wharf_tests::conformance!(pipelined_subscribes_stop_at_the_limit);

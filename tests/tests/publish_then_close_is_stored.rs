@@ -5,12 +5,11 @@
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use wharf_tests::{data_dir, seqs, Broker};
+use wharf_tests::{data_dir, seqs, Backend};
 
-#[tokio::test]
-async fn publishes_sent_right_before_close_are_stored() {
+async fn publishes_sent_right_before_close_are_stored(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let (mut ws, _) = tokio_tungstenite::connect_async(&broker.url).await.unwrap();
     for i in 1..=5 {
         let frame = json!({"op":"publish","id":i,"topic":"fire.forget","payload":i});
@@ -26,3 +25,5 @@ async fn publishes_sent_right_before_close_are_stored() {
         .await;
     assert_eq!(seqs(&c.events(5).await), vec![1, 2, 3, 4, 5]);
 }
+
+wharf_tests::conformance!(publishes_sent_right_before_close_are_stored);

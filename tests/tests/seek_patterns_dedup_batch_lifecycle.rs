@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wharf_tests::{data_dir, deliveries, seqs, Broker};
+use wharf_tests::{data_dir, deliveries, seqs, Backend};
 
-#[tokio::test]
-async fn seek_moves_a_consumer_back_and_forth() {
+async fn seek_moves_a_consumer_back_and_forth(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut p = broker.client().await;
     for i in 1..=5 {
         p.publish("s", json!(i)).await;
@@ -51,10 +50,9 @@ async fn seek_moves_a_consumer_back_and_forth() {
     assert_eq!(reply["code"], "not_found");
 }
 
-#[tokio::test]
-async fn one_subscription_can_follow_several_patterns() {
+async fn one_subscription_can_follow_several_patterns(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     c.subscribe_with("multi", json!({"topics":["orders.*","billing.>"]}))
         .await;
@@ -83,10 +81,9 @@ async fn one_subscription_can_follow_several_patterns() {
     assert_eq!(info["topics"], json!(["orders.*", "billing.>"]));
 }
 
-#[tokio::test]
-async fn a_repeated_msg_id_is_stored_once_even_after_a_crash() {
+async fn a_repeated_msg_id_is_stored_once_even_after_a_crash(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let mut broker = Broker::start(&data, "");
+    let mut broker = backend.start(&data, "");
     let mut p = broker.client().await;
     let publish =
         json!({"op":"publish","id":1,"topic":"pay","payload":{"amount":5},"msg_id":"pay-77"});
@@ -99,7 +96,7 @@ async fn a_repeated_msg_id_is_stored_once_even_after_a_crash() {
     );
     broker.kill9();
 
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut p = broker.client().await;
     let after = p.reply(publish).await;
     assert_eq!(after["seq"], 1);
@@ -107,10 +104,9 @@ async fn a_repeated_msg_id_is_stored_once_even_after_a_crash() {
     assert_eq!(p.publish("pay", json!("other")).await, 2);
 }
 
-#[tokio::test]
-async fn a_batch_is_stored_all_or_nothing() {
+async fn a_batch_is_stored_all_or_nothing(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut p = broker.client().await;
     let reply = p
         .reply(json!({"op":"publish_batch","id":"b","events":[
@@ -136,10 +132,9 @@ async fn a_batch_is_stored_all_or_nothing() {
     assert_eq!(got[2]["payload"], json!(null));
 }
 
-#[tokio::test]
-async fn consumers_can_be_inspected_and_deleted() {
+async fn consumers_can_be_inspected_and_deleted(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let mut broker = Broker::start(&data, "");
+    let mut broker = backend.start(&data, "");
     let mut p = broker.client().await;
     for i in 1..=4 {
         p.publish("life", json!(i)).await;
@@ -173,7 +168,7 @@ async fn consumers_can_be_inspected_and_deleted() {
 
     // Deleted for good, across a crash; the name can be used again from scratch.
     broker.kill9();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut admin = broker.client().await;
     let reply = admin
         .reply(json!({"op":"consumer_info","id":1,"consumer":"mortal"}))
@@ -185,10 +180,9 @@ async fn consumers_can_be_inspected_and_deleted() {
     assert_eq!(seqs(&c.events(2).await), vec![3, 4]);
 }
 
-#[tokio::test]
-async fn a_consumer_nobody_uses_for_inactive_ttl_is_removed() {
+async fn a_consumer_nobody_uses_for_inactive_ttl_is_removed(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "inactive_ttl = \"300ms\"");
+    let broker = backend.start(&data, "inactive_ttl = \"300ms\"");
     let mut c = broker.client().await;
     c.subscribe("t", Some("kept")).await;
     let mut gone = broker.client().await;
@@ -204,10 +198,9 @@ async fn a_consumer_nobody_uses_for_inactive_ttl_is_removed() {
     assert_eq!(c.info("kept").await["attached"], 1);
 }
 
-#[tokio::test]
-async fn a_seek_survives_a_crash() {
+async fn a_seek_survives_a_crash(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let mut broker = Broker::start(&data, "");
+    let mut broker = backend.start(&data, "");
     let mut p = broker.client().await;
     for i in 1..=4 {
         p.publish("s", json!(i)).await;
@@ -221,8 +214,18 @@ async fn a_seek_survives_a_crash() {
         .await;
     assert_eq!(reply["type"], "ok");
     broker.kill9();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     c.subscribe("s", Some("mover")).await;
     assert_eq!(seqs(&c.events(3).await), vec![2, 3, 4]);
 }
+
+wharf_tests::conformance!(
+    seek_moves_a_consumer_back_and_forth,
+    one_subscription_can_follow_several_patterns,
+    a_repeated_msg_id_is_stored_once_even_after_a_crash,
+    a_batch_is_stored_all_or_nothing,
+    consumers_can_be_inspected_and_deleted,
+    a_consumer_nobody_uses_for_inactive_ttl_is_removed,
+    a_seek_survives_a_crash
+);

@@ -5,12 +5,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::json;
-use wharf_tests::{data_dir, seqs, Broker};
+use wharf_tests::{data_dir, seqs, Backend};
 
-#[tokio::test]
-async fn shared_attachments_split_events_and_inherit_a_leavers_work_at_once() {
+async fn shared_attachments_split_events_and_inherit_a_leavers_work_at_once(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     // A long ack wait: only the departure can explain a quick redelivery.
     let opts = json!({"topic":"work.>","mode":"shared","ack_wait_ms":600000,"max_in_flight":5});
     let mut a = broker.client().await;
@@ -55,3 +54,5 @@ async fn shared_attachments_split_events_and_inherit_a_leavers_work_at_once() {
     b.ack("pool", &inherited_seqs).await;
     assert_eq!(b.recv_within(Duration::from_millis(200)).await, None);
 }
+
+wharf_tests::conformance!(shared_attachments_split_events_and_inherit_a_leavers_work_at_once);

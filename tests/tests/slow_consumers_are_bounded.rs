@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wharf_tests::{data_dir, Broker, Client};
+use wharf_tests::{data_dir, Backend, Broker, Client};
 
 const SLOW: &str = "outbound_queue = 8\nslow_consumer_timeout = \"200ms\"";
 
@@ -35,10 +35,9 @@ async fn read_all(c: &mut Client) -> (Vec<Value>, Option<(u16, String)>) {
     }
 }
 
-#[tokio::test]
-async fn a_durable_subscriber_that_stops_reading_is_disconnected_and_resumes() {
+async fn a_durable_subscriber_that_stops_reading_is_disconnected_and_resumes(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, SLOW);
+    let broker = backend.start(&data, SLOW);
     let mut c = broker.client().await;
     c.subscribe_with("sloth", json!({"topic":"flood","max_in_flight":100000}))
         .await;
@@ -64,10 +63,9 @@ async fn a_durable_subscriber_that_stops_reading_is_disconnected_and_resumes() {
     assert_eq!(again[0]["delivery"], 2);
 }
 
-#[tokio::test]
-async fn an_ephemeral_subscriber_that_falls_behind_is_told_what_it_lost() {
+async fn an_ephemeral_subscriber_that_falls_behind_is_told_what_it_lost(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, SLOW);
+    let broker = backend.start(&data, SLOW);
     let mut c = broker.client().await;
     let reply = c
         .reply(json!({"op":"subscribe","id":1,"topic":"flood"}))
@@ -100,3 +98,8 @@ async fn an_ephemeral_subscriber_that_falls_behind_is_told_what_it_lost() {
     }
     assert_eq!(c.recv_within(Duration::from_millis(100)).await, None);
 }
+
+wharf_tests::conformance!(
+    a_durable_subscriber_that_stops_reading_is_disconnected_and_resumes,
+    an_ephemeral_subscriber_that_falls_behind_is_told_what_it_lost
+);

@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wharf_tests::{data_dir, deliveries, seqs, Broker};
+use wharf_tests::{data_dir, deliveries, seqs, Backend};
 
-#[tokio::test]
-async fn second_subscribe_takes_over_and_gets_the_unacked_events() {
+async fn second_subscribe_takes_over_and_gets_the_unacked_events(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut old = broker.client().await;
     let old_sub = old.subscribe("chat.>", Some("phone")).await;
     let mut p = broker.client().await;
@@ -40,3 +39,5 @@ async fn second_subscribe_takes_over_and_gets_the_unacked_events() {
     new.ack("phone", &[2, 3]).await;
     old.ack("phone", &[4]).await;
 }
+
+wharf_tests::conformance!(second_subscribe_takes_over_and_gets_the_unacked_events);

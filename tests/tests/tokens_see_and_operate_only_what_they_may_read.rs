@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use wharf_tests::{data_dir, wharf_bin, Broker, Client};
+use wharf_tests::{data_dir, wharf_bin, Backend, Broker, Client};
 
 fn hash(token: &str) -> String {
     let out = Command::new(wharf_bin())
@@ -68,10 +68,9 @@ fn metrics_status(broker: &Broker, token: Option<&str>) -> u16 {
         .expect("a status")
 }
 
-#[tokio::test]
-async fn admin_operations_metrics_and_consumers_follow_the_token() {
+async fn admin_operations_metrics_and_consumers_follow_the_token(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &config(false));
+    let broker = backend.start(&data, &config(false));
     let mut payroll = as_token(&broker, PAYROLL).await;
     payroll.publish("secret.payroll.june", json!(1)).await;
     payroll
@@ -111,17 +110,15 @@ async fn admin_operations_metrics_and_consumers_follow_the_token() {
     assert_eq!(metrics_status(&broker, Some(OPS)), 200);
 }
 
-#[tokio::test]
-async fn metrics_can_be_made_public() {
+async fn metrics_can_be_made_public(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &config(true));
+    let broker = backend.start(&data, &config(true));
     assert_eq!(metrics_status(&broker, None), 200);
 }
 
-#[tokio::test]
-async fn authenticating_again_drops_what_the_new_token_may_not_hold() {
+async fn authenticating_again_drops_what_the_new_token_may_not_hold(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &config(false));
+    let broker = backend.start(&data, &config(false));
     let mut c = as_token(&broker, PAYROLL).await;
     let secret = c.subscribe("secret.payroll.>", None).await;
     let board = c.subscribe("board.>", None).await;
@@ -154,3 +151,9 @@ async fn authenticating_again_drops_what_the_new_token_may_not_hold() {
         "{ev}"
     );
 }
+
+wharf_tests::conformance!(
+    admin_operations_metrics_and_consumers_follow_the_token,
+    metrics_can_be_made_public,
+    authenticating_again_drops_what_the_new_token_may_not_hold
+);

@@ -1,3 +1,260 @@
-//! Where events are stored and consumers kept.
+//! The backend boundary: the one API through which the WebSocket session and the HTTP front
+//! door store events and keep consumers. Nothing above it knows which backend serves it.
+//!
+//! [`Backend`] is an enum over the backends rather than a trait object: the set is closed
+//! (the embedded log; a cluster backend joins it), its methods are `async` without boxing
+//! the call, and a method a new backend lacks is a compile error at the one `match` here.
+//!
+//! # What every backend promises
+//! * **Durable before confirmed.** A [`Confirming`] future resolves `Ok` only once what it
+//!   confirms is on stable storage (the embedded log: fdatasync'ed; a cluster: stored by a
+//!   quorum). The session sends `published` or `ok` only then, never earlier.
+//! * **Atomic batches.** Each batch handed to [`Backend::publish`] is stored whole or not at
+//!   all; batches handed over together are stored in order, each getting the next seqs.
+//! * **Dedup.** An event whose `msg_id` was stored inside the dedup window is not stored
+//!   again: its [`Published`] carries the original seq and `duplicate: true`.
+//! * **Order per consumer.** A subscription's first deliveries come in seq order. Events are
+//!   delivered again (delivery count + 1) after the ack wait, a nack's delay, a takeover or
+//!   the holder's departure, until acked, terminated, dead-lettered once at `max_deliver`
+//!   (to `dead.<consumer>`), or removed by retention, which is told as a `gap` notice that
+//!   survives restarts.
+//! * **Settles are durable and never undo a seek.** `ok` to an ack means the ack is stored;
+//!   an ack sent before a seek settles its seqs but never moves the floor the seek set.
+//! * **Takeover.** Attaching in exclusive mode detaches the holder (it is told `unsubscribed`
+//!   with `taken_over`) and hands everything unsettled to the new one.
+//! * **Limits.** Every resource a client can make the backend hold (consumers, dedup ids,
+//!   queued writes) is bounded, refused with [`BackendError::LimitExceeded`].
+//!
+//! The shared conformance suite (`tests/`, run with each backend) checks these on the wire.
 
+pub mod contract;
 pub mod log;
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use wharf_protocol::{ConsumerInfo, Mode, Pattern, Start, TopicInfo};
+
+use crate::config::{BackendKind, Config};
+use crate::error::BrokerError;
+use crate::metrics::ConsumerRow;
+use crate::shutdown::Shutdown;
+pub use contract::{
+    BackendError, Confirming, ConsumerSpec, DeliveryOptions, NewEvent, Published, Quota,
+    Settlement, StoreStats, Stored, Subscriber,
+};
+
+/// Where events are stored and consumers kept.
+#[derive(Clone)]
+pub enum Backend {
+    /// The embedded segment log on this machine's disk.
+    Log(log::LogBackend),
+}
+
+/// A connection attached to a durable consumer, before its delivery starts: send the
+/// `subscribed` reply, then [`Attaching::start`]. Dropped unstarted, it detaches.
+pub enum Attaching {
+    Log(log::Attaching),
+}
+
+impl Attaching {
+    /// The first seq the subscription looks at.
+    pub fn start_seq(&self) -> u64 {
+        match self {
+            Attaching::Log(a) => a.start_seq(),
+        }
+    }
+
+    pub fn start(self) -> Subscription {
+        match self {
+            Attaching::Log(a) => Subscription {
+                held: Held::Log(a.start()),
+            },
+        }
+    }
+}
+
+/// A running subscription. Ending it (or dropping it) detaches a durable one from its
+/// consumer (what it held goes to the other members or waits for the next attach) and stops
+/// an ephemeral one.
+pub struct Subscription {
+    held: Held,
+}
+
+impl Subscription {
+    pub fn end(self) {
+        match self.held {
+            Held::Log(subscription) => drop(subscription),
+        }
+    }
+}
+
+enum Held {
+    Log(log::Subscription),
+}
+
+impl Backend {
+    /// Opens the backend the config names (blocking: recovery reads the disk).
+    pub fn open(config: &Config) -> Result<Backend, BrokerError> {
+        match config.backend {
+            BackendKind::Log => Ok(Backend::Log(log::LogBackend::open(config)?)),
+        }
+    }
+
+    /// Stores each batch atomically, in order. Returns once the batches are accepted (in
+    /// the order calls were made); the [`Confirming`] says what each became once durable.
+    pub async fn publish(
+        &self,
+        batches: Vec<Vec<NewEvent>>,
+    ) -> Result<Confirming<Vec<Stored>>, BackendError> {
+        match self {
+            Backend::Log(b) => b.publish(batches).await,
+        }
+    }
+
+    /// Creates durable consumer `spec.name` unless it exists with the same patterns (then
+    /// the confirmation is immediate); other patterns are [`BackendError::Conflict`].
+    pub async fn create_consumer(
+        &self,
+        spec: ConsumerSpec,
+        quota: Option<Quota<'_>>,
+    ) -> Result<Confirming<()>, BackendError> {
+        match self {
+            Backend::Log(b) => b.create_consumer(spec, quota).await,
+        }
+    }
+
+    /// Attaches a connection to durable consumer `name` (exclusive: takes it over; shared:
+    /// joins its members).
+    pub async fn attach(
+        &self,
+        name: &str,
+        patterns: &[Pattern],
+        mode: Mode,
+        options: DeliveryOptions,
+        to: Subscriber,
+    ) -> Result<Attaching, BackendError> {
+        match self {
+            Backend::Log(b) => b
+                .attach(name, patterns, mode, options, to)
+                .map(Attaching::Log),
+        }
+    }
+
+    /// The seq an ephemeral subscription starting at `start` begins with.
+    pub async fn resolve_start(&self, start: Start) -> Result<u64, BackendError> {
+        match self {
+            Backend::Log(b) => b.resolve_start(start).await,
+        }
+    }
+
+    /// Delivers every event matching `patterns` from seq `from` on, at most once, without a
+    /// consumer. A subscriber too slow to keep up skips ahead and is told what it missed
+    /// (`lost`).
+    pub async fn follow(
+        &self,
+        patterns: Vec<Pattern>,
+        from: u64,
+        to: Subscriber,
+    ) -> Result<Subscription, BackendError> {
+        match self {
+            Backend::Log(b) => Ok(Subscription {
+                held: Held::Log(b.follow(patterns, from, to)),
+            }),
+        }
+    }
+
+    /// Acks or terminates delivered seqs of consumer `name`, durably.
+    pub async fn settle(
+        &self,
+        name: &str,
+        seqs: Vec<u64>,
+        how: Settlement,
+    ) -> Result<Confirming<()>, BackendError> {
+        match self {
+            Backend::Log(b) => b.settle(name, seqs, how).await,
+        }
+    }
+
+    /// nack (`delay` given: delivered again after it) or progress (`delay` None: the ack
+    /// wait starts over) of seqs in flight.
+    pub async fn touch(
+        &self,
+        name: &str,
+        seqs: &[u64],
+        delay: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Log(b) => b.touch(name, seqs, delay),
+        }
+    }
+
+    /// Moves consumer `name` to `start`: what lies before it counts as settled, what lies
+    /// after as not yet delivered.
+    pub async fn seek(&self, name: &str, start: Start) -> Result<Confirming<()>, BackendError> {
+        match self {
+            Backend::Log(b) => b.seek(name, start).await,
+        }
+    }
+
+    /// Deletes consumer `name`; its subscribers are told (`unsubscribed`, `deleted`).
+    pub async fn delete_consumer(&self, name: &str) -> Result<Confirming<()>, BackendError> {
+        match self {
+            Backend::Log(b) => b.delete_consumer(name).await,
+        }
+    }
+
+    pub fn consumer_info(&self, name: &str) -> Option<ConsumerInfo> {
+        match self {
+            Backend::Log(b) => b.consumer_info(name),
+        }
+    }
+
+    /// The topics consumer `name` reads, for authorization.
+    pub fn consumer_patterns(&self, name: &str) -> Option<Vec<Pattern>> {
+        match self {
+            Backend::Log(b) => b.consumer_patterns(name),
+        }
+    }
+
+    /// Every consumer's name, sorted.
+    pub fn consumer_names(&self) -> Vec<String> {
+        match self {
+            Backend::Log(b) => b.consumer_names(),
+        }
+    }
+
+    /// Every topic, sorted by name.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        match self {
+            Backend::Log(b) => b.topics(),
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        match self {
+            Backend::Log(b) => b.stats(),
+        }
+    }
+
+    /// Sets the storage gauges; returns per-consumer series for the first `limit` consumers.
+    pub fn metrics(&self, limit: usize) -> Vec<ConsumerRow> {
+        match self {
+            Backend::Log(b) => b.metrics(limit),
+        }
+    }
+
+    /// Starts the backend's timers (retention, syncs…); each ends at `shutdown`.
+    pub fn spawn_upkeep(&self, shutdown: &Shutdown) -> Vec<(&'static str, JoinHandle<()>)> {
+        match self {
+            Backend::Log(b) => b.spawn_upkeep(shutdown),
+        }
+    }
+
+    /// Lets accepted writes finish and closes the storage.
+    pub async fn close(&self) {
+        match self {
+            Backend::Log(b) => b.close().await,
+        }
+    }
+}

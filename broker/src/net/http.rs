@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wharf_protocol::{now_ms, Topic};
 
-use crate::backend::log::append::{Entry, NewEvent, Receipt};
+use crate::backend::{NewEvent, Stored};
 use crate::net::tls::{Conn, Rewound};
 use crate::shutdown::Shutdown;
 use crate::{context, metrics};
@@ -471,27 +471,29 @@ async fn publish(
         });
     }
     let count = events.len();
-    match ctx.store.log.append(vec![Entry::Events(events)]).await {
-        Ok(receipts) => match receipts.first() {
-            Some(Receipt::Seqs(seqs)) if seqs.len() == count => {
-                let stored = |&(seq, duplicate): &(u64, bool)| serde_json::json!({"seq": seq, "duplicate": duplicate});
-                let body = match request.topic {
-                    Some(_) => stored(&seqs[0]),
-                    None => {
-                        serde_json::json!({"events": seqs.iter().map(stored).collect::<Vec<_>>()})
-                    }
-                };
-                reply(StatusCode::OK, "application/json", body.to_string())
-            }
-            Some(Receipt::Refused(why)) => {
-                json_error(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", why)
-            }
-            _ => json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "publish got no seq",
-            ),
-        },
+    let stored = match ctx.backend.publish(vec![events]).await {
+        Ok(confirming) => confirming.await,
+        Err(e) => Err(e),
+    };
+    match stored.map(|mut batches| batches.pop()) {
+        Ok(Some(Stored::Events(seqs))) if seqs.len() == count => {
+            let stored = |p: &crate::backend::Published| serde_json::json!({"seq": p.seq, "duplicate": p.duplicate});
+            let body = match request.topic {
+                Some(_) => stored(&seqs[0]),
+                None => {
+                    serde_json::json!({"events": seqs.iter().map(stored).collect::<Vec<_>>()})
+                }
+            };
+            reply(StatusCode::OK, "application/json", body.to_string())
+        }
+        Ok(Some(Stored::Refused(why))) => {
+            json_error(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", &why)
+        }
+        Ok(_) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "publish got no seq",
+        ),
         Err(e) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -502,32 +504,8 @@ async fn publish(
 
 /// `/metrics`: counters and histograms as recorded, plus gauges read off the state now.
 fn render_metrics(ctx: &Arc<context::Context>) -> String {
-    let store = &ctx.store;
-    let (segments, bytes) = store.log.size();
-    ::metrics::gauge!(metrics::LOG_SEGMENTS).set(segments as f64);
-    ::metrics::gauge!(metrics::LOG_BYTES).set(bytes as f64);
-    ::metrics::gauge!(metrics::STATE_BYTES).set(store.state.size_on_disk() as f64);
-    let head = store.feed.head();
-    ::metrics::gauge!(metrics::HEAD_SEQ).set(head as f64);
-    let mut names = store.consumers.names();
-    ::metrics::gauge!(metrics::CONSUMERS).set(names.len() as f64);
     // A label per consumer, for a bounded number of them, from the consumers there are now.
-    names.sort();
-    names.truncate(ctx.config.metrics_consumer_labels);
-    let rows: Vec<metrics::ConsumerRow> = names
-        .into_iter()
-        .filter_map(|name| {
-            let c = store.consumers.get(&name)?;
-            let info = c.info();
-            Some(metrics::ConsumerRow {
-                name,
-                ack_pending: info.ack_pending as u64,
-                lag: store
-                    .feed
-                    .lag(&c.patterns, info.ack_floor, info.acked_above_floor),
-            })
-        })
-        .collect();
+    let rows = ctx.backend.metrics(ctx.config.metrics_consumer_labels);
     let mut text = metrics::handle().render();
     text.push_str(&metrics::consumer_series(&rows));
     text

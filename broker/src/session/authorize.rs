@@ -4,7 +4,7 @@
 use super::*;
 
 impl Session {
-    pub(super) async fn authenticate(&mut self, id: Option<Id>, token: &str) -> Result<(), ()> {
+    pub(super) async fn authenticate(&mut self, id: Option<Id>, token: &str) -> Result<(), Closed> {
         match self.ctx.auth().check(token) {
             Some(principal) => {
                 tracing::debug!(session = self.id, token = principal.name, "authenticated");
@@ -30,7 +30,7 @@ impl Session {
                     CloseCode::Policy,
                     "too many failed authentications",
                 ));
-                Err(())
+                Err(Closed)
             }
         }
     }
@@ -94,21 +94,16 @@ impl Session {
 
     /// After a re-authentication: ends the subscriptions the new principal may not hold,
     /// telling the client with `unsubscribed` (reason `forbidden`).
-    pub(super) async fn drop_forbidden_subscriptions(&mut self) -> Result<(), ()> {
+    pub(super) async fn drop_forbidden_subscriptions(&mut self) -> Result<(), Closed> {
         let forbidden: Vec<Arc<str>> = self
             .subs
             .iter()
-            .filter(|(_, subscription)| match subscription {
-                Subscription::Durable { consumer } => {
-                    !self.may_hold(&consumer.patterns, Some(&consumer.name))
-                }
-                Subscription::Ephemeral { patterns, .. } => !self.may_hold(patterns, None),
-            })
+            .filter(|(_, held)| !self.may_hold(&held.patterns, held.consumer.as_deref()))
             .map(|(sub, _)| sub.clone())
             .collect();
         for sub in forbidden {
-            if let Some(subscription) = self.subs.remove(&sub) {
-                self.end(&sub, subscription);
+            if let Some(held) = self.subs.remove(&sub) {
+                self.end(held);
                 let notice = Reply::Unsubscribed {
                     sub: sub.to_string(),
                     reason: "forbidden".into(),
@@ -123,8 +118,8 @@ impl Session {
     /// subscribe rights (acking, seeking or inspecting it would act on, or reveal, events the
     /// token may not read).
     pub(super) fn reads_beyond(&self, who: &Principal, name: &str) -> Option<String> {
-        let consumer = self.ctx.store.consumers.get(name)?;
-        (!who.may_subscribe_all(&consumer.patterns)).then(|| {
+        let patterns = self.ctx.backend.consumer_patterns(name)?;
+        (!who.may_subscribe_all(&patterns)).then(|| {
             format!(
                 "token {:?} may not subscribe to every topic consumer {name:?} reads",
                 who.name

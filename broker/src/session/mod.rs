@@ -14,21 +14,21 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use wharf_protocol::{
     json_nesting_exceeds, now_ms, parse_request, ConsumerInfo, ErrorCode, Id, Mode,
-    NewEvent as WireEvent, Pattern, Reply, Request, Start, Stats, SubscribeOptions, TopicInfo,
+    NewEvent as WireEvent, Pattern, Reply, Request, Start, Stats, SubscribeOptions,
 };
 
 use crate::auth::{dedup_key, Principal};
-use crate::backend::log::append::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
-use crate::backend::log::consumers::{Consumer, ModeConflict, Options};
-use crate::backend::log::delivery::{run_ephemeral, DurableDelivery, EventSource};
-use crate::context::{Context, CreatingConsumer};
+use crate::backend::{
+    BackendError, Confirming, ConsumerSpec, DeliveryOptions, NewEvent, Quota, Settlement, Stored,
+    Subscriber, Subscription,
+};
+use crate::context::Context;
 use crate::metrics;
 use crate::net::tls::Rewound;
 use crate::outbound::{Frame, Outbound, Queued, Unsent};
@@ -52,14 +52,16 @@ const MAX_BURST: usize = 256;
 /// new connection every few tries.
 const MAX_FAILED_AUTHS: u32 = 3;
 
-enum Subscription {
-    Durable {
-        consumer: Arc<Consumer>,
-    },
-    Ephemeral {
-        task: AbortHandle,
-        patterns: Vec<Pattern>,
-    },
+/// The connection is gone (or must not be written to any more): the session ends.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
+/// A subscription this connection holds, with what re-authentication checks it against.
+struct Held {
+    subscription: Subscription,
+    patterns: Vec<Pattern>,
+    /// The durable consumer's name; `None` for an ephemeral subscription.
+    consumer: Option<String>,
 }
 
 /// What a pipelined request turns into once its log write is durable.
@@ -84,7 +86,7 @@ enum Completion {
         name: String,
         patterns: Vec<Pattern>,
         mode: Mode,
-        options: Options,
+        options: DeliveryOptions,
     },
 }
 
@@ -94,7 +96,7 @@ pub struct Session {
     outbound: Outbound,
     /// Close requests from this connection's delivery tasks (slow consumer).
     evict: mpsc::Receiver<String>,
-    subs: HashMap<Arc<str>, Subscription>,
+    subs: HashMap<Arc<str>, Held>,
     /// Subscribes accepted whose subscription has not started yet (its turn in reply order
     /// has not come): they count against the limit, so pipelining cannot exceed it.
     accepted_subs: usize,
@@ -125,13 +127,12 @@ pub struct Session {
     closing: Option<CloseFrame>,
 }
 
-fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
-    Reply::error(id, ErrorCode::Internal, e.to_string())
+fn error_reply(id: Option<Id>, e: BackendError) -> Reply {
+    Reply::error(id, e.code(), e.to_string())
 }
 
-/// An event as the log stores it; the parsed request's strings are moved, not copied. Its
-/// msg_id is stored as a dedup key scoped by `publisher`, so that one publisher's ids never
-/// answer for another's.
+/// An event to store; the parsed request's strings are moved, not copied. Its msg_id is
+/// scoped by `publisher`, so that one publisher's ids never answer for another's.
 fn new_event(e: WireEvent, time_ms: u64, publisher: &str) -> NewEvent {
     NewEvent {
         topic: e.topic.into_string(),
@@ -141,19 +142,17 @@ fn new_event(e: WireEvent, time_ms: u64, publisher: &str) -> NewEvent {
     }
 }
 
-/// The reply to a publish (`batch`: a publish_batch) once the log has its receipt.
-fn published(id: Option<Id>, receipt: Receipt, batch: bool) -> Reply {
-    let seqs = match receipt {
-        Receipt::Seqs(seqs) => seqs,
-        Receipt::Refused(why) => return Reply::error(id, ErrorCode::LimitExceeded, why),
-        _ => return internal(id, "publish got no seq"),
+/// The reply to a publish (`batch`: a publish_batch) once its batch is stored.
+fn published(id: Option<Id>, stored: Stored, batch: bool) -> Reply {
+    let stored = match stored {
+        Stored::Events(stored) => stored,
+        Stored::Refused(why) => return Reply::error(id, ErrorCode::LimitExceeded, why),
     };
-    let duplicate = seqs.iter().any(|&(_, dup)| dup);
-    if duplicate {
-        let dups = seqs.iter().filter(|&&(_, dup)| dup).count();
+    let dups = stored.iter().filter(|p| p.duplicate).count();
+    if dups > 0 {
         ::metrics::counter!(metrics::DUPLICATES).increment(dups as u64);
     }
-    let seqs: Vec<u64> = seqs.into_iter().map(|(seq, _)| seq).collect();
+    let seqs: Vec<u64> = stored.iter().map(|p| p.seq).collect();
     let (seq, seqs) = match batch {
         true => (None, Some(seqs)),
         false => (seqs.first().copied(), None),
@@ -162,21 +161,20 @@ fn published(id: Option<Id>, receipt: Receipt, batch: bool) -> Reply {
         id,
         seq,
         seqs,
-        duplicate,
+        duplicate: dups > 0,
     }
 }
 
-/// Waits for a submitted write and turns its receipts into a completion.
-fn after_commit(
-    pending: Pending,
+/// Waits for a confirmation and turns it into a completion; a failure is an error reply.
+fn after_commit<T: Send + 'static>(
+    confirming: Confirming<T>,
     id: Option<Id>,
-    done: impl FnOnce(Option<Id>, Vec<Receipt>) -> Completion + Send + 'static,
+    done: impl FnOnce(Option<Id>, T) -> Completion + Send + 'static,
 ) -> BoxFuture<'static, Completion> {
     async move {
-        match pending.await {
-            Ok(Ok(receipts)) => done(id, receipts),
-            Ok(Err(e)) => Completion::Reply(internal(id, e)),
-            Err(_) => Completion::Reply(internal(id, "the log writer stopped")),
+        match confirming.await {
+            Ok(confirmed) => done(id, confirmed),
+            Err(e) => Completion::Reply(error_reply(id, e)),
         }
     }
     .boxed()
@@ -381,33 +379,35 @@ impl Session {
             Some(Ok(Message::Close(_))) => return Err(None),
             Some(Ok(_)) => Ok(()),
         };
-        outcome.map_err(|()| self.closing.take())
+        outcome.map_err(|Closed| self.closing.take())
     }
 
-    /// Hands the queued publishes to the log as one append.
-    async fn flush_queued(&mut self) -> Result<(), ()> {
+    /// Hands the queued publishes to the backend together (each its own batch).
+    async fn flush_queued(&mut self) -> Result<(), Closed> {
         if self.queued.is_empty() {
             return Ok(());
         }
-        let (ids, entries): (Vec<Option<Id>>, Vec<Entry>) = std::mem::take(&mut self.queued)
-            .into_iter()
-            .map(|(id, event)| (id, Entry::Events(vec![event])))
-            .unzip();
-        match self.ctx.store.log.submit(entries).await {
-            Ok(pending) => {
+        let (ids, batches): (Vec<Option<Id>>, Vec<Vec<NewEvent>>) =
+            std::mem::take(&mut self.queued)
+                .into_iter()
+                .map(|(id, event)| (id, vec![event]))
+                .unzip();
+        match self.ctx.backend.publish(batches).await {
+            Ok(confirming) => {
                 self.pending.push_back(
                     async move {
-                        let replies = match pending.await {
-                            Ok(Ok(receipts)) => ids
+                        let replies = match confirming.await {
+                            Ok(stored) => ids
                                 .into_iter()
-                                .zip(receipts)
-                                .map(|(id, receipt)| published(id, receipt, false))
+                                .zip(stored)
+                                .map(|(id, stored)| published(id, stored, false))
                                 .collect(),
-                            Ok(Err(e)) => ids.into_iter().map(|id| internal(id, &e)).collect(),
-                            Err(_) => ids
-                                .into_iter()
-                                .map(|id| internal(id, "the log writer stopped"))
-                                .collect(),
+                            Err(e) => {
+                                let message = e.to_string();
+                                ids.into_iter()
+                                    .map(|id| Reply::error(id, e.code(), message.clone()))
+                                    .collect()
+                            }
                         };
                         Completion::Replies(replies)
                     }
@@ -416,8 +416,10 @@ impl Session {
                 Ok(())
             }
             Err(e) => {
+                let message = e.to_string();
                 for id in ids {
-                    self.send(internal(id, &e)).await?;
+                    self.send(Reply::error(id, e.code(), message.clone()))
+                        .await?;
                 }
                 Ok(())
             }
@@ -427,7 +429,7 @@ impl Session {
     /// Sends a reply now (to a request whose turn it is). The wait for room in the queue is
     /// bounded by the slow-consumer limit and by the authentication deadline: a peer that
     /// does not read its replies is disconnected, not waited for.
-    async fn send_now(&mut self, reply: Reply) -> Result<(), ()> {
+    async fn send_now(&mut self, reply: Reply) -> Result<(), Closed> {
         let slow_limit = tokio::time::Instant::now() + self.outbound.slow_limit();
         let deadline = match self.auth_deadline {
             Some(auth) => auth.min(slow_limit),
@@ -435,7 +437,7 @@ impl Session {
         };
         match self.outbound.send_by(Frame::reply(&reply), deadline).await {
             Ok(()) => Ok(()),
-            Err(Unsent::Closed) => Err(()),
+            Err(Unsent::Closed) => Err(Closed),
             Err(Unsent::TimedOut) => {
                 let unauthenticated = self.auth_deadline.is_some();
                 tracing::info!(
@@ -444,14 +446,14 @@ impl Session {
                     "the peer does not read its replies; dropping the connection"
                 );
                 self.stopped_reading = true;
-                Err(())
+                Err(Closed)
             }
         }
     }
 
     /// Replies to the current request, after the replies of earlier requests that are still
     /// waiting for the log: replies always come back in request order.
-    async fn send(&mut self, reply: Reply) -> Result<(), ()> {
+    async fn send(&mut self, reply: Reply) -> Result<(), Closed> {
         if self.pending.is_empty() {
             self.send_now(reply).await
         } else {
@@ -461,7 +463,7 @@ impl Session {
         }
     }
 
-    async fn handle_text(&mut self, text: &str) -> Result<(), ()> {
+    async fn handle_text(&mut self, text: &str) -> Result<(), Closed> {
         let limit = self.ctx.config.max_frame_bytes;
         let request = (text.len() <= limit).then(|| parse_request(text));
         // A publish that is allowed joins the queue (a refused one is answered below).
@@ -484,7 +486,7 @@ impl Session {
         let request = match request {
             Some(Ok(r)) => r,
             Some(Err(e)) => return self.send(Reply::error(e.id, e.code, e.message)).await,
-            None => return Err(()),
+            None => return Err(Closed),
         };
         if let Request::Auth { id, token } = request {
             return self.authenticate(id, &token).await;
@@ -519,10 +521,10 @@ impl Session {
                 None => self.subscribe_ephemeral(id, topics, start).await,
             },
             Request::Ack { id, consumer, seqs } => {
-                self.settle(id, consumer, seqs, Settle::Ack).await
+                self.settle(id, consumer, seqs, Settlement::Ack).await
             }
             Request::Term { id, consumer, seqs } => {
-                self.settle(id, consumer, seqs, Settle::Term).await
+                self.settle(id, consumer, seqs, Settlement::Term).await
             }
             Request::Nack {
                 id,
@@ -549,18 +551,9 @@ impl Session {
                 self.send(Reply::Stats(stats)).await
             }
             Request::Topics { id, page } => {
-                let mut all = self.ctx.store.feed.topics();
-                all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                let (taken, next_cursor) = page.select(&all, |(topic, _)| topic);
-                let topics = taken
-                    .iter()
-                    .map(|(topic, s)| TopicInfo {
-                        topic: topic.clone(),
-                        events: s.events,
-                        bytes: s.bytes,
-                        last_seq: s.last_seq,
-                    })
-                    .collect();
+                let all = self.ctx.backend.topics();
+                let (taken, next_cursor) = page.select(&all, |t| &t.topic);
+                let topics = taken.to_vec();
                 self.send(Reply::Topics {
                     id,
                     topics,
@@ -569,18 +562,11 @@ impl Session {
                 .await
             }
             Request::Consumers { id, page } => {
-                let mut names = self.ctx.store.consumers.names();
-                names.sort_unstable();
+                let names = self.ctx.backend.consumer_names();
                 let (taken, next_cursor) = page.select(&names, String::as_str);
                 let consumers = taken
                     .iter()
-                    .filter_map(|name| {
-                        self.ctx
-                            .store
-                            .consumers
-                            .get(name)
-                            .map(|c| self.info_of(None, &c))
-                    })
+                    .filter_map(|name| self.ctx.backend.consumer_info(name))
                     .collect();
                 self.send(Reply::Consumers {
                     id,
@@ -597,69 +583,78 @@ impl Session {
         id: Option<Id>,
         events: Vec<WireEvent>,
         batch: bool,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Closed> {
         let time_ms = now_ms();
         let events = events
             .into_iter()
             .map(|e| new_event(e, time_ms, self.publisher()))
             .collect();
-        self.submit(
-            vec![Entry::Events(events)],
-            id,
-            move |id, receipts| match receipts.into_iter().next() {
-                Some(receipt) => Completion::Reply(published(id, receipt, batch)),
-                None => Completion::Reply(internal(id, "publish got no seq")),
-            },
-        )
-        .await
-    }
-
-    async fn submit(
-        &mut self,
-        entries: Vec<Entry>,
-        id: Option<Id>,
-        done: impl FnOnce(Option<Id>, Vec<Receipt>) -> Completion + Send + 'static,
-    ) -> Result<(), ()> {
-        match self.ctx.store.log.submit(entries).await {
-            Ok(pending) => {
-                self.pending.push_back(after_commit(pending, id, done));
+        match self.ctx.backend.publish(vec![events]).await {
+            Ok(confirming) => {
+                let done = after_commit(confirming, id, move |id, stored| {
+                    match stored.into_iter().next() {
+                        Some(stored) => Completion::Reply(published(id, stored, batch)),
+                        None => Completion::Reply(Reply::error(
+                            id,
+                            ErrorCode::Internal,
+                            "publish got no seq",
+                        )),
+                    }
+                });
+                self.pending.push_back(done);
                 Ok(())
             }
-            Err(e) => self.send(internal(id, e)).await,
+            Err(e) => self.send(error_reply(id, e)).await,
         }
     }
 
-    async fn unsubscribe(&mut self, id: Option<Id>, sub: &str) -> Result<(), ()> {
+    /// Queues the reply to a write once the backend confirms it: `ok`, or nothing when the
+    /// request had no id and `silent` is asked (acks).
+    async fn confirm(
+        &mut self,
+        id: Option<Id>,
+        written: Result<Confirming<()>, BackendError>,
+        silent: bool,
+    ) -> Result<(), Closed> {
+        match written {
+            Ok(confirming) => {
+                let done = after_commit(confirming, id, move |id, ()| match id {
+                    None if silent => Completion::Silent,
+                    id => Completion::Reply(Reply::Ok { id }),
+                });
+                self.pending.push_back(done);
+                Ok(())
+            }
+            Err(e) => self.send(error_reply(id, e)).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, id: Option<Id>, sub: &str) -> Result<(), Closed> {
         match self.subs.remove(sub) {
             None => {
                 let message = format!("no subscription {sub:?} on this connection");
                 self.send(Reply::error(id, ErrorCode::NotFound, message))
                     .await
             }
-            Some(subscription) => {
-                self.end(sub, subscription);
+            Some(held) => {
+                self.end(held);
                 self.send(Reply::Ok { id }).await
             }
         }
     }
 
-    fn end(&self, sub: &str, subscription: Subscription) {
+    fn end(&self, held: Held) {
         ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1);
-        match subscription {
-            Subscription::Durable { consumer } => {
-                consumer.detach(self.id, sub);
-            }
-            Subscription::Ephemeral { task, .. } => task.abort(),
-        }
+        held.subscription.end();
     }
 
     fn detach_all(&mut self) {
-        for (sub, subscription) in std::mem::take(&mut self.subs) {
-            self.end(&sub, subscription);
+        for (_, held) in std::mem::take(&mut self.subs) {
+            self.end(held);
         }
     }
 
-    async fn complete(&mut self, done: Completion) -> Result<(), ()> {
+    async fn complete(&mut self, done: Completion) -> Result<(), Closed> {
         if matches!(
             done,
             Completion::NotSubscribed(_) | Completion::Ephemeral { .. } | Completion::Attach { .. }
@@ -699,20 +694,7 @@ impl Session {
                 patterns,
                 mode,
                 options,
-            } => match self.ctx.store.consumers.get(&name) {
-                Some(consumer) if consumer.same_patterns(&patterns) => {
-                    self.attach(id, sub, consumer, mode, options).await
-                }
-                Some(consumer) => {
-                    let reply = conflict(id, &consumer, &patterns);
-                    self.send_now(reply).await
-                }
-                None => {
-                    let message = format!("consumer {name:?} was deleted");
-                    self.send_now(Reply::error(id, ErrorCode::NotFound, message))
-                        .await
-                }
-            },
+            } => self.attach(id, sub, name, patterns, mode, options).await,
         }
     }
 }
@@ -722,25 +704,5 @@ fn no_longer_allowed(id: Option<Id>) -> Reply {
         id,
         ErrorCode::Forbidden,
         "the connection re-authenticated with a token that may not hold this subscription",
-    )
-}
-
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Exclusive => "exclusive",
-        Mode::Shared => "shared",
-    }
-}
-
-fn conflict(id: Option<Id>, consumer: &Consumer, asked: &[Pattern]) -> Reply {
-    let asked: Vec<&str> = asked.iter().map(Pattern::as_str).collect();
-    let existing: Vec<&str> = consumer.patterns.iter().map(Pattern::as_str).collect();
-    Reply::error(
-        id,
-        ErrorCode::ConsumerConflict,
-        format!(
-            "consumer {:?} exists with topics {existing:?}, not {asked:?}",
-            consumer.name
-        ),
     )
 }

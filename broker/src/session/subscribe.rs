@@ -1,4 +1,5 @@
-//! Subscriptions: durable (create or attach a consumer, takeover) and ephemeral.
+//! Subscriptions: durable (create or attach a consumer, takeover) and ephemeral. The backend
+//! does the work; the session keeps reply order and what it holds.
 
 use super::*;
 
@@ -8,43 +9,17 @@ impl Session {
         Arc::from(format!("{}-{}", self.id, self.next_sub))
     }
 
-    /// The first seq `start` points at.
-    pub(super) async fn resolve_start(&mut self, start: Start) -> Result<u64, LogError> {
-        let head = self.ctx.store.feed.head();
-        let first = self.ctx.store.feed.first_seq();
-        match start {
-            Start::All => Ok(first),
-            Start::New => Ok(head + 1),
-            Start::Seq(seq) => Ok(seq.max(first)),
-            Start::TimeMs(ms) => {
-                let mut cursor = self.ctx.store.log.cursor(1);
-                let found = tokio::task::spawn_blocking(move || cursor.first_at_or_after(ms, head))
-                    .await
-                    .map_err(|e| LogError::Stopped(format!("time lookup failed: {e}")))??;
-                Ok(found.unwrap_or(head + 1))
-            }
+    fn subscriber(&self, sub: &Arc<str>) -> Subscriber {
+        Subscriber {
+            session: self.id,
+            sub: sub.clone(),
+            outbound: self.outbound.clone(),
         }
     }
 
-    /// The floor a consumer created (or sought) with `start` gets.
-    pub(super) async fn floor_for(&mut self, start: Start) -> Result<Floor, LogError> {
-        // The floor of "all" and of a seq is fixed now; only "new" depends on what the log
-        // holds when the record is written, so the writer resolves it.
-        let first = self.ctx.store.feed.first_seq();
-        Ok(match start {
-            Start::New => Floor::Head,
-            Start::All => Floor::At(first - 1),
-            Start::Seq(seq) => Floor::At(seq.max(first) - 1),
-            time => match self.resolve_start(time).await? {
-                first if first > self.ctx.store.feed.head() => Floor::Head,
-                first => Floor::At(first - 1),
-            },
-        })
-    }
-
-    pub(super) fn options(&self, asked: &SubscribeOptions) -> Options {
+    pub(super) fn options(&self, asked: &SubscribeOptions) -> DeliveryOptions {
         let config = &self.ctx.config;
-        Options {
+        DeliveryOptions {
             ack_wait: asked
                 .ack_wait_ms
                 .map(Duration::from_millis)
@@ -57,35 +32,6 @@ impl Session {
         }
     }
 
-    /// Why creating consumer `name` would pass a limit: `max_consumers`, or the token's
-    /// `max_consumers` over the consumers its names cover. Creations still in flight count
-    /// (for the token's limit too: they may be its own).
-    pub(super) fn consumer_limit(&self, name: &str) -> Option<String> {
-        let consumers = &self.ctx.store.consumers;
-        let creating = self
-            .ctx
-            .creating_consumers
-            .load(std::sync::atomic::Ordering::Acquire);
-        let limit = self.ctx.config.max_consumers;
-        if consumers.len() + creating >= limit {
-            return Some(format!(
-                "the broker holds {limit} consumers (max_consumers); cannot create {name:?}"
-            ));
-        }
-        let who = self.principal.as_ref()?;
-        let covered = consumers
-            .names()
-            .iter()
-            .filter(|n| who.may_use_consumer(n))
-            .count();
-        (covered + creating >= who.max_consumers).then(|| {
-            format!(
-                "token {:?} may hold {} consumers (its max_consumers); cannot create {name:?}",
-                who.name, who.max_consumers
-            )
-        })
-    }
-
     pub(super) async fn subscribe_durable(
         &mut self,
         id: Option<Id>,
@@ -93,45 +39,27 @@ impl Session {
         name: String,
         start: Option<Start>,
         asked: SubscribeOptions,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Closed> {
         let sub = self.new_sub();
         let mode = asked.mode.unwrap_or(Mode::Exclusive);
         let options = self.options(&asked);
-        if let Some(consumer) = self.ctx.store.consumers.get(&name) {
-            if !consumer.same_patterns(&patterns) {
-                return self.send(conflict(id, &consumer, &patterns)).await;
-            }
-            let attach = Completion::Attach {
-                id,
-                sub,
-                name,
-                patterns,
-                mode,
-                options,
-            };
-            self.accepted_subs += 1;
-            self.pending.push_back(async move { attach }.boxed());
-            return Ok(());
-        }
-        if let Some(refusal) = self.consumer_limit(&name) {
-            let reply = Reply::error(id, ErrorCode::LimitExceeded, refusal);
-            return self.send(reply).await;
-        }
-        let floor = match self.floor_for(start.unwrap_or(Start::All)).await {
-            Ok(floor) => floor,
-            Err(e) => return self.send(internal(id, e)).await,
-        };
-        let creating = CreatingConsumer::new(&self.ctx.creating_consumers);
-        let entry = Entry::ConsumerCreated {
+        let spec = ConsumerSpec {
             name: name.clone(),
-            patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
-            start: floor,
+            patterns: patterns.clone(),
+            start: start.unwrap_or(Start::All),
         };
-        let pending = match self.ctx.store.log.submit(vec![entry]).await {
-            Ok(pending) => pending,
-            Err(e) => return self.send(internal(id, e)).await,
+        let principal = self.principal.clone();
+        let covers = |n: &str| principal.as_ref().is_some_and(|p| p.may_use_consumer(n));
+        let quota = principal.as_ref().map(|p| Quota {
+            owner: &p.name,
+            max: p.max_consumers,
+            covers: &covers,
+        });
+        let created = match self.ctx.backend.create_consumer(spec, quota).await {
+            Ok(created) => created,
+            Err(e) => return self.send(error_reply(id, e)).await,
         };
-        let attach = after_commit(pending, id, move |id, _| Completion::Attach {
+        let attach = after_commit(created, id, move |id, ()| Completion::Attach {
             id,
             sub,
             name,
@@ -142,9 +70,7 @@ impl Session {
         self.accepted_subs += 1;
         self.pending.push_back(
             async move {
-                let attach = attach.await;
-                drop(creating);
-                match attach {
+                match attach.await {
                     Completion::Reply(refused) => Completion::NotSubscribed(refused),
                     attach => attach,
                 }
@@ -159,10 +85,15 @@ impl Session {
         id: Option<Id>,
         patterns: Vec<Pattern>,
         start: Option<Start>,
-    ) -> Result<(), ()> {
-        let from = match self.resolve_start(start.unwrap_or(Start::New)).await {
+    ) -> Result<(), Closed> {
+        let from = match self
+            .ctx
+            .backend
+            .resolve_start(start.unwrap_or(Start::New))
+            .await
+        {
             Ok(from) => from,
-            Err(e) => return self.send(internal(id, e)).await,
+            Err(e) => return self.send(error_reply(id, e)).await,
         };
         let sub = self.new_sub();
         let start = Completion::Ephemeral {
@@ -183,98 +114,65 @@ impl Session {
         sub: Arc<str>,
         patterns: Vec<Pattern>,
         from: u64,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Closed> {
         self.send_now(Reply::Subscribed {
-            id,
+            id: id.clone(),
             sub: sub.to_string(),
             consumer: None,
             start_seq: Some(from),
         })
         .await?;
-        let source = EventSource::new(
-            self.ctx.store.feed.clone(),
-            self.ctx.store.log.clone(),
-            from,
-            patterns.clone(),
-        );
-        let task = tokio::spawn(run_ephemeral(sub.clone(), self.outbound.clone(), source));
-        ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
-        self.subs.insert(
-            sub,
-            Subscription::Ephemeral {
-                task: task.abort_handle(),
-                patterns,
-            },
-        );
-        Ok(())
+        let to = self.subscriber(&sub);
+        match self.ctx.backend.follow(patterns.clone(), from, to).await {
+            Ok(subscription) => {
+                self.hold(sub, subscription, patterns, None);
+                Ok(())
+            }
+            Err(e) => self.send_now(error_reply(id, e)).await,
+        }
     }
 
+    /// Attaches to the consumer (its turn in reply order has come): the `subscribed` reply
+    /// goes first, so that no event of this subscription overtakes it.
     pub(super) async fn attach(
         &mut self,
         id: Option<Id>,
         sub: Arc<str>,
-        consumer: Arc<Consumer>,
+        name: String,
+        patterns: Vec<Pattern>,
         mode: Mode,
-        options: Options,
-    ) -> Result<(), ()> {
-        let attached =
-            match consumer.attach(self.id, sub.clone(), self.outbound.clone(), mode, options) {
-                Ok(attached) => attached,
-                Err(ModeConflict(held)) => {
-                    let message = format!(
-                        "consumer {:?} is attached in {} mode; subscribe with the same mode",
-                        consumer.name,
-                        mode_name(held)
-                    );
-                    return self
-                        .send(Reply::error(id, ErrorCode::ConsumerConflict, message))
-                        .await;
-                }
-            };
-        for old in attached.replaced {
-            tracing::info!(
-                consumer = consumer.name,
-                from = old.session,
-                to = self.id,
-                "consumer taken over"
-            );
-            let notice = Reply::Unsubscribed {
-                sub: old.sub.to_string(),
-                reason: "taken_over".into(),
-            };
-            // The old connection is often half-dead; never wait on it.
-            let _best_effort = old.outbound.try_send(Frame::reply(&notice));
-        }
-        // The reply goes first so that no event of this subscription overtakes it.
-        let (_, from) = consumer.start();
+        options: DeliveryOptions,
+    ) -> Result<(), Closed> {
+        let to = self.subscriber(&sub);
+        let backend = &self.ctx.backend;
+        let attaching = match backend.attach(&name, &patterns, mode, options, to).await {
+            Ok(attaching) => attaching,
+            Err(e) => return self.send_now(error_reply(id, e)).await,
+        };
         self.send_now(Reply::Subscribed {
             id,
             sub: sub.to_string(),
-            consumer: Some(consumer.name.clone()),
-            start_seq: Some(from),
+            consumer: Some(name.clone()),
+            start_seq: Some(attaching.start_seq()),
         })
         .await?;
-        let delivery = DurableDelivery {
-            consumer: consumer.clone(),
-            generation: attached.generation,
-            epoch: attached.epoch,
-            kick: attached.kick,
-            sub: sub.clone(),
-            outbound: self.outbound.clone(),
-            source: EventSource::new(
-                self.ctx.store.feed.clone(),
-                self.ctx.store.log.clone(),
-                from,
-                consumer.patterns.clone(),
-            ),
-            state: self.ctx.store.state.clone(),
-            log: self.ctx.store.log.clone(),
-            gap_told: 0,
-        };
-        let task = tokio::spawn(delivery.run());
-        ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
-        consumer.set_task(attached.generation, task.abort_handle());
-        self.subs.insert(sub, Subscription::Durable { consumer });
+        self.hold(sub, attaching.start(), patterns, Some(name));
         Ok(())
+    }
+
+    fn hold(
+        &mut self,
+        sub: Arc<str>,
+        subscription: Subscription,
+        patterns: Vec<Pattern>,
+        consumer: Option<String>,
+    ) {
+        ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
+        let held = Held {
+            subscription,
+            patterns,
+            consumer,
+        };
+        self.subs.insert(sub, held);
     }
 }

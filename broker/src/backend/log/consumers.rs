@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use wharf_protocol::{Mode, Pattern, Topic};
 
+use crate::backend::contract::DeliveryOptions;
 use crate::backend::log::append::Record;
 use crate::backend::log::settled::{ConsumerState, Settle};
 use crate::outbound::Outbound;
@@ -36,22 +37,13 @@ pub fn dead_letter_topic(consumer: &str) -> String {
     }
 }
 
-/// A subscription's settings, with the broker's defaults filled in.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub ack_wait: Duration,
-    pub max_in_flight: usize,
-    /// 0 means unlimited.
-    pub max_deliver: u32,
-}
-
 /// One connection's hold on a consumer.
 pub struct Attachment {
     pub generation: u64,
     pub session: u64,
     pub sub: Arc<str>,
     pub outbound: Outbound,
-    pub options: Options,
+    pub options: DeliveryOptions,
     /// Wakes this attachment's delivery task (room, redelivery, seek).
     pub kick: Arc<Notify>,
     task: Option<AbortHandle>,
@@ -228,7 +220,7 @@ impl Consumer {
         sub: Arc<str>,
         outbound: Outbound,
         mode: Mode,
-        options: Options,
+        options: DeliveryOptions,
     ) -> Result<Attached, ModeConflict> {
         let mut inner = self.lock();
         let replaced = match (mode, inner.mode, inner.attachments.is_empty()) {

@@ -15,6 +15,18 @@ use crate::backend::log::state::{ConsumerState, StateError, StateView, ViewUpdat
 use crate::config::{Config, Durability};
 use crate::error::BrokerError;
 
+impl From<LogError> for BrokerError {
+    fn from(e: LogError) -> BrokerError {
+        BrokerError::Storage(Box::new(e))
+    }
+}
+
+impl From<StateError> for BrokerError {
+    fn from(e: StateError) -> BrokerError {
+        BrokerError::Storage(Box::new(e))
+    }
+}
+
 /// Everything durable, opened and consistent.
 pub struct Store {
     pub log: AppendLog,
@@ -202,7 +214,7 @@ impl Store {
             // The oldest segment left does not start with a checkpoint: the consumers' state
             // before it is gone with the segments retention removed.
             if !config.repair {
-                return Err(BrokerError::Log(LogError::Corrupt {
+                return Err(BrokerError::from(LogError::Corrupt {
                     path: path.clone(),
                     offset: 0,
                     reason: "the oldest segment does not start with a checkpoint, so consumers' state cannot be rebuilt (wharf serve --repair starts without what it lacks)".into(),

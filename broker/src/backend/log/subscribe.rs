@@ -1,0 +1,257 @@
+//! Subscribing: creating a durable consumer, attaching a connection to it (takeover, shared
+//! members) and following the log without a consumer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use wharf_protocol::{Mode, Pattern, Reply};
+
+use super::append::Entry;
+use super::consumers::{Attached, Consumer, ModeConflict};
+use super::delivery::{run_ephemeral, DurableDelivery, EventSource};
+use super::{mode_name, LogBackend};
+use crate::backend::contract::{
+    confirmed, BackendError, Confirming, ConsumerSpec, DeliveryOptions, Quota, Subscriber,
+};
+use crate::outbound::Frame;
+
+/// One consumer creation in flight, counted in [`LogBackend::creating`] until dropped.
+struct CreatingConsumer(Arc<AtomicUsize>);
+
+impl CreatingConsumer {
+    fn new(count: &Arc<AtomicUsize>) -> CreatingConsumer {
+        count.fetch_add(1, Ordering::AcqRel);
+        CreatingConsumer(count.clone())
+    }
+}
+
+impl Drop for CreatingConsumer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn conflict(consumer: &Consumer, asked: &[Pattern]) -> BackendError {
+    let asked: Vec<&str> = asked.iter().map(Pattern::as_str).collect();
+    let existing: Vec<&str> = consumer.patterns.iter().map(Pattern::as_str).collect();
+    BackendError::Conflict(format!(
+        "consumer {:?} exists with topics {existing:?}, not {asked:?}",
+        consumer.name
+    ))
+}
+
+/// A connection attached to a consumer whose delivery has not started yet: the
+/// `subscribed` reply goes out first, so that no event overtakes it. Dropped unstarted, it
+/// detaches.
+pub struct Attaching {
+    backend: LogBackend,
+    consumer: Arc<Consumer>,
+    attached: Option<Attached>,
+    to: Subscriber,
+    from: u64,
+}
+
+/// A running subscription; dropping it ends it (detaches from the consumer, or stops the
+/// ephemeral delivery task).
+pub enum Subscription {
+    Durable {
+        consumer: Arc<Consumer>,
+        session: u64,
+        sub: Arc<str>,
+    },
+    Ephemeral(tokio::task::AbortHandle),
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        match self {
+            Subscription::Durable {
+                consumer,
+                session,
+                sub,
+            } => {
+                consumer.detach(*session, sub);
+            }
+            Subscription::Ephemeral(task) => task.abort(),
+        }
+    }
+}
+
+impl Attaching {
+    /// The first seq the subscription's walk looks at.
+    pub fn start_seq(&self) -> u64 {
+        self.from
+    }
+
+    pub fn start(mut self) -> Subscription {
+        if let Some(attached) = self.attached.take() {
+            self.spawn(attached);
+        }
+        Subscription::Durable {
+            consumer: self.consumer.clone(),
+            session: self.to.session,
+            sub: self.to.sub.clone(),
+        }
+    }
+
+    fn spawn(&self, attached: Attached) {
+        let store = &self.backend.store;
+        let delivery = DurableDelivery {
+            consumer: self.consumer.clone(),
+            generation: attached.generation,
+            epoch: attached.epoch,
+            kick: attached.kick,
+            sub: self.to.sub.clone(),
+            outbound: self.to.outbound.clone(),
+            source: EventSource::new(
+                store.feed.clone(),
+                store.log.clone(),
+                self.from,
+                self.consumer.patterns.clone(),
+            ),
+            state: store.state.clone(),
+            log: store.log.clone(),
+            gap_told: 0,
+        };
+        let task = tokio::spawn(delivery.run());
+        self.consumer
+            .set_task(attached.generation, task.abort_handle());
+    }
+}
+
+impl Drop for Attaching {
+    fn drop(&mut self) {
+        if self.attached.is_some() {
+            self.consumer.detach(self.to.session, &self.to.sub);
+        }
+    }
+}
+
+impl LogBackend {
+    /// Why creating consumer `name` would pass a limit: `max_consumers`, or the token's
+    /// quota over the consumers its names cover. Creations still in flight count (for the
+    /// token's limit too: they may be its own).
+    fn consumer_limit(&self, name: &str, quota: Option<&Quota<'_>>) -> Option<String> {
+        let consumers = &self.store.consumers;
+        let creating = self.creating.load(Ordering::Acquire);
+        let limit = self.config.max_consumers;
+        if consumers.len() + creating >= limit {
+            return Some(format!(
+                "the broker holds {limit} consumers (max_consumers); cannot create {name:?}"
+            ));
+        }
+        let quota = quota?;
+        let covered = consumers
+            .names()
+            .iter()
+            .filter(|n| (quota.covers)(n))
+            .count();
+        (covered + creating >= quota.max).then(|| {
+            format!(
+                "token {:?} may hold {} consumers (its max_consumers); cannot create {name:?}",
+                quota.owner, quota.max
+            )
+        })
+    }
+
+    /// Creates the consumer unless it exists with the same topics (then there is nothing to
+    /// wait for); other topics are a conflict.
+    pub async fn create_consumer(
+        &self,
+        spec: ConsumerSpec,
+        quota: Option<Quota<'_>>,
+    ) -> Result<Confirming<()>, BackendError> {
+        if let Some(consumer) = self.store.consumers.get(&spec.name) {
+            return match consumer.same_patterns(&spec.patterns) {
+                true => Ok(confirmed()),
+                false => Err(conflict(&consumer, &spec.patterns)),
+            };
+        }
+        if let Some(refusal) = self.consumer_limit(&spec.name, quota.as_ref()) {
+            return Err(BackendError::LimitExceeded(refusal));
+        }
+        let floor = self.floor_for(spec.start).await?;
+        let creating = CreatingConsumer::new(&self.creating);
+        let entry = Entry::ConsumerCreated {
+            name: spec.name,
+            patterns: spec
+                .patterns
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            start: floor,
+        };
+        let written = self.write(vec![entry]).await?;
+        Ok(Box::pin(async move {
+            let done = written.await.map(drop);
+            drop(creating);
+            done
+        }))
+    }
+
+    /// Attaches a connection to an existing consumer. In exclusive mode it takes the
+    /// consumer over: the previous holder is told (`unsubscribed`, `taken_over`) and
+    /// everything unsettled goes to the new one.
+    pub fn attach(
+        &self,
+        name: &str,
+        patterns: &[Pattern],
+        mode: Mode,
+        options: DeliveryOptions,
+        to: Subscriber,
+    ) -> Result<Attaching, BackendError> {
+        let Some(consumer) = self.store.consumers.get(name) else {
+            return Err(BackendError::NotFound(format!(
+                "consumer {name:?} was deleted"
+            )));
+        };
+        if !consumer.same_patterns(patterns) {
+            return Err(conflict(&consumer, patterns));
+        }
+        let mut attached = consumer
+            .attach(
+                to.session,
+                to.sub.clone(),
+                to.outbound.clone(),
+                mode,
+                options,
+            )
+            .map_err(|ModeConflict(held)| {
+                BackendError::Conflict(format!(
+                    "consumer {:?} is attached in {} mode; subscribe with the same mode",
+                    consumer.name,
+                    mode_name(held)
+                ))
+            })?;
+        for old in std::mem::take(&mut attached.replaced) {
+            tracing::info!(
+                consumer = consumer.name,
+                from = old.session,
+                to = to.session,
+                "consumer taken over"
+            );
+            let notice = Reply::Unsubscribed {
+                sub: old.sub.to_string(),
+                reason: "taken_over".into(),
+            };
+            // The old connection is often half-dead; never wait on it.
+            let _best_effort = old.outbound.try_send(Frame::reply(&notice));
+        }
+        let (_, from) = consumer.start();
+        Ok(Attaching {
+            backend: self.clone(),
+            consumer,
+            attached: Some(attached),
+            to,
+            from,
+        })
+    }
+
+    /// Delivers every matching event from seq `from` on, live, without a consumer.
+    pub fn follow(&self, patterns: Vec<Pattern>, from: u64, to: Subscriber) -> Subscription {
+        let store = &self.store;
+        let source = EventSource::new(store.feed.clone(), store.log.clone(), from, patterns);
+        let task = tokio::spawn(run_ephemeral(to.sub, to.outbound, source));
+        Subscription::Ephemeral(task.abort_handle())
+    }
+}
