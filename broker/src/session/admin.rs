@@ -1,4 +1,4 @@
-//! Admin replies: consumer_info and stats.
+//! Admin replies: consumer_info, stats, and the paged topic and consumer listings.
 
 use super::*;
 
@@ -39,5 +39,32 @@ impl Session {
                 .connections
                 .load(std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    pub(super) async fn topics(&mut self, id: Option<Id>, page: Page) -> Result<(), Closed> {
+        let all = self.ctx.backend.topics();
+        let (taken, next_cursor) = page.select(&all, |t| &t.topic);
+        let topics = taken.to_vec();
+        self.send(Reply::Topics {
+            id,
+            topics,
+            next_cursor,
+        })
+        .await
+    }
+
+    pub(super) async fn consumers(&mut self, id: Option<Id>, page: Page) -> Result<(), Closed> {
+        let names = self.ctx.backend.consumer_names();
+        let (taken, next_cursor) = page.select(&names, String::as_str);
+        let consumers = taken
+            .iter()
+            .filter_map(|name| self.ctx.backend.consumer_info(name))
+            .collect();
+        self.send(Reply::Consumers {
+            id,
+            consumers,
+            next_cursor,
+        })
+        .await
     }
 }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use wharf_protocol::{
     json_nesting_exceeds, now_ms, parse_request, ConsumerInfo, ErrorCode, Id, Mode,
-    NewEvent as WireEvent, Pattern, Reply, Request, Start, Stats, SubscribeOptions,
+    NewEvent as WireEvent, Page, Pattern, Reply, Request, Start, Stats, SubscribeOptions,
 };
 
 use crate::auth::{dedup_key, Principal};
@@ -36,10 +36,15 @@ use crate::shutdown::Shutdown;
 
 mod admin;
 mod authorize;
+mod dispatch;
+mod publish;
+mod reply;
 mod settle;
 mod subscribe;
 mod writer;
 
+use publish::new_event;
+use reply::{after_commit, error_reply, Completion};
 use writer::{close_frame, sleep_until_opt, write_frames};
 
 type Ws = WebSocketStream<Rewound>;
@@ -62,32 +67,6 @@ struct Held {
     patterns: Vec<Pattern>,
     /// The durable consumer's name; `None` for an ephemeral subscription.
     consumer: Option<String>,
-}
-
-/// What a pipelined request turns into once its log write is durable.
-enum Completion {
-    Reply(Reply),
-    /// The reply to a subscribe that the log refused: no subscription comes of it.
-    NotSubscribed(Reply),
-    /// The replies to publishes that went to the log together, in request order.
-    Replies(Vec<Reply>),
-    Silent,
-    /// Start an ephemeral subscription (its turn in reply order has come).
-    Ephemeral {
-        id: Option<Id>,
-        sub: Arc<str>,
-        patterns: Vec<Pattern>,
-        from: u64,
-    },
-    /// The consumer exists (now): attach this connection to it.
-    Attach {
-        id: Option<Id>,
-        sub: Arc<str>,
-        name: String,
-        patterns: Vec<Pattern>,
-        mode: Mode,
-        options: DeliveryOptions,
-    },
 }
 
 pub struct Session {
@@ -125,59 +104,6 @@ pub struct Session {
     failed_auths: u32,
     /// The close frame for a request that ends the connection.
     closing: Option<CloseFrame>,
-}
-
-fn error_reply(id: Option<Id>, e: BackendError) -> Reply {
-    Reply::error(id, e.code(), e.to_string())
-}
-
-/// An event to store; the parsed request's strings are moved, not copied. Its msg_id is
-/// scoped by `publisher`, so that one publisher's ids never answer for another's.
-fn new_event(e: WireEvent, time_ms: u64, publisher: &str) -> NewEvent {
-    NewEvent {
-        topic: e.topic.into_string(),
-        payload: String::from(Box::<str>::from(e.payload)),
-        time_ms,
-        msg_id: e.msg_id.map(|id| dedup_key(publisher, &id)),
-    }
-}
-
-/// The reply to a publish (`batch`: a publish_batch) once its batch is stored.
-fn published(id: Option<Id>, stored: Stored, batch: bool) -> Reply {
-    let stored = match stored {
-        Stored::Events(stored) => stored,
-        Stored::Refused(why) => return Reply::error(id, ErrorCode::LimitExceeded, why),
-    };
-    let dups = stored.iter().filter(|p| p.duplicate).count();
-    if dups > 0 {
-        ::metrics::counter!(metrics::DUPLICATES).increment(dups as u64);
-    }
-    let seqs: Vec<u64> = stored.iter().map(|p| p.seq).collect();
-    let (seq, seqs) = match batch {
-        true => (None, Some(seqs)),
-        false => (seqs.first().copied(), None),
-    };
-    Reply::Published {
-        id,
-        seq,
-        seqs,
-        duplicate: dups > 0,
-    }
-}
-
-/// Waits for a confirmation and turns it into a completion; a failure is an error reply.
-fn after_commit<T: Send + 'static>(
-    confirming: Confirming<T>,
-    id: Option<Id>,
-    done: impl FnOnce(Option<Id>, T) -> Completion + Send + 'static,
-) -> BoxFuture<'static, Completion> {
-    async move {
-        match confirming.await {
-            Ok(confirmed) => done(id, confirmed),
-            Err(e) => Completion::Reply(error_reply(id, e)),
-        }
-    }
-    .boxed()
 }
 
 impl Session {
@@ -382,253 +308,6 @@ impl Session {
         outcome.map_err(|Closed| self.closing.take())
     }
 
-    /// Hands the queued publishes to the backend together (each its own batch).
-    async fn flush_queued(&mut self) -> Result<(), Closed> {
-        if self.queued.is_empty() {
-            return Ok(());
-        }
-        let (ids, batches): (Vec<Option<Id>>, Vec<Vec<NewEvent>>) =
-            std::mem::take(&mut self.queued)
-                .into_iter()
-                .map(|(id, event)| (id, vec![event]))
-                .unzip();
-        match self.ctx.backend.publish(batches).await {
-            Ok(confirming) => {
-                self.pending.push_back(
-                    async move {
-                        let replies = match confirming.await {
-                            Ok(stored) => ids
-                                .into_iter()
-                                .zip(stored)
-                                .map(|(id, stored)| published(id, stored, false))
-                                .collect(),
-                            Err(e) => {
-                                let message = e.to_string();
-                                ids.into_iter()
-                                    .map(|id| Reply::error(id, e.code(), message.clone()))
-                                    .collect()
-                            }
-                        };
-                        Completion::Replies(replies)
-                    }
-                    .boxed(),
-                );
-                Ok(())
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for id in ids {
-                    self.send(Reply::error(id, e.code(), message.clone()))
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Sends a reply now (to a request whose turn it is). The wait for room in the queue is
-    /// bounded by the slow-consumer limit and by the authentication deadline: a peer that
-    /// does not read its replies is disconnected, not waited for.
-    async fn send_now(&mut self, reply: Reply) -> Result<(), Closed> {
-        let slow_limit = tokio::time::Instant::now() + self.outbound.slow_limit();
-        let deadline = match self.auth_deadline {
-            Some(auth) => auth.min(slow_limit),
-            None => slow_limit,
-        };
-        match self.outbound.send_by(Frame::reply(&reply), deadline).await {
-            Ok(()) => Ok(()),
-            Err(Unsent::Closed) => Err(Closed),
-            Err(Unsent::TimedOut) => {
-                let unauthenticated = self.auth_deadline.is_some();
-                tracing::info!(
-                    session = self.id,
-                    unauthenticated,
-                    "the peer does not read its replies; dropping the connection"
-                );
-                self.stopped_reading = true;
-                Err(Closed)
-            }
-        }
-    }
-
-    /// Replies to the current request, after the replies of earlier requests that are still
-    /// waiting for the log: replies always come back in request order.
-    async fn send(&mut self, reply: Reply) -> Result<(), Closed> {
-        if self.pending.is_empty() {
-            self.send_now(reply).await
-        } else {
-            self.pending
-                .push_back(async move { Completion::Reply(reply) }.boxed());
-            Ok(())
-        }
-    }
-
-    async fn handle_text(&mut self, text: &str) -> Result<(), Closed> {
-        let limit = self.ctx.config.max_frame_bytes;
-        let request = (text.len() <= limit).then(|| parse_request(text));
-        // A publish that is allowed joins the queue (a refused one is answered below).
-        let queue = matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.rejection(r).is_none());
-        if queue {
-            if let Some(Ok(Request::Publish { id, event })) = request {
-                let event = new_event(event, now_ms(), self.publisher());
-                self.queued.push((id, event));
-            }
-            return Ok(());
-        }
-        // Anything else answers after the queued publishes: replies keep request order.
-        self.flush_queued().await?;
-        if text.len() > limit {
-            let message = format!("frame is {} bytes, the limit is {limit}", text.len());
-            return self
-                .send(Reply::error(None, ErrorCode::TooLarge, message))
-                .await;
-        }
-        let request = match request {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => return self.send(Reply::error(e.id, e.code, e.message)).await,
-            None => return Err(Closed),
-        };
-        if let Request::Auth { id, token } = request {
-            return self.authenticate(id, &token).await;
-        }
-        if let Some(refusal) = self.rejection(&request) {
-            return self.send(refusal).await;
-        }
-        match request {
-            Request::Publish { id, event } => self.publish(id, vec![event], false).await,
-            Request::PublishBatch { id, events } => self.publish(id, events, true).await,
-            Request::Subscribe { id, .. }
-                if self.subs.len() + self.accepted_subs
-                    >= self.ctx.config.max_subscriptions_per_connection =>
-            {
-                let limit = self.ctx.config.max_subscriptions_per_connection;
-                let message =
-                    format!("this connection already holds {limit} subscriptions, the limit");
-                self.send(Reply::error(id, ErrorCode::LimitExceeded, message))
-                    .await
-            }
-            Request::Subscribe {
-                id,
-                topics,
-                consumer,
-                start,
-                options,
-            } => match consumer {
-                Some(name) => {
-                    self.subscribe_durable(id, topics, name, start, options)
-                        .await
-                }
-                None => self.subscribe_ephemeral(id, topics, start).await,
-            },
-            Request::Ack { id, consumer, seqs } => {
-                self.settle(id, consumer, seqs, Settlement::Ack).await
-            }
-            Request::Term { id, consumer, seqs } => {
-                self.settle(id, consumer, seqs, Settlement::Term).await
-            }
-            Request::Nack {
-                id,
-                consumer,
-                seqs,
-                delay_ms,
-            } => {
-                let delay = Some(Duration::from_millis(delay_ms));
-                self.touch(id, consumer, seqs, delay).await
-            }
-            Request::Progress { id, consumer, seqs } => self.touch(id, consumer, seqs, None).await,
-            Request::Seek {
-                id,
-                consumer,
-                start,
-            } => self.seek(id, consumer, start).await,
-            Request::ConsumerInfo { id, consumer } => self.consumer_info(id, consumer).await,
-            Request::DeleteConsumer { id, consumer } => self.delete_consumer(id, consumer).await,
-            Request::Unsubscribe { id, sub } => self.unsubscribe(id, &sub).await,
-            Request::Ping { id } => self.send(Reply::Pong { id }).await,
-            Request::Auth { .. } => Ok(()),
-            Request::Stats { id } => {
-                let stats = self.stats(id);
-                self.send(Reply::Stats(stats)).await
-            }
-            Request::Topics { id, page } => {
-                let all = self.ctx.backend.topics();
-                let (taken, next_cursor) = page.select(&all, |t| &t.topic);
-                let topics = taken.to_vec();
-                self.send(Reply::Topics {
-                    id,
-                    topics,
-                    next_cursor,
-                })
-                .await
-            }
-            Request::Consumers { id, page } => {
-                let names = self.ctx.backend.consumer_names();
-                let (taken, next_cursor) = page.select(&names, String::as_str);
-                let consumers = taken
-                    .iter()
-                    .filter_map(|name| self.ctx.backend.consumer_info(name))
-                    .collect();
-                self.send(Reply::Consumers {
-                    id,
-                    consumers,
-                    next_cursor,
-                })
-                .await
-            }
-        }
-    }
-
-    async fn publish(
-        &mut self,
-        id: Option<Id>,
-        events: Vec<WireEvent>,
-        batch: bool,
-    ) -> Result<(), Closed> {
-        let time_ms = now_ms();
-        let events = events
-            .into_iter()
-            .map(|e| new_event(e, time_ms, self.publisher()))
-            .collect();
-        match self.ctx.backend.publish(vec![events]).await {
-            Ok(confirming) => {
-                let done = after_commit(confirming, id, move |id, stored| {
-                    match stored.into_iter().next() {
-                        Some(stored) => Completion::Reply(published(id, stored, batch)),
-                        None => Completion::Reply(Reply::error(
-                            id,
-                            ErrorCode::Internal,
-                            "publish got no seq",
-                        )),
-                    }
-                });
-                self.pending.push_back(done);
-                Ok(())
-            }
-            Err(e) => self.send(error_reply(id, e)).await,
-        }
-    }
-
-    /// Queues the reply to a write once the backend confirms it: `ok`, or nothing when the
-    /// request had no id and `silent` is asked (acks).
-    async fn confirm(
-        &mut self,
-        id: Option<Id>,
-        written: Result<Confirming<()>, BackendError>,
-        silent: bool,
-    ) -> Result<(), Closed> {
-        match written {
-            Ok(confirming) => {
-                let done = after_commit(confirming, id, move |id, ()| match id {
-                    None if silent => Completion::Silent,
-                    id => Completion::Reply(Reply::Ok { id }),
-                });
-                self.pending.push_back(done);
-                Ok(())
-            }
-            Err(e) => self.send(error_reply(id, e)).await,
-        }
-    }
-
     async fn unsubscribe(&mut self, id: Option<Id>, sub: &str) -> Result<(), Closed> {
         match self.subs.remove(sub) {
             None => {
@@ -653,56 +332,4 @@ impl Session {
             self.end(held);
         }
     }
-
-    async fn complete(&mut self, done: Completion) -> Result<(), Closed> {
-        if matches!(
-            done,
-            Completion::NotSubscribed(_) | Completion::Ephemeral { .. } | Completion::Attach { .. }
-        ) {
-            self.accepted_subs = self.accepted_subs.saturating_sub(1);
-        }
-        match done {
-            Completion::Reply(reply) | Completion::NotSubscribed(reply) => {
-                self.send_now(reply).await
-            }
-            Completion::Replies(replies) => {
-                for reply in replies {
-                    self.send_now(reply).await?;
-                }
-                Ok(())
-            }
-            Completion::Silent => Ok(()),
-            // The connection re-authenticated since the subscribe was accepted.
-            Completion::Ephemeral { id, patterns, .. } if !self.may_hold(&patterns, None) => {
-                self.send_now(no_longer_allowed(id)).await
-            }
-            Completion::Attach {
-                id, name, patterns, ..
-            } if !self.may_hold(&patterns, Some(&name)) => {
-                self.send_now(no_longer_allowed(id)).await
-            }
-            Completion::Ephemeral {
-                id,
-                sub,
-                patterns,
-                from,
-            } => self.start_ephemeral(id, sub, patterns, from).await,
-            Completion::Attach {
-                id,
-                sub,
-                name,
-                patterns,
-                mode,
-                options,
-            } => self.attach(id, sub, name, patterns, mode, options).await,
-        }
-    }
-}
-
-fn no_longer_allowed(id: Option<Id>) -> Reply {
-    Reply::error(
-        id,
-        ErrorCode::Forbidden,
-        "the connection re-authenticated with a token that may not hold this subscription",
-    )
 }

@@ -32,7 +32,33 @@ impl Session {
         }
     }
 
-    pub(super) async fn subscribe_durable(
+    /// A subscribe, within the connection's `max_subscriptions_per_connection` (counting
+    /// subscribes accepted whose turn has not come).
+    pub(super) async fn subscribe(
+        &mut self,
+        id: Option<Id>,
+        patterns: Vec<Pattern>,
+        consumer: Option<String>,
+        start: Option<Start>,
+        asked: SubscribeOptions,
+    ) -> Result<(), Closed> {
+        let limit = self.ctx.config.max_subscriptions_per_connection;
+        if self.subs.len() + self.accepted_subs >= limit {
+            let message = format!("this connection already holds {limit} subscriptions, the limit");
+            return self
+                .send(Reply::error(id, ErrorCode::LimitExceeded, message))
+                .await;
+        }
+        match consumer {
+            Some(name) => {
+                self.subscribe_durable(id, patterns, name, start, asked)
+                    .await
+            }
+            None => self.subscribe_ephemeral(id, patterns, start).await,
+        }
+    }
+
+    async fn subscribe_durable(
         &mut self,
         id: Option<Id>,
         patterns: Vec<Pattern>,
@@ -80,7 +106,7 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn subscribe_ephemeral(
+    async fn subscribe_ephemeral(
         &mut self,
         id: Option<Id>,
         patterns: Vec<Pattern>,
