@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wharf_protocol::{now_ms, Topic};
 
-use crate::backend::{NewEvent, Stored};
+use crate::net::publish;
 use crate::net::tls::{Conn, Rewound};
 use crate::shutdown::Shutdown;
 use crate::{context, metrics};
@@ -119,9 +118,13 @@ pub async fn serve_http(stream: Rewound, ctx: Arc<context::Context>, mut shutdow
     }
 }
 
-type Answer = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+pub(super) type Answer = hyper::Response<http_body_util::Full<bytes::Bytes>>;
 
-fn reply(status: hyper::StatusCode, kind: &str, body: impl Into<bytes::Bytes>) -> Answer {
+pub(super) fn reply(
+    status: hyper::StatusCode,
+    kind: &str,
+    body: impl Into<bytes::Bytes>,
+) -> Answer {
     let mut answer = hyper::Response::new(http_body_util::Full::new(body.into()));
     *answer.status_mut() = status;
     let headers = answer.headers_mut();
@@ -139,7 +142,7 @@ fn text(status: hyper::StatusCode, body: &str) -> Answer {
     reply(status, "text/plain; charset=utf-8", format!("{body}\n"))
 }
 
-fn json_error(status: hyper::StatusCode, code: &str, message: &str) -> Answer {
+pub(super) fn json_error(status: hyper::StatusCode, code: &str, message: &str) -> Answer {
     reply(status, "application/json", error_json(code, message))
 }
 
@@ -175,14 +178,14 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
             );
             return answer;
         }
-        let request = PublishRequest {
+        let request = publish::PublishRequest {
             topic: path.strip_prefix("/v1/publish/").map(str::to_owned),
             bearer,
             json: header("content-type").is_some_and(is_json),
             length: header("content-length").and_then(|v| v.trim().parse::<usize>().ok()),
             idempotency_key: header("idempotency-key").map(str::to_owned),
         };
-        return publish(ctx, request, body).await;
+        return publish::publish(ctx, request, body).await;
     }
     let known = matches!(
         path,
@@ -317,189 +320,6 @@ fn origin_is_loopback(origin: &str) -> bool {
 
 fn error_json(code: &str, message: &str) -> String {
     serde_json::json!({"code": code, "message": message}).to_string()
-}
-
-/// What a publish request said besides its body.
-struct PublishRequest {
-    /// `/v1/publish/{topic}`; `None` for a batch (`/v1/publish`).
-    topic: Option<String>,
-    bearer: Option<String>,
-    json: bool,
-    length: Option<usize>,
-    /// The `Idempotency-Key` header: the event's msg_id, so a retried webhook is stored once.
-    idempotency_key: Option<String>,
-}
-
-/// One event of a batch posted to `/v1/publish`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchEvent {
-    topic: String,
-    payload: Box<serde_json::value::RawValue>,
-    #[serde(default)]
-    msg_id: Option<String>,
-}
-
-/// `POST /v1/publish/{topic}` (the body is the payload) and `POST /v1/publish` (a JSON array
-/// of `{topic, payload, msg_id}`, stored all or none). Answers once durable:
-/// `{"seq":N,"duplicate":bool}`, or `{"events":[…]}` for a batch.
-async fn publish(
-    ctx: &Arc<context::Context>,
-    request: PublishRequest,
-    body: hyper::body::Incoming,
-) -> Answer {
-    use http_body_util::BodyExt;
-    use hyper::StatusCode;
-    let auth = ctx.auth();
-    let principal = if auth.enabled() {
-        match request.bearer.as_deref().and_then(|t| auth.check(t)) {
-            Some(p) => Some(p),
-            None => {
-                return json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "send Authorization: Bearer <token>",
-                )
-            }
-        }
-    } else {
-        None
-    };
-    // A cross-site form can post text/plain without a preflight; JSON it cannot.
-    if !request.json {
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported",
-            "send the payload with content-type: application/json",
-        );
-    }
-    let limit = ctx.config.max_frame_bytes;
-    let too_large = |length: usize| {
-        json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            &format!("the body is {length} bytes or more, the limit is {limit}"),
-        )
-    };
-    // Refused before the body is read, so a client that asked `Expect: 100-continue` is
-    // not told to send it.
-    if let Some(length) = request.length.filter(|&l| l > limit) {
-        return too_large(length);
-    }
-    let body = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(limit + 1),
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("the body could not be read: {e}"),
-            )
-        }
-    };
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_json", "the body is not UTF-8");
-    };
-    let batch = match &request.topic {
-        Some(topic) => {
-            let Ok(payload) = serde_json::from_str::<Box<serde_json::value::RawValue>>(text) else {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_json",
-                    "the body must be one JSON value",
-                );
-            };
-            vec![BatchEvent {
-                topic: topic.clone(),
-                payload,
-                msg_id: request.idempotency_key.clone(),
-            }]
-        }
-        None => match serde_json::from_str::<Vec<BatchEvent>>(text) {
-            Ok(batch) if !batch.is_empty() => batch,
-            Ok(_) => {
-                return json_error(StatusCode::BAD_REQUEST, "bad_request", "the batch is empty")
-            }
-            Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_json",
-                    &format!("the body must be an array of {{topic, payload, msg_id}}: {e}"),
-                )
-            }
-        },
-    };
-    let time_ms = now_ms();
-    let mut events = Vec::with_capacity(batch.len());
-    for event in batch {
-        let topic = match Topic::parse(&event.topic) {
-            Ok(t) => t,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, "invalid_topic", &e.0),
-        };
-        if let Some(p) = principal
-            .as_ref()
-            .filter(|p| !p.may_publish(topic.as_str()))
-        {
-            let message = format!("token {:?} may not publish to {}", p.name, topic.as_str());
-            return json_error(StatusCode::FORBIDDEN, "forbidden", &message);
-        }
-        if let Some(id) = &event.msg_id {
-            if id.is_empty() || id.len() > wharf_protocol::MAX_MSG_ID_BYTES {
-                let message = format!(
-                    "msg_id (or Idempotency-Key) must be 1 to {} bytes",
-                    wharf_protocol::MAX_MSG_ID_BYTES
-                );
-                return json_error(StatusCode::BAD_REQUEST, "bad_request", &message);
-            }
-        }
-        let max = ctx.config.max_json_depth;
-        if wharf_protocol::json_nesting_exceeds(event.payload.get(), max) {
-            let message = format!(
-                "the payload nests arrays and objects more than {max} deep (max_json_depth)"
-            );
-            return json_error(StatusCode::BAD_REQUEST, "bad_request", &message);
-        }
-        // Scoped like a WebSocket publish's: one publisher's ids never answer for another's.
-        let publisher = principal.as_ref().map_or("", |p| p.dedup_scope());
-        events.push(NewEvent {
-            topic: topic.as_str().to_owned(),
-            payload: event.payload.get().to_owned(),
-            time_ms,
-            msg_id: event
-                .msg_id
-                .map(|id| crate::auth::dedup_key(publisher, &id)),
-        });
-    }
-    let count = events.len();
-    let stored = match ctx.backend.publish(vec![events]).await {
-        Ok(confirming) => confirming.await,
-        Err(e) => Err(e),
-    };
-    match stored.map(|mut batches| batches.pop()) {
-        Ok(Some(Stored::Events(seqs))) if seqs.len() == count => {
-            let stored = |p: &crate::backend::Published| serde_json::json!({"seq": p.seq, "duplicate": p.duplicate});
-            let body = match request.topic {
-                Some(_) => stored(&seqs[0]),
-                None => {
-                    serde_json::json!({"events": seqs.iter().map(stored).collect::<Vec<_>>()})
-                }
-            };
-            reply(StatusCode::OK, "application/json", body.to_string())
-        }
-        Ok(Some(Stored::Refused(why))) => {
-            json_error(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", &why)
-        }
-        Ok(_) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "publish got no seq",
-        ),
-        Err(e) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
-    }
 }
 
 /// `/metrics`: counters and histograms as recorded, plus gauges read off the state now.

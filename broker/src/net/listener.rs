@@ -151,6 +151,49 @@ pub async fn serve(
     }
 }
 
+/// Refuses a WebSocket handshake off `/ws` or with a bad token; a good token's principal
+/// goes into `slot`. (Host and Origin were checked with the request head, `http::open`.)
+#[allow(clippy::result_large_err)]
+fn check_handshake(
+    ctx: &Context,
+    req: &Request,
+    slot: &Mutex<Option<Arc<Principal>>>,
+) -> Result<(), ErrorResponse> {
+    let refuse = |status: StatusCode, text: &str| {
+        let mut err = ErrorResponse::new(Some(format!("{text}\n")));
+        *err.status_mut() = status;
+        Err(err)
+    };
+    if req.uri().path() != wharf_protocol::WS_PATH {
+        let text = format!(
+            "wharf serves WebSocket clients at {}",
+            wharf_protocol::WS_PATH
+        );
+        return refuse(StatusCode::NOT_FOUND, &text);
+    }
+    let authenticator = ctx.auth();
+    let auth = authenticator.settings();
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    let token = match (bearer, query) {
+        (Some(t), _) => Some(t),
+        (None, Some(t)) if auth.allow_query_token => Some(t),
+        (None, Some(_)) => return refuse(StatusCode::UNAUTHORIZED, "?token= is not enabled"),
+        (None, None) => None,
+    };
+    if let Some(token) = token {
+        match authenticator.check(token) {
+            Some(p) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(p),
+            None => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
+        }
+    }
+    Ok(())
+}
+
 async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
@@ -168,40 +211,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
     // The callback's signature is tungstenite's; its error type is large by design.
     #[allow(clippy::result_large_err)]
     let check_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        let refuse = |status: StatusCode, text: &str| {
-            let mut err = ErrorResponse::new(Some(format!("{text}\n")));
-            *err.status_mut() = status;
-            Err(err)
-        };
-        if req.uri().path() != wharf_protocol::WS_PATH {
-            let text = format!(
-                "wharf serves WebSocket clients at {}",
-                wharf_protocol::WS_PATH
-            );
-            return refuse(StatusCode::NOT_FOUND, &text);
-        }
-        // Host and Origin were checked with the request head (http::open).
-        let authenticator = hs_ctx.auth();
-        let auth = authenticator.settings();
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
-        let query = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-        let token = match (bearer, query) {
-            (Some(t), _) => Some(t),
-            (None, Some(t)) if auth.allow_query_token => Some(t),
-            (None, Some(_)) => return refuse(StatusCode::UNAUTHORIZED, "?token= is not enabled"),
-            (None, None) => None,
-        };
-        if let Some(token) = token {
-            match authenticator.check(token) {
-                Some(p) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(p),
-                None => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
-            }
-        }
-        Ok(resp)
+        check_handshake(&hs_ctx, req, &slot).map(|()| resp)
     };
     let opening = async {
         let conn = crate::net::tls::Conn::accept(stream, ctx.tls().as_ref()).await?;

@@ -2,4 +2,5 @@
 
 pub mod http;
 pub mod listener;
+mod publish;
 pub mod tls;

@@ -129,7 +129,169 @@ fn rebuild_view(path: &Path, config: &Config, why: &str) -> Result<StateView, St
     open_view(path, config)
 }
 
+/// What recovery brought up to date: the view, the consumers in memory, and the log.
+struct Recovered {
+    view: StateView,
+    consumers: Consumers,
+    changes: Changes,
+    topics: Topics,
+    recovery: Recovery,
+}
+
+/// With `--repair`, rewrites damaged segments without their bad byte ranges, reporting each.
+fn repair_if_asked(config: &Config, log_dir: &Path) -> Result<(), BrokerError> {
+    if !config.repair {
+        return Ok(());
+    }
+    let removed = append::repair(log_dir)?;
+    for (path, from, to) in &removed {
+        tracing::error!(
+            segment = %path.display(),
+            from,
+            to,
+            "repair: removed damaged bytes; the events they held are lost"
+        );
+    }
+    if removed.is_empty() {
+        tracing::info!("repair: the log has no damage");
+    }
+    Ok(())
+}
+
+/// Opens the sled view and replays the log into it from the view's position; a view that
+/// cannot be opened or read, or that claims a position the log lacks, is set aside and
+/// rebuilt from the whole log.
+fn recover_view(
+    config: &Config,
+    log_dir: &Path,
+    state_dir: &Path,
+) -> Result<Recovered, BrokerError> {
+    let mut view = match open_view(state_dir, config) {
+        Ok(view) => view,
+        Err(e) => rebuild_view(state_dir, config, &e.to_string())?,
+    };
+    let (applied, consumers) = match load(&view) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            drop(view);
+            view = rebuild_view(state_dir, config, &e.to_string())?;
+            (None, Consumers::default())
+        }
+    };
+    let window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+    let dedup_since_ms = wharf_protocol::now_ms().saturating_sub(window_ms);
+    let mut changes = Changes::default();
+    let mut topics = Topics::default();
+    let (recovery, found) = replay(
+        log_dir,
+        dedup_since_ms,
+        applied,
+        &consumers,
+        &mut changes,
+        &mut topics,
+    )?;
+    let stale = if !found {
+        Some(format!(
+            "it reflects log position {applied:?}, which the log does not have"
+        ))
+    } else {
+        recovery
+            .unanchored
+            .as_ref()
+            .filter(|_| applied.is_some())
+            .map(|path| {
+                format!(
+                    "{} lacks its checkpoint; a replay from the oldest segment writes it",
+                    path.display()
+                )
+            })
+    };
+    let Some(why) = stale else {
+        return Ok(Recovered {
+            view,
+            consumers,
+            changes,
+            topics,
+            recovery,
+        });
+    };
+    drop(view);
+    let view = rebuild_view(state_dir, config, &why)?;
+    let consumers = Consumers::default();
+    let mut changes = Changes::default();
+    let (recovery, _) = replay(
+        log_dir,
+        dedup_since_ms,
+        None,
+        &consumers,
+        &mut changes,
+        &mut topics,
+    )?;
+    Ok(Recovered {
+        view,
+        consumers,
+        changes,
+        topics,
+        recovery,
+    })
+}
+
+/// The oldest segment left must start with a checkpoint: without it, the consumers' state
+/// before it went with the segments retention removed. `--repair` starts without it.
+fn refuse_unanchored(config: &Config, recovery: &Recovery) -> Result<(), BrokerError> {
+    let Some(path) = &recovery.unanchored else {
+        return Ok(());
+    };
+    if !config.repair {
+        return Err(BrokerError::from(LogError::Corrupt {
+            path: path.clone(),
+            offset: 0,
+            reason: "the oldest segment does not start with a checkpoint, so consumers' state cannot be rebuilt (wharf serve --repair starts without what it lacks)".into(),
+        }));
+    }
+    tracing::error!(segment = %path.display(), "repair: the oldest segment lacks its checkpoint; consumers created before it are lost");
+    Ok(())
+}
+
+/// Saves what the replay changed, at the log's end, before anything new is written.
+fn save_view(recovered: &mut Recovered) -> Result<(), BrokerError> {
+    let consumers = &recovered.consumers;
+    let states: Vec<(String, ConsumerState)> = consumers
+        .names()
+        .into_iter()
+        .filter_map(|name| consumers.get(&name).map(|c| (name, c.state())))
+        .collect();
+    let changes = std::mem::take(&mut recovered.changes);
+    recovered.view.save(&[ViewUpdate {
+        states,
+        settled: changes.settled,
+        deleted: changes.deleted,
+        applied: recovered.recovery.end,
+    }])?;
+    recovered.view.flush()?;
+    Ok(())
+}
+
+fn log_options(config: &Config) -> LogOptions {
+    LogOptions {
+        segment_bytes: config.segment_bytes,
+        dedup_window_ms: u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX),
+        dedup_max_entries: config.dedup_max_entries,
+        relaxed_sync: match config.durability {
+            Durability::Sync => None,
+            Durability::Relaxed => Some(config.relaxed_sync_interval),
+        },
+        retention: Retention {
+            max_age_ms: u64::try_from(config.max_age.as_millis()).unwrap_or(u64::MAX),
+            max_events: config.max_events,
+            max_bytes: config.max_bytes,
+        },
+        queue_depth: 4096,
+    }
+}
+
 impl Store {
+    /// Locks the data dir, recovers the log and the view, and starts the writers.
     pub fn open(config: &Config) -> Result<Store, BrokerError> {
         let data_dir = &config.data_dir;
         fs::create_dir_all(data_dir).map_err(|source| BrokerError::Io {
@@ -138,108 +300,24 @@ impl Store {
         })?;
         let lock = lock_data_dir(data_dir)?;
         let log_dir = data_dir.join("log");
-        let state_dir = data_dir.join("state");
-
         let started = std::time::Instant::now();
-        if config.repair {
-            let removed = append::repair(&log_dir)?;
-            for (path, from, to) in &removed {
-                tracing::error!(
-                    segment = %path.display(),
-                    from,
-                    to,
-                    "repair: removed damaged bytes; the events they held are lost"
-                );
-            }
-            if removed.is_empty() {
-                tracing::info!("repair: the log has no damage");
-            }
-        }
-        let mut view = match open_view(&state_dir, config) {
-            Ok(view) => view,
-            Err(e) => rebuild_view(&state_dir, config, &e.to_string())?,
-        };
-        let (applied, mut registry) = match load(&view) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                drop(view);
-                view = rebuild_view(&state_dir, config, &e.to_string())?;
-                (None, Consumers::default())
-            }
-        };
-        let mut changes = Changes::default();
-        let mut topics = Topics::default();
-        let window_ms = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
-        let dedup_since_ms = wharf_protocol::now_ms().saturating_sub(window_ms);
-        let (mut recovery, found) = replay(
-            &log_dir,
-            dedup_since_ms,
-            applied,
-            &registry,
-            &mut changes,
-            &mut topics,
-        )?;
-        let stale = if !found {
-            Some(format!(
-                "it reflects log position {applied:?}, which the log does not have"
-            ))
-        } else {
-            recovery
-                .unanchored
-                .as_ref()
-                .filter(|_| applied.is_some())
-                .map(|path| {
-                    format!(
-                        "{} lacks its checkpoint; a replay from the oldest segment writes it",
-                        path.display()
-                    )
-                })
-        };
-        if let Some(why) = stale {
-            drop(view);
-            view = rebuild_view(&state_dir, config, &why)?;
-            registry = Consumers::default();
-            changes = Changes::default();
-            recovery = replay(
-                &log_dir,
-                dedup_since_ms,
-                None,
-                &registry,
-                &mut changes,
-                &mut topics,
-            )?
-            .0;
-        }
-        if let Some(path) = &recovery.unanchored {
-            // The oldest segment left does not start with a checkpoint: the consumers' state
-            // before it is gone with the segments retention removed.
-            if !config.repair {
-                return Err(BrokerError::from(LogError::Corrupt {
-                    path: path.clone(),
-                    offset: 0,
-                    reason: "the oldest segment does not start with a checkpoint, so consumers' state cannot be rebuilt (wharf serve --repair starts without what it lacks)".into(),
-                }));
-            }
-            tracing::error!(segment = %path.display(), "repair: the oldest segment lacks its checkpoint; consumers created before it are lost");
-        }
-        let states: Vec<(String, ConsumerState)> = registry
-            .names()
-            .into_iter()
-            .filter_map(|name| registry.get(&name).map(|c| (name, c.state())))
-            .collect();
-        view.save(&[ViewUpdate {
-            states,
-            settled: changes.settled,
-            deleted: changes.deleted,
-            applied: recovery.end,
-        }])?;
-        view.flush()?;
-        let registry = Arc::new(registry);
+        repair_if_asked(config, &log_dir)?;
+        let mut recovered = recover_view(config, &log_dir, &data_dir.join("state"))?;
+        refuse_unanchored(config, &recovered.recovery)?;
+        save_view(&mut recovered)?;
+        let Recovered {
+            view,
+            consumers,
+            topics,
+            recovery,
+            ..
+        } = recovered;
+        let consumers = Arc::new(consumers);
         let head = recovery.next_seq - 1;
         tracing::info!(
             events = head,
             segments = recovery.segments.len(),
-            consumers = registry.len(),
+            consumers = consumers.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered the log"
         );
@@ -256,34 +334,18 @@ impl Store {
             topics,
         ));
         let (view_tx, view_writer) = view.start_writer()?;
-        let sink = Committer::new(registry.clone(), view_tx, feed.clone());
-        let options = LogOptions {
-            segment_bytes: config.segment_bytes,
-            dedup_window_ms: window_ms,
-            dedup_max_entries: config.dedup_max_entries,
-            relaxed_sync: match config.durability {
-                Durability::Sync => None,
-                Durability::Relaxed => Some(config.relaxed_sync_interval),
-            },
-            retention: Retention {
-                max_age_ms: u64::try_from(config.max_age.as_millis()).unwrap_or(u64::MAX),
-                max_events: config.max_events,
-                max_bytes: config.max_bytes,
-            },
-            queue_depth: 4096,
-        };
-        let log = AppendLog::start(&log_dir, recovery, options, Box::new(sink))?;
+        let sink = Committer::new(consumers.clone(), view_tx, feed.clone());
+        let log = AppendLog::start(&log_dir, recovery, log_options(config), Box::new(sink))?;
         Ok(Store {
             log,
             state: view,
-            consumers: registry,
+            consumers,
             feed,
             view_writer: std::sync::Mutex::new(Some(view_writer)),
             _lock: lock,
         })
     }
 
-    /// Lets queued writes commit, then flushes the view.
     /// Saves the consumers' delivered-through marks that moved.
     pub fn save_marks(&self) {
         if let Err(e) = self.state.save_marks(&self.consumers.take_marks()) {
@@ -291,6 +353,7 @@ impl Store {
         }
     }
 
+    /// Lets queued writes commit, then flushes the view.
     pub async fn close(&self) {
         self.log.close().await;
         self.feed.close();
