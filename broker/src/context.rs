@@ -46,7 +46,7 @@ impl Context {
         fresh.validate()?;
         let auth = Authenticator::new(&fresh.auth)?;
         let tls = match (&fresh.tls_cert, &fresh.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::net::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
         if tls.is_some() != self.tls().is_some() {

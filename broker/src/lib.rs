@@ -32,6 +32,7 @@ pub mod net;
 pub mod outbound;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use error::BrokerError;
-use net::{http, listener as server, tls};
+use net::{http, listener as server};
 use shutdown::Shutdown;
 
 /// Serves "not ready" until `stop`, then gives the listener back with the connections still

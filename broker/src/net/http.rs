@@ -9,9 +9,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::net::answer::{reply, text, Answer};
 use crate::net::publish;
-use crate::net::tls::{Conn, Rewound};
 use crate::shutdown::Shutdown;
+use crate::tls::{Conn, Rewound};
 use crate::{context, metrics};
 
 /// The browser client, served at `/wharf.js`.
@@ -116,34 +117,6 @@ pub async fn serve_http(stream: Rewound, ctx: Arc<context::Context>, mut shutdow
     if let Err(e) = served {
         tracing::debug!(error = %e, "HTTP connection ended");
     }
-}
-
-pub(super) type Answer = hyper::Response<http_body_util::Full<bytes::Bytes>>;
-
-pub(super) fn reply(
-    status: hyper::StatusCode,
-    kind: &str,
-    body: impl Into<bytes::Bytes>,
-) -> Answer {
-    let mut answer = hyper::Response::new(http_body_util::Full::new(body.into()));
-    *answer.status_mut() = status;
-    let headers = answer.headers_mut();
-    if let Ok(kind) = hyper::header::HeaderValue::from_str(kind) {
-        headers.insert(hyper::header::CONTENT_TYPE, kind);
-    }
-    headers.insert(
-        hyper::header::CACHE_CONTROL,
-        hyper::header::HeaderValue::from_static("no-cache"),
-    );
-    answer
-}
-
-fn text(status: hyper::StatusCode, body: &str) -> Answer {
-    reply(status, "text/plain; charset=utf-8", format!("{body}\n"))
-}
-
-pub(super) fn json_error(status: hyper::StatusCode, code: &str, message: &str) -> Answer {
-    reply(status, "application/json", error_json(code, message))
 }
 
 /// Answers one request.
@@ -316,10 +289,6 @@ fn origin_is_loopback(origin: &str) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn error_json(code: &str, message: &str) -> String {
-    serde_json::json!({"code": code, "message": message}).to_string()
 }
 
 /// `/metrics`: counters and histograms as recorded, plus gauges read off the state now.

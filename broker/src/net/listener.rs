@@ -214,7 +214,7 @@ async fn connection(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, shut
         check_handshake(&hs_ctx, req, &slot).map(|()| resp)
     };
     let opening = async {
-        let conn = crate::net::tls::Conn::accept(stream, ctx.tls().as_ref()).await?;
+        let conn = crate::tls::Conn::accept(stream, ctx.tls().as_ref()).await?;
         match crate::net::http::open(conn, &ctx).await? {
             Opening::Closed => Ok(None),
             Opening::Http(stream) => Ok(Some(Err(stream))),

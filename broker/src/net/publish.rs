@@ -12,7 +12,7 @@ use wharf_protocol::{now_ms, Topic};
 use crate::auth::Principal;
 use crate::backend::{NewEvent, Published, Stored};
 use crate::context::Context;
-use crate::net::http::{json_error, reply, Answer};
+use crate::net::answer::{json_error, reply, Answer};
 
 /// What a publish request said besides its body.
 pub(super) struct PublishRequest {

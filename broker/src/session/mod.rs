@@ -30,9 +30,9 @@ use crate::backend::{
 };
 use crate::context::Context;
 use crate::metrics;
-use crate::net::tls::Rewound;
 use crate::outbound::{Frame, Outbound, Queued, Unsent};
 use crate::shutdown::Shutdown;
+use crate::tls::Rewound;
 
 mod admin;
 mod authorize;
