@@ -54,7 +54,7 @@ pub enum Backend {
 /// A connection attached to a durable consumer, before its delivery starts: send the
 /// `subscribed` reply, then [`Attaching::start`]. Dropped unstarted, it detaches.
 pub enum Attaching {
-    Log(log::Attaching),
+    Log(log::subscribe::Attaching),
 }
 
 impl Attaching {
@@ -90,7 +90,7 @@ impl Subscription {
 }
 
 enum Held {
-    Log(log::Subscription),
+    Log(log::subscribe::Subscription),
 }
 
 impl Backend {

@@ -21,7 +21,7 @@ mod settle;
 pub mod settled;
 pub mod state;
 pub mod store;
-mod subscribe;
+pub mod subscribe;
 mod upkeep;
 
 use std::sync::atomic::AtomicUsize;
@@ -36,8 +36,6 @@ use crate::metrics;
 use append::{Entry, Floor, Pending, Receipt};
 use consumers::Consumer;
 use store::Store;
-
-pub use subscribe::{Attaching, Subscription};
 
 /// The embedded backend, cheap to clone.
 #[derive(Clone)]
