@@ -8,7 +8,7 @@ use std::sync::Arc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wharf_protocol::Pattern;
+use wharf_protocol::{Pattern, Request};
 
 use crate::config::{Auth, Jwt};
 
@@ -56,6 +56,69 @@ impl Principal {
     /// wants to operate, or of a subscription it holds).
     pub fn may_subscribe_all(&self, patterns: &[Pattern]) -> bool {
         patterns.iter().all(|p| self.may_subscribe(p))
+    }
+
+    /// Why it may not publish to `topic`.
+    pub fn publish_refusal(&self, topic: &str) -> Option<String> {
+        (!self.may_publish(topic))
+            .then(|| format!("token {:?} may not publish to {topic}", self.name))
+    }
+
+    /// Why it may not make `request` (`forbidden`), or `None`. The one place where requests
+    /// meet rights; the WebSocket session and HTTP both ask it. `patterns_of` gives an
+    /// existing consumer's topics: operating a consumer (acking, seeking, inspecting) that
+    /// reads topics beyond the token's subscribe rights would act on, or reveal, events the
+    /// token may not read.
+    pub fn refusal(
+        &self,
+        request: &Request,
+        patterns_of: &dyn Fn(&str) -> Option<Vec<Pattern>>,
+    ) -> Option<String> {
+        let consumer = |name: &str| {
+            if !self.may_use_consumer(name) {
+                return Some(format!(
+                    "token {:?} may not use consumer {name:?}",
+                    self.name
+                ));
+            }
+            let patterns = patterns_of(name)?;
+            (!self.may_subscribe_all(&patterns)).then(|| {
+                format!(
+                    "token {:?} may not subscribe to every topic consumer {name:?} reads",
+                    self.name
+                )
+            })
+        };
+        match request {
+            Request::Publish { event, .. } => self.publish_refusal(event.topic.as_str()),
+            Request::PublishBatch { events, .. } => events
+                .iter()
+                .find_map(|e| self.publish_refusal(e.topic.as_str())),
+            Request::Subscribe {
+                topics,
+                consumer: name,
+                ..
+            } => match topics.iter().find(|p| !self.may_subscribe(p)) {
+                Some(p) => Some(format!("token {:?} may not subscribe to {p}", self.name)),
+                None => name.as_deref().and_then(consumer),
+            },
+            Request::Ack { consumer: name, .. }
+            | Request::Nack { consumer: name, .. }
+            | Request::Term { consumer: name, .. }
+            | Request::Progress { consumer: name, .. }
+            | Request::Seek { consumer: name, .. }
+            | Request::ConsumerInfo { consumer: name, .. }
+            | Request::DeleteConsumer { consumer: name, .. } => consumer(name),
+            Request::Stats { .. } | Request::Topics { .. } | Request::Consumers { .. }
+                if !self.may_administer() =>
+            {
+                Some(format!(
+                    "token {:?} may not use admin operations (it needs admin = true)",
+                    self.name
+                ))
+            }
+            _ => None,
+        }
     }
 
     pub fn may_use_consumer(&self, name: &str) -> bool {

@@ -171,9 +171,8 @@ fn events(
     for event in batch {
         let topic = Topic::parse(&event.topic)
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid_topic", &e.0))?;
-        if let Some(p) = principal.filter(|p| !p.may_publish(topic.as_str())) {
-            let message = format!("token {:?} may not publish to {}", p.name, topic.as_str());
-            return Err(Refusal::new(StatusCode::FORBIDDEN, "forbidden", &message));
+        if let Some(why) = principal.and_then(|p| p.publish_refusal(topic.as_str())) {
+            return Err(Refusal::new(StatusCode::FORBIDDEN, "forbidden", &why));
         }
         if let Some(id) = &event.msg_id {
             if id.is_empty() || id.len() > wharf_protocol::MAX_MSG_ID_BYTES {

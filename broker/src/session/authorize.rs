@@ -114,19 +114,6 @@ impl Session {
         Ok(())
     }
 
-    /// Why `who` may not operate existing consumer `name`: it reads topics beyond the token's
-    /// subscribe rights (acking, seeking or inspecting it would act on, or reveal, events the
-    /// token may not read).
-    pub(super) fn reads_beyond(&self, who: &Principal, name: &str) -> Option<String> {
-        let patterns = self.ctx.backend.consumer_patterns(name)?;
-        (!who.may_subscribe_all(&patterns)).then(|| {
-            format!(
-                "token {:?} may not subscribe to every topic consumer {name:?} reads",
-                who.name
-            )
-        })
-    }
-
     /// Why this request may not go ahead, when auth is on.
     pub(super) fn refusal(&self, request: &Request) -> Option<Reply> {
         if !self.auth_enabled {
@@ -140,53 +127,8 @@ impl Session {
                 "authenticate first: send {\"op\":\"auth\",\"token\":…} or an Authorization: Bearer header",
             ));
         };
-        let forbidden = |what: String| Some(Reply::error(id.clone(), ErrorCode::Forbidden, what));
-        let consumer_of = |name: &str| {
-            (!who.may_use_consumer(name))
-                .then(|| format!("token {:?} may not use consumer {name:?}", who.name))
-        };
-        match request {
-            Request::Publish { event, .. } if !who.may_publish(event.topic.as_str()) => forbidden(
-                format!("token {:?} may not publish to {}", who.name, event.topic),
-            ),
-            Request::PublishBatch { events, .. } => events
-                .iter()
-                .find(|e| !who.may_publish(e.topic.as_str()))
-                .and_then(|e| {
-                    forbidden(format!(
-                        "token {:?} may not publish to {}",
-                        who.name, e.topic
-                    ))
-                }),
-            Request::Subscribe {
-                topics, consumer, ..
-            } => {
-                if let Some(p) = topics.iter().find(|p| !who.may_subscribe(p)) {
-                    return forbidden(format!("token {:?} may not subscribe to {p}", who.name));
-                }
-                consumer
-                    .as_deref()
-                    .and_then(|c| consumer_of(c).or_else(|| self.reads_beyond(who, c)))
-                    .and_then(forbidden)
-            }
-            Request::Ack { consumer, .. }
-            | Request::Nack { consumer, .. }
-            | Request::Term { consumer, .. }
-            | Request::Progress { consumer, .. }
-            | Request::Seek { consumer, .. }
-            | Request::ConsumerInfo { consumer, .. }
-            | Request::DeleteConsumer { consumer, .. } => consumer_of(consumer)
-                .or_else(|| self.reads_beyond(who, consumer))
-                .and_then(forbidden),
-            Request::Stats { .. } | Request::Topics { .. } | Request::Consumers { .. }
-                if !who.may_administer() =>
-            {
-                forbidden(format!(
-                    "token {:?} may not use admin operations (it needs admin = true)",
-                    who.name
-                ))
-            }
-            _ => None,
-        }
+        let backend = &self.ctx.backend;
+        who.refusal(request, &|name| backend.consumer_patterns(name))
+            .map(|why| Reply::error(id, ErrorCode::Forbidden, why))
     }
 }

@@ -24,7 +24,6 @@ pub mod store;
 pub mod subscribe;
 mod upkeep;
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use wharf_protocol::{ConsumerInfo, Mode, Pattern, Start, TopicInfo};
@@ -44,7 +43,7 @@ pub struct LogBackend {
     config: Arc<Config>,
     /// Consumer creations submitted to the log and not yet applied: they count against the
     /// consumer limits, so that concurrent creations cannot pass them.
-    creating: Arc<AtomicUsize>,
+    creating: subscribe::Creating,
 }
 
 /// Waits for a submitted write to be durable.

@@ -1,8 +1,8 @@
 //! Subscribing: creating a durable consumer, attaching a connection to it (takeover, shared
 //! members) and following the log without a consumer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use wharf_protocol::{Mode, Pattern, Reply};
 
@@ -15,20 +15,41 @@ use crate::backend::contract::{
 };
 use crate::outbound::Frame;
 
-/// One consumer creation in flight, counted in [`LogBackend::creating`] until dropped.
-struct CreatingConsumer(Arc<AtomicUsize>);
+/// Consumer names whose creation was submitted to the log and is not confirmed yet, with
+/// how many creations of each are in flight.
+pub type Creating = Arc<Mutex<HashMap<String, usize>>>;
+
+/// One consumer creation in flight, in [`LogBackend::creating`] until dropped.
+struct CreatingConsumer {
+    creating: Creating,
+    name: String,
+}
 
 impl CreatingConsumer {
-    fn new(count: &Arc<AtomicUsize>) -> CreatingConsumer {
-        count.fetch_add(1, Ordering::AcqRel);
-        CreatingConsumer(count.clone())
+    fn new(creating: &Creating, name: &str) -> CreatingConsumer {
+        *lock(creating).entry(name.to_owned()).or_default() += 1;
+        CreatingConsumer {
+            creating: creating.clone(),
+            name: name.to_owned(),
+        }
     }
 }
 
 impl Drop for CreatingConsumer {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut creating = lock(&self.creating);
+        if let Some(count) = creating.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                creating.remove(&self.name);
+            }
+        }
     }
+}
+
+/// A panic while holding this lock would be a bug in this file; the map stays usable.
+fn lock(creating: &Creating) -> MutexGuard<'_, HashMap<String, usize>> {
+    creating.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn conflict(consumer: &Consumer, asked: &[Pattern]) -> BackendError {
@@ -129,13 +150,17 @@ impl Drop for Attaching {
 
 impl LogBackend {
     /// Why creating consumer `name` would pass a limit: `max_consumers`, or the token's
-    /// quota over the consumers its names cover. Creations still in flight count (for the
-    /// token's limit too: they may be its own).
+    /// quota over the consumers its names cover. Creations in flight count until their
+    /// consumer exists (counting them after would refuse a pipelined creation wrongly).
     fn consumer_limit(&self, name: &str, quota: Option<&Quota<'_>>) -> Option<String> {
         let consumers = &self.store.consumers;
-        let creating = self.creating.load(Ordering::Acquire);
+        let in_flight: Vec<String> = lock(&self.creating)
+            .keys()
+            .filter(|n| consumers.get(n).is_none())
+            .cloned()
+            .collect();
         let limit = self.config.max_consumers;
-        if consumers.len() + creating >= limit {
+        if consumers.len() + in_flight.len() >= limit {
             return Some(format!(
                 "the broker holds {limit} consumers (max_consumers); cannot create {name:?}"
             ));
@@ -144,9 +169,10 @@ impl LogBackend {
         let covered = consumers
             .names()
             .iter()
+            .chain(&in_flight)
             .filter(|n| (quota.covers)(n))
             .count();
-        (covered + creating >= quota.max).then(|| {
+        (covered >= quota.max).then(|| {
             format!(
                 "token {:?} may hold {} consumers (its max_consumers); cannot create {name:?}",
                 quota.owner, quota.max
@@ -171,7 +197,7 @@ impl LogBackend {
             return Err(BackendError::LimitExceeded(refusal));
         }
         let floor = self.floor_for(spec.start).await?;
-        let creating = CreatingConsumer::new(&self.creating);
+        let creating = CreatingConsumer::new(&self.creating, &spec.name);
         let entry = Entry::ConsumerCreated {
             name: spec.name,
             patterns: spec
