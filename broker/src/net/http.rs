@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wharf_protocol::{now_ms, Topic};
 
-use crate::backend::log::append::{Entry, NewEvent, Receipt};
+use crate::backend::log::append::{Event, Receipt, Record};
 use crate::net::tls::{Conn, Rewound};
 use crate::shutdown::Shutdown;
 use crate::{context, metrics};
@@ -461,17 +461,17 @@ async fn publish(
         }
         // Scoped like a WebSocket publish's: one publisher's ids never answer for another's.
         let publisher = principal.as_ref().map_or("", |p| p.dedup_scope());
-        events.push(NewEvent {
-            topic: topic.as_str().to_owned(),
-            payload: event.payload.get().to_owned(),
+        events.push(Event::new(
+            topic.as_str().to_owned(),
+            event.payload.get().to_owned(),
             time_ms,
-            msg_id: event
+            event
                 .msg_id
                 .map(|id| crate::auth::dedup_key(publisher, &id)),
-        });
+        ));
     }
     let count = events.len();
-    match ctx.store.log.append(vec![Entry::Events(events)]).await {
+    match ctx.store.log.append(vec![Record::Events(events)]).await {
         Ok(receipts) => match receipts.first() {
             Some(Receipt::Seqs(seqs)) if seqs.len() == count => {
                 let stored = |&(seq, duplicate): &(u64, bool)| serde_json::json!({"seq": seq, "duplicate": duplicate});

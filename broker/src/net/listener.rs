@@ -168,7 +168,7 @@ pub async fn reap_inactive(ctx: Arc<Context>, mut shutdown: Shutdown) {
             .consumers
             .idle_longer_than(ttl, std::time::Instant::now());
         for name in idle {
-            let entry = crate::backend::log::append::Entry::ConsumerDeleted { name: name.clone() };
+            let entry = crate::backend::log::append::Record::ConsumerDeleted { name: name.clone() };
             match ctx.store.log.append(vec![entry]).await {
                 Ok(_) => tracing::info!(consumer = name, ?ttl, "deleted an inactive consumer"),
                 Err(e) => {

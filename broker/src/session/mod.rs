@@ -25,7 +25,7 @@ use wharf_protocol::{
 };
 
 use crate::auth::{dedup_key, Principal};
-use crate::backend::log::append::{Entry, Floor, LogError, NewEvent, Pending, Receipt, Settle};
+use crate::backend::log::append::{Event, Floor, LogError, Pending, Receipt, Record, Settle};
 use crate::backend::log::consumers::{Consumer, ModeConflict, Options};
 use crate::backend::log::delivery::{run_ephemeral, DurableDelivery, EventSource};
 use crate::context::{Context, CreatingConsumer};
@@ -102,7 +102,7 @@ pub struct Session {
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
     /// Publishes read but not yet handed to the log: a burst of pipelined publishes goes as
     /// one append (one queue send, one wake-up, one completion) instead of one each.
-    queued: Vec<(Option<Id>, NewEvent)>,
+    queued: Vec<(Option<Id>, Event)>,
     last_seen: Instant,
     /// When the client last sent a request (pongs do not count).
     last_request: Instant,
@@ -132,13 +132,13 @@ fn internal(id: Option<Id>, e: impl std::fmt::Display) -> Reply {
 /// An event as the log stores it; the parsed request's strings are moved, not copied. Its
 /// msg_id is stored as a dedup key scoped by `publisher`, so that one publisher's ids never
 /// answer for another's.
-fn new_event(e: WireEvent, time_ms: u64, publisher: &str) -> NewEvent {
-    NewEvent {
-        topic: e.topic.into_string(),
-        payload: String::from(Box::<str>::from(e.payload)),
+fn new_event(e: WireEvent, time_ms: u64, publisher: &str) -> Event {
+    Event::new(
+        e.topic.into_string(),
+        String::from(Box::<str>::from(e.payload)),
         time_ms,
-        msg_id: e.msg_id.map(|id| dedup_key(publisher, &id)),
-    }
+        e.msg_id.map(|id| dedup_key(publisher, &id)),
+    )
 }
 
 /// The reply to a publish (`batch`: a publish_batch) once the log has its receipt.
@@ -389,9 +389,9 @@ impl Session {
         if self.queued.is_empty() {
             return Ok(());
         }
-        let (ids, entries): (Vec<Option<Id>>, Vec<Entry>) = std::mem::take(&mut self.queued)
+        let (ids, entries): (Vec<Option<Id>>, Vec<Record>) = std::mem::take(&mut self.queued)
             .into_iter()
-            .map(|(id, event)| (id, Entry::Events(vec![event])))
+            .map(|(id, event)| (id, Record::Events(vec![event])))
             .unzip();
         match self.ctx.store.log.submit(entries).await {
             Ok(pending) => {
@@ -608,7 +608,7 @@ impl Session {
             .map(|e| new_event(e, time_ms, self.publisher()))
             .collect();
         self.submit(
-            vec![Entry::Events(events)],
+            vec![Record::Events(events)],
             id,
             move |id, receipts| match receipts.into_iter().next() {
                 Some(receipt) => Completion::Reply(published(id, receipt, batch)),
@@ -620,7 +620,7 @@ impl Session {
 
     async fn submit(
         &mut self,
-        entries: Vec<Entry>,
+        entries: Vec<Record>,
         id: Option<Id>,
         done: impl FnOnce(Option<Id>, Vec<Receipt>) -> Completion + Send + 'static,
     ) -> Result<(), ()> {

@@ -38,7 +38,7 @@ impl Session {
                 .await;
         }
         let (floor, seeks) = consumer.floor_for_settle(&seqs);
-        let entry = Entry::Acked {
+        let entry = Record::Acked {
             consumer: name,
             seqs,
             floor,
@@ -91,7 +91,7 @@ impl Session {
             Ok(Floor::Head) => self.ctx.store.feed.head(),
             Err(e) => return self.send(internal(id, e)).await,
         };
-        let entry = Entry::ConsumerSeek { name, floor };
+        let entry = Record::ConsumerSeek { name, floor };
         self.submit(vec![entry], id, |id, _| Completion::Reply(Reply::Ok { id }))
             .await
     }
@@ -100,7 +100,7 @@ impl Session {
         if self.consumer(&id, &name).await?.is_none() {
             return Ok(());
         }
-        let entry = Entry::ConsumerDeleted { name };
+        let entry = Record::ConsumerDeleted { name };
         self.submit(vec![entry], id, |id, _| Completion::Reply(Reply::Ok { id }))
             .await
     }

@@ -122,11 +122,11 @@ impl Session {
             Err(e) => return self.send(internal(id, e)).await,
         };
         let creating = CreatingConsumer::new(&self.ctx.creating_consumers);
-        let entry = Entry::ConsumerCreated {
-            name: name.clone(),
-            patterns: patterns.iter().map(|p| p.as_str().to_owned()).collect(),
-            start: floor,
-        };
+        let entry = Record::consumer_created(
+            name.clone(),
+            patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+            floor,
+        );
         let pending = match self.ctx.store.log.submit(vec![entry]).await {
             Ok(pending) => pending,
             Err(e) => return self.send(internal(id, e)).await,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use reader::EventCursor;
-pub use record::{Event, Record, Settle};
+pub use record::{Event, Floor, Record, Settle};
 use segment::{ScanEnd, SegmentMeta};
 
 /// Where a record ends: the log position a state view has caught up to.
@@ -58,6 +58,9 @@ pub enum LogError {
     /// log goes on accepting writes.
     #[error("could not write to the log, nothing was stored: {0}")]
     WriteFailed(String),
+    /// A submitted record of a kind kept only to read old logs.
+    #[error("a V1 record is read from old logs, never written")]
+    Legacy,
 }
 
 impl LogError {
@@ -69,70 +72,13 @@ impl LogError {
     }
 }
 
-/// One thing to append. The writer turns it into a [`Record`], filling in what only it can
-/// know (the seq of an event, the floor of a consumer that starts at the head).
-#[derive(Debug, Clone)]
-pub enum Entry {
-    /// Stored as one record: all or none.
-    Events(Vec<NewEvent>),
-    ConsumerCreated {
-        name: String,
-        patterns: Vec<String>,
-        start: Floor,
-    },
-    Acked {
-        consumer: String,
-        seqs: Vec<u64>,
-        floor: u64,
-        kind: Settle,
-        /// The consumer's seek count when `floor` was computed.
-        seeks: u64,
-    },
-    /// A subscriber was told of the consumer's gap through `to`.
-    GapReported {
-        name: String,
-        to: u64,
-    },
-    /// Moves `seq` of `consumer` to its dead-letter topic as `event`, settling it, in one
-    /// record.
-    DeadLetter {
-        consumer: String,
-        seq: u64,
-        event: NewEvent,
-    },
-    ConsumerSeek {
-        name: String,
-        floor: u64,
-    },
-    ConsumerDeleted {
-        name: String,
-    },
-}
-
-/// An event to append; the writer gives it its seq.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub topic: String,
-    pub payload: String,
-    pub time_ms: u64,
-    pub msg_id: Option<String>,
-}
-
-/// Where a new consumer's floor sits.
-#[derive(Debug, Clone, Copy)]
-pub enum Floor {
-    At(u64),
-    /// The last seq written before this record: only events published later are for it.
-    Head,
-}
-
-/// What an entry became once durable.
+/// What a submitted record became once durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Receipt {
     /// Per event: its seq, and whether it is a duplicate (by msg_id) of one stored earlier,
     /// in which case nothing was written for it and the seq is the original's.
     Seqs(Vec<(u64, bool)>),
-    /// Nothing of the entry was stored, for this reason (the dedup table is full).
+    /// Nothing of the record was stored, for this reason (the dedup table is full).
     Refused(String),
     Floor(u64),
     Done,
@@ -410,7 +356,7 @@ enum Command {
 }
 
 struct AppendRequest {
-    entries: Vec<Entry>,
+    records: Vec<Record>,
     done: oneshot::Sender<Result<Vec<Receipt>, LogError>>,
 }
 
@@ -442,20 +388,24 @@ impl AppendLog {
         Ok(AppendLog { tx, table })
     }
 
-    /// Queues entries for the next group commit. Awaiting this only waits for room in the
-    /// queue, so a caller can keep submission order and still pipeline many requests.
-    pub async fn submit(&self, entries: Vec<Entry>) -> Result<Pending, LogError> {
+    /// Queues records for the next group commit; the writer fills in what only it knows
+    /// (see [`Event::new`], [`Record::consumer_created`]). Awaiting this only waits for room
+    /// in the queue, so a caller can keep submission order and still pipeline many requests.
+    pub async fn submit(&self, records: Vec<Record>) -> Result<Pending, LogError> {
+        if records.iter().any(Record::is_legacy) {
+            return Err(LogError::Legacy);
+        }
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append(AppendRequest { entries, done }))
+            .send(Command::Append(AppendRequest { records, done }))
             .await
             .map_err(|_| LogError::Stopped("the broker is shutting down".into()))?;
         Ok(rx)
     }
 
     /// Submits and waits until durable.
-    pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, LogError> {
-        let pending = self.submit(entries).await?;
+    pub async fn append(&self, records: Vec<Record>) -> Result<Vec<Receipt>, LogError> {
+        let pending = self.submit(records).await?;
         pending
             .await
             .map_err(|_| LogError::Stopped("the log writer is gone".into()))?

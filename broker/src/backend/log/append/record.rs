@@ -31,6 +31,29 @@ pub struct Event {
     pub frame_body: std::sync::OnceLock<wharf_protocol::EventBody>,
 }
 
+impl Event {
+    /// An event to append. The writer gives it its seq (0 until then) and may raise its time
+    /// to the newest one stored, so that stored times never go back when the clock does.
+    pub fn new(topic: String, payload: String, time_ms: u64, msg_id: Option<String>) -> Event {
+        Event {
+            seq: 0,
+            time_ms,
+            topic,
+            payload,
+            msg_id,
+            frame_body: Default::default(),
+        }
+    }
+}
+
+/// Where a new consumer's floor sits.
+#[derive(Debug, Clone, Copy)]
+pub enum Floor {
+    At(u64),
+    /// The last seq written before this record: only events published later are for it.
+    Head,
+}
+
 /// Everything that is ever confirmed to a client is one of these, in the log.
 ///
 /// Variants are encoded by position: new ones go at the end, and a variant is never changed
@@ -100,6 +123,26 @@ pub enum Record {
 }
 
 impl Record {
+    /// A consumer starting at `start`. The writer clamps every floor it writes to the seqs
+    /// it holds, so `Floor::Head` goes in as the highest floor there is and is written as
+    /// the last seq before this record.
+    pub fn consumer_created(name: String, patterns: Vec<String>, start: Floor) -> Record {
+        let floor = match start {
+            Floor::At(floor) => floor,
+            Floor::Head => u64::MAX,
+        };
+        Record::ConsumerCreated {
+            name,
+            patterns,
+            floor,
+        }
+    }
+
+    /// Whether this is a variant kept only to read old logs: never written again.
+    pub fn is_legacy(&self) -> bool {
+        matches!(self, Record::AckedV1 { .. } | Record::CheckpointV1 { .. })
+    }
+
     /// The events this record stores (a dead letter is one).
     pub fn events(&self) -> &[Event] {
         match self {

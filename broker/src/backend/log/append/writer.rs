@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
-use super::record::{self, Record};
+use super::record::{self, Event, Record};
 use super::segment::{self, SegmentMeta};
 use super::{
-    AppendRequest, Command, CommitSink, Entry, Floor, LogError, LogOptions, NewEvent, Position,
-    Receipt, SegmentTable,
+    AppendRequest, Command, CommitSink, LogError, LogOptions, Position, Receipt, SegmentTable,
 };
 
 /// msg_ids seen inside the dedup window, with the seq each was stored under.
@@ -155,10 +154,10 @@ impl Writer {
                 match cmd {
                     Command::Append(req) => {
                         bytes += req
-                            .entries
+                            .records
                             .iter()
-                            .map(|e| match e {
-                                Entry::Events(events) => events
+                            .map(|rec| match rec {
+                                Record::Events(events) => events
                                     .iter()
                                     .map(|ev| ev.payload.len() + ev.topic.len() + 32)
                                     .sum(),
@@ -225,7 +224,7 @@ impl Writer {
             }
             return;
         }
-        let is_event = |e: &Entry| matches!(e, Entry::Events(_) | Entry::DeadLetter { .. });
+        let is_event = |r: &Record| matches!(r, Record::Events(_) | Record::DeadLetter { .. });
         if self.full {
             // Back to normal only when there is room for the reserve and as much again:
             // otherwise publishes would take the reserve's space straight back.
@@ -240,7 +239,7 @@ impl Writer {
                 );
                 let (events, rest): (Vec<_>, Vec<_>) = batch
                     .drain(..)
-                    .partition(|req| req.entries.iter().any(is_event));
+                    .partition(|req| req.records.iter().any(is_event));
                 for req in events {
                     let _gone = req.done.send(Err(refused.clone()));
                 }
@@ -264,10 +263,10 @@ impl Writer {
                 self.next_seq,
                 index_notes.len(),
             );
-            let mut receipts = Vec::with_capacity(req.entries.len());
+            let mut receipts = Vec::with_capacity(req.records.len());
             let mut failed = None;
-            for entry in req.entries.drain(..) {
-                let (rec, receipt) = self.record_for(entry);
+            for rec in req.records.drain(..) {
+                let (rec, receipt) = self.assign(rec);
                 receipts.push(receipt);
                 let Some(rec) = rec else { continue };
                 let offset = base_len + self.buf.len() as u64;
@@ -327,7 +326,7 @@ impl Writer {
     /// Why these events cannot be stored: their new msg_ids would take the dedup table past
     /// `dedup_max_entries`. Refusing keeps the promise that an id is remembered for the
     /// whole window, which forgetting early would break.
-    fn dedup_full(&mut self, events: &[NewEvent]) -> Option<String> {
+    fn dedup_full(&mut self, events: &[Event]) -> Option<String> {
         let unknown = |dedup: &Dedup, batch: &HashMap<String, u64>| {
             events
                 .iter()
@@ -351,93 +350,57 @@ impl Writer {
         })
     }
 
-    /// The record an entry becomes (none when every event of it is a duplicate).
-    fn record_for(&mut self, entry: Entry) -> (Option<Record>, Receipt) {
-        let (rec, receipt) = match entry {
-            Entry::Events(new) => {
-                if let Some(refusal) = self.dedup_full(&new) {
+    /// Fills in what only the writer knows before `rec` is framed (its events' seqs and
+    /// times, a consumer's floor) and says what the submitter is told. No record when
+    /// nothing of it is to be written: every event a duplicate, or refused.
+    fn assign(&mut self, mut rec: Record) -> (Option<Record>, Receipt) {
+        let receipt = match &mut rec {
+            Record::Events(events) => {
+                if let Some(refusal) = self.dedup_full(events) {
                     return (None, Receipt::Refused(refusal));
                 }
-                let mut events = Vec::with_capacity(new.len());
-                let mut seqs = Vec::with_capacity(new.len());
-                for ev in new {
-                    if let Some(id) = &ev.msg_id {
-                        let earlier = self.dedup.seqs.get(id).or_else(|| self.batch_ids.get(id));
-                        if let Some(&seq) = earlier {
-                            seqs.push((seq, true));
-                            continue;
-                        }
-                    }
-                    let event = self.stamp(ev);
-                    if let Some(id) = &event.msg_id {
-                        self.batch_ids.insert(id.clone(), event.seq);
-                    }
-                    seqs.push((event.seq, false));
-                    events.push(event);
-                }
+                let seqs = self.stamp_unless_duplicate(events);
                 if events.is_empty() {
                     return (None, Receipt::Seqs(seqs));
                 }
-                (Record::Events(events), Receipt::Seqs(seqs))
+                Receipt::Seqs(seqs)
             }
-            Entry::DeadLetter {
-                consumer,
-                seq,
-                event,
-            } => {
-                let event = self.stamp(event);
-                let receipt = Receipt::Seqs(vec![(event.seq, false)]);
-                (
-                    Record::DeadLetter {
-                        consumer,
-                        seq,
-                        event,
-                    },
-                    receipt,
-                )
+            Record::DeadLetter { event, .. } => {
+                self.stamp(event);
+                Receipt::Seqs(vec![(event.seq, false)])
             }
-            Entry::ConsumerCreated {
-                name,
-                patterns,
-                start,
-            } => {
-                let floor = match start {
-                    Floor::At(floor) => self.clamp_floor(floor),
-                    Floor::Head => self.next_seq - 1,
-                };
-                (
-                    Record::ConsumerCreated {
-                        name,
-                        patterns,
-                        floor,
-                    },
-                    Receipt::Floor(floor),
-                )
+            // A consumer starting at the head comes with the highest floor there is (see
+            // `Record::consumer_created`): clamping makes it the last seq written.
+            Record::ConsumerCreated { floor, .. } | Record::ConsumerSeek { floor, .. } => {
+                *floor = self.clamp_floor(*floor);
+                Receipt::Floor(*floor)
             }
-            Entry::Acked {
-                consumer,
-                seqs,
-                floor,
-                kind,
-                seeks,
-            } => (
-                Record::Acked {
-                    consumer,
-                    seqs,
-                    floor,
-                    kind,
-                    seeks,
-                },
-                Receipt::Done,
-            ),
-            Entry::GapReported { name, to } => (Record::GapReported { name, to }, Receipt::Done),
-            Entry::ConsumerSeek { name, floor } => {
-                let floor = self.clamp_floor(floor);
-                (Record::ConsumerSeek { name, floor }, Receipt::Floor(floor))
-            }
-            Entry::ConsumerDeleted { name } => (Record::ConsumerDeleted { name }, Receipt::Done),
+            _ => Receipt::Done,
         };
         (Some(rec), receipt)
+    }
+
+    /// Stamps each event whose msg_id was not stored before (in the window or earlier in this
+    /// batch) and drops the others. Per event: its seq (the original's for a duplicate), and
+    /// whether it was a duplicate.
+    fn stamp_unless_duplicate(&mut self, events: &mut Vec<Event>) -> Vec<(u64, bool)> {
+        let mut seqs = Vec::with_capacity(events.len());
+        events.retain_mut(|ev| {
+            if let Some(id) = &ev.msg_id {
+                let earlier = self.dedup.seqs.get(id).or_else(|| self.batch_ids.get(id));
+                if let Some(&seq) = earlier {
+                    seqs.push((seq, true));
+                    return false;
+                }
+            }
+            self.stamp(ev);
+            if let Some(id) = &ev.msg_id {
+                self.batch_ids.insert(id.clone(), ev.seq);
+            }
+            seqs.push((ev.seq, false));
+            true
+        });
+        seqs
     }
 
     /// A floor the log can honour: not past the newest event, and not below the oldest one
@@ -453,18 +416,11 @@ impl Writer {
     }
 
     /// Gives a new event its seq and a time no earlier than the last event's.
-    fn stamp(&mut self, ev: super::NewEvent) -> record::Event {
-        let seq = self.next_seq;
+    fn stamp(&mut self, ev: &mut Event) {
+        ev.seq = self.next_seq;
         self.next_seq += 1;
         self.last_time_ms = self.last_time_ms.max(ev.time_ms);
-        record::Event {
-            frame_body: Default::default(),
-            seq,
-            time_ms: self.last_time_ms,
-            topic: ev.topic,
-            payload: ev.payload,
-            msg_id: ev.msg_id,
-        }
+        ev.time_ms = self.last_time_ms;
     }
 
     /// Writes and syncs what `commit` framed into the buffer, then tells the sink.
