@@ -210,116 +210,158 @@ impl Writer {
         LogError::Stopped(self.stopped.clone().unwrap_or_default())
     }
 
+    /// Writes one batch and answers each of its requests: with its receipts once the batch is
+    /// durable, or with why nothing of it was stored.
     fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
-        if self.stopped.is_some() {
-            for req in batch.drain(..) {
-                let _gone = req.done.send(Err(self.stopped_error()));
-            }
+        if let Err(e) = self.ready_to_write() {
+            answer_all(batch.drain(..), &e);
             return;
         }
-        if let Err(e) = self.roll_if_full() {
-            self.stop(format!("cannot start a new segment: {e}"));
-            for req in batch.drain(..) {
-                let _gone = req.done.send(Err(e.clone()));
-            }
+        self.refuse_events_while_full(batch);
+        if batch.is_empty() {
             return;
         }
-        let is_event = |r: &Record| matches!(r, Record::Events(_) | Record::DeadLetter { .. });
-        if self.full {
-            // Back to normal only when there is room for the reserve and as much again:
-            // otherwise publishes would take the reserve's space straight back.
-            let room = fs2::available_space(&self.dir).unwrap_or(0) as usize;
-            if room >= 2 * RESERVE_BYTES && ensure_reserve(&self.dir) {
-                tracing::info!("space is back: publishes are accepted again");
-                self.full = false;
-            } else {
-                // Acks and consumer changes go on into the released reserve; events wait.
-                let refused = LogError::WriteFailed(
-                    "the disk is full: publishes are refused until space returns".into(),
-                );
-                let (events, rest): (Vec<_>, Vec<_>) = batch
-                    .drain(..)
-                    .partition(|req| req.records.iter().any(is_event));
-                for req in events {
-                    let _gone = req.done.send(Err(refused.clone()));
-                }
-                *batch = rest;
-                if batch.is_empty() {
-                    return;
-                }
-            }
-        }
-        self.buf.clear();
-        self.batch_ids.clear();
-        let base_len = self.active.synced_len;
         let first_seq = self.next_seq;
-        let mut records = Vec::new();
-        let mut results = Vec::with_capacity(batch.len());
-        let mut index_notes = Vec::new();
-        for req in batch.iter_mut() {
-            let mark = (
-                self.buf.len(),
-                records.len(),
-                self.next_seq,
-                index_notes.len(),
-            );
-            let mut receipts = Vec::with_capacity(req.records.len());
-            let mut failed = None;
-            for rec in req.records.drain(..) {
-                let (rec, receipt) = self.assign(rec);
-                receipts.push(receipt);
-                let Some(rec) = rec else { continue };
-                let offset = base_len + self.buf.len() as u64;
-                if let Err(e) = record::frame_into(&rec, &mut self.buf) {
-                    failed = Some(LogError::Encode(e.to_string()));
-                    break;
-                }
-                for ev in rec.events() {
-                    index_notes.push((ev.seq, ev.time_ms, offset));
-                }
-                records.push(rec);
-            }
-            match failed {
-                None => results.push(Ok(receipts)),
-                Some(e) => {
-                    // Nothing of a request that cannot be encoded is written.
-                    self.buf.truncate(mark.0);
-                    records.truncate(mark.1);
-                    let first_unused = mark.2;
-                    self.batch_ids.retain(|_, seq| *seq < first_unused);
-                    self.next_seq = first_unused;
-                    index_notes.truncate(mark.3);
-                    results.push(Err(e));
-                }
-            }
-        }
+        let base_len = self.active.synced_len;
+        let framed = self.frame_batch(batch, base_len);
         if !self.buf.is_empty() {
-            if let Err(e) = self.flush_buf(base_len, records, index_notes) {
-                match &e {
-                    // Nothing of the batch is in the file: its seqs are free again, and the
-                    // next batch may find room (a full disk that empties).
-                    LogError::WriteFailed(_) => {
-                        self.next_seq = first_seq;
-                        self.batch_ids.clear();
-                        if !self.full {
-                            // Give the reserve back so that acks can still be stored.
-                            let reserve = self.dir.join(RESERVE_FILE);
-                            if std::fs::remove_file(&reserve).is_ok() {
-                                tracing::warn!("the disk is full: reserve released for acks; publishes are refused until space returns");
-                            }
-                            self.full = true;
-                        }
-                    }
-                    _ => self.stop(e.to_string()),
-                }
-                for req in batch.drain(..) {
-                    let _gone = req.done.send(Err(e.clone()));
-                }
+            if let Err(e) = self.flush_buf(base_len, framed.records, framed.index_notes) {
+                self.undo_failed_write(&e, first_seq);
+                answer_all(batch.drain(..), &e);
                 return;
             }
         }
-        for (req, result) in batch.drain(..).zip(results) {
+        for (req, result) in batch.drain(..).zip(framed.answers) {
             let _gone = req.done.send(result);
+        }
+    }
+
+    /// Why nothing can be written now: the writer stopped, or the next segment cannot be
+    /// started (which stops it).
+    fn ready_to_write(&mut self) -> Result<(), LogError> {
+        if self.stopped.is_some() {
+            return Err(self.stopped_error());
+        }
+        self.roll_if_full().inspect_err(|e| {
+            self.stop(format!("cannot start a new segment: {e}"));
+        })
+    }
+
+    /// While the disk is full, refuses the requests that store events, unless space is back:
+    /// acks and consumer changes go on into the released reserve.
+    fn refuse_events_while_full(&mut self, batch: &mut Vec<AppendRequest>) {
+        if !self.full || self.space_is_back() {
+            return;
+        }
+        let is_event = |r: &Record| matches!(r, Record::Events(_) | Record::DeadLetter { .. });
+        let (events, rest): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .partition(|req| req.records.iter().any(is_event));
+        let refused = LogError::WriteFailed(
+            "the disk is full: publishes are refused until space returns".into(),
+        );
+        answer_all(events, &refused);
+        *batch = rest;
+    }
+
+    /// Puts the reserve back if the disk has room for it again, and ends the full state.
+    fn space_is_back(&mut self) -> bool {
+        // Room for the reserve and as much again: otherwise publishes would take the
+        // reserve's space straight back.
+        let room = fs2::available_space(&self.dir).unwrap_or(0) as usize;
+        if room < 2 * RESERVE_BYTES || !ensure_reserve(&self.dir) {
+            return false;
+        }
+        tracing::info!("space is back: publishes are accepted again");
+        self.full = false;
+        true
+    }
+
+    /// The disk is full: gives the reserve back so that acks and consumer changes can still
+    /// be stored, and refuses publishes until [`Writer::space_is_back`].
+    fn enter_full(&mut self, cause: &dyn std::fmt::Display) {
+        if self.full {
+            return;
+        }
+        if std::fs::remove_file(self.dir.join(RESERVE_FILE)).is_ok() {
+            tracing::warn!(%cause, "the disk is full: reserve released for acks; publishes are refused until space returns");
+        }
+        self.full = true;
+    }
+
+    /// Fills in and frames every request of the batch into `buf`, which starts at `base_len`
+    /// in the active segment. A request that cannot be framed is cut back out whole and
+    /// answered with why: nothing of it is written.
+    fn frame_batch(&mut self, batch: &mut [AppendRequest], base_len: u64) -> Framed {
+        self.buf.clear();
+        self.batch_ids.clear();
+        let mut framed = Framed {
+            answers: Vec::with_capacity(batch.len()),
+            records: Vec::new(),
+            index_notes: Vec::new(),
+        };
+        for req in batch.iter_mut() {
+            let mark = Mark {
+                buf_len: self.buf.len(),
+                records: framed.records.len(),
+                index_notes: framed.index_notes.len(),
+                next_seq: self.next_seq,
+            };
+            let answer = self.frame_request(&mut req.records, base_len, &mut framed);
+            if answer.is_err() {
+                self.cut_back(&mark, &mut framed);
+            }
+            framed.answers.push(answer);
+        }
+        framed
+    }
+
+    /// Frames the records of one request, adding them to `framed`; their receipts.
+    fn frame_request(
+        &mut self,
+        records: &mut Vec<Record>,
+        base_len: u64,
+        framed: &mut Framed,
+    ) -> Result<Vec<Receipt>, LogError> {
+        let mut receipts = Vec::with_capacity(records.len());
+        for rec in records.drain(..) {
+            let (rec, receipt) = self.assign(rec);
+            receipts.push(receipt);
+            let Some(rec) = rec else { continue };
+            let offset = base_len + self.buf.len() as u64;
+            record::frame_into(&rec, &mut self.buf).map_err(|e| LogError::Encode(e.to_string()))?;
+            framed
+                .index_notes
+                .extend(rec.events().iter().map(|ev| IndexNote {
+                    seq: ev.seq,
+                    time_ms: ev.time_ms,
+                    offset,
+                }));
+            framed.records.push(rec);
+        }
+        Ok(receipts)
+    }
+
+    /// Undoes framing back to `mark`; the seqs given out since are free again.
+    fn cut_back(&mut self, mark: &Mark, framed: &mut Framed) {
+        self.buf.truncate(mark.buf_len);
+        framed.records.truncate(mark.records);
+        framed.index_notes.truncate(mark.index_notes);
+        self.batch_ids.retain(|_, seq| *seq < mark.next_seq);
+        self.next_seq = mark.next_seq;
+    }
+
+    /// After a batch failed to be stored. A write that was cut back (`WriteFailed`, a full
+    /// disk say) left nothing of the batch in the file: its seqs are free again, and the next
+    /// batch may find room. Anything else stops the writer.
+    fn undo_failed_write(&mut self, e: &LogError, first_seq: u64) {
+        match e {
+            LogError::WriteFailed(_) => {
+                self.next_seq = first_seq;
+                self.batch_ids.clear();
+                self.enter_full(e);
+            }
+            _ => self.stop(e.to_string()),
         }
     }
 
@@ -428,12 +470,12 @@ impl Writer {
         &mut self,
         base_len: u64,
         records: Vec<Record>,
-        index_notes: Vec<(u64, u64, u64)>,
+        index_notes: Vec<IndexNote>,
     ) -> Result<(), LogError> {
         self.write_and_sync()?;
         crate::metrics::commit_records().record(records.len() as f64);
-        for (seq, time_ms, offset) in index_notes {
-            self.active.note_event(seq, time_ms, offset);
+        for note in index_notes {
+            self.active.note_event(note.seq, note.time_ms, note.offset);
         }
         let now = wharf_protocol::now_ms();
         for (msg_id, seq) in self.batch_ids.drain() {
@@ -581,14 +623,8 @@ impl Writer {
         let base = self.next_seq;
         let (file, len) = match segment::create_with(&self.dir, base, &checkpoint) {
             Ok(created) => created,
-            Err(LogError::WriteFailed(reason)) => {
-                if !self.full {
-                    let reserve = self.dir.join(RESERVE_FILE);
-                    if std::fs::remove_file(&reserve).is_ok() {
-                        tracing::warn!(%reason, "no room to start a new segment: reserve released; publishes are refused until space returns");
-                    }
-                    self.full = true;
-                }
+            Err(e @ LogError::WriteFailed(_)) => {
+                self.enter_full(&format_args!("no room to start a new segment: {e}"));
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -609,6 +645,39 @@ impl Writer {
         };
         self.sink.committed(checkpoint, end);
         self.apply_retention()
+    }
+}
+
+/// A batch framed into the writer's buffer, not yet written.
+struct Framed {
+    /// Per request, in batch order: its receipts, or why nothing of it is stored.
+    answers: Vec<Result<Vec<Receipt>, LogError>>,
+    /// What the buffer holds, for the sink once it is durable.
+    records: Vec<Record>,
+    /// Every event in the buffer, for the segment's index once it is durable.
+    index_notes: Vec<IndexNote>,
+}
+
+/// Where an event was framed.
+struct IndexNote {
+    seq: u64,
+    time_ms: u64,
+    /// Of its record in the active segment.
+    offset: u64,
+}
+
+/// How far framing a batch had got before a request: what to cut back to when that request
+/// cannot be framed.
+struct Mark {
+    buf_len: usize,
+    records: usize,
+    index_notes: usize,
+    next_seq: u64,
+}
+
+fn answer_all(requests: impl IntoIterator<Item = AppendRequest>, answer: &LogError) {
+    for req in requests {
+        let _gone = req.done.send(Err(answer.clone()));
     }
 }
 
