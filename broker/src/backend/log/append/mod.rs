@@ -163,119 +163,43 @@ pub fn recover(
             segment::sync_dir(parent)?;
         }
     }
-    let clean_stop = read_clean_stop(dir);
+    let mut scan = Scan {
+        clean_stop: read_clean_stop(dir),
+        dedup_since_ms,
+        next_seq: 1,
+        last_time_ms: 0,
+        msg_ids: Vec::new(),
+        torn_tail: None,
+        unanchored: None,
+    };
     let files = segment::list(dir)?;
-    let mut segments = Vec::with_capacity(files.len());
-    let mut next_seq = 1u64;
-    let mut last_time_ms = 0u64;
-    let mut torn_tail = None;
-    let mut unanchored = None;
-    let mut msg_ids = Vec::new();
     let count = files.len();
+    let mut segments = Vec::with_capacity(count);
     for (i, (base, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == count;
-        if base > 1 && segment::first_record(&path)? == segment::FirstRecord::Other {
-            match (i > 0).then(|| checkpoint_for(base)).flatten() {
-                Some(checkpoint) => {
-                    segment::prepend(&path, &checkpoint)?;
-                    tracing::warn!(segment = %path.display(), "segment did not start with a checkpoint; one was written in front of it");
-                }
-                None => {
-                    tracing::warn!(segment = %path.display(), "segment does not start with a checkpoint");
-                    unanchored.get_or_insert(path.clone());
-                }
-            }
+        if base > 1 {
+            // The very first segment of the log has no state before it to check-point.
+            scan.anchor(&path, || (i > 0).then(|| checkpoint_for(base)).flatten())?;
         }
-        let mut meta = SegmentMeta::new(base, path.clone());
-        let (valid_len, end) = segment::scan(&path, is_last, |rec, start, end| {
-            for ev in rec.events() {
-                if ev.seq < next_seq {
-                    return Err(LogError::Corrupt {
-                        path: path.clone(),
-                        offset: start,
-                        reason: format!("event seq {} after seq {}", ev.seq, next_seq - 1),
-                    });
-                }
-                meta.note_event(ev.seq, ev.time_ms, start);
-                next_seq = ev.seq + 1;
-                last_time_ms = last_time_ms.max(ev.time_ms);
-                match &ev.msg_id {
-                    Some(msg_id) if ev.time_ms >= dedup_since_ms => {
-                        msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
-                    }
-                    _ => {}
-                }
-            }
-            visit(
-                &rec,
-                Position {
-                    segment: base,
-                    offset: end,
-                },
-            )
-        })?;
-        if let ScanEnd::TornTail { offset, reason } = end {
-            if clean_stop.is_some() {
-                return Err(LogError::Corrupt {
-                    path: path.clone(),
-                    offset,
-                    reason: format!("{reason}, in data confirmed before the last clean stop"),
-                });
-            }
-            tracing::warn!(
-                segment = %path.display(),
-                offset,
-                reason,
-                "cutting a torn write off the end of the log (it was never confirmed)"
-            );
-            segment::truncate(&path, valid_len)?;
-            torn_tail = Some(format!("{} at byte {offset}: {reason}", path.display()));
-        }
-        if is_last && i > 0 && valid_len == 0 {
+        let mut meta = scan.segment(base, path, is_last, &mut visit)?;
+        if is_last && i > 0 && meta.synced_len == 0 {
             // Started but never given its checkpoint (a crash, or a torn checkpoint just cut):
             // give it one now, or remove it, so nothing is ever appended to it without one.
             match checkpoint_for(base) {
                 Some(checkpoint) => {
-                    segment::prepend(&path, &checkpoint)?;
-                    for rec in &checkpoint {
-                        let mut framed = Vec::new();
-                        record::frame_into(rec, &mut framed)
-                            .map_err(|e| LogError::Encode(e.to_string()))?;
-                        meta.synced_len += framed.len() as u64;
-                        visit(
-                            rec,
-                            Position {
-                                segment: base,
-                                offset: meta.synced_len,
-                            },
-                        )?;
-                    }
+                    start_with(&mut meta, &checkpoint, &mut visit)?;
                     segments.push(meta);
-                    continue;
                 }
-                None => {
-                    fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
-                    segment::sync_dir(dir)?;
-                    tracing::warn!(segment = %path.display(), "removed an empty segment that a crash left without its checkpoint");
-                    continue;
-                }
+                None => remove_unanchored_tail(dir, &meta.path)?,
             }
+            continue;
         }
-        if let Some((clean_base, clean_len)) = clean_stop {
-            if is_last && (clean_base != base || valid_len < clean_len) {
-                return Err(LogError::Corrupt {
-                    path: path.clone(),
-                    offset: valid_len,
-                    reason: format!(
-                        "the log ends here, but it held segment {clean_base} up to byte {clean_len} at the last clean stop"
-                    ),
-                });
-            }
+        if is_last {
+            scan.check_clean_stop_end(&meta)?;
         }
-        meta.synced_len = valid_len;
         segments.push(meta);
     }
-    if clean_stop.is_some() {
+    if scan.clean_stop.is_some() {
         let path = dir.join(CLEAN_STOP_FILE);
         fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
         segment::sync_dir(dir)?;
@@ -287,18 +211,167 @@ pub fn recover(
             offset: m.synced_len,
         })
         .unwrap_or(Position {
-            segment: next_seq,
+            segment: scan.next_seq,
             offset: 0,
         });
     Ok(Recovery {
         segments,
-        next_seq,
+        next_seq: scan.next_seq,
         end,
-        torn_tail,
-        msg_ids,
-        last_time_ms,
-        unanchored,
+        torn_tail: scan.torn_tail,
+        msg_ids: scan.msg_ids,
+        last_time_ms: scan.last_time_ms,
+        unanchored: scan.unanchored,
     })
+}
+
+/// What [`recover`] has learned so far, segment by segment.
+struct Scan {
+    /// `(segment, length)` recorded at the last clean stop, if the log stopped cleanly.
+    clean_stop: Option<(u64, u64)>,
+    dedup_since_ms: u64,
+    next_seq: u64,
+    last_time_ms: u64,
+    msg_ids: Vec<(u64, String, u64)>,
+    torn_tail: Option<String>,
+    unanchored: Option<PathBuf>,
+}
+
+impl Scan {
+    /// Makes sure a segment that is not the log's first starts with a checkpoint, writing
+    /// one from `checkpoint` in front of it when it does not; without one, it is noted as
+    /// unanchored.
+    fn anchor(
+        &mut self,
+        path: &Path,
+        checkpoint: impl FnOnce() -> Option<Vec<Record>>,
+    ) -> Result<(), LogError> {
+        if segment::first_record(path)? != segment::FirstRecord::Other {
+            return Ok(());
+        }
+        match checkpoint() {
+            Some(checkpoint) => {
+                segment::prepend(path, &checkpoint)?;
+                tracing::warn!(segment = %path.display(), "segment did not start with a checkpoint; one was written in front of it");
+            }
+            None => {
+                tracing::warn!(segment = %path.display(), "segment does not start with a checkpoint");
+                self.unanchored.get_or_insert(path.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies every record of one segment, in order, passing each to `visit`, and cuts a
+    /// torn tail off the last one. Its metadata, with `synced_len` the valid length.
+    fn segment(
+        &mut self,
+        base: u64,
+        path: PathBuf,
+        is_last: bool,
+        visit: &mut impl FnMut(&Record, Position) -> Result<(), LogError>,
+    ) -> Result<SegmentMeta, LogError> {
+        let mut meta = SegmentMeta::new(base, path.clone());
+        let (valid_len, end) = segment::scan(&path, is_last, |rec, start, end| {
+            for ev in rec.events() {
+                self.note_event(&mut meta, ev, start)?;
+            }
+            let position = Position {
+                segment: base,
+                offset: end,
+            };
+            visit(&rec, position)
+        })?;
+        if let ScanEnd::TornTail { offset, reason } = end {
+            if self.clean_stop.is_some() {
+                return Err(LogError::Corrupt {
+                    path,
+                    offset,
+                    reason: format!("{reason}, in data confirmed before the last clean stop"),
+                });
+            }
+            tracing::warn!(
+                segment = %path.display(),
+                offset,
+                reason,
+                "cutting a torn write off the end of the log (it was never confirmed)"
+            );
+            segment::truncate(&path, valid_len)?;
+            self.torn_tail = Some(format!("{} at byte {offset}: {reason}", path.display()));
+        }
+        meta.synced_len = valid_len;
+        Ok(meta)
+    }
+
+    /// Takes in one stored event of the record at `start`; seqs must only grow.
+    fn note_event(
+        &mut self,
+        meta: &mut SegmentMeta,
+        ev: &Event,
+        start: u64,
+    ) -> Result<(), LogError> {
+        if ev.seq < self.next_seq {
+            return Err(LogError::Corrupt {
+                path: meta.path.clone(),
+                offset: start,
+                reason: format!("event seq {} after seq {}", ev.seq, self.next_seq - 1),
+            });
+        }
+        meta.note_event(ev.seq, ev.time_ms, start);
+        self.next_seq = ev.seq + 1;
+        self.last_time_ms = self.last_time_ms.max(ev.time_ms);
+        match &ev.msg_id {
+            Some(msg_id) if ev.time_ms >= self.dedup_since_ms => {
+                self.msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// After a clean stop the log must end where it ended then: shorter means confirmed data
+    /// is gone.
+    fn check_clean_stop_end(&self, last: &SegmentMeta) -> Result<(), LogError> {
+        match self.clean_stop {
+            Some((base, len)) if base != last.base || last.synced_len < len => {
+                Err(LogError::Corrupt {
+                    path: last.path.clone(),
+                    offset: last.synced_len,
+                    reason: format!(
+                        "the log ends here, but it held segment {base} up to byte {len} at the last clean stop"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes `checkpoint` into the empty segment of `meta` and visits its records.
+fn start_with(
+    meta: &mut SegmentMeta,
+    checkpoint: &[Record],
+    visit: &mut impl FnMut(&Record, Position) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    segment::prepend(&meta.path, checkpoint)?;
+    for rec in checkpoint {
+        let mut framed = Vec::new();
+        record::frame_into(rec, &mut framed).map_err(|e| LogError::Encode(e.to_string()))?;
+        meta.synced_len += framed.len() as u64;
+        let position = Position {
+            segment: meta.base,
+            offset: meta.synced_len,
+        };
+        visit(rec, position)?;
+    }
+    Ok(())
+}
+
+fn remove_unanchored_tail(dir: &Path, path: &Path) -> Result<(), LogError> {
+    fs::remove_file(path).map_err(|e| LogError::io(path, e))?;
+    segment::sync_dir(dir)?;
+    tracing::warn!(segment = %path.display(), "removed an empty segment that a crash left without its checkpoint");
+    Ok(())
 }
 
 /// When old segments are removed; 0 means no limit. The active segment is never removed.
