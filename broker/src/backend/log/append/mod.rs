@@ -19,7 +19,7 @@ pub mod writer;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -98,6 +98,21 @@ pub trait CommitSink: Send + 'static {
 
 /// The segments readers can see; the writer adds to it.
 pub type SegmentTable = Arc<RwLock<Vec<SegmentMeta>>>;
+
+/// The segment table, to read.
+///
+/// A poisoned lock is taken over, here and in [`write_table`], never reported: each change
+/// the writer makes (push a segment, remove the oldest, catch the last one up) leaves a table
+/// readers can use, and never shows them bytes past what is synced, so a panic while it was
+/// held loses nothing; refusing the lock instead would stop every reader and the writer.
+fn read_table(table: &SegmentTable) -> RwLockReadGuard<'_, Vec<SegmentMeta>> {
+    table.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The segment table, to change (see [`read_table`] on a poisoned lock).
+fn write_table(table: &SegmentTable) -> RwLockWriteGuard<'_, Vec<SegmentMeta>> {
+    table.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// What the start-up scan found.
 pub struct Recovery {
@@ -491,10 +506,8 @@ impl AppendLog {
 
     /// How many segments the log has, and their synced bytes.
     pub fn size(&self) -> (usize, u64) {
-        match self.table.read() {
-            Ok(table) => (table.len(), table.iter().map(|m| m.synced_len).sum()),
-            Err(_) => (0, 0),
-        }
+        let table = read_table(&self.table);
+        (table.len(), table.iter().map(|m| m.synced_len).sum())
     }
 
     /// Asks the writer to sync what it wrote (relaxed mode).

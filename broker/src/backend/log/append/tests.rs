@@ -457,3 +457,23 @@ async fn the_writer_resolves_a_head_start_and_refuses_legacy_records() {
         .collect();
     assert_eq!(floors, [3, 1, 3], "stored as written, never the stand-in");
 }
+
+#[tokio::test]
+async fn a_poisoned_segment_table_is_taken_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    write_events(&dir, 5, 1 << 20).await;
+    let (recovery, _) = recover_all(&dir).unwrap();
+    let table: SegmentTable = Arc::new(std::sync::RwLock::new(recovery.segments));
+    let held = table.clone();
+    let panicked = std::thread::spawn(move || {
+        let _guard = held.write().unwrap();
+        panic!("a holder of the table panics");
+    })
+    .join();
+    assert!(panicked.is_err() && table.is_poisoned());
+    let mut cursor = EventCursor::new(table, 1);
+    let mut out = Vec::new();
+    cursor.read(5, 10, &mut out).unwrap();
+    assert_eq!(out.len(), 5);
+}

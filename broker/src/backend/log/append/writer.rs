@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use super::record::{self, Event, Record};
 use super::segment::{self, SegmentMeta};
 use super::{
-    AppendRequest, Command, CommitSink, LogError, LogOptions, Position, Receipt, SegmentTable,
+    read_table, write_table, AppendRequest, Command, CommitSink, LogError, LogOptions, Position,
+    Receipt, SegmentTable,
 };
 
 /// msg_ids seen inside the dedup window, with the seq each was stored under.
@@ -91,11 +92,7 @@ impl Writer {
         sink: Box<dyn CommitSink>,
     ) -> Result<Writer, LogError> {
         let next_seq = recovery.next_seq;
-        let last = table
-            .read()
-            .map_err(|_| LogError::Stopped("segment table poisoned".into()))?
-            .last()
-            .cloned();
+        let last = read_table(&table).last().cloned();
         let (active, file) = match last {
             Some(meta) => {
                 let file = OpenOptions::new()
@@ -106,7 +103,7 @@ impl Writer {
             }
             None => {
                 let (meta, file) = create_segment(dir, next_seq)?;
-                push_segment(&table, meta.clone())?;
+                write_table(&table).push(meta.clone());
                 (meta, file)
             }
         };
@@ -450,10 +447,9 @@ impl Writer {
     /// was removed meanwhile); a floor below it would owe events that are gone, with no gap
     /// recorded for them.
     fn clamp_floor(&self, floor: u64) -> u64 {
-        let first = match self.table.read() {
-            Ok(table) => table.first().map_or(self.next_seq, |m| m.base),
-            Err(_) => 1,
-        };
+        let first = read_table(&self.table)
+            .first()
+            .map_or(self.next_seq, |m| m.base);
         floor.max(first.saturating_sub(1)).min(self.next_seq - 1)
     }
 
@@ -483,17 +479,20 @@ impl Writer {
         }
         self.dedup.expire(now);
         self.active.synced_len = base_len + self.buf.len() as u64;
-        if let Ok(mut table) = self.table.write() {
-            if let Some(last) = table.last_mut() {
-                last.catch_up(&self.active);
-            }
-        }
+        self.show_readers();
         let end = Position {
             segment: self.active.base,
             offset: self.active.synced_len,
         };
         self.sink.committed(records, end);
         Ok(())
+    }
+
+    /// Brings the readers' entry for the active segment up to what is synced of it.
+    fn show_readers(&self) {
+        if let Some(last) = write_table(&self.table).last_mut() {
+            last.catch_up(&self.active);
+        }
     }
 
     /// Durably appends records the writer makes itself (checkpoints, gaps).
@@ -525,10 +524,7 @@ impl Writer {
         let now = wharf_protocol::now_ms();
         let mut removed = Vec::new();
         let first_base = {
-            let mut table = self
-                .table
-                .write()
-                .map_err(|_| LogError::Stopped("segment table poisoned".into()))?;
+            let mut table = write_table(&self.table);
             // The active segment is never removed, so everything confirmed stays readable
             // until it is old, numerous or large enough to go.
             while table.len() > 1 {
@@ -630,15 +626,11 @@ impl Writer {
             Err(e) => return Err(e),
         };
         let meta = SegmentMeta::new(base, self.dir.join(segment::file_name(base)));
-        push_segment(&self.table, meta.clone())?;
+        write_table(&self.table).push(meta.clone());
         self.active = meta;
         self.file = file;
         self.active.synced_len = len;
-        if let Ok(mut table) = self.table.write() {
-            if let Some(last) = table.last_mut() {
-                last.catch_up(&self.active);
-            }
-        }
+        self.show_readers();
         let end = Position {
             segment: base,
             offset: len,
@@ -714,12 +706,4 @@ fn create_segment(dir: &Path, base: u64) -> Result<(SegmentMeta, File), LogError
     segment::sync_dir(dir)?;
     tracing::debug!(segment = %path.display(), "started a new segment");
     Ok((SegmentMeta::new(base, path), file))
-}
-
-fn push_segment(table: &SegmentTable, meta: SegmentMeta) -> Result<(), LogError> {
-    table
-        .write()
-        .map_err(|_| LogError::Stopped("segment table poisoned".into()))?
-        .push(meta);
-    Ok(())
 }
