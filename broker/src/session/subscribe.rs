@@ -20,7 +20,7 @@ impl Session {
                 let mut cursor = self.ctx.store.log.cursor(1);
                 let found = tokio::task::spawn_blocking(move || cursor.first_at_or_after(ms, head))
                     .await
-                    .map_err(|e| LogError::Stopped(format!("time lookup failed: {e}")))??;
+                    .map_err(|e| LogError::task("time lookup", e))??;
                 Ok(found.unwrap_or(head + 1))
             }
         }

@@ -95,7 +95,7 @@ impl EventCursor {
             seg.file
                 .read_exact(&mut body)
                 .map_err(|e| LogError::io(&seg.path, e))?;
-            let rec = record::decode_body(&header, &body).map_err(corrupt)?;
+            let rec = record::decode_body(&header, &body).map_err(|e| corrupt(e.to_string()))?;
             let events = rec.into_events();
             if !events.is_empty() {
                 // A record is committed whole, so its events are all at or below the head,

@@ -275,12 +275,21 @@ impl Header {
     }
 }
 
+/// Why a record's body was not accepted: damage, as far as a reader can tell.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("record checksum mismatch")]
+    Checksum,
+    #[error("record does not decode: {0}")]
+    Decode(#[source] codec::CodecError),
+}
+
 /// Checks a body against its header and decodes it.
-pub fn decode_body(header: &Header, body: &[u8]) -> Result<Record, String> {
+pub fn decode_body(header: &Header, body: &[u8]) -> Result<Record, BodyError> {
     if crc32fast::hash(body) != header.body_crc {
-        return Err("record checksum mismatch".to_owned());
+        return Err(BodyError::Checksum);
     }
-    codec::decode(body).map_err(|e| format!("record does not decode: {e}"))
+    codec::decode(body).map_err(BodyError::Decode)
 }
 
 #[cfg(test)]

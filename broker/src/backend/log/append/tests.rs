@@ -477,3 +477,21 @@ async fn a_poisoned_segment_table_is_taken_over() {
     cursor.read(5, 10, &mut out).unwrap();
     assert_eq!(out.len(), 5);
 }
+
+#[test]
+fn errors_keep_their_cause_and_name_it_once() {
+    use std::error::Error as _;
+    let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+    let failed = LogError::write_failed(Path::new("/data/log/1.seg"), full);
+    let e = LogError::Stopped(Stop::NoNewSegment(Box::new(failed)));
+    let mut chain = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        chain.push(c.to_string());
+        cause = c.source();
+    }
+    // Stopped, Stop, WriteFailed, the io::Error.
+    assert_eq!(chain.len(), 4, "{chain:?}");
+    // Each message ends with its cause's, which is how the CLI prints every cause once.
+    assert!(chain.windows(2).all(|w| w[0].ends_with(&w[1])), "{chain:?}");
+}

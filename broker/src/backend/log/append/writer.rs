@@ -18,7 +18,7 @@ use super::record::{self, Event, Record};
 use super::segment::{self, SegmentMeta};
 use super::{
     read_table, write_table, AppendRequest, Command, CommitSink, LogError, LogOptions, Position,
-    Receipt, SegmentTable,
+    Receipt, SegmentTable, Stop,
 };
 
 /// msg_ids seen inside the dedup window, with the seq each was stored under.
@@ -68,7 +68,8 @@ pub(super) struct Writer {
     active: SegmentMeta,
     next_seq: u64,
     buf: Vec<u8>,
-    stopped: Option<String>,
+    /// Set once the writer accepts no more writes.
+    stopped: Option<Stop>,
     dedup: Dedup,
     /// msg_ids assigned in the batch being written; remembered once it is durable.
     batch_ids: HashMap<String, u64>,
@@ -170,7 +171,7 @@ impl Writer {
                     Command::Maintain => self.maintain(),
                     Command::Sync => {
                         if let Err(e) = self.sync() {
-                            self.stop(e.to_string());
+                            self.stop(Stop::Failed(Box::new(e)));
                         }
                     }
                 }
@@ -190,21 +191,17 @@ impl Writer {
                     }
                     Ok(()) => {}
                 }
-                self.stopped = Some("the broker is shutting down".into());
+                self.stopped = Some(Stop::ShuttingDown);
                 rx.close();
                 while let Ok(cmd) = rx.try_recv() {
                     if let Command::Append(req) = cmd {
-                        let _gone = req.done.send(Err(self.stopped_error()));
+                        let _gone = req.done.send(Err(LogError::Stopped(Stop::ShuttingDown)));
                     }
                 }
                 let _gone = done.send(());
                 return;
             }
         }
-    }
-
-    fn stopped_error(&self) -> LogError {
-        LogError::Stopped(self.stopped.clone().unwrap_or_default())
     }
 
     /// Writes one batch and answers each of its requests: with its receipts once the batch is
@@ -236,11 +233,11 @@ impl Writer {
     /// Why nothing can be written now: the writer stopped, or the next segment cannot be
     /// started (which stops it).
     fn ready_to_write(&mut self) -> Result<(), LogError> {
-        if self.stopped.is_some() {
-            return Err(self.stopped_error());
+        if let Some(stop) = &self.stopped {
+            return Err(LogError::Stopped(stop.clone()));
         }
         self.roll_if_full().inspect_err(|e| {
-            self.stop(format!("cannot start a new segment: {e}"));
+            self.stop(Stop::NoNewSegment(Box::new(e.clone())));
         })
     }
 
@@ -254,10 +251,7 @@ impl Writer {
         let (events, rest): (Vec<_>, Vec<_>) = batch
             .drain(..)
             .partition(|req| req.records.iter().any(is_event));
-        let refused = LogError::WriteFailed(
-            "the disk is full: publishes are refused until space returns".into(),
-        );
-        answer_all(events, &refused);
+        answer_all(events, &LogError::DiskFull);
         *batch = rest;
     }
 
@@ -326,7 +320,7 @@ impl Writer {
             receipts.push(receipt);
             let Some(rec) = rec else { continue };
             let offset = base_len + self.buf.len() as u64;
-            record::frame_into(&rec, &mut self.buf).map_err(|e| LogError::Encode(e.to_string()))?;
+            record::frame_into(&rec, &mut self.buf)?;
             framed
                 .index_notes
                 .extend(rec.events().iter().map(|ev| IndexNote {
@@ -353,12 +347,12 @@ impl Writer {
     /// batch may find room. Anything else stops the writer.
     fn undo_failed_write(&mut self, e: &LogError, first_seq: u64) {
         match e {
-            LogError::WriteFailed(_) => {
+            LogError::WriteFailed { .. } => {
                 self.next_seq = first_seq;
                 self.batch_ids.clear();
                 self.enter_full(e);
             }
-            _ => self.stop(e.to_string()),
+            _ => self.stop(Stop::Failed(Box::new(e.clone()))),
         }
     }
 
@@ -503,7 +497,7 @@ impl Writer {
         self.buf.clear();
         self.batch_ids.clear();
         for rec in &records {
-            record::frame_into(rec, &mut self.buf).map_err(|e| LogError::Encode(e.to_string()))?;
+            record::frame_into(rec, &mut self.buf)?;
         }
         self.flush_buf(self.active.synced_len, records, Vec::new())
     }
@@ -515,7 +509,7 @@ impl Writer {
             return;
         }
         if let Err(e) = self.apply_retention() {
-            self.stop(format!("retention failed: {e}"));
+            self.stop(Stop::Retention(Box::new(e)));
         }
     }
 
@@ -574,7 +568,7 @@ impl Writer {
                 .set_len(self.active.synced_len)
                 .map_err(|cut| LogError::io(path, cut))?;
             tracing::warn!(error = %e, "a log write failed; the batch was refused and cut");
-            return Err(LogError::WriteFailed(format!("{}: {e}", path.display())));
+            return Err(LogError::write_failed(path, e));
         }
         self.unsynced = true;
         match self.options.relaxed_sync {
@@ -598,9 +592,9 @@ impl Writer {
         Ok(())
     }
 
-    fn stop(&mut self, reason: String) {
-        tracing::error!(%reason, "log writer stopped; publishes and acks now fail until restart");
-        self.stopped = Some(reason);
+    fn stop(&mut self, why: Stop) {
+        tracing::error!(reason = %why, "log writer stopped; publishes and acks now fail until restart");
+        self.stopped = Some(why);
     }
 
     /// Starts the next segment once the active one is full. The new segment is born with its
@@ -619,7 +613,7 @@ impl Writer {
         let base = self.next_seq;
         let (file, len) = match segment::create_with(&self.dir, base, &checkpoint) {
             Ok(created) => created,
-            Err(e @ LogError::WriteFailed(_)) => {
+            Err(e @ LogError::WriteFailed { .. }) => {
                 self.enter_full(&format_args!("no room to start a new segment: {e}"));
                 return Ok(());
             }
