@@ -1,4 +1,6 @@
 //! The on-disk record: what is stored, and how one record is framed in a segment file.
+//! Callers submit the same type; the writer fills in what only it knows (an event's seq and
+//! time, a floor clamped to the seqs it holds) before framing it.
 //!
 //! Frame: `len: u32 LE | body_crc: u32 LE | header_crc: u32 LE | body[len]`, where
 //! `header_crc = crc32(len ‖ body_crc)` and the body is a [`crate::backend::log::codec`] body. The header has
