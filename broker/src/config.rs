@@ -325,6 +325,53 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The TLS certificate or key the config names cannot be used.
+    #[error("config: {0}")]
+    Tls(#[source] crate::tls::TlsError),
+}
+
+/// A value serde accepts but the broker cannot use. Each message names its key first, the
+/// way [`Config::parse`] names it for a value serde refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidValue {
+    #[error("key `{0}`: must be greater than zero")]
+    Zero(&'static str),
+    #[error(
+        "key `listen`: {0} is not a loopback address and [auth] is off; set auth.enabled \
+         (with tokens) or, knowingly, auth.allow_insecure_remote = true"
+    )]
+    InsecureRemote(SocketAddr),
+    #[error("keys `tls_cert` and `tls_key`: give both, or neither")]
+    HalfTls,
+    #[error("key `auth.tokens`: auth is enabled but no token is defined (nor an [auth.jwt] key)")]
+    NoToken,
+    #[error("key `auth.jwt`: {0}")]
+    JwtPattern(#[source] wharf_protocol::TopicError),
+    #[error("key `auth.tokens[{0}].sha256`: must be 64 hex digits (wharf token hash TOKEN)")]
+    TokenHash(usize),
+    #[error("key `auth.tokens[{index}]`: {source}")]
+    TokenPattern {
+        index: usize,
+        source: wharf_protocol::TopicError,
+    },
+    #[error("key `max_frame_bytes`: at most 67108864 (64 MiB)")]
+    FrameTooLarge,
+}
+
+impl InvalidValue {
+    /// The one key the value is under, as the message names it (none for a pair of keys).
+    pub fn key(&self) -> Option<String> {
+        Some(match self {
+            InvalidValue::Zero(key) => (*key).to_owned(),
+            InvalidValue::InsecureRemote(_) => "listen".to_owned(),
+            InvalidValue::HalfTls => return None,
+            InvalidValue::NoToken => "auth.tokens".to_owned(),
+            InvalidValue::JwtPattern(_) => "auth.jwt".to_owned(),
+            InvalidValue::TokenHash(i) => format!("auth.tokens[{i}].sha256"),
+            InvalidValue::TokenPattern { index, .. } => format!("auth.tokens[{index}]"),
+            InvalidValue::FrameTooLarge => "max_frame_bytes".to_owned(),
+        })
+    }
 }
 
 impl Config {
@@ -433,14 +480,11 @@ impl Config {
                 named(&key, inner)
             }
         })?;
-        config.validate().map_err(|message| {
-            // validate() names the key first.
-            match from_env
-                .iter()
-                .find(|(k, _)| message.starts_with(&format!("key `{k}`")))
-            {
-                Some((_, var)) => format!("environment variable {var}: {message}"),
-                None => message,
+        config.validate().map_err(|e| {
+            let key = e.key();
+            match from_env.iter().find(|(k, _)| key.as_ref() == Some(k)) {
+                Some((_, var)) => format!("environment variable {var}: {e}"),
+                None => e.to_string(),
             }
         })?;
         Ok(config)
@@ -455,7 +499,7 @@ impl Config {
     }
 
     /// Checks values serde cannot: each message names its key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_json_depth", self.max_json_depth as u64),
@@ -495,50 +539,36 @@ impl Config {
                 self.state_flush_interval.as_millis() as u64,
             ),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(format!("key `{key}`: must be greater than zero"));
-            }
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(InvalidValue::Zero(key));
         }
         if !self.listen.ip().is_loopback() && !self.auth.enabled && !self.auth.allow_insecure_remote
         {
-            return Err(format!(
-                "key `listen`: {} is not a loopback address and [auth] is off; set auth.enabled \
-                 (with tokens) or, knowingly, auth.allow_insecure_remote = true",
-                self.listen
-            ));
+            return Err(InvalidValue::InsecureRemote(self.listen));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("keys `tls_cert` and `tls_key`: give both, or neither".into());
+            return Err(InvalidValue::HalfTls);
         }
         if self.auth.enabled && self.auth.tokens.is_empty() && !self.auth.jwt.enabled() {
-            return Err(
-                "key `auth.tokens`: auth is enabled but no token is defined (nor an [auth.jwt] key)"
-                    .into(),
-            );
+            return Err(InvalidValue::NoToken);
         }
         let jwt = &self.auth.jwt;
         for p in jwt.default_publish.iter().chain(&jwt.default_subscribe) {
             let example = p.replace("{sub}", "alice");
-            if let Err(e) = wharf_protocol::Pattern::parse(&example) {
-                return Err(format!("key `auth.jwt`: {e}"));
-            }
+            wharf_protocol::Pattern::parse(&example).map_err(InvalidValue::JwtPattern)?;
         }
-        for (i, t) in self.auth.tokens.iter().enumerate() {
+        for (index, t) in self.auth.tokens.iter().enumerate() {
             let hex_ok = t.sha256.len() == 64 && t.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !hex_ok {
-                return Err(format!(
-                    "key `auth.tokens[{i}].sha256`: must be 64 hex digits (wharf token hash TOKEN)"
-                ));
+                return Err(InvalidValue::TokenHash(index));
             }
             for p in t.publish.iter().chain(&t.subscribe) {
-                if let Err(e) = wharf_protocol::Pattern::parse(p) {
-                    return Err(format!("key `auth.tokens[{i}]`: {e}"));
-                }
+                wharf_protocol::Pattern::parse(p)
+                    .map_err(|source| InvalidValue::TokenPattern { index, source })?;
             }
         }
         if self.max_frame_bytes > 64 << 20 {
-            return Err("key `max_frame_bytes`: at most 67108864 (64 MiB)".into());
+            return Err(InvalidValue::FrameTooLarge);
         }
         Ok(())
     }
@@ -605,5 +635,12 @@ mod tests {
         assert!(e.contains("`heartbeat_interval`"), "{e}");
         let e = Config::parse("max_in_flight = 0").unwrap_err();
         assert!(e.contains("`max_in_flight`"), "{e}");
+        // A value serde accepts and validate() refuses names the variable that set it.
+        let e = Config::parse_with_env("", |k| (k == "WHARF_MAX_IN_FLIGHT").then(|| "0".into()))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "environment variable WHARF_MAX_IN_FLIGHT: key `max_in_flight`: must be greater than zero"
+        );
     }
 }

@@ -43,10 +43,12 @@ impl Context {
         // What flags set at start still holds.
         fresh.listen = self.config.listen;
         fresh.data_dir = self.config.data_dir.clone();
-        fresh.validate()?;
+        fresh.validate().map_err(|e| e.to_string())?;
         let auth = Authenticator::new(&fresh.auth)?;
         let tls = match (&fresh.tls_cert, &fresh.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::acceptor(cert, key).map_err(|e| e.to_string())?)
+            }
             _ => None,
         };
         if tls.is_some() != self.tls().is_some() {

@@ -115,12 +115,9 @@ impl Broker {
             source,
         })?;
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(|message| {
-                BrokerError::Config(config::ConfigError::Invalid {
-                    path: "config".into(),
-                    message,
-                })
-            })?),
+            (Some(cert), Some(key)) => {
+                Some(tls::acceptor(cert, key).map_err(config::ConfigError::Tls)?)
+            }
             _ => None,
         };
         let auth = auth::Authenticator::new(&config.auth).map_err(|message| {

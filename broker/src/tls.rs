@@ -2,7 +2,7 @@
 //! [`Conn`]: plain TCP, or TLS over TCP; everything above reads and writes it the same way.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,26 +15,50 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// Why the certificate or key named in the config cannot be used; each message names its key
+/// first, like the config's own errors.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("key `tls_cert`: cannot read {path}: {source}")]
+    ReadCert {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("key `tls_cert`: no certificate in {0}")]
+    NoCert(PathBuf),
+    #[error("key `tls_key`: cannot read {path}: {source}")]
+    ReadKey {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Setup(#[source] tokio_rustls::rustls::Error),
+    #[error("key `tls_key`: does not fit the certificate: {0}")]
+    KeyMismatch(#[source] tokio_rustls::rustls::Error),
+}
+
 /// Loads the certificate chain and key named in the config.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("key `tls_cert`: cannot read {}: {e}", cert.display()))?;
+        .map_err(|source| TlsError::ReadCert {
+            path: cert.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "key `tls_cert`: no certificate in {}",
-            cert.display()
-        ));
+        return Err(TlsError::NoCert(cert.to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("key `tls_key`: cannot read {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::ReadKey {
+        path: key.to_owned(),
+        source,
+    })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("key `tls_key`: does not fit the certificate: {e}"))?;
+        .map_err(TlsError::KeyMismatch)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

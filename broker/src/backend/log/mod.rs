@@ -32,7 +32,7 @@ use crate::backend::contract::{BackendError, Confirming, NewEvent, Published, St
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::metrics;
-use append::{Entry, Floor, Pending, Receipt};
+use append::{Event, Floor, Pending, Receipt, Record};
 use consumers::Consumer;
 use store::Store;
 
@@ -67,13 +67,8 @@ fn stored(receipt: Receipt) -> Result<Stored, BackendError> {
     }
 }
 
-fn to_log(e: NewEvent) -> append::NewEvent {
-    append::NewEvent {
-        topic: e.topic,
-        payload: e.payload,
-        time_ms: e.time_ms,
-        msg_id: e.msg_id,
-    }
+fn to_log(e: NewEvent) -> Event {
+    Event::new(e.topic, e.payload, e.time_ms, e.msg_id)
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -93,13 +88,13 @@ impl LogBackend {
         })
     }
 
-    /// Hands `entries` to the group commit (waiting for room in its queue) and returns the
+    /// Hands `records` to the group commit (waiting for room in its queue) and returns the
     /// wait for them to be durable.
-    async fn write(&self, entries: Vec<Entry>) -> Result<Confirming<Vec<Receipt>>, BackendError> {
+    async fn write(&self, records: Vec<Record>) -> Result<Confirming<Vec<Receipt>>, BackendError> {
         let pending = self
             .store
             .log
-            .submit(entries)
+            .submit(records)
             .await
             .map_err(BackendError::failed)?;
         Ok(Box::pin(durable(pending)))
@@ -111,7 +106,7 @@ impl LogBackend {
     ) -> Result<Confirming<Vec<Stored>>, BackendError> {
         let entries = batches
             .into_iter()
-            .map(|batch| Entry::Events(batch.into_iter().map(to_log).collect()))
+            .map(|batch| Record::Events(batch.into_iter().map(to_log).collect()))
             .collect();
         let written = self.write(entries).await?;
         Ok(Box::pin(async move {

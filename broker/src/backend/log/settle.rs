@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use wharf_protocol::Start;
 
-use super::append::{Entry, Floor, Settle};
+use super::append::{Floor, Record, Settle};
 use super::LogBackend;
 use crate::backend::contract::{BackendError, Confirming, Settlement};
 use crate::metrics;
@@ -25,7 +25,7 @@ impl LogBackend {
             )));
         }
         let (floor, seeks) = consumer.floor_for_settle(&seqs);
-        let entry = Entry::Acked {
+        let record = Record::Acked {
             consumer: name.to_owned(),
             seqs,
             floor,
@@ -35,7 +35,7 @@ impl LogBackend {
             },
             seeks,
         };
-        self.write_done(entry).await
+        self.write_done(record).await
     }
 
     /// nack (`delay` given: redelivered after it) and progress (`delay` None: the ack wait
@@ -61,24 +61,24 @@ impl LogBackend {
             Floor::At(floor) => floor,
             Floor::Head => self.store.feed.head(),
         };
-        let entry = Entry::ConsumerSeek {
+        let record = Record::ConsumerSeek {
             name: name.to_owned(),
             floor,
         };
-        self.write_done(entry).await
+        self.write_done(record).await
     }
 
     pub async fn delete_consumer(&self, name: &str) -> Result<Confirming<()>, BackendError> {
         self.consumer(name)?;
-        let entry = Entry::ConsumerDeleted {
+        let record = Record::ConsumerDeleted {
             name: name.to_owned(),
         };
-        self.write_done(entry).await
+        self.write_done(record).await
     }
 
-    /// Writes one entry whose receipt says nothing more than "durable".
-    async fn write_done(&self, entry: Entry) -> Result<Confirming<()>, BackendError> {
-        let written = self.write(vec![entry]).await?;
+    /// Writes one record whose receipt says nothing more than "durable".
+    async fn write_done(&self, record: Record) -> Result<Confirming<()>, BackendError> {
+        let written = self.write(vec![record]).await?;
         Ok(Box::pin(async move { written.await.map(drop) }))
     }
 }

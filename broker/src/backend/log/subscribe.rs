@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use wharf_protocol::{Mode, Pattern, Reply};
 
-use super::append::Entry;
+use super::append::Record;
 use super::consumers::{Attached, Consumer, ModeConflict};
 use super::delivery::{run_ephemeral, DurableDelivery, EventSource};
 use super::{mode_name, LogBackend};
@@ -198,16 +198,13 @@ impl LogBackend {
         }
         let floor = self.floor_for(spec.start).await?;
         let creating = CreatingConsumer::new(&self.creating, &spec.name);
-        let entry = Entry::ConsumerCreated {
-            name: spec.name,
-            patterns: spec
-                .patterns
-                .iter()
-                .map(|p| p.as_str().to_owned())
-                .collect(),
-            start: floor,
-        };
-        let written = self.write(vec![entry]).await?;
+        let patterns = spec
+            .patterns
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        let record = Record::consumer_created(spec.name, patterns, floor);
+        let written = self.write(vec![record]).await?;
         Ok(Box::pin(async move {
             let done = written.await.map(drop);
             drop(creating);

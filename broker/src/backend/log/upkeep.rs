@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::append::Entry;
+use super::append::Record;
 use super::LogBackend;
 use crate::config::Durability;
 use crate::shutdown::Shutdown;
@@ -102,8 +102,8 @@ async fn reap_inactive(backend: LogBackend, mut shutdown: Shutdown) {
             .consumers
             .idle_longer_than(ttl, std::time::Instant::now());
         for name in idle {
-            let entry = Entry::ConsumerDeleted { name: name.clone() };
-            match backend.store.log.append(vec![entry]).await {
+            let record = Record::ConsumerDeleted { name: name.clone() };
+            match backend.store.log.append(vec![record]).await {
                 Ok(_) => tracing::info!(consumer = name, ?ttl, "deleted an inactive consumer"),
                 Err(e) => {
                     tracing::warn!(consumer = name, error = %e, "could not delete an inactive consumer")

@@ -19,13 +19,13 @@ pub mod writer;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use reader::EventCursor;
-pub use record::{Event, Record, Settle};
+pub use record::{Event, Floor, Record, Settle};
 use segment::{ScanEnd, SegmentMeta};
 
 /// Where a record ends: the log position a state view has caught up to.
@@ -37,13 +37,18 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// What went wrong in the log. Clone, because one failed batch answers every request in it;
+/// causes that are not Clone are shared behind an `Arc`. Each message ends with its cause's
+/// own text, so printing the chain shows the cause once (see the CLI's `one_line`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
+        #[source]
         source: Arc<io::Error>,
     },
+    /// Damage found in stored bytes; `reason` says what was found there.
     #[error("damaged log: {path} at byte {offset}: {reason} (wharf serve --repair cuts damaged records out, losing them)")]
     Corrupt {
         path: PathBuf,
@@ -51,13 +56,34 @@ pub enum LogError {
         reason: String,
     },
     #[error("the log accepts no more writes: {0}")]
-    Stopped(String),
+    Stopped(#[source] Stop),
     #[error("record does not encode: {0}")]
-    Encode(String),
+    Encode(#[source] Arc<record::FrameError>),
     /// A write failed (a full disk, say) and was cut back: nothing of it is stored, and the
     /// log goes on accepting writes.
-    #[error("could not write to the log, nothing was stored: {0}")]
-    WriteFailed(String),
+    #[error("could not write to the log, nothing was stored: {path}: {source}")]
+    WriteFailed {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// An event refused without trying: a write already failed for want of space, and there
+    /// is not yet room to put the reserve back (acks and consumer changes still go in).
+    #[error("could not write to the log, nothing was stored: the disk is full: publishes are refused until space returns")]
+    DiskFull,
+    /// A submitted record of a kind kept only to read old logs.
+    #[error("a V1 record is read from old logs, never written")]
+    Legacy,
+    /// A blocking read of the log, run off the async runtime, did not come back (it
+    /// panicked, or the runtime is shutting down).
+    #[error("{what} failed: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: Arc<tokio::task::JoinError>,
+    },
+    #[error("cannot start the log writer thread: {0}")]
+    Thread(#[source] Arc<io::Error>),
 }
 
 impl LogError {
@@ -67,72 +93,56 @@ impl LogError {
             source: Arc::new(source),
         }
     }
+
+    /// A write of `path` that failed and was cut back (see [`LogError::WriteFailed`]).
+    pub fn write_failed(path: &Path, source: io::Error) -> LogError {
+        LogError::WriteFailed {
+            path: path.to_owned(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// `what`, run with `spawn_blocking`, did not come back.
+    pub fn task(what: &'static str, source: tokio::task::JoinError) -> LogError {
+        LogError::Task {
+            what,
+            source: Arc::new(source),
+        }
+    }
 }
 
-/// One thing to append. The writer turns it into a [`Record`], filling in what only it can
-/// know (the seq of an event, the floor of a consumer that starts at the head).
-#[derive(Debug, Clone)]
-pub enum Entry {
-    /// Stored as one record: all or none.
-    Events(Vec<NewEvent>),
-    ConsumerCreated {
-        name: String,
-        patterns: Vec<String>,
-        start: Floor,
-    },
-    Acked {
-        consumer: String,
-        seqs: Vec<u64>,
-        floor: u64,
-        kind: Settle,
-        /// The consumer's seek count when `floor` was computed.
-        seeks: u64,
-    },
-    /// A subscriber was told of the consumer's gap through `to`.
-    GapReported {
-        name: String,
-        to: u64,
-    },
-    /// Moves `seq` of `consumer` to its dead-letter topic as `event`, settling it, in one
-    /// record.
-    DeadLetter {
-        consumer: String,
-        seq: u64,
-        event: NewEvent,
-    },
-    ConsumerSeek {
-        name: String,
-        floor: u64,
-    },
-    ConsumerDeleted {
-        name: String,
-    },
+impl From<record::FrameError> for LogError {
+    fn from(e: record::FrameError) -> LogError {
+        LogError::Encode(Arc::new(e))
+    }
 }
 
-/// An event to append; the writer gives it its seq.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub topic: String,
-    pub payload: String,
-    pub time_ms: u64,
-    pub msg_id: Option<String>,
+/// Why the log accepts no more writes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Stop {
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// The writer thread ended without answering (it panicked).
+    #[error("the log writer is gone")]
+    WriterGone,
+    /// A write, sync or segment roll failed in a way that was not cut back cleanly: after a
+    /// failed fsync the kernel may have dropped the pages, so nothing later could be trusted
+    /// to sit on top of them.
+    #[error("{0}")]
+    Failed(#[source] Box<LogError>),
+    #[error("cannot start a new segment: {0}")]
+    NoNewSegment(#[source] Box<LogError>),
+    #[error("retention failed: {0}")]
+    Retention(#[source] Box<LogError>),
 }
 
-/// Where a new consumer's floor sits.
-#[derive(Debug, Clone, Copy)]
-pub enum Floor {
-    At(u64),
-    /// The last seq written before this record: only events published later are for it.
-    Head,
-}
-
-/// What an entry became once durable.
+/// What a submitted record became once durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Receipt {
     /// Per event: its seq, and whether it is a duplicate (by msg_id) of one stored earlier,
     /// in which case nothing was written for it and the seq is the original's.
     Seqs(Vec<(u64, bool)>),
-    /// Nothing of the entry was stored, for this reason (the dedup table is full).
+    /// Nothing of the record was stored, for this reason (the dedup table is full).
     Refused(String),
     Floor(u64),
     Done,
@@ -152,6 +162,21 @@ pub trait CommitSink: Send + 'static {
 
 /// The segments readers can see; the writer adds to it.
 pub type SegmentTable = Arc<RwLock<Vec<SegmentMeta>>>;
+
+/// The segment table, to read.
+///
+/// A poisoned lock is taken over, here and in [`write_table`], never reported: each change
+/// the writer makes (push a segment, remove the oldest, catch the last one up) leaves a table
+/// readers can use, and never shows them bytes past what is synced, so a panic while it was
+/// held loses nothing; refusing the lock instead would stop every reader and the writer.
+fn read_table(table: &SegmentTable) -> RwLockReadGuard<'_, Vec<SegmentMeta>> {
+    table.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The segment table, to change (see [`read_table`] on a poisoned lock).
+fn write_table(table: &SegmentTable) -> RwLockWriteGuard<'_, Vec<SegmentMeta>> {
+    table.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// What the start-up scan found.
 pub struct Recovery {
@@ -217,119 +242,43 @@ pub fn recover(
             segment::sync_dir(parent)?;
         }
     }
-    let clean_stop = read_clean_stop(dir);
+    let mut scan = Scan {
+        clean_stop: read_clean_stop(dir),
+        dedup_since_ms,
+        next_seq: 1,
+        last_time_ms: 0,
+        msg_ids: Vec::new(),
+        torn_tail: None,
+        unanchored: None,
+    };
     let files = segment::list(dir)?;
-    let mut segments = Vec::with_capacity(files.len());
-    let mut next_seq = 1u64;
-    let mut last_time_ms = 0u64;
-    let mut torn_tail = None;
-    let mut unanchored = None;
-    let mut msg_ids = Vec::new();
     let count = files.len();
+    let mut segments = Vec::with_capacity(count);
     for (i, (base, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == count;
-        if base > 1 && segment::first_record(&path)? == segment::FirstRecord::Other {
-            match (i > 0).then(|| checkpoint_for(base)).flatten() {
-                Some(checkpoint) => {
-                    segment::prepend(&path, &checkpoint)?;
-                    tracing::warn!(segment = %path.display(), "segment did not start with a checkpoint; one was written in front of it");
-                }
-                None => {
-                    tracing::warn!(segment = %path.display(), "segment does not start with a checkpoint");
-                    unanchored.get_or_insert(path.clone());
-                }
-            }
+        if base > 1 {
+            // The very first segment of the log has no state before it to check-point.
+            scan.anchor(&path, || (i > 0).then(|| checkpoint_for(base)).flatten())?;
         }
-        let mut meta = SegmentMeta::new(base, path.clone());
-        let (valid_len, end) = segment::scan(&path, is_last, |rec, start, end| {
-            for ev in rec.events() {
-                if ev.seq < next_seq {
-                    return Err(LogError::Corrupt {
-                        path: path.clone(),
-                        offset: start,
-                        reason: format!("event seq {} after seq {}", ev.seq, next_seq - 1),
-                    });
-                }
-                meta.note_event(ev.seq, ev.time_ms, start);
-                next_seq = ev.seq + 1;
-                last_time_ms = last_time_ms.max(ev.time_ms);
-                match &ev.msg_id {
-                    Some(msg_id) if ev.time_ms >= dedup_since_ms => {
-                        msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
-                    }
-                    _ => {}
-                }
-            }
-            visit(
-                &rec,
-                Position {
-                    segment: base,
-                    offset: end,
-                },
-            )
-        })?;
-        if let ScanEnd::TornTail { offset, reason } = end {
-            if clean_stop.is_some() {
-                return Err(LogError::Corrupt {
-                    path: path.clone(),
-                    offset,
-                    reason: format!("{reason}, in data confirmed before the last clean stop"),
-                });
-            }
-            tracing::warn!(
-                segment = %path.display(),
-                offset,
-                reason,
-                "cutting a torn write off the end of the log (it was never confirmed)"
-            );
-            segment::truncate(&path, valid_len)?;
-            torn_tail = Some(format!("{} at byte {offset}: {reason}", path.display()));
-        }
-        if is_last && i > 0 && valid_len == 0 {
+        let mut meta = scan.segment(base, path, is_last, &mut visit)?;
+        if is_last && i > 0 && meta.synced_len == 0 {
             // Started but never given its checkpoint (a crash, or a torn checkpoint just cut):
             // give it one now, or remove it, so nothing is ever appended to it without one.
             match checkpoint_for(base) {
                 Some(checkpoint) => {
-                    segment::prepend(&path, &checkpoint)?;
-                    for rec in &checkpoint {
-                        let mut framed = Vec::new();
-                        record::frame_into(rec, &mut framed)
-                            .map_err(|e| LogError::Encode(e.to_string()))?;
-                        meta.synced_len += framed.len() as u64;
-                        visit(
-                            rec,
-                            Position {
-                                segment: base,
-                                offset: meta.synced_len,
-                            },
-                        )?;
-                    }
+                    start_with(&mut meta, &checkpoint, &mut visit)?;
                     segments.push(meta);
-                    continue;
                 }
-                None => {
-                    fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
-                    segment::sync_dir(dir)?;
-                    tracing::warn!(segment = %path.display(), "removed an empty segment that a crash left without its checkpoint");
-                    continue;
-                }
+                None => remove_unanchored_tail(dir, &meta.path)?,
             }
+            continue;
         }
-        if let Some((clean_base, clean_len)) = clean_stop {
-            if is_last && (clean_base != base || valid_len < clean_len) {
-                return Err(LogError::Corrupt {
-                    path: path.clone(),
-                    offset: valid_len,
-                    reason: format!(
-                        "the log ends here, but it held segment {clean_base} up to byte {clean_len} at the last clean stop"
-                    ),
-                });
-            }
+        if is_last {
+            scan.check_clean_stop_end(&meta)?;
         }
-        meta.synced_len = valid_len;
         segments.push(meta);
     }
-    if clean_stop.is_some() {
+    if scan.clean_stop.is_some() {
         let path = dir.join(CLEAN_STOP_FILE);
         fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
         segment::sync_dir(dir)?;
@@ -341,18 +290,167 @@ pub fn recover(
             offset: m.synced_len,
         })
         .unwrap_or(Position {
-            segment: next_seq,
+            segment: scan.next_seq,
             offset: 0,
         });
     Ok(Recovery {
         segments,
-        next_seq,
+        next_seq: scan.next_seq,
         end,
-        torn_tail,
-        msg_ids,
-        last_time_ms,
-        unanchored,
+        torn_tail: scan.torn_tail,
+        msg_ids: scan.msg_ids,
+        last_time_ms: scan.last_time_ms,
+        unanchored: scan.unanchored,
     })
+}
+
+/// What [`recover`] has learned so far, segment by segment.
+struct Scan {
+    /// `(segment, length)` recorded at the last clean stop, if the log stopped cleanly.
+    clean_stop: Option<(u64, u64)>,
+    dedup_since_ms: u64,
+    next_seq: u64,
+    last_time_ms: u64,
+    msg_ids: Vec<(u64, String, u64)>,
+    torn_tail: Option<String>,
+    unanchored: Option<PathBuf>,
+}
+
+impl Scan {
+    /// Makes sure a segment that is not the log's first starts with a checkpoint, writing
+    /// one from `checkpoint` in front of it when it does not; without one, it is noted as
+    /// unanchored.
+    fn anchor(
+        &mut self,
+        path: &Path,
+        checkpoint: impl FnOnce() -> Option<Vec<Record>>,
+    ) -> Result<(), LogError> {
+        if segment::first_record(path)? != segment::FirstRecord::Other {
+            return Ok(());
+        }
+        match checkpoint() {
+            Some(checkpoint) => {
+                segment::prepend(path, &checkpoint)?;
+                tracing::warn!(segment = %path.display(), "segment did not start with a checkpoint; one was written in front of it");
+            }
+            None => {
+                tracing::warn!(segment = %path.display(), "segment does not start with a checkpoint");
+                self.unanchored.get_or_insert(path.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies every record of one segment, in order, passing each to `visit`, and cuts a
+    /// torn tail off the last one. Its metadata, with `synced_len` the valid length.
+    fn segment(
+        &mut self,
+        base: u64,
+        path: PathBuf,
+        is_last: bool,
+        visit: &mut impl FnMut(&Record, Position) -> Result<(), LogError>,
+    ) -> Result<SegmentMeta, LogError> {
+        let mut meta = SegmentMeta::new(base, path.clone());
+        let (valid_len, end) = segment::scan(&path, is_last, |rec, start, end| {
+            for ev in rec.events() {
+                self.note_event(&mut meta, ev, start)?;
+            }
+            let position = Position {
+                segment: base,
+                offset: end,
+            };
+            visit(&rec, position)
+        })?;
+        if let ScanEnd::TornTail { offset, reason } = end {
+            if self.clean_stop.is_some() {
+                return Err(LogError::Corrupt {
+                    path,
+                    offset,
+                    reason: format!("{reason}, in data confirmed before the last clean stop"),
+                });
+            }
+            tracing::warn!(
+                segment = %path.display(),
+                offset,
+                reason,
+                "cutting a torn write off the end of the log (it was never confirmed)"
+            );
+            segment::truncate(&path, valid_len)?;
+            self.torn_tail = Some(format!("{} at byte {offset}: {reason}", path.display()));
+        }
+        meta.synced_len = valid_len;
+        Ok(meta)
+    }
+
+    /// Takes in one stored event of the record at `start`; seqs must only grow.
+    fn note_event(
+        &mut self,
+        meta: &mut SegmentMeta,
+        ev: &Event,
+        start: u64,
+    ) -> Result<(), LogError> {
+        if ev.seq < self.next_seq {
+            return Err(LogError::Corrupt {
+                path: meta.path.clone(),
+                offset: start,
+                reason: format!("event seq {} after seq {}", ev.seq, self.next_seq - 1),
+            });
+        }
+        meta.note_event(ev.seq, ev.time_ms, start);
+        self.next_seq = ev.seq + 1;
+        self.last_time_ms = self.last_time_ms.max(ev.time_ms);
+        match &ev.msg_id {
+            Some(msg_id) if ev.time_ms >= self.dedup_since_ms => {
+                self.msg_ids.push((ev.time_ms, msg_id.clone(), ev.seq));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// After a clean stop the log must end where it ended then: shorter means confirmed data
+    /// is gone.
+    fn check_clean_stop_end(&self, last: &SegmentMeta) -> Result<(), LogError> {
+        match self.clean_stop {
+            Some((base, len)) if base != last.base || last.synced_len < len => {
+                Err(LogError::Corrupt {
+                    path: last.path.clone(),
+                    offset: last.synced_len,
+                    reason: format!(
+                        "the log ends here, but it held segment {base} up to byte {len} at the last clean stop"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes `checkpoint` into the empty segment of `meta` and visits its records.
+fn start_with(
+    meta: &mut SegmentMeta,
+    checkpoint: &[Record],
+    visit: &mut impl FnMut(&Record, Position) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    segment::prepend(&meta.path, checkpoint)?;
+    for rec in checkpoint {
+        let mut framed = Vec::new();
+        record::frame_into(rec, &mut framed)?;
+        meta.synced_len += framed.len() as u64;
+        let position = Position {
+            segment: meta.base,
+            offset: meta.synced_len,
+        };
+        visit(rec, position)?;
+    }
+    Ok(())
+}
+
+fn remove_unanchored_tail(dir: &Path, path: &Path) -> Result<(), LogError> {
+    fs::remove_file(path).map_err(|e| LogError::io(path, e))?;
+    segment::sync_dir(dir)?;
+    tracing::warn!(segment = %path.display(), "removed an empty segment that a crash left without its checkpoint");
+    Ok(())
 }
 
 /// When old segments are removed; 0 means no limit. The active segment is never removed.
@@ -410,7 +508,7 @@ enum Command {
 }
 
 struct AppendRequest {
-    entries: Vec<Entry>,
+    records: Vec<Record>,
     done: oneshot::Sender<Result<Vec<Receipt>, LogError>>,
 }
 
@@ -438,27 +536,31 @@ impl AppendLog {
         std::thread::Builder::new()
             .name("wharf-log-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| LogError::io(dir, e))?;
+            .map_err(|e| LogError::Thread(Arc::new(e)))?;
         Ok(AppendLog { tx, table })
     }
 
-    /// Queues entries for the next group commit. Awaiting this only waits for room in the
-    /// queue, so a caller can keep submission order and still pipeline many requests.
-    pub async fn submit(&self, entries: Vec<Entry>) -> Result<Pending, LogError> {
+    /// Queues records for the next group commit; the writer fills in what only it knows
+    /// (see [`Event::new`], [`Record::consumer_created`]). Awaiting this only waits for room
+    /// in the queue, so a caller can keep submission order and still pipeline many requests.
+    pub async fn submit(&self, records: Vec<Record>) -> Result<Pending, LogError> {
+        if records.iter().any(Record::is_legacy) {
+            return Err(LogError::Legacy);
+        }
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append(AppendRequest { entries, done }))
+            .send(Command::Append(AppendRequest { records, done }))
             .await
-            .map_err(|_| LogError::Stopped("the broker is shutting down".into()))?;
+            .map_err(|_| LogError::Stopped(Stop::ShuttingDown))?;
         Ok(rx)
     }
 
     /// Submits and waits until durable.
-    pub async fn append(&self, entries: Vec<Entry>) -> Result<Vec<Receipt>, LogError> {
-        let pending = self.submit(entries).await?;
+    pub async fn append(&self, records: Vec<Record>) -> Result<Vec<Receipt>, LogError> {
+        let pending = self.submit(records).await?;
         pending
             .await
-            .map_err(|_| LogError::Stopped("the log writer is gone".into()))?
+            .map_err(|_| LogError::Stopped(Stop::WriterGone))?
     }
 
     /// A cursor that reads events from `seq` on.
@@ -468,10 +570,8 @@ impl AppendLog {
 
     /// How many segments the log has, and their synced bytes.
     pub fn size(&self) -> (usize, u64) {
-        match self.table.read() {
-            Ok(table) => (table.len(), table.iter().map(|m| m.synced_len).sum()),
-            Err(_) => (0, 0),
-        }
+        let table = read_table(&self.table);
+        (table.len(), table.iter().map(|m| m.synced_len).sum())
     }
 
     /// Asks the writer to sync what it wrote (relaxed mode).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::record::{self, Header, HEADER_LEN};
-use super::{Event, LogError, SegmentTable};
+use super::{read_table, Event, LogError, SegmentTable};
 
 struct OpenSegment {
     base: u64,
@@ -59,13 +59,13 @@ impl EventCursor {
             if self.open.is_none() && !self.open_for_next_seq()? {
                 return Ok(());
             }
-            let (synced_len, has_next) = self.bounds()?;
+            let (synced_len, has_next) = self.bounds();
             let Some(seg) = self.open.as_mut() else {
                 return Ok(());
             };
             if seg.offset + HEADER_LEN as u64 > synced_len {
                 if has_next {
-                    let next_base = self.next_segment_base()?;
+                    let next_base = self.next_segment_base();
                     self.open = None;
                     if let Some(base) = next_base {
                         self.open_segment(base, None)?;
@@ -95,7 +95,7 @@ impl EventCursor {
             seg.file
                 .read_exact(&mut body)
                 .map_err(|e| LogError::io(&seg.path, e))?;
-            let rec = record::decode_body(&header, &body).map_err(corrupt)?;
+            let rec = record::decode_body(&header, &body).map_err(|e| corrupt(e.to_string()))?;
             let events = rec.into_events();
             if !events.is_empty() {
                 // A record is committed whole, so its events are all at or below the head,
@@ -124,7 +124,7 @@ impl EventCursor {
     /// (through `head`) is older.
     pub fn first_at_or_after(&mut self, time_ms: u64, head: u64) -> Result<Option<u64>, LogError> {
         let start = {
-            let table = self.table.read().map_err(|_| poisoned())?;
+            let table = read_table(&self.table);
             let i = table
                 .iter()
                 .rposition(|m| m.first_time_ms.is_some_and(|t| t < time_ms))
@@ -145,26 +145,26 @@ impl EventCursor {
         }
     }
 
-    fn bounds(&self) -> Result<(u64, bool), LogError> {
+    /// How far the open segment may be read, and whether a segment follows it.
+    fn bounds(&self) -> (u64, bool) {
         let Some(seg) = &self.open else {
-            return Ok((0, false));
+            return (0, false);
         };
-        let table = self.table.read().map_err(|_| poisoned())?;
+        let table = read_table(&self.table);
         match table.iter().position(|m| m.base == seg.base) {
-            Some(i) => Ok((table[i].synced_len, i + 1 < table.len())),
-            None => Ok((0, !table.is_empty())),
+            Some(i) => (table[i].synced_len, i + 1 < table.len()),
+            None => (0, !table.is_empty()),
         }
     }
 
-    fn has_segment(&self, base: u64) -> Result<bool, LogError> {
-        let table = self.table.read().map_err(|_| poisoned())?;
-        Ok(table.iter().any(|m| m.base == base))
+    fn has_segment(&self, base: u64) -> bool {
+        read_table(&self.table).iter().any(|m| m.base == base)
     }
 
-    fn next_segment_base(&self) -> Result<Option<u64>, LogError> {
+    fn next_segment_base(&self) -> Option<u64> {
         let current = self.open.as_ref().map(|s| s.base).unwrap_or(0);
-        let table = self.table.read().map_err(|_| poisoned())?;
-        Ok(table.iter().find(|m| m.base > current).map(|m| m.base))
+        let table = read_table(&self.table);
+        table.iter().find(|m| m.base > current).map(|m| m.base)
     }
 
     /// Opens the segment that holds `next_seq` (or the oldest one, if retention removed
@@ -172,7 +172,7 @@ impl EventCursor {
     fn open_for_next_seq(&mut self) -> Result<bool, LogError> {
         loop {
             let base = {
-                let table = self.table.read().map_err(|_| poisoned())?;
+                let table = read_table(&self.table);
                 let i = table.partition_point(|m| m.base <= self.next_seq);
                 match (i, table.first()) {
                     (0, Some(first)) => first.base,
@@ -189,7 +189,7 @@ impl EventCursor {
 
     fn open_segment(&mut self, base: u64, seq: Option<u64>) -> Result<(), LogError> {
         let (path, offset) = {
-            let table = self.table.read().map_err(|_| poisoned())?;
+            let table = read_table(&self.table);
             let Some(meta) = table.iter().find(|m| m.base == base) else {
                 return Ok(());
             };
@@ -200,7 +200,7 @@ impl EventCursor {
         };
         let file = match File::open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.has_segment(base)? => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.has_segment(base) => {
                 // Retention removed it just now; the caller looks again.
                 self.open = None;
                 return Ok(());
@@ -218,8 +218,4 @@ impl EventCursor {
         });
         Ok(())
     }
-}
-
-fn poisoned() -> LogError {
-    LogError::Stopped("segment table poisoned".into())
 }

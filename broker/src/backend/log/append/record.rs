@@ -1,4 +1,6 @@
 //! The on-disk record: what is stored, and how one record is framed in a segment file.
+//! Callers submit the same type; the writer fills in what only it knows (an event's seq and
+//! time, a floor clamped to the seqs it holds) before framing it.
 //!
 //! Frame: `len: u32 LE | body_crc: u32 LE | header_crc: u32 LE | body[len]`, where
 //! `header_crc = crc32(len ‖ body_crc)` and the body is a [`crate::backend::log::codec`] body. The header has
@@ -29,6 +31,29 @@ pub struct Event {
     /// The event's frame body, encoded on first delivery and shared by every later one.
     #[serde(skip)]
     pub frame_body: std::sync::OnceLock<wharf_protocol::EventBody>,
+}
+
+impl Event {
+    /// An event to append. The writer gives it its seq (0 until then) and may raise its time
+    /// to the newest one stored, so that stored times never go back when the clock does.
+    pub fn new(topic: String, payload: String, time_ms: u64, msg_id: Option<String>) -> Event {
+        Event {
+            seq: 0,
+            time_ms,
+            topic,
+            payload,
+            msg_id,
+            frame_body: Default::default(),
+        }
+    }
+}
+
+/// Where a new consumer's floor sits.
+#[derive(Debug, Clone, Copy)]
+pub enum Floor {
+    At(u64),
+    /// The last seq written before this record: only events published later are for it.
+    Head,
 }
 
 /// Everything that is ever confirmed to a client is one of these, in the log.
@@ -100,6 +125,26 @@ pub enum Record {
 }
 
 impl Record {
+    /// A consumer starting at `start`. The writer clamps every floor it writes to the seqs
+    /// it holds, so `Floor::Head` goes in as the highest floor there is and is written as
+    /// the last seq before this record.
+    pub fn consumer_created(name: String, patterns: Vec<String>, start: Floor) -> Record {
+        let floor = match start {
+            Floor::At(floor) => floor,
+            Floor::Head => u64::MAX,
+        };
+        Record::ConsumerCreated {
+            name,
+            patterns,
+            floor,
+        }
+    }
+
+    /// Whether this is a variant kept only to read old logs: never written again.
+    pub fn is_legacy(&self) -> bool {
+        matches!(self, Record::AckedV1 { .. } | Record::CheckpointV1 { .. })
+    }
+
     /// The events this record stores (a dead letter is one).
     pub fn events(&self) -> &[Event] {
         match self {
@@ -232,17 +277,128 @@ impl Header {
     }
 }
 
+/// Why a record's body was not accepted: damage, as far as a reader can tell.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("record checksum mismatch")]
+    Checksum,
+    #[error("record does not decode: {0}")]
+    Decode(#[source] codec::CodecError),
+}
+
 /// Checks a body against its header and decodes it.
-pub fn decode_body(header: &Header, body: &[u8]) -> Result<Record, String> {
+pub fn decode_body(header: &Header, body: &[u8]) -> Result<Record, BodyError> {
     if crc32fast::hash(body) != header.body_crc {
-        return Err("record checksum mismatch".to_owned());
+        return Err(BodyError::Checksum);
     }
-    codec::decode(body).map_err(|e| format!("record does not decode: {e}"))
+    codec::decode(body).map_err(BodyError::Decode)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One of every variant, with every field set, for the pinned-bytes test.
+    fn every_variant() -> Vec<Record> {
+        let event = |seq: u64| Event {
+            frame_body: Default::default(),
+            seq,
+            time_ms: 1_700_000_000_000 + seq,
+            topic: "orders.eu".into(),
+            payload: "{\"n\":1}".into(),
+            msg_id: Some("m-9".into()),
+        };
+        let mut state = ConsumerState::new(vec!["orders.>".into()], 40);
+        state.acked.insert(42);
+        state.acked.insert(43);
+        state.terminated = 1;
+        state.dead_lettered = 2;
+        state.gapped = 3;
+        state.seeks = 4;
+        state.untold_gap = Some((5, 6));
+        let legacy = LegacyConsumerState {
+            patterns: vec!["a.*".into()],
+            floor: 7,
+            acked: [9, 11].into_iter().collect(),
+            terminated: 1,
+            dead_lettered: 0,
+            gapped: 2,
+        };
+        vec![
+            Record::Events(vec![event(1), event(2)]),
+            Record::ConsumerCreated {
+                name: "c".into(),
+                patterns: vec!["orders.>".into()],
+                floor: 300,
+            },
+            Record::AckedV1 {
+                consumer: "c".into(),
+                seqs: vec![1, 2, 300],
+                floor: 2,
+                kind: Settle::Term,
+            },
+            Record::ConsumerSeek {
+                name: "c".into(),
+                floor: 70_000,
+            },
+            Record::ConsumerDeleted { name: "c".into() },
+            Record::ConsumerGap {
+                name: "c".into(),
+                from: 3,
+                to: 9,
+            },
+            Record::CheckpointV1 {
+                consumers: vec![("old".into(), legacy)],
+            },
+            Record::Acked {
+                consumer: "c".into(),
+                seqs: vec![5],
+                floor: 4,
+                kind: Settle::DeadLetter,
+                seeks: 2,
+            },
+            Record::Checkpoint {
+                consumers: vec![("c".into(), state)],
+            },
+            Record::GapReported {
+                name: "c".into(),
+                to: 9,
+            },
+            Record::DeadLetter {
+                consumer: "c".into(),
+                seq: 8,
+                event: event(12),
+            },
+        ]
+    }
+
+    /// The framed bytes of [`every_variant`], as released builds wrote them: a change to the
+    /// record types that changes them would make old logs unreadable (or misread).
+    const PINNED: [&str; 11] = [
+            "450000003599abe44fdbfcdb01000201fd0168e5cf8b010000096f72646572732e6575077b226e223a317d01036d2d3902fd0268e5cf8b010000096f72646572732e6575077b226e223a317d01036d2d39",
+            "11000000b15b0bb5ba98eb480101016301086f72646572732e3efb2c01",
+            "0c0000002b01f3c6d55dea0901020163030102fb2c010201",
+            "090000008894eeb5dbd36cd301030163fc70110100",
+            "0400000006115153532b258801040163",
+            "060000000d04a212cc09a639010501630309",
+            "13000000d0b179709c7726db010601036f6c640103612e2a0702090b010002",
+            "09000000440d2f023ac1d19a010701630105040202",
+            "1a000000f2cefffa9c714bf1010801016301086f72646572732e3e28012a2b01020304010506",
+            "05000000d07b84b0e601bcc70109016309",
+            "26000000fb0f54a10d69067f010a0163080cfd0c68e5cf8b010000096f72646572732e6575077b226e223a317d01036d2d39",
+    ];
+
+    #[test]
+    fn every_variant_frames_to_the_bytes_released_builds_wrote() {
+        for (rec, pinned) in every_variant().iter().zip(PINNED) {
+            let mut buf = Vec::new();
+            frame_into(rec, &mut buf).unwrap();
+            let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, pinned, "{rec:?}");
+            let header = Header::from_bytes(buf[..HEADER_LEN].try_into().unwrap());
+            assert_eq!(&decode_body(&header, &buf[HEADER_LEN..]).unwrap(), rec);
+        }
+    }
 
     #[test]
     fn frames_round_trip_and_checksums_catch_flips() {

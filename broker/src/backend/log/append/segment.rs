@@ -153,7 +153,7 @@ pub fn create_with(dir: &Path, base: u64, records: &[Record]) -> Result<(File, u
     let path = dir.join(file_name(base));
     let mut bytes = Vec::new();
     for rec in records {
-        record::frame_into(rec, &mut bytes).map_err(|e| LogError::Encode(e.to_string()))?;
+        record::frame_into(rec, &mut bytes)?;
     }
     replace_atomically(&path, &bytes)?;
     let file = OpenOptions::new()
@@ -167,7 +167,7 @@ pub fn create_with(dir: &Path, base: u64, records: &[Record]) -> Result<(File, u
 pub fn prepend(path: &Path, records: &[Record]) -> Result<(), LogError> {
     let mut bytes = Vec::new();
     for rec in records {
-        record::frame_into(rec, &mut bytes).map_err(|e| LogError::Encode(e.to_string()))?;
+        record::frame_into(rec, &mut bytes)?;
     }
     bytes.extend(fs::read(path).map_err(|e| LogError::io(path, e))?);
     replace_atomically(path, &bytes)
@@ -185,7 +185,7 @@ fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
     })();
     if let Err(e) = written {
         let _best_effort = fs::remove_file(&tmp);
-        return Err(LogError::WriteFailed(format!("{}: {e}", path.display())));
+        return Err(LogError::write_failed(path, e));
     }
     match path.parent() {
         Some(dir) => sync_dir(dir),
@@ -267,7 +267,7 @@ pub fn scan(
             .map_err(|e| LogError::io(path, e))?;
         match record::decode_body(&header, &body) {
             Ok(rec) => visit(rec, offset, end)?,
-            Err(reason) => return bad(reason),
+            Err(e) => return bad(e.to_string()),
         }
         offset = end;
     }

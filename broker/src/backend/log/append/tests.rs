@@ -26,13 +26,13 @@ impl CommitSink for Collect {
     }
 }
 
-fn event(i: u64) -> Entry {
-    Entry::Events(vec![NewEvent {
-        topic: "t.a".into(),
-        payload: format!("{{\"i\":{i}}}"),
-        time_ms: 1000 + i,
-        msg_id: None,
-    }])
+fn event(i: u64) -> Record {
+    Record::Events(vec![Event::new(
+        "t.a".into(),
+        format!("{{\"i\":{i}}}"),
+        1000 + i,
+        None,
+    )])
 }
 
 fn recover_all(dir: &Path) -> Result<(Recovery, Vec<Record>), LogError> {
@@ -190,11 +190,13 @@ async fn damage_in_an_older_segment_is_never_a_torn_tail() {
 async fn a_repeated_msg_id_is_stored_once_even_across_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
-    let with_id = |id: &str| NewEvent {
-        topic: "t".into(),
-        payload: "1".into(),
-        time_ms: wharf_protocol::now_ms(),
-        msg_id: Some(id.into()),
+    let with_id = |id: &str| {
+        Event::new(
+            "t".into(),
+            "1".into(),
+            wharf_protocol::now_ms(),
+            Some(id.into()),
+        )
     };
     let options = || LogOptions {
         segment_bytes: 1 << 20,
@@ -207,13 +209,13 @@ async fn a_repeated_msg_id_is_stored_once_even_across_a_restart() {
     let (recovery, _) = recover_all(&dir).unwrap();
     let log = AppendLog::start(&dir, recovery, options(), Box::new(Collect::default())).unwrap();
     let first = log
-        .append(vec![Entry::Events(vec![with_id("a")])])
+        .append(vec![Record::Events(vec![with_id("a")])])
         .await
         .unwrap();
     assert_eq!(first, vec![Receipt::Seqs(vec![(1, false)])]);
     // A batch repeating "a" and repeating "b" inside itself.
     let batch = vec![with_id("a"), with_id("b"), with_id("b"), with_id("c")];
-    let got = log.append(vec![Entry::Events(batch)]).await.unwrap();
+    let got = log.append(vec![Record::Events(batch)]).await.unwrap();
     assert_eq!(
         got,
         vec![Receipt::Seqs(vec![
@@ -229,7 +231,7 @@ async fn a_repeated_msg_id_is_stored_once_even_across_a_restart() {
     assert_eq!(records.len(), 2);
     let log = AppendLog::start(&dir, recovery, options(), Box::new(Collect::default())).unwrap();
     let again = log
-        .append(vec![Entry::Events(vec![with_id("c")])])
+        .append(vec![Record::Events(vec![with_id("c")])])
         .await
         .unwrap();
     assert_eq!(again, vec![Receipt::Seqs(vec![(3, true)])]);
@@ -344,12 +346,7 @@ async fn a_segment_left_without_its_checkpoint_is_given_one() {
 async fn recovery_keeps_only_the_msg_ids_inside_the_dedup_window() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
-    let at = |time_ms: u64, id: &str| NewEvent {
-        topic: "t".into(),
-        payload: "1".into(),
-        time_ms,
-        msg_id: Some(id.into()),
-    };
+    let at = |time_ms: u64, id: &str| Event::new("t".into(), "1".into(), time_ms, Some(id.into()));
     let (recovery, _) = recover_all(&dir).unwrap();
     let options = LogOptions {
         segment_bytes: 1 << 20,
@@ -361,7 +358,7 @@ async fn recovery_keeps_only_the_msg_ids_inside_the_dedup_window() {
     };
     let log = AppendLog::start(&dir, recovery, options, Box::new(Collect::default())).unwrap();
     let events = vec![at(1_000, "old"), at(5_000, "edge"), at(9_000, "new")];
-    log.append(vec![Entry::Events(events)]).await.unwrap();
+    log.append(vec![Record::Events(events)]).await.unwrap();
     log.close().await;
 
     let recovery = recover(&dir, 5_000, |_, _| Ok(()), |_| None).unwrap();
@@ -377,11 +374,13 @@ async fn recovery_keeps_only_the_msg_ids_inside_the_dedup_window() {
 async fn a_full_dedup_table_refuses_new_msg_ids_instead_of_forgetting() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
-    let with_id = |id: &str| NewEvent {
-        topic: "t".into(),
-        payload: "1".into(),
-        time_ms: wharf_protocol::now_ms(),
-        msg_id: Some(id.into()),
+    let with_id = |id: &str| {
+        Event::new(
+            "t".into(),
+            "1".into(),
+            wharf_protocol::now_ms(),
+            Some(id.into()),
+        )
     };
     let (recovery, _) = recover_all(&dir).unwrap();
     let options = LogOptions {
@@ -394,16 +393,105 @@ async fn a_full_dedup_table_refuses_new_msg_ids_instead_of_forgetting() {
     };
     let log = AppendLog::start(&dir, recovery, options, Box::new(Collect::default())).unwrap();
     let batch = vec![with_id("a"), with_id("b")];
-    log.append(vec![Entry::Events(batch)]).await.unwrap();
+    log.append(vec![Record::Events(batch)]).await.unwrap();
     let refused = log
-        .append(vec![Entry::Events(vec![with_id("a"), with_id("c")])])
+        .append(vec![Record::Events(vec![with_id("a"), with_id("c")])])
         .await
         .unwrap();
     assert!(matches!(&refused[..], [Receipt::Refused(why)] if why.contains("dedup_max_entries")));
     let again = log
-        .append(vec![Entry::Events(vec![with_id("b")])])
+        .append(vec![Record::Events(vec![with_id("b")])])
         .await
         .unwrap();
     assert_eq!(again, vec![Receipt::Seqs(vec![(2, true)])]);
     log.close().await;
+}
+
+#[tokio::test]
+async fn the_writer_resolves_a_head_start_and_refuses_legacy_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    write_events(&dir, 3, 1 << 20).await;
+    let (recovery, _) = recover_all(&dir).unwrap();
+    let options = LogOptions {
+        segment_bytes: 1 << 20,
+        dedup_window_ms: 60_000,
+        dedup_max_entries: 10,
+        relaxed_sync: None,
+        retention: Retention::default(),
+        queue_depth: 8,
+    };
+    let log = AppendLog::start(&dir, recovery, options, Box::new(Collect::default())).unwrap();
+    let created = |start| Record::consumer_created("c".into(), vec!["t.>".into()], start);
+    let got = log
+        .append(vec![
+            created(Floor::Head),
+            created(Floor::At(1)),
+            created(Floor::At(99)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        [Receipt::Floor(3), Receipt::Floor(1), Receipt::Floor(3)]
+    );
+    let legacy = Record::AckedV1 {
+        consumer: "c".into(),
+        seqs: vec![1],
+        floor: 1,
+        kind: Settle::Ack,
+    };
+    assert!(matches!(
+        log.append(vec![legacy]).await,
+        Err(LogError::Legacy)
+    ));
+    log.close().await;
+
+    let (_, records) = recover_all(&dir).unwrap();
+    let floors: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::ConsumerCreated { floor, .. } => Some(*floor),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(floors, [3, 1, 3], "stored as written, never the stand-in");
+}
+
+#[tokio::test]
+async fn a_poisoned_segment_table_is_taken_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    write_events(&dir, 5, 1 << 20).await;
+    let (recovery, _) = recover_all(&dir).unwrap();
+    let table: SegmentTable = Arc::new(std::sync::RwLock::new(recovery.segments));
+    let held = table.clone();
+    let panicked = std::thread::spawn(move || {
+        let _guard = held.write().unwrap();
+        panic!("a holder of the table panics");
+    })
+    .join();
+    assert!(panicked.is_err() && table.is_poisoned());
+    let mut cursor = EventCursor::new(table, 1);
+    let mut out = Vec::new();
+    cursor.read(5, 10, &mut out).unwrap();
+    assert_eq!(out.len(), 5);
+}
+
+#[test]
+fn errors_keep_their_cause_and_name_it_once() {
+    use std::error::Error as _;
+    let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+    let failed = LogError::write_failed(Path::new("/data/log/1.seg"), full);
+    let e = LogError::Stopped(Stop::NoNewSegment(Box::new(failed)));
+    let mut chain = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        chain.push(c.to_string());
+        cause = c.source();
+    }
+    // Stopped, Stop, WriteFailed, the io::Error.
+    assert_eq!(chain.len(), 4, "{chain:?}");
+    // Each message ends with its cause's, which is how the CLI prints every cause once.
+    assert!(chain.windows(2).all(|w| w[0].ends_with(&w[1])), "{chain:?}");
 }

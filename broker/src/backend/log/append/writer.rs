@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
-use super::record::{self, Record};
+use super::record::{self, Event, Record};
 use super::segment::{self, SegmentMeta};
 use super::{
-    AppendRequest, Command, CommitSink, Entry, Floor, LogError, LogOptions, NewEvent, Position,
-    Receipt, SegmentTable,
+    read_table, write_table, AppendRequest, Command, CommitSink, LogError, LogOptions, Position,
+    Receipt, SegmentTable, Stop,
 };
 
 /// msg_ids seen inside the dedup window, with the seq each was stored under.
@@ -68,7 +68,8 @@ pub(super) struct Writer {
     active: SegmentMeta,
     next_seq: u64,
     buf: Vec<u8>,
-    stopped: Option<String>,
+    /// Set once the writer accepts no more writes.
+    stopped: Option<Stop>,
     dedup: Dedup,
     /// msg_ids assigned in the batch being written; remembered once it is durable.
     batch_ids: HashMap<String, u64>,
@@ -92,11 +93,7 @@ impl Writer {
         sink: Box<dyn CommitSink>,
     ) -> Result<Writer, LogError> {
         let next_seq = recovery.next_seq;
-        let last = table
-            .read()
-            .map_err(|_| LogError::Stopped("segment table poisoned".into()))?
-            .last()
-            .cloned();
+        let last = read_table(&table).last().cloned();
         let (active, file) = match last {
             Some(meta) => {
                 let file = OpenOptions::new()
@@ -107,7 +104,7 @@ impl Writer {
             }
             None => {
                 let (meta, file) = create_segment(dir, next_seq)?;
-                push_segment(&table, meta.clone())?;
+                write_table(&table).push(meta.clone());
                 (meta, file)
             }
         };
@@ -155,10 +152,10 @@ impl Writer {
                 match cmd {
                     Command::Append(req) => {
                         bytes += req
-                            .entries
+                            .records
                             .iter()
-                            .map(|e| match e {
-                                Entry::Events(events) => events
+                            .map(|rec| match rec {
+                                Record::Events(events) => events
                                     .iter()
                                     .map(|ev| ev.payload.len() + ev.topic.len() + 32)
                                     .sum(),
@@ -174,7 +171,7 @@ impl Writer {
                     Command::Maintain => self.maintain(),
                     Command::Sync => {
                         if let Err(e) = self.sync() {
-                            self.stop(e.to_string());
+                            self.stop(Stop::Failed(Box::new(e)));
                         }
                     }
                 }
@@ -194,11 +191,11 @@ impl Writer {
                     }
                     Ok(()) => {}
                 }
-                self.stopped = Some("the broker is shutting down".into());
+                self.stopped = Some(Stop::ShuttingDown);
                 rx.close();
                 while let Ok(cmd) = rx.try_recv() {
                     if let Command::Append(req) = cmd {
-                        let _gone = req.done.send(Err(self.stopped_error()));
+                        let _gone = req.done.send(Err(LogError::Stopped(Stop::ShuttingDown)));
                     }
                 }
                 let _gone = done.send(());
@@ -207,127 +204,162 @@ impl Writer {
         }
     }
 
-    fn stopped_error(&self) -> LogError {
-        LogError::Stopped(self.stopped.clone().unwrap_or_default())
-    }
-
+    /// Writes one batch and answers each of its requests: with its receipts once the batch is
+    /// durable, or with why nothing of it was stored.
     fn commit(&mut self, batch: &mut Vec<AppendRequest>) {
-        if self.stopped.is_some() {
-            for req in batch.drain(..) {
-                let _gone = req.done.send(Err(self.stopped_error()));
-            }
+        if let Err(e) = self.ready_to_write() {
+            answer_all(batch.drain(..), &e);
             return;
         }
-        if let Err(e) = self.roll_if_full() {
-            self.stop(format!("cannot start a new segment: {e}"));
-            for req in batch.drain(..) {
-                let _gone = req.done.send(Err(e.clone()));
-            }
+        self.refuse_events_while_full(batch);
+        if batch.is_empty() {
             return;
         }
-        let is_event = |e: &Entry| matches!(e, Entry::Events(_) | Entry::DeadLetter { .. });
-        if self.full {
-            // Back to normal only when there is room for the reserve and as much again:
-            // otherwise publishes would take the reserve's space straight back.
-            let room = fs2::available_space(&self.dir).unwrap_or(0) as usize;
-            if room >= 2 * RESERVE_BYTES && ensure_reserve(&self.dir) {
-                tracing::info!("space is back: publishes are accepted again");
-                self.full = false;
-            } else {
-                // Acks and consumer changes go on into the released reserve; events wait.
-                let refused = LogError::WriteFailed(
-                    "the disk is full: publishes are refused until space returns".into(),
-                );
-                let (events, rest): (Vec<_>, Vec<_>) = batch
-                    .drain(..)
-                    .partition(|req| req.entries.iter().any(is_event));
-                for req in events {
-                    let _gone = req.done.send(Err(refused.clone()));
-                }
-                *batch = rest;
-                if batch.is_empty() {
-                    return;
-                }
-            }
-        }
-        self.buf.clear();
-        self.batch_ids.clear();
-        let base_len = self.active.synced_len;
         let first_seq = self.next_seq;
-        let mut records = Vec::new();
-        let mut results = Vec::with_capacity(batch.len());
-        let mut index_notes = Vec::new();
-        for req in batch.iter_mut() {
-            let mark = (
-                self.buf.len(),
-                records.len(),
-                self.next_seq,
-                index_notes.len(),
-            );
-            let mut receipts = Vec::with_capacity(req.entries.len());
-            let mut failed = None;
-            for entry in req.entries.drain(..) {
-                let (rec, receipt) = self.record_for(entry);
-                receipts.push(receipt);
-                let Some(rec) = rec else { continue };
-                let offset = base_len + self.buf.len() as u64;
-                if let Err(e) = record::frame_into(&rec, &mut self.buf) {
-                    failed = Some(LogError::Encode(e.to_string()));
-                    break;
-                }
-                for ev in rec.events() {
-                    index_notes.push((ev.seq, ev.time_ms, offset));
-                }
-                records.push(rec);
-            }
-            match failed {
-                None => results.push(Ok(receipts)),
-                Some(e) => {
-                    // Nothing of a request that cannot be encoded is written.
-                    self.buf.truncate(mark.0);
-                    records.truncate(mark.1);
-                    let first_unused = mark.2;
-                    self.batch_ids.retain(|_, seq| *seq < first_unused);
-                    self.next_seq = first_unused;
-                    index_notes.truncate(mark.3);
-                    results.push(Err(e));
-                }
-            }
-        }
+        let base_len = self.active.synced_len;
+        let framed = self.frame_batch(batch, base_len);
         if !self.buf.is_empty() {
-            if let Err(e) = self.flush_buf(base_len, records, index_notes) {
-                match &e {
-                    // Nothing of the batch is in the file: its seqs are free again, and the
-                    // next batch may find room (a full disk that empties).
-                    LogError::WriteFailed(_) => {
-                        self.next_seq = first_seq;
-                        self.batch_ids.clear();
-                        if !self.full {
-                            // Give the reserve back so that acks can still be stored.
-                            let reserve = self.dir.join(RESERVE_FILE);
-                            if std::fs::remove_file(&reserve).is_ok() {
-                                tracing::warn!("the disk is full: reserve released for acks; publishes are refused until space returns");
-                            }
-                            self.full = true;
-                        }
-                    }
-                    _ => self.stop(e.to_string()),
-                }
-                for req in batch.drain(..) {
-                    let _gone = req.done.send(Err(e.clone()));
-                }
+            if let Err(e) = self.flush_buf(base_len, framed.records, framed.index_notes) {
+                self.undo_failed_write(&e, first_seq);
+                answer_all(batch.drain(..), &e);
                 return;
             }
         }
-        for (req, result) in batch.drain(..).zip(results) {
+        for (req, result) in batch.drain(..).zip(framed.answers) {
             let _gone = req.done.send(result);
+        }
+    }
+
+    /// Why nothing can be written now: the writer stopped, or the next segment cannot be
+    /// started (which stops it).
+    fn ready_to_write(&mut self) -> Result<(), LogError> {
+        if let Some(stop) = &self.stopped {
+            return Err(LogError::Stopped(stop.clone()));
+        }
+        self.roll_if_full().inspect_err(|e| {
+            self.stop(Stop::NoNewSegment(Box::new(e.clone())));
+        })
+    }
+
+    /// While the disk is full, refuses the requests that store events, unless space is back:
+    /// acks and consumer changes go on into the released reserve.
+    fn refuse_events_while_full(&mut self, batch: &mut Vec<AppendRequest>) {
+        if !self.full || self.space_is_back() {
+            return;
+        }
+        let is_event = |r: &Record| matches!(r, Record::Events(_) | Record::DeadLetter { .. });
+        let (events, rest): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .partition(|req| req.records.iter().any(is_event));
+        answer_all(events, &LogError::DiskFull);
+        *batch = rest;
+    }
+
+    /// Puts the reserve back if the disk has room for it again, and ends the full state.
+    fn space_is_back(&mut self) -> bool {
+        // Room for the reserve and as much again: otherwise publishes would take the
+        // reserve's space straight back.
+        let room = fs2::available_space(&self.dir).unwrap_or(0) as usize;
+        if room < 2 * RESERVE_BYTES || !ensure_reserve(&self.dir) {
+            return false;
+        }
+        tracing::info!("space is back: publishes are accepted again");
+        self.full = false;
+        true
+    }
+
+    /// The disk is full: gives the reserve back so that acks and consumer changes can still
+    /// be stored, and refuses publishes until [`Writer::space_is_back`].
+    fn enter_full(&mut self, cause: &dyn std::fmt::Display) {
+        if self.full {
+            return;
+        }
+        if std::fs::remove_file(self.dir.join(RESERVE_FILE)).is_ok() {
+            tracing::warn!(%cause, "the disk is full: reserve released for acks; publishes are refused until space returns");
+        }
+        self.full = true;
+    }
+
+    /// Fills in and frames every request of the batch into `buf`, which starts at `base_len`
+    /// in the active segment. A request that cannot be framed is cut back out whole and
+    /// answered with why: nothing of it is written.
+    fn frame_batch(&mut self, batch: &mut [AppendRequest], base_len: u64) -> Framed {
+        self.buf.clear();
+        self.batch_ids.clear();
+        let mut framed = Framed {
+            answers: Vec::with_capacity(batch.len()),
+            records: Vec::new(),
+            index_notes: Vec::new(),
+        };
+        for req in batch.iter_mut() {
+            let mark = Mark {
+                buf_len: self.buf.len(),
+                records: framed.records.len(),
+                index_notes: framed.index_notes.len(),
+                next_seq: self.next_seq,
+            };
+            let answer = self.frame_request(&mut req.records, base_len, &mut framed);
+            if answer.is_err() {
+                self.cut_back(&mark, &mut framed);
+            }
+            framed.answers.push(answer);
+        }
+        framed
+    }
+
+    /// Frames the records of one request, adding them to `framed`; their receipts.
+    fn frame_request(
+        &mut self,
+        records: &mut Vec<Record>,
+        base_len: u64,
+        framed: &mut Framed,
+    ) -> Result<Vec<Receipt>, LogError> {
+        let mut receipts = Vec::with_capacity(records.len());
+        for rec in records.drain(..) {
+            let (rec, receipt) = self.assign(rec);
+            receipts.push(receipt);
+            let Some(rec) = rec else { continue };
+            let offset = base_len + self.buf.len() as u64;
+            record::frame_into(&rec, &mut self.buf)?;
+            framed
+                .index_notes
+                .extend(rec.events().iter().map(|ev| IndexNote {
+                    seq: ev.seq,
+                    time_ms: ev.time_ms,
+                    offset,
+                }));
+            framed.records.push(rec);
+        }
+        Ok(receipts)
+    }
+
+    /// Undoes framing back to `mark`; the seqs given out since are free again.
+    fn cut_back(&mut self, mark: &Mark, framed: &mut Framed) {
+        self.buf.truncate(mark.buf_len);
+        framed.records.truncate(mark.records);
+        framed.index_notes.truncate(mark.index_notes);
+        self.batch_ids.retain(|_, seq| *seq < mark.next_seq);
+        self.next_seq = mark.next_seq;
+    }
+
+    /// After a batch failed to be stored. A write that was cut back (`WriteFailed`, a full
+    /// disk say) left nothing of the batch in the file: its seqs are free again, and the next
+    /// batch may find room. Anything else stops the writer.
+    fn undo_failed_write(&mut self, e: &LogError, first_seq: u64) {
+        match e {
+            LogError::WriteFailed { .. } => {
+                self.next_seq = first_seq;
+                self.batch_ids.clear();
+                self.enter_full(e);
+            }
+            _ => self.stop(Stop::Failed(Box::new(e.clone()))),
         }
     }
 
     /// Why these events cannot be stored: their new msg_ids would take the dedup table past
     /// `dedup_max_entries`. Refusing keeps the promise that an id is remembered for the
     /// whole window, which forgetting early would break.
-    fn dedup_full(&mut self, events: &[NewEvent]) -> Option<String> {
+    fn dedup_full(&mut self, events: &[Event]) -> Option<String> {
         let unknown = |dedup: &Dedup, batch: &HashMap<String, u64>| {
             events
                 .iter()
@@ -351,93 +383,57 @@ impl Writer {
         })
     }
 
-    /// The record an entry becomes (none when every event of it is a duplicate).
-    fn record_for(&mut self, entry: Entry) -> (Option<Record>, Receipt) {
-        let (rec, receipt) = match entry {
-            Entry::Events(new) => {
-                if let Some(refusal) = self.dedup_full(&new) {
+    /// Fills in what only the writer knows before `rec` is framed (its events' seqs and
+    /// times, a consumer's floor) and says what the submitter is told. No record when
+    /// nothing of it is to be written: every event a duplicate, or refused.
+    fn assign(&mut self, mut rec: Record) -> (Option<Record>, Receipt) {
+        let receipt = match &mut rec {
+            Record::Events(events) => {
+                if let Some(refusal) = self.dedup_full(events) {
                     return (None, Receipt::Refused(refusal));
                 }
-                let mut events = Vec::with_capacity(new.len());
-                let mut seqs = Vec::with_capacity(new.len());
-                for ev in new {
-                    if let Some(id) = &ev.msg_id {
-                        let earlier = self.dedup.seqs.get(id).or_else(|| self.batch_ids.get(id));
-                        if let Some(&seq) = earlier {
-                            seqs.push((seq, true));
-                            continue;
-                        }
-                    }
-                    let event = self.stamp(ev);
-                    if let Some(id) = &event.msg_id {
-                        self.batch_ids.insert(id.clone(), event.seq);
-                    }
-                    seqs.push((event.seq, false));
-                    events.push(event);
-                }
+                let seqs = self.stamp_unless_duplicate(events);
                 if events.is_empty() {
                     return (None, Receipt::Seqs(seqs));
                 }
-                (Record::Events(events), Receipt::Seqs(seqs))
+                Receipt::Seqs(seqs)
             }
-            Entry::DeadLetter {
-                consumer,
-                seq,
-                event,
-            } => {
-                let event = self.stamp(event);
-                let receipt = Receipt::Seqs(vec![(event.seq, false)]);
-                (
-                    Record::DeadLetter {
-                        consumer,
-                        seq,
-                        event,
-                    },
-                    receipt,
-                )
+            Record::DeadLetter { event, .. } => {
+                self.stamp(event);
+                Receipt::Seqs(vec![(event.seq, false)])
             }
-            Entry::ConsumerCreated {
-                name,
-                patterns,
-                start,
-            } => {
-                let floor = match start {
-                    Floor::At(floor) => self.clamp_floor(floor),
-                    Floor::Head => self.next_seq - 1,
-                };
-                (
-                    Record::ConsumerCreated {
-                        name,
-                        patterns,
-                        floor,
-                    },
-                    Receipt::Floor(floor),
-                )
+            // A consumer starting at the head comes with the highest floor there is (see
+            // `Record::consumer_created`): clamping makes it the last seq written.
+            Record::ConsumerCreated { floor, .. } | Record::ConsumerSeek { floor, .. } => {
+                *floor = self.clamp_floor(*floor);
+                Receipt::Floor(*floor)
             }
-            Entry::Acked {
-                consumer,
-                seqs,
-                floor,
-                kind,
-                seeks,
-            } => (
-                Record::Acked {
-                    consumer,
-                    seqs,
-                    floor,
-                    kind,
-                    seeks,
-                },
-                Receipt::Done,
-            ),
-            Entry::GapReported { name, to } => (Record::GapReported { name, to }, Receipt::Done),
-            Entry::ConsumerSeek { name, floor } => {
-                let floor = self.clamp_floor(floor);
-                (Record::ConsumerSeek { name, floor }, Receipt::Floor(floor))
-            }
-            Entry::ConsumerDeleted { name } => (Record::ConsumerDeleted { name }, Receipt::Done),
+            _ => Receipt::Done,
         };
         (Some(rec), receipt)
+    }
+
+    /// Stamps each event whose msg_id was not stored before (in the window or earlier in this
+    /// batch) and drops the others. Per event: its seq (the original's for a duplicate), and
+    /// whether it was a duplicate.
+    fn stamp_unless_duplicate(&mut self, events: &mut Vec<Event>) -> Vec<(u64, bool)> {
+        let mut seqs = Vec::with_capacity(events.len());
+        events.retain_mut(|ev| {
+            if let Some(id) = &ev.msg_id {
+                let earlier = self.dedup.seqs.get(id).or_else(|| self.batch_ids.get(id));
+                if let Some(&seq) = earlier {
+                    seqs.push((seq, true));
+                    return false;
+                }
+            }
+            self.stamp(ev);
+            if let Some(id) = &ev.msg_id {
+                self.batch_ids.insert(id.clone(), ev.seq);
+            }
+            seqs.push((ev.seq, false));
+            true
+        });
+        seqs
     }
 
     /// A floor the log can honour: not past the newest event, and not below the oldest one
@@ -445,26 +441,18 @@ impl Writer {
     /// was removed meanwhile); a floor below it would owe events that are gone, with no gap
     /// recorded for them.
     fn clamp_floor(&self, floor: u64) -> u64 {
-        let first = match self.table.read() {
-            Ok(table) => table.first().map_or(self.next_seq, |m| m.base),
-            Err(_) => 1,
-        };
+        let first = read_table(&self.table)
+            .first()
+            .map_or(self.next_seq, |m| m.base);
         floor.max(first.saturating_sub(1)).min(self.next_seq - 1)
     }
 
     /// Gives a new event its seq and a time no earlier than the last event's.
-    fn stamp(&mut self, ev: super::NewEvent) -> record::Event {
-        let seq = self.next_seq;
+    fn stamp(&mut self, ev: &mut Event) {
+        ev.seq = self.next_seq;
         self.next_seq += 1;
         self.last_time_ms = self.last_time_ms.max(ev.time_ms);
-        record::Event {
-            frame_body: Default::default(),
-            seq,
-            time_ms: self.last_time_ms,
-            topic: ev.topic,
-            payload: ev.payload,
-            msg_id: ev.msg_id,
-        }
+        ev.time_ms = self.last_time_ms;
     }
 
     /// Writes and syncs what `commit` framed into the buffer, then tells the sink.
@@ -472,12 +460,12 @@ impl Writer {
         &mut self,
         base_len: u64,
         records: Vec<Record>,
-        index_notes: Vec<(u64, u64, u64)>,
+        index_notes: Vec<IndexNote>,
     ) -> Result<(), LogError> {
         self.write_and_sync()?;
         crate::metrics::commit_records().record(records.len() as f64);
-        for (seq, time_ms, offset) in index_notes {
-            self.active.note_event(seq, time_ms, offset);
+        for note in index_notes {
+            self.active.note_event(note.seq, note.time_ms, note.offset);
         }
         let now = wharf_protocol::now_ms();
         for (msg_id, seq) in self.batch_ids.drain() {
@@ -485,17 +473,20 @@ impl Writer {
         }
         self.dedup.expire(now);
         self.active.synced_len = base_len + self.buf.len() as u64;
-        if let Ok(mut table) = self.table.write() {
-            if let Some(last) = table.last_mut() {
-                last.catch_up(&self.active);
-            }
-        }
+        self.show_readers();
         let end = Position {
             segment: self.active.base,
             offset: self.active.synced_len,
         };
         self.sink.committed(records, end);
         Ok(())
+    }
+
+    /// Brings the readers' entry for the active segment up to what is synced of it.
+    fn show_readers(&self) {
+        if let Some(last) = write_table(&self.table).last_mut() {
+            last.catch_up(&self.active);
+        }
     }
 
     /// Durably appends records the writer makes itself (checkpoints, gaps).
@@ -506,7 +497,7 @@ impl Writer {
         self.buf.clear();
         self.batch_ids.clear();
         for rec in &records {
-            record::frame_into(rec, &mut self.buf).map_err(|e| LogError::Encode(e.to_string()))?;
+            record::frame_into(rec, &mut self.buf)?;
         }
         self.flush_buf(self.active.synced_len, records, Vec::new())
     }
@@ -518,7 +509,7 @@ impl Writer {
             return;
         }
         if let Err(e) = self.apply_retention() {
-            self.stop(format!("retention failed: {e}"));
+            self.stop(Stop::Retention(Box::new(e)));
         }
     }
 
@@ -527,10 +518,7 @@ impl Writer {
         let now = wharf_protocol::now_ms();
         let mut removed = Vec::new();
         let first_base = {
-            let mut table = self
-                .table
-                .write()
-                .map_err(|_| LogError::Stopped("segment table poisoned".into()))?;
+            let mut table = write_table(&self.table);
             // The active segment is never removed, so everything confirmed stays readable
             // until it is old, numerous or large enough to go.
             while table.len() > 1 {
@@ -580,7 +568,7 @@ impl Writer {
                 .set_len(self.active.synced_len)
                 .map_err(|cut| LogError::io(path, cut))?;
             tracing::warn!(error = %e, "a log write failed; the batch was refused and cut");
-            return Err(LogError::WriteFailed(format!("{}: {e}", path.display())));
+            return Err(LogError::write_failed(path, e));
         }
         self.unsynced = true;
         match self.options.relaxed_sync {
@@ -604,9 +592,9 @@ impl Writer {
         Ok(())
     }
 
-    fn stop(&mut self, reason: String) {
-        tracing::error!(%reason, "log writer stopped; publishes and acks now fail until restart");
-        self.stopped = Some(reason);
+    fn stop(&mut self, why: Stop) {
+        tracing::error!(reason = %why, "log writer stopped; publishes and acks now fail until restart");
+        self.stopped = Some(why);
     }
 
     /// Starts the next segment once the active one is full. The new segment is born with its
@@ -625,34 +613,57 @@ impl Writer {
         let base = self.next_seq;
         let (file, len) = match segment::create_with(&self.dir, base, &checkpoint) {
             Ok(created) => created,
-            Err(LogError::WriteFailed(reason)) => {
-                if !self.full {
-                    let reserve = self.dir.join(RESERVE_FILE);
-                    if std::fs::remove_file(&reserve).is_ok() {
-                        tracing::warn!(%reason, "no room to start a new segment: reserve released; publishes are refused until space returns");
-                    }
-                    self.full = true;
-                }
+            Err(e @ LogError::WriteFailed { .. }) => {
+                self.enter_full(&format_args!("no room to start a new segment: {e}"));
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
         let meta = SegmentMeta::new(base, self.dir.join(segment::file_name(base)));
-        push_segment(&self.table, meta.clone())?;
+        write_table(&self.table).push(meta.clone());
         self.active = meta;
         self.file = file;
         self.active.synced_len = len;
-        if let Ok(mut table) = self.table.write() {
-            if let Some(last) = table.last_mut() {
-                last.catch_up(&self.active);
-            }
-        }
+        self.show_readers();
         let end = Position {
             segment: base,
             offset: len,
         };
         self.sink.committed(checkpoint, end);
         self.apply_retention()
+    }
+}
+
+/// A batch framed into the writer's buffer, not yet written.
+struct Framed {
+    /// Per request, in batch order: its receipts, or why nothing of it is stored.
+    answers: Vec<Result<Vec<Receipt>, LogError>>,
+    /// What the buffer holds, for the sink once it is durable.
+    records: Vec<Record>,
+    /// Every event in the buffer, for the segment's index once it is durable.
+    index_notes: Vec<IndexNote>,
+}
+
+/// Where an event was framed.
+struct IndexNote {
+    seq: u64,
+    time_ms: u64,
+    /// Of its record in the active segment.
+    offset: u64,
+}
+
+/// How far framing a batch had got before a request: what to cut back to when that request
+/// cannot be framed.
+struct Mark {
+    buf_len: usize,
+    records: usize,
+    index_notes: usize,
+    next_seq: u64,
+}
+
+fn answer_all(requests: impl IntoIterator<Item = AppendRequest>, answer: &LogError) {
+    for req in requests {
+        let _gone = req.done.send(Err(answer.clone()));
     }
 }
 
@@ -689,12 +700,4 @@ fn create_segment(dir: &Path, base: u64) -> Result<(SegmentMeta, File), LogError
     segment::sync_dir(dir)?;
     tracing::debug!(segment = %path.display(), "started a new segment");
     Ok((SegmentMeta::new(base, path), file))
-}
-
-fn push_segment(table: &SegmentTable, meta: SegmentMeta) -> Result<(), LogError> {
-    table
-        .write()
-        .map_err(|_| LogError::Stopped("segment table poisoned".into()))?
-        .push(meta);
-    Ok(())
 }

@@ -9,7 +9,7 @@ use crate::outbound::Frame;
 use tokio::sync::Notify;
 use wharf_protocol::{format_time_ms, now_ms, DeadLetter, Reply};
 
-use crate::backend::log::append::{AppendLog, Entry, Event, NewEvent, Settle};
+use crate::backend::log::append::{AppendLog, Event, Record, Settle};
 use crate::backend::log::consumers::{dead_letter_topic, Consumer, Step, DEAD_LETTER_PREFIX};
 use crate::backend::log::state::StateView;
 use crate::metrics;
@@ -189,7 +189,7 @@ impl DurableDelivery {
         if ev.topic.starts_with(DEAD_LETTER_PREFIX) {
             // A dead letter that cannot be processed is settled, never nested in another.
             let (floor, seeks) = self.consumer.floor_for_settle(&[ev.seq]);
-            let entry = Entry::Acked {
+            let entry = Record::Acked {
                 consumer: name.clone(),
                 seqs: vec![ev.seq],
                 floor,
@@ -217,15 +217,10 @@ impl DurableDelivery {
             payload: &ev.payload,
         }
         .to_json();
-        let entry = Entry::DeadLetter {
+        let entry = Record::DeadLetter {
             consumer: name.clone(),
             seq: ev.seq,
-            event: NewEvent {
-                topic: dead_letter_topic(name),
-                payload,
-                time_ms: now_ms(),
-                msg_id: None,
-            },
+            event: Event::new(dead_letter_topic(name), payload, now_ms(), None),
         };
         let stored = match self.log.append(vec![entry]).await {
             Ok(_) => {
@@ -267,7 +262,7 @@ impl DurableDelivery {
             }
         }
         self.gap_told = to;
-        let entry = Entry::GapReported {
+        let entry = Record::GapReported {
             name: self.consumer.name.clone(),
             to,
         };

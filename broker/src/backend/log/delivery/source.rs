@@ -92,8 +92,7 @@ impl EventSource {
             (cursor, result.map(|()| out))
         })
         .await;
-        let (cursor, result) =
-            joined.map_err(|e| LogError::Stopped(format!("log reader task failed: {e}")))?;
+        let (cursor, result) = joined.map_err(|e| LogError::task("log reader task", e))?;
         self.refetch = Some(cursor);
         Ok(result?.into_iter().find(|ev| ev.seq == seq))
     }
@@ -169,8 +168,7 @@ impl EventSource {
             (cursor, result.map(|()| out))
         })
         .await;
-        let (cursor, result) =
-            joined.map_err(|e| LogError::Stopped(format!("log reader task failed: {e}")))?;
+        let (cursor, result) = joined.map_err(|e| LogError::task("log reader task", e))?;
         self.disk = Some(cursor);
         result
     }
