@@ -7,32 +7,39 @@
 //! The pieces, from the top down (a module imports only from the ones below it):
 //!
 //! * [`Broker`] (this file): config -> backend -> listener, and an orderly stop.
-//! * [`net`]: the listener (accept, limits, the WebSocket handshake), the HTTP front door
+//! * `net`: the listener (accept, limits, the WebSocket handshake), the HTTP front door
 //!   (hyper) and TLS.
-//! * [`session`]: one WebSocket connection: the read loop and reply order, the writer (the
+//! * `session`: one WebSocket connection: the read loop and reply order, the writer (the
 //!   only code that knows WebSocket messages), publish/settle/subscribe/admin requests.
-//! * [`context`]: what every connection shares (config, backend, reloadable auth and TLS).
+//! * `context`: what every connection shares (config, backend, reloadable auth and TLS).
 //! * [`auth`]: tokens, JWTs and what a principal may do.
-//! * [`backend`]: **the backend boundary**. The session and HTTP call only
-//!   [`backend::Backend`]; what every backend promises is written there. `backend::log` is
+//! * `backend`: **the backend boundary**. The session and HTTP call only
+//!   `backend::Backend`; what every backend promises is written there. `backend::log` is
 //!   the embedded backend (segment log, sled view, consumers, delivery), invisible above it.
-//! * [`outbound`]: a connection's bounded queue of wharf's own frames, which the backends'
+//! * `outbound`: a connection's bounded queue of wharf's own frames, which the backends'
 //!   delivery tasks fill and the session's writer drains.
-//! * [`config`], [`metrics`], [`shutdown`], [`error`]: used by everything above.
+//! * [`config`], `metrics`, `shutdown`, `error`: used by everything above.
 //!
 //! The wire format lives in the `wharf-protocol` crate, never here.
 
 pub mod auth;
-pub mod backend;
+mod backend;
 pub mod config;
-pub mod context;
-pub mod error;
-pub mod metrics;
-pub mod net;
-pub mod outbound;
-pub mod session;
-pub mod shutdown;
-pub mod tls;
+mod context;
+mod error;
+mod metrics;
+mod net;
+mod outbound;
+mod session;
+mod shutdown;
+mod tls;
+
+/// The append log's reading side, for tests that check segment files from outside (power
+/// loss, hostile records). Not a stable API.
+#[doc(hidden)]
+pub mod inspect {
+    pub use crate::backend::log::append::*;
+}
 
 use std::future::Future;
 use std::net::SocketAddr;

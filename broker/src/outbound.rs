@@ -31,10 +31,6 @@ impl Frame {
             Frame::Ping => 0,
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A frame in a connection's outbound queue, holding its share of the queue's byte budget

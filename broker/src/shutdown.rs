@@ -19,10 +19,6 @@ impl Shutdown {
         (ShutdownTrigger { tx }, Shutdown { rx })
     }
 
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     /// Resolves once the broker is stopping.
     pub async fn wait(&mut self) {
         // An error means the trigger is gone, which also means stop.

@@ -5,7 +5,7 @@
 use std::fs;
 
 use proptest::prelude::*;
-use wharf_broker::backend::log::append::{self as log, LogError};
+use wharf_broker::inspect::{self as log, LogError};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use wharf_broker::backend::log::append::{self as log, Position};
+use wharf_broker::inspect::{self as log, Position};
 use wharf_tests::{data_dir, seed_from_clock, Broker, WAIT};
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -3,7 +3,7 @@
 //! time, a floor clamped to the seqs it holds) before framing it.
 //!
 //! Frame: `len: u32 LE | body_crc: u32 LE | header_crc: u32 LE | body[len]`, where
-//! `header_crc = crc32(len ‖ body_crc)` and the body is a [`crate::backend::log::codec`] body. The header has
+//! `header_crc = crc32(len ‖ body_crc)` and the body is a `codec` body. The header has
 //! its own checksum so that a damaged length is recognised as damage instead of being taken
 //! for a record that runs past the end of the file (which would look like a torn tail).
 

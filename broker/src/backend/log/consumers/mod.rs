@@ -37,7 +37,7 @@ mod consumer;
 mod leases;
 mod settling;
 
-pub use consumer::{Attached, Attachment, Consumer, Info, ModeConflict};
+pub use consumer::{Attached, Attachment, Consumer, ModeConflict};
 pub use leases::Step;
 
 /// What applying one record changed, for the sled view.
@@ -223,9 +223,5 @@ impl Consumers {
 
     pub fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

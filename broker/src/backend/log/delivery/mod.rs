@@ -1,6 +1,6 @@
 //! Getting durable events to subscribers.
 //!
-//! * [`Committer`] is the log's [`CommitSink`]: once a batch is synced it applies acks and new
+//! * [`Committer`] is the log's [`CommitSink`](crate::backend::log::append::CommitSink): once a batch is synced it applies acks and new
 //!   consumers to memory and sled, then publishes the events to the [`Feed`].
 //! * The [`Feed`] holds the newest events in memory and the committed head seq; an
 //!   [`EventSource`] reads from any seq, from that cache when it can and from the segments
@@ -25,7 +25,7 @@ use crate::backend::log::append::Event;
 pub use committer::{checkpoint_records, Committer};
 pub use durable::DurableDelivery;
 pub use ephemeral::run_ephemeral;
-pub use feed::{Feed, TopicStat, Topics};
+pub use feed::{Feed, Topics};
 pub use source::EventSource;
 
 fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> Frame {
