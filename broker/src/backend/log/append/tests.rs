@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::recover::CLEAN_STOP_FILE;
 use super::*;
 
 #[derive(Clone, Default)]

@@ -7,57 +7,28 @@
 //! failed fsync the kernel may have dropped the dirty pages, so nothing later could be
 //! trusted to sit on top of them (see the fsyncgate reports on PostgreSQL).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tokio::sync::mpsc;
 
-use super::record::{self, Event, Record};
-use super::segment::{self, SegmentMeta};
+mod segments;
+mod stamp;
+
+use segments::{create_segment, ensure_reserve, RESERVE_BYTES, RESERVE_FILE};
+use stamp::Dedup;
+
+use super::record::{self, Record};
+use super::segment::SegmentMeta;
 use super::{
     read_table, write_table, AppendRequest, Command, CommitSink, LogError, LogOptions, Position,
     Receipt, SegmentTable, Stop,
 };
 
-/// msg_ids seen inside the dedup window, with the seq each was stored under.
-struct Dedup {
-    window_ms: u64,
-    max_entries: usize,
-    seqs: HashMap<String, u64>,
-    /// `(time_ms, msg_id, seq)`, oldest first, for expiry.
-    order: VecDeque<(u64, String, u64)>,
-}
-
-impl Dedup {
-    fn remember(&mut self, time_ms: u64, msg_id: String, seq: u64) {
-        self.seqs.insert(msg_id.clone(), seq);
-        self.order.push_back((time_ms, msg_id, seq));
-    }
-
-    fn expire(&mut self, now_ms: u64) {
-        let horizon = now_ms.saturating_sub(self.window_ms);
-        while let Some((time, _, _)) = self.order.front() {
-            if *time >= horizon {
-                break;
-            }
-            if let Some((_, id, seq)) = self.order.pop_front() {
-                if self.seqs.get(&id) == Some(&seq) {
-                    self.seqs.remove(&id);
-                }
-            }
-        }
-    }
-}
-
 /// At most this many bytes go into one write+sync.
 const MAX_BATCH_BYTES: usize = 8 << 20;
-
-/// Space kept aside in the log directory: when the disk fills up it is given back so that
-/// acks and consumer changes can still be stored while publishes are refused.
-const RESERVE_BYTES: usize = 4 << 20;
-const RESERVE_FILE: &str = "RESERVE";
 
 pub(super) struct Writer {
     dir: PathBuf,
@@ -108,12 +79,7 @@ impl Writer {
                 (meta, file)
             }
         };
-        let mut dedup = Dedup {
-            window_ms: options.dedup_window_ms,
-            max_entries: options.dedup_max_entries,
-            seqs: HashMap::new(),
-            order: VecDeque::new(),
-        };
+        let mut dedup = Dedup::new(options.dedup_window_ms, options.dedup_max_entries);
         for (time_ms, msg_id, seq) in &recovery.msg_ids {
             dedup.remember(*time_ms, msg_id.clone(), *seq);
         }
@@ -356,105 +322,6 @@ impl Writer {
         }
     }
 
-    /// Why these events cannot be stored: their new msg_ids would take the dedup table past
-    /// `dedup_max_entries`. Refusing keeps the promise that an id is remembered for the
-    /// whole window, which forgetting early would break.
-    fn dedup_full(&mut self, events: &[Event]) -> Option<String> {
-        let unknown = |dedup: &Dedup, batch: &HashMap<String, u64>| {
-            events
-                .iter()
-                .filter_map(|ev| ev.msg_id.as_ref())
-                .filter(|id| !dedup.seqs.contains_key(*id) && !batch.contains_key(*id))
-                .count()
-        };
-        let fits = |dedup: &Dedup, batch: &HashMap<String, u64>| {
-            dedup.seqs.len() + batch.len() + unknown(dedup, batch) <= dedup.max_entries
-        };
-        if fits(&self.dedup, &self.batch_ids) {
-            return None;
-        }
-        self.dedup.expire(wharf_protocol::now_ms());
-        (!fits(&self.dedup, &self.batch_ids)).then(|| {
-            format!(
-                "{} msg_ids are remembered for the dedup window (dedup_max_entries); publish \
-                 without msg_id or retry later",
-                self.dedup.max_entries
-            )
-        })
-    }
-
-    /// Fills in what only the writer knows before `rec` is framed (its events' seqs and
-    /// times, a consumer's floor) and says what the submitter is told. No record when
-    /// nothing of it is to be written: every event a duplicate, or refused.
-    fn assign(&mut self, mut rec: Record) -> (Option<Record>, Receipt) {
-        let receipt = match &mut rec {
-            Record::Events(events) => {
-                if let Some(refusal) = self.dedup_full(events) {
-                    return (None, Receipt::Refused(refusal));
-                }
-                let seqs = self.stamp_unless_duplicate(events);
-                if events.is_empty() {
-                    return (None, Receipt::Seqs(seqs));
-                }
-                Receipt::Seqs(seqs)
-            }
-            Record::DeadLetter { event, .. } => {
-                self.stamp(event);
-                Receipt::Seqs(vec![(event.seq, false)])
-            }
-            // A consumer starting at the head comes with the highest floor there is (see
-            // `Record::consumer_created`): clamping makes it the last seq written.
-            Record::ConsumerCreated { floor, .. } | Record::ConsumerSeek { floor, .. } => {
-                *floor = self.clamp_floor(*floor);
-                Receipt::Floor(*floor)
-            }
-            _ => Receipt::Done,
-        };
-        (Some(rec), receipt)
-    }
-
-    /// Stamps each event whose msg_id was not stored before (in the window or earlier in this
-    /// batch) and drops the others. Per event: its seq (the original's for a duplicate), and
-    /// whether it was a duplicate.
-    fn stamp_unless_duplicate(&mut self, events: &mut Vec<Event>) -> Vec<(u64, bool)> {
-        let mut seqs = Vec::with_capacity(events.len());
-        events.retain_mut(|ev| {
-            if let Some(id) = &ev.msg_id {
-                let earlier = self.dedup.seqs.get(id).or_else(|| self.batch_ids.get(id));
-                if let Some(&seq) = earlier {
-                    seqs.push((seq, true));
-                    return false;
-                }
-            }
-            self.stamp(ev);
-            if let Some(id) = &ev.msg_id {
-                self.batch_ids.insert(id.clone(), ev.seq);
-            }
-            seqs.push((ev.seq, false));
-            true
-        });
-        seqs
-    }
-
-    /// A floor the log can honour: not past the newest event, and not below the oldest one
-    /// stored. Retention may have run after the floor was computed (a seek to a seq that
-    /// was removed meanwhile); a floor below it would owe events that are gone, with no gap
-    /// recorded for them.
-    fn clamp_floor(&self, floor: u64) -> u64 {
-        let first = read_table(&self.table)
-            .first()
-            .map_or(self.next_seq, |m| m.base);
-        floor.max(first.saturating_sub(1)).min(self.next_seq - 1)
-    }
-
-    /// Gives a new event its seq and a time no earlier than the last event's.
-    fn stamp(&mut self, ev: &mut Event) {
-        ev.seq = self.next_seq;
-        self.next_seq += 1;
-        self.last_time_ms = self.last_time_ms.max(ev.time_ms);
-        ev.time_ms = self.last_time_ms;
-    }
-
     /// Writes and syncs what `commit` framed into the buffer, then tells the sink.
     fn flush_buf(
         &mut self,
@@ -502,61 +369,6 @@ impl Writer {
         self.flush_buf(self.active.synced_len, records, Vec::new())
     }
 
-    /// Applies retention, and records a gap for every consumer whose floor is below the
-    /// oldest stored event. Failures are logged: retention is retried at the next pass.
-    fn maintain(&mut self) {
-        if self.stopped.is_some() {
-            return;
-        }
-        if let Err(e) = self.apply_retention() {
-            self.stop(Stop::Retention(Box::new(e)));
-        }
-    }
-
-    fn apply_retention(&mut self) -> Result<(), LogError> {
-        let limits = self.options.retention.clone();
-        let now = wharf_protocol::now_ms();
-        let mut removed = Vec::new();
-        let first_base = {
-            let mut table = write_table(&self.table);
-            // The active segment is never removed, so everything confirmed stays readable
-            // until it is old, numerous or large enough to go.
-            while table.len() > 1 {
-                let after = &table[1];
-                let events_after = self.next_seq.saturating_sub(after.base);
-                let bytes_after: u64 = table[1..].iter().map(|m| m.synced_len).sum();
-                let too_many = limits.max_events > 0 && events_after >= limits.max_events;
-                let too_big = limits.max_bytes > 0 && bytes_after >= limits.max_bytes;
-                // By the newest event the oldest segment holds, never by its neighbours' times:
-                // those need not be in order after the clock stepped back.
-                let newest = table[0].newest_time_ms.or(after.first_time_ms);
-                let too_old = limits.max_age_ms > 0
-                    && newest.is_some_and(|t| t.saturating_add(limits.max_age_ms) <= now);
-                if !(too_many || too_big || too_old) {
-                    break;
-                }
-                removed.push(table.remove(0));
-            }
-            table.first().map(|m| m.base).unwrap_or(self.next_seq)
-        };
-        for meta in &removed {
-            std::fs::remove_file(&meta.path).map_err(|e| LogError::io(&meta.path, e))?;
-        }
-        if !removed.is_empty() {
-            segment::sync_dir(&self.dir)?;
-        }
-        let gaps = self.sink.gaps(first_base);
-        self.append_own(gaps)?;
-        if !removed.is_empty() {
-            tracing::info!(
-                segments = removed.len(),
-                first_seq = first_base,
-                "retention removed old segments"
-            );
-        }
-        Ok(())
-    }
-
     /// Writes the buffer, then syncs: always, or (relaxed mode) once the interval since the
     /// last sync has passed.
     fn write_and_sync(&mut self) -> Result<(), LogError> {
@@ -596,42 +408,6 @@ impl Writer {
         tracing::error!(reason = %why, "log writer stopped; publishes and acks now fail until restart");
         self.stopped = Some(why);
     }
-
-    /// Starts the next segment once the active one is full. The new segment is born with its
-    /// checkpoint in it (see [`segment::create_with`]). When the disk has no room for it, the
-    /// reserve is given back and the writer goes on in the full segment (acks and consumer
-    /// changes still fit; publishes are refused while the disk is full).
-    fn roll_if_full(&mut self) -> Result<(), LogError> {
-        if self.active.synced_len < self.options.segment_bytes || self.active.last_seq.is_none() {
-            return Ok(());
-        }
-        // The old segment is complete: make it durable before writing elsewhere.
-        self.sync()?;
-        // Every segment starts with the consumers' state, so that removing older segments
-        // never removes what rebuilding the state view needs.
-        let checkpoint = self.sink.checkpoint();
-        let base = self.next_seq;
-        let (file, len) = match segment::create_with(&self.dir, base, &checkpoint) {
-            Ok(created) => created,
-            Err(e @ LogError::WriteFailed { .. }) => {
-                self.enter_full(&format_args!("no room to start a new segment: {e}"));
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let meta = SegmentMeta::new(base, self.dir.join(segment::file_name(base)));
-        write_table(&self.table).push(meta.clone());
-        self.active = meta;
-        self.file = file;
-        self.active.synced_len = len;
-        self.show_readers();
-        let end = Position {
-            segment: base,
-            offset: len,
-        };
-        self.sink.committed(checkpoint, end);
-        self.apply_retention()
-    }
 }
 
 /// A batch framed into the writer's buffer, not yet written.
@@ -665,39 +441,4 @@ fn answer_all(requests: impl IntoIterator<Item = AppendRequest>, answer: &LogErr
     for req in requests {
         let _gone = req.done.send(Err(answer.clone()));
     }
-}
-
-/// Makes sure the reserve file exists with real blocks behind it; false when there is no room.
-fn ensure_reserve(dir: &Path) -> bool {
-    let reserve = dir.join(RESERVE_FILE);
-    if reserve
-        .metadata()
-        .is_ok_and(|m| m.len() as usize >= RESERVE_BYTES)
-    {
-        return true;
-    }
-    let tmp = dir.join("RESERVE.tmp");
-    let made = (|| -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        // Written, not just sized: a sparse file would hold no space at all.
-        file.write_all(&vec![0u8; RESERVE_BYTES])?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &reserve)
-    })();
-    if made.is_err() {
-        let _best_effort = std::fs::remove_file(&tmp);
-    }
-    made.is_ok()
-}
-
-fn create_segment(dir: &Path, base: u64) -> Result<(SegmentMeta, File), LogError> {
-    let path = dir.join(segment::file_name(base));
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| LogError::io(&path, e))?;
-    segment::sync_dir(dir)?;
-    tracing::debug!(segment = %path.display(), "started a new segment");
-    Ok((SegmentMeta::new(base, path), file))
 }
