@@ -7,10 +7,11 @@
 //! The pieces, from the top down (a module imports only from the ones below it):
 //!
 //! * [`Broker`] (this file): config -> backend -> listener, and an orderly stop.
-//! * `net`: the listener (accept, limits, the WebSocket handshake), the HTTP front door
-//!   (hyper) and TLS.
-//! * `session`: one WebSocket connection: the read loop and reply order, the writer (the
-//!   only code that knows WebSocket messages), publish/settle/subscribe/admin requests.
+//! * `net`: the listener (accept, limits, the WebSocket handshake) and the HTTP front door
+//!   (hyper).
+//! * `session`: one WebSocket connection: the read loop and reply order, the writer (with
+//!   the read loop, the only code that knows WebSocket messages), publish/settle/subscribe/
+//!   admin requests.
 //! * `context`: what every connection shares (config, backend, reloadable auth and TLS).
 //! * [`auth`]: tokens, JWTs and what a principal may do.
 //! * `backend`: **the backend boundary**. The session and HTTP call only
@@ -18,7 +19,8 @@
 //!   the embedded backend (segment log, sled view, consumers, delivery), invisible above it.
 //! * `outbound`: a connection's bounded queue of wharf's own frames, which the backends'
 //!   delivery tasks fill and the session's writer drains.
-//! * [`config`], `metrics`, `shutdown`, `error`: used by everything above.
+//! * [`config`], `metrics`, `shutdown`, `error`: used by everything above; `tls` (a
+//!   connection, plain or TLS) at the very bottom.
 //!
 //! The wire format lives in the `wharf-protocol` crate, never here.
 

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use wharf_tests::{data_dir, wharf_bin, Broker, Client};
+use wharf_tests::{data_dir, wharf_bin, Backend, Client};
 
 fn hash(token: &str) -> String {
     let out = Command::new(wharf_bin())
@@ -42,10 +42,9 @@ async fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Result<Cli
     }
 }
 
-#[tokio::test]
-async fn tokens_gate_every_operation() {
+async fn tokens_gate_every_operation(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &auth_config());
+    let broker = backend.start(&data, &auth_config());
 
     // Without a token nothing but auth goes through.
     let mut c = broker.client().await;
@@ -116,10 +115,9 @@ async fn tokens_gate_every_operation() {
     assert_eq!(reply["type"], "ok");
 }
 
-#[tokio::test]
-async fn an_unauthenticated_connection_is_closed_after_the_timeout() {
+async fn an_unauthenticated_connection_is_closed_after_the_timeout(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &auth_config());
+    let broker = backend.start(&data, &auth_config());
     let (ws, _) = tokio_tungstenite::connect_async(&broker.url).await.unwrap();
     let (_sink, mut stream) = ws.split();
     let close = loop {
@@ -155,10 +153,9 @@ fn post(addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value)
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn the_http_publish_needs_a_token_too() {
+async fn the_http_publish_needs_a_token_too(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, &auth_config());
+    let broker = backend.start(&data, &auth_config());
     let addr = broker
         .url
         .trim_start_matches("ws://")
@@ -226,3 +223,9 @@ fn serving_beyond_loopback_without_auth_must_be_asked_for() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+wharf_tests::conformance!(
+    tokens_gate_every_operation,
+    an_unauthenticated_connection_is_closed_after_the_timeout,
+    the_http_publish_needs_a_token_too
+);

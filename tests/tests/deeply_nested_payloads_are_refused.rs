@@ -7,7 +7,7 @@ use std::net::TcpStream;
 
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use wharf_tests::{data_dir, Broker};
+use wharf_tests::{data_dir, Backend};
 
 fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
@@ -35,10 +35,9 @@ fn http_publish(addr: &str, body: &str) -> (u16, Value) {
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn payloads_nested_too_deep_are_refused_everywhere() {
+async fn payloads_nested_too_deep_are_refused_everywhere(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
 
     for depth in [129, 100_000] {
@@ -82,3 +81,5 @@ async fn payloads_nested_too_deep_are_refused_everywhere() {
         (200, json!({"seq": 2, "duplicate": false}))
     );
 }
+
+wharf_tests::conformance!(payloads_nested_too_deep_are_refused_everywhere);

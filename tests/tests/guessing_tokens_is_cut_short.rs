@@ -5,10 +5,9 @@
 use std::process::Command;
 
 use serde_json::json;
-use wharf_tests::{data_dir, wharf_bin, Broker};
+use wharf_tests::{data_dir, wharf_bin, Backend};
 
-#[tokio::test]
-async fn three_invalid_tokens_close_the_connection() {
+async fn three_invalid_tokens_close_the_connection(backend: Backend) {
     let (_tmp, data) = data_dir();
     let out = Command::new(wharf_bin())
         .args(["token", "hash", "good-token-0123456789"])
@@ -19,7 +18,7 @@ async fn three_invalid_tokens_close_the_connection() {
     let config = format!(
         "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"app\"\nsha256 = \"{hash}\"\npublish = [\">\"]\n"
     );
-    let broker = Broker::start(&data, &config);
+    let broker = backend.start(&data, &config);
     let mut c = broker.client().await;
     for guess in ["guess-1", "guess-2"] {
         let reply = c.reply(json!({"op":"auth","id":guess,"token":guess})).await;
@@ -53,3 +52,5 @@ fn token_hash_refuses_short_tokens() {
         "{out:?}"
     );
 }
+
+wharf_tests::conformance!(three_invalid_tokens_close_the_connection);

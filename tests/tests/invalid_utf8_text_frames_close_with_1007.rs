@@ -5,12 +5,11 @@
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
-use wharf_tests::{data_dir, Broker};
+use wharf_tests::{data_dir, Backend};
 
-#[tokio::test]
-async fn a_text_frame_with_invalid_utf8_is_closed_with_1007() {
+async fn a_text_frame_with_invalid_utf8_is_closed_with_1007(backend: Backend) {
     let (_tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     c.send_raw(Message::Frame(bad)).await;
@@ -18,3 +17,5 @@ async fn a_text_frame_with_invalid_utf8_is_closed_with_1007() {
     assert_eq!(code, 1007, "{reason}");
     assert!(reason.contains("UTF-8"), "{reason}");
 }
+
+wharf_tests::conformance!(a_text_frame_with_invalid_utf8_is_closed_with_1007);

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wharf_broker::auth::{sign_hs256, Claims, Rights};
-use wharf_tests::{wharf_bin, Broker, Client};
+use wharf_tests::{wharf_bin, Backend, Broker, Client};
 
 const SECRET: &[u8] = b"a shared secret of at least thirty-two bytes";
 const ISSUER: &str = "https://id.example";
@@ -27,7 +27,7 @@ fn now_s() -> u64 {
 }
 
 /// Starts a broker that takes JWTs signed with [`SECRET`]; returns it and the secret file.
-fn start(dir: &Path) -> (Broker, PathBuf) {
+fn start(backend: Backend, dir: &Path) -> (Broker, PathBuf) {
     let secret_file = dir.join("jwt.secret");
     std::fs::write(&secret_file, SECRET).expect("write the secret");
     let config = format!(
@@ -37,7 +37,7 @@ fn start(dir: &Path) -> (Broker, PathBuf) {
          default_consumers = [\"{{sub}}-*\"]\n",
         secret_file.display().to_string()
     );
-    (Broker::start(&dir.join("data"), &config), secret_file)
+    (backend.start(&dir.join("data"), &config), secret_file)
 }
 
 fn token(sub: &str, exp: u64, rights: Option<Rights>) -> String {
@@ -89,10 +89,9 @@ fn http_publish(broker: &Broker, topic: &str, token: &str) -> u16 {
         .expect("a status")
 }
 
-#[tokio::test]
-async fn a_jwt_gets_its_claimed_or_default_rights_wherever_a_token_is_taken() {
+async fn a_jwt_gets_its_claimed_or_default_rights_wherever_a_token_is_taken(backend: Backend) {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let (broker, secret_file) = start(tmp.path());
+    let (broker, secret_file) = start(backend, tmp.path());
 
     // Minted by the CLI, without a wharf claim: the defaults, {sub} = alice.
     let out = Command::new(wharf_bin())
@@ -154,10 +153,9 @@ async fn a_jwt_gets_its_claimed_or_default_rights_wherever_a_token_is_taken() {
     }
 }
 
-#[tokio::test]
-async fn expired_forged_and_foreign_jwts_are_refused() {
+async fn expired_forged_and_foreign_jwts_are_refused(backend: Backend) {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let (broker, _) = start(tmp.path());
+    let (broker, _) = start(backend, tmp.path());
     let later = now_s() + 3600;
     let other_secret = b"another secret that is also thirty-two bytes long";
     for (what, bad) in [
@@ -184,10 +182,9 @@ async fn expired_forged_and_foreign_jwts_are_refused() {
     }
 }
 
-#[tokio::test]
-async fn an_expiring_jwt_is_warned_then_closed_with_4001() {
+async fn an_expiring_jwt_is_warned_then_closed_with_4001(backend: Backend) {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let (broker, _) = start(tmp.path());
+    let (broker, _) = start(backend, tmp.path());
     let exp = now_s() + 2;
     let mut c = broker.client().await;
     assert_eq!(auth(&mut c, &token("alice", exp, None)).await["type"], "ok");
@@ -200,10 +197,9 @@ async fn an_expiring_jwt_is_warned_then_closed_with_4001() {
     assert_eq!(close, Some((4001, "token expired".to_owned())));
 }
 
-#[tokio::test]
-async fn a_fresh_auth_keeps_the_connection_and_its_subscriptions() {
+async fn a_fresh_auth_keeps_the_connection_and_its_subscriptions(backend: Backend) {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let (broker, _) = start(tmp.path());
+    let (broker, _) = start(backend, tmp.path());
     let exp = now_s() + 2;
     let mut c = broker.client().await;
     assert_eq!(auth(&mut c, &token("alice", exp, None)).await["type"], "ok");
@@ -233,3 +229,10 @@ async fn a_fresh_auth_keeps_the_connection_and_its_subscriptions() {
         (json!(sub), json!(seq))
     );
 }
+
+wharf_tests::conformance!(
+    a_jwt_gets_its_claimed_or_default_rights_wherever_a_token_is_taken,
+    expired_forged_and_foreign_jwts_are_refused,
+    an_expiring_jwt_is_warned_then_closed_with_4001,
+    a_fresh_auth_keeps_the_connection_and_its_subscriptions
+);

@@ -55,4 +55,34 @@ async fn shared_attachments_split_events_and_inherit_a_leavers_work_at_once(back
     assert_eq!(b.recv_within(Duration::from_millis(200)).await, None);
 }
 
-wharf_tests::conformance!(shared_attachments_split_events_and_inherit_a_leavers_work_at_once);
+/// A subscribe in the other mode is refused in its turn: a request pipelined after it is
+/// answered after it (the refusal used to be queued behind later replies).
+async fn a_mode_conflict_is_answered_in_request_order(backend: Backend) {
+    let (_tmp, data) = data_dir();
+    let broker = backend.start(&data, "");
+    let mut holder = broker.client().await;
+    holder.subscribe("jobs.>", Some("pool")).await;
+    let mut other = broker.client().await;
+    other
+        .send(json!({"op":"subscribe","id":1,"topic":"jobs.>","consumer":"pool","mode":"shared"}))
+        .await;
+    // Pings right behind it: some are read before the subscribe's turn comes.
+    for i in 2..22 {
+        other.send(json!({"op":"ping","id":i})).await;
+    }
+    let first = other.recv().await;
+    assert_eq!(first["id"], 1, "{first}");
+    assert_eq!(first["code"], "consumer_conflict", "{first}");
+    for i in 2..22 {
+        let pong = other.recv().await;
+        assert_eq!(
+            (pong["type"].as_str(), pong["id"].as_i64()),
+            (Some("pong"), Some(i))
+        );
+    }
+}
+
+wharf_tests::conformance!(
+    shared_attachments_split_events_and_inherit_a_leavers_work_at_once,
+    a_mode_conflict_is_answered_in_request_order
+);

@@ -22,8 +22,9 @@
 //!   an ack sent before a seek settles its seqs but never moves the floor the seek set.
 //! * **Takeover.** Attaching in exclusive mode detaches the holder (it is told `unsubscribed`
 //!   with `taken_over`) and hands everything unsettled to the new one.
-//! * **Limits.** Every resource a client can make the backend hold (consumers, dedup ids,
-//!   queued writes) is bounded, refused with [`BackendError::LimitExceeded`].
+//! * **Limits.** Every resource a client can make the backend hold is bounded: consumers
+//!   ([`BackendError::LimitExceeded`]), remembered msg_ids (a batch comes back
+//!   [`Stored::Refused`]), queued writes (the call waits for room: back-pressure).
 //!
 //! The shared conformance suite (`tests/`, run with each backend) checks these on the wire.
 

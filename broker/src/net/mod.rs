@@ -1,4 +1,4 @@
-//! The network's edge: the listener, the HTTP front door and TLS.
+//! The network's edge: the listener and the HTTP front door.
 
 mod answer;
 pub mod http;

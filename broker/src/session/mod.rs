@@ -1,9 +1,9 @@
-//! One WebSocket connection: reads frames, turns each into log appends or subscriptions,
-//! and sends replies in request order.
+//! One WebSocket connection: reads frames, turns each into a call to the backend, and sends
+//! replies in request order.
 //!
-//! Requests are pipelined: the session queues a publish for the group commit and reads the
-//! next frame without waiting for the sync; replies go out in the order requests came in,
-//! each only after its record is durable. Everything sent to the client goes through one
+//! Requests are pipelined: the session hands a publish to the backend and reads the next
+//! frame without waiting for it to be durable; replies go out in the order requests came
+//! in, each only once what it confirms is durable. Everything sent to the client goes through one
 //! bounded outbound queue drained by a writer task that batches frames into one flush.
 
 use std::collections::HashMap;
@@ -81,8 +81,8 @@ pub struct Session {
     accepted_subs: usize,
     next_sub: u64,
     pending: FuturesOrdered<BoxFuture<'static, Completion>>,
-    /// Publishes read but not yet handed to the log: a burst of pipelined publishes goes as
-    /// one append (one queue send, one wake-up, one completion) instead of one each.
+    /// Publishes read but not yet handed to the backend: a burst of pipelined publishes goes
+    /// as one call (one queue send, one wake-up, one completion) instead of one each.
     queued: Vec<(Option<Id>, NewEvent)>,
     last_seen: Instant,
     /// When the client last sent a request (pongs do not count).
@@ -221,7 +221,7 @@ impl Session {
                 }
                 msg = stream.next() => {
                     // Take what the socket already holds too, so that pipelined publishes
-                    // reach the log together, then hand them over. Publishes read before
+                    // reach the backend together, then hand them over. Publishes read before
                     // the connection ends are still stored, as if each went on its own.
                     let mut ended = self.on_message(msg).await.err();
                     for _ in 0..MAX_BURST {

@@ -11,7 +11,8 @@
 //!   relaxed syncs, marks, inactive consumers). `subscribe` and `settle`: the Backend API's
 //!   subscription and settling halves.
 //!
-//! Nothing outside this folder knows it exists except [`crate::backend::Backend`].
+//! Nothing outside this folder knows it exists except [`crate::backend::Backend`] (and
+//! `lib.rs`'s doc-hidden `inspect`, which lets two tests read segment files).
 
 pub mod append;
 pub mod codec;
@@ -32,7 +33,7 @@ use crate::backend::contract::{BackendError, Confirming, NewEvent, Published, St
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::metrics;
-use append::{Event, Floor, Pending, Receipt, Record};
+use append::{Event, Floor, LogError, Pending, Receipt, Record, Stop};
 use consumers::Consumer;
 use store::Store;
 
@@ -51,7 +52,7 @@ async fn durable(pending: Pending) -> Result<Vec<Receipt>, BackendError> {
     match pending.await {
         Ok(Ok(receipts)) => Ok(receipts),
         Ok(Err(e)) => Err(BackendError::failed(e)),
-        Err(_) => Err(BackendError::failed("the log writer stopped")),
+        Err(_) => Err(BackendError::failed(LogError::Stopped(Stop::WriterGone))),
     }
 }
 
@@ -134,7 +135,7 @@ impl LogBackend {
                 let mut cursor = self.store.log.cursor(1);
                 let found = tokio::task::spawn_blocking(move || cursor.first_at_or_after(ms, head))
                     .await
-                    .map_err(BackendError::failed)?
+                    .map_err(|e| BackendError::failed(LogError::task("time lookup", e)))?
                     .map_err(BackendError::failed)?;
                 Ok(found.unwrap_or(head + 1))
             }

@@ -19,20 +19,10 @@ use crate::outbound::Frame;
 /// how many creations of each are in flight.
 pub type Creating = Arc<Mutex<HashMap<String, usize>>>;
 
-/// One consumer creation in flight, in [`LogBackend::creating`] until dropped.
+/// One consumer creation in flight, in `LogBackend::creating` until dropped.
 struct CreatingConsumer {
     creating: Creating,
     name: String,
-}
-
-impl CreatingConsumer {
-    fn new(creating: &Creating, name: &str) -> CreatingConsumer {
-        *lock(creating).entry(name.to_owned()).or_default() += 1;
-        CreatingConsumer {
-            creating: creating.clone(),
-            name: name.to_owned(),
-        }
-    }
 }
 
 impl Drop for CreatingConsumer {
@@ -149,34 +139,46 @@ impl Drop for Attaching {
 }
 
 impl LogBackend {
-    /// Why creating consumer `name` would pass a limit: `max_consumers`, or the token's
-    /// quota over the consumers its names cover. Creations in flight count until their
-    /// consumer exists (counting them after would refuse a pipelined creation wrongly).
-    fn consumer_limit(&self, name: &str, quota: Option<&Quota<'_>>) -> Option<String> {
+    /// Counts a creation of consumer `name` in flight, unless it would pass a limit:
+    /// `max_consumers`, or the token's quota over the consumers its names cover. The check
+    /// and the count are one step under the lock, so concurrent creations cannot both pass.
+    /// Creations in flight count until their consumer exists (counting them after would
+    /// refuse a pipelined creation wrongly).
+    fn reserve_creation(
+        &self,
+        name: &str,
+        quota: Option<&Quota<'_>>,
+    ) -> Result<CreatingConsumer, BackendError> {
         let consumers = &self.store.consumers;
-        let in_flight: Vec<String> = lock(&self.creating)
+        let mut creating = lock(&self.creating);
+        let in_flight: Vec<&String> = creating
             .keys()
             .filter(|n| consumers.get(n).is_none())
-            .cloned()
             .collect();
         let limit = self.config.max_consumers;
         if consumers.len() + in_flight.len() >= limit {
-            return Some(format!(
+            return Err(BackendError::LimitExceeded(format!(
                 "the broker holds {limit} consumers (max_consumers); cannot create {name:?}"
-            ));
+            )));
         }
-        let quota = quota?;
-        let covered = consumers
-            .names()
-            .iter()
-            .chain(&in_flight)
-            .filter(|n| (quota.covers)(n))
-            .count();
-        (covered >= quota.max).then(|| {
-            format!(
-                "token {:?} may hold {} consumers (its max_consumers); cannot create {name:?}",
-                quota.owner, quota.max
-            )
+        if let Some(quota) = quota {
+            let names = consumers.names();
+            let covered = names
+                .iter()
+                .chain(in_flight)
+                .filter(|n| (quota.covers)(n))
+                .count();
+            if covered >= quota.max {
+                return Err(BackendError::LimitExceeded(format!(
+                    "token {:?} may hold {} consumers (its max_consumers); cannot create {name:?}",
+                    quota.owner, quota.max
+                )));
+            }
+        }
+        *creating.entry(name.to_owned()).or_default() += 1;
+        Ok(CreatingConsumer {
+            creating: self.creating.clone(),
+            name: name.to_owned(),
         })
     }
 
@@ -193,11 +195,8 @@ impl LogBackend {
                 false => Err(conflict(&consumer, &spec.patterns)),
             };
         }
-        if let Some(refusal) = self.consumer_limit(&spec.name, quota.as_ref()) {
-            return Err(BackendError::LimitExceeded(refusal));
-        }
         let floor = self.floor_for(spec.start).await?;
-        let creating = CreatingConsumer::new(&self.creating, &spec.name);
+        let creating = self.reserve_creation(&spec.name, quota.as_ref())?;
         let patterns = spec
             .patterns
             .iter()
