@@ -144,19 +144,13 @@ impl Broker {
                 async move { answer_while_recovering(listener, tls, &config, stopped).await },
             )
         };
-        let recovered = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || backend::Backend::open(&config)).await
-        };
+        let recovered = backend::Backend::open(&config).await;
         let _ = stop.send(());
         let (listener, answering) = early.await.map_err(|e| BrokerError::Io {
             what: "listener task failed".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let backend = recovered.map_err(|e| BrokerError::Io {
-            what: "recovery task failed".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        let backend = recovered?;
         Ok(Broker {
             ctx: Arc::new(context::Context::new(config, backend, tls, auth)),
             listener,
@@ -175,7 +169,7 @@ impl Broker {
     pub async fn run(self, stop: impl Future<Output = ()>) {
         let (trigger, shutdown) = Shutdown::new();
         let reloader = server::reload_on_hangup(self.ctx.clone(), shutdown.clone());
-        let stats = self.ctx.backend.stats();
+        let stats = self.ctx.backend.stats().await.unwrap_or_default();
         tracing::info!(
             url = %format!(
                 "{}://{}{}",
@@ -214,7 +208,7 @@ impl Broker {
         }
         self.ctx.backend.close().await;
         tracing::info!(
-            events = self.ctx.backend.stats().head_seq,
+            events = self.ctx.backend.stats().await.unwrap_or_default().head_seq,
             uptime_s = self.ctx.started.elapsed().as_secs(),
             "stopped"
         );

@@ -32,6 +32,9 @@ pub enum ErrorCode {
     Forbidden,
     /// The broker failed; the request had no effect unless stated otherwise.
     Internal,
+    /// The storage cannot answer now (the cluster backend's NATS servers are down or have no
+    /// quorum); retrying later may work, with the same `msg_id` for a publish.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -50,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -27,7 +27,8 @@ fn code_name(code: ErrorCode) -> &'static str {
         | ErrorCode::LimitExceeded
         | ErrorCode::Unauthorized
         | ErrorCode::Forbidden
-        | ErrorCode::Internal => code.as_str(),
+        | ErrorCode::Internal
+        | ErrorCode::Unavailable => code.as_str(),
     }
 }
 
@@ -48,6 +49,7 @@ fn every_error_code_has_a_row_in_the_error_table() {
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::Internal,
+        ErrorCode::Unavailable,
     ];
     for code in codes {
         let row = format!("| `{}` |", code_name(code));

@@ -6,9 +6,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use wharf_protocol::{ErrorCode, Pattern, Start};
+use wharf_protocol::{ErrorCode, Pattern, Start, Topic};
 
 use crate::outbound::Outbound;
+
+/// Every dead-letter topic starts with this.
+pub const DEAD_LETTER_PREFIX: &str = "dead.";
+
+/// The dead-letter topic of a consumer: `dead.<consumer>` (dots that would make an empty
+/// token become underscores).
+pub fn dead_letter_topic(consumer: &str) -> String {
+    let topic = format!("{DEAD_LETTER_PREFIX}{consumer}");
+    match Topic::parse(&topic) {
+        Ok(_) => topic,
+        Err(_) => format!("dead.{}", consumer.replace('.', "_")),
+    }
+}
 
 /// An event to store. Its `msg_id` is already scoped to its publisher (see
 /// [`crate::auth::dedup_key`]): one publisher's ids never answer for another's.
@@ -114,6 +127,9 @@ pub enum BackendError {
     Conflict(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// The storage cannot answer now (a cluster without quorum); retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
     /// A failure of the storage itself (its message is the cause's).
     #[error(transparent)]
     Failed(Box<dyn std::error::Error + Send + Sync>),
@@ -131,6 +147,7 @@ impl BackendError {
             BackendError::BadRequest(_) => ErrorCode::BadRequest,
             BackendError::Conflict(_) => ErrorCode::ConsumerConflict,
             BackendError::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            BackendError::Unavailable(_) => ErrorCode::Unavailable,
             BackendError::Failed(_) => ErrorCode::Internal,
         }
     }

@@ -30,6 +30,7 @@
 
 pub mod contract;
 pub mod log;
+pub mod nats;
 
 use std::time::Duration;
 
@@ -50,12 +51,15 @@ pub use contract::{
 pub enum Backend {
     /// The embedded segment log on this machine's disk.
     Log(log::LogBackend),
+    /// A NATS JetStream cluster.
+    Nats(nats::NatsBackend),
 }
 
 /// A connection attached to a durable consumer, before its delivery starts: send the
 /// `subscribed` reply, then [`Attaching::start`]. Dropped unstarted, it detaches.
 pub enum Attaching {
     Log(log::subscribe::Attaching),
+    Nats(nats::Attaching),
 }
 
 impl Attaching {
@@ -63,6 +67,7 @@ impl Attaching {
     pub fn start_seq(&self) -> u64 {
         match self {
             Attaching::Log(a) => a.start_seq(),
+            Attaching::Nats(a) => a.start_seq(),
         }
     }
 
@@ -70,6 +75,9 @@ impl Attaching {
         match self {
             Attaching::Log(a) => Subscription {
                 held: Held::Log(a.start()),
+            },
+            Attaching::Nats(a) => Subscription {
+                held: Held::Nats(a.start()),
             },
         }
     }
@@ -86,19 +94,41 @@ impl Subscription {
     pub fn end(self) {
         match self.held {
             Held::Log(subscription) => drop(subscription),
+            Held::Nats(subscription) => drop(subscription),
         }
     }
 }
 
 enum Held {
     Log(log::subscribe::Subscription),
+    Nats(nats::Subscription),
 }
 
 impl Backend {
-    /// Opens the backend the config names (blocking: recovery reads the disk).
-    pub fn open(config: &Config) -> Result<Backend, BrokerError> {
+    /// Opens the backend the config names. The embedded log recovers on a blocking thread;
+    /// the cluster backend connects (a cluster that is down does not stop it: it is not
+    /// ready until the cluster answers).
+    pub async fn open(config: &Config) -> Result<Backend, BrokerError> {
         match config.backend {
-            BackendKind::Log => Ok(Backend::Log(log::LogBackend::open(config)?)),
+            BackendKind::Log => {
+                let config = config.clone();
+                let opened = tokio::task::spawn_blocking(move || log::LogBackend::open(&config))
+                    .await
+                    .map_err(|e| BrokerError::Io {
+                        what: "recovery task failed".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+                Ok(Backend::Log(opened))
+            }
+            BackendKind::Nats => Ok(Backend::Nats(nats::NatsBackend::open(config).await?)),
+        }
+    }
+
+    /// `Ok` when requests can be served; otherwise why not (for `/readyz`).
+    pub fn ready(&self) -> Result<(), String> {
+        match self {
+            Backend::Log(_) => Ok(()),
+            Backend::Nats(b) => b.ready(),
         }
     }
 
@@ -110,6 +140,7 @@ impl Backend {
     ) -> Result<Confirming<Vec<Stored>>, BackendError> {
         match self {
             Backend::Log(b) => b.publish(batches).await,
+            Backend::Nats(b) => b.publish(batches).await,
         }
     }
 
@@ -122,6 +153,7 @@ impl Backend {
     ) -> Result<Confirming<()>, BackendError> {
         match self {
             Backend::Log(b) => b.create_consumer(spec, quota).await,
+            Backend::Nats(b) => b.create_consumer(spec, quota).await,
         }
     }
 
@@ -139,6 +171,10 @@ impl Backend {
             Backend::Log(b) => b
                 .attach(name, patterns, mode, options, to)
                 .map(Attaching::Log),
+            Backend::Nats(b) => b
+                .attach(name, patterns, mode, options, to)
+                .await
+                .map(Attaching::Nats),
         }
     }
 
@@ -146,6 +182,7 @@ impl Backend {
     pub async fn resolve_start(&self, start: Start) -> Result<u64, BackendError> {
         match self {
             Backend::Log(b) => b.resolve_start(start).await,
+            Backend::Nats(b) => b.resolve_start(start).await,
         }
     }
 
@@ -162,6 +199,9 @@ impl Backend {
             Backend::Log(b) => Ok(Subscription {
                 held: Held::Log(b.follow(patterns, from, to)),
             }),
+            Backend::Nats(b) => Ok(Subscription {
+                held: Held::Nats(b.follow(patterns, from, to).await?),
+            }),
         }
     }
 
@@ -174,6 +214,7 @@ impl Backend {
     ) -> Result<Confirming<()>, BackendError> {
         match self {
             Backend::Log(b) => b.settle(name, seqs, how).await,
+            Backend::Nats(b) => b.settle(name, seqs, how).await,
         }
     }
 
@@ -187,6 +228,7 @@ impl Backend {
     ) -> Result<(), BackendError> {
         match self {
             Backend::Log(b) => b.touch(name, seqs, delay),
+            Backend::Nats(b) => b.touch(name, seqs, delay).await,
         }
     }
 
@@ -195,6 +237,7 @@ impl Backend {
     pub async fn seek(&self, name: &str, start: Start) -> Result<Confirming<()>, BackendError> {
         match self {
             Backend::Log(b) => b.seek(name, start).await,
+            Backend::Nats(b) => b.seek(name, start).await,
         }
     }
 
@@ -202,46 +245,56 @@ impl Backend {
     pub async fn delete_consumer(&self, name: &str) -> Result<Confirming<()>, BackendError> {
         match self {
             Backend::Log(b) => b.delete_consumer(name).await,
+            Backend::Nats(b) => b.delete_consumer(name).await,
         }
     }
 
-    pub fn consumer_info(&self, name: &str) -> Option<ConsumerInfo> {
+    pub async fn consumer_info(&self, name: &str) -> Result<Option<ConsumerInfo>, BackendError> {
         match self {
-            Backend::Log(b) => b.consumer_info(name),
+            Backend::Log(b) => Ok(b.consumer_info(name)),
+            Backend::Nats(b) => b.consumer_info(name).await,
         }
     }
 
     /// The topics consumer `name` reads, for authorization.
-    pub fn consumer_patterns(&self, name: &str) -> Option<Vec<Pattern>> {
+    pub async fn consumer_patterns(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<Pattern>>, BackendError> {
         match self {
-            Backend::Log(b) => b.consumer_patterns(name),
+            Backend::Log(b) => Ok(b.consumer_patterns(name)),
+            Backend::Nats(b) => b.consumer_patterns(name).await,
         }
     }
 
     /// Every consumer's name, sorted.
-    pub fn consumer_names(&self) -> Vec<String> {
+    pub async fn consumer_names(&self) -> Result<Vec<String>, BackendError> {
         match self {
-            Backend::Log(b) => b.consumer_names(),
+            Backend::Log(b) => Ok(b.consumer_names()),
+            Backend::Nats(b) => b.consumer_names().await,
         }
     }
 
     /// Every topic, sorted by name.
-    pub fn topics(&self) -> Vec<TopicInfo> {
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, BackendError> {
         match self {
-            Backend::Log(b) => b.topics(),
+            Backend::Log(b) => Ok(b.topics()),
+            Backend::Nats(b) => b.topics().await,
         }
     }
 
-    pub fn stats(&self) -> StoreStats {
+    pub async fn stats(&self) -> Result<StoreStats, BackendError> {
         match self {
-            Backend::Log(b) => b.stats(),
+            Backend::Log(b) => Ok(b.stats()),
+            Backend::Nats(b) => b.stats().await,
         }
     }
 
     /// Sets the storage gauges; returns per-consumer series for the first `limit` consumers.
-    pub fn metrics(&self, limit: usize) -> Vec<ConsumerRow> {
+    pub async fn metrics(&self, limit: usize) -> Vec<ConsumerRow> {
         match self {
             Backend::Log(b) => b.metrics(limit),
+            Backend::Nats(b) => b.metrics(limit).await,
         }
     }
 
@@ -249,6 +302,7 @@ impl Backend {
     pub fn spawn_upkeep(&self, shutdown: &Shutdown) -> Vec<(&'static str, JoinHandle<()>)> {
         match self {
             Backend::Log(b) => b.spawn_upkeep(shutdown),
+            Backend::Nats(_) => Vec::new(),
         }
     }
 
@@ -256,6 +310,7 @@ impl Backend {
     pub async fn close(&self) {
         match self {
             Backend::Log(b) => b.close().await,
+            Backend::Nats(b) => b.close().await,
         }
     }
 }

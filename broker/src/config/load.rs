@@ -52,12 +52,26 @@ impl Config {
         for optional in ["tls_cert", "tls_key"] {
             keys.insert(optional.to_owned(), toml::Value::String(String::new()));
         }
+        if let Some(toml::Value::Table(nats)) = keys.get_mut("nats") {
+            for optional in ["creds_file", "token", "user", "password", "ca_file"] {
+                nats.insert(optional.to_owned(), toml::Value::String(String::new()));
+            }
+        }
         // Typed by the key it sets: the raw text for a string key (`WHARF_DATA_DIR=2024` is a
         // path), TOML for the others (a number, a boolean, a list), else the raw text so
         // that the error names what was wrong with it.
         let value_of = |raw: String, default: &toml::Value| {
             if let toml::Value::String(_) = default {
                 return toml::Value::String(raw);
+            }
+            // A list of strings may be given comma-separated: WHARF_NATS_URLS=nats://a,nats://b.
+            if let toml::Value::Array(_) = default {
+                if !raw.trim_start().starts_with('[') {
+                    let items = raw
+                        .split(',')
+                        .map(|s| toml::Value::String(s.trim().to_owned()));
+                    return toml::Value::Array(items.collect());
+                }
             }
             format!("v = {raw}")
                 .parse::<toml::Table>()
@@ -201,6 +215,7 @@ impl Config {
         if self.max_frame_bytes > 64 << 20 {
             return Err(InvalidValue::FrameTooLarge);
         }
+        self.nats.validate()?;
         Ok(())
     }
 }

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod load;
+mod nats;
 
 pub use auth::{Auth, Jwt, TokenRule};
+pub use nats::Nats;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -18,7 +20,7 @@ pub struct Config {
     /// Address the WebSocket listener binds; port 0 picks a free port.
     pub listen: SocketAddr,
     /// Where events are stored and consumers kept: `log`, the embedded segment log on this
-    /// machine's disk.
+    /// machine's disk, or `nats`, a NATS JetStream cluster (`[nats]`).
     pub backend: BackendKind,
     /// Where the log (`log/`) and the state view (`state/`) live.
     pub data_dir: PathBuf,
@@ -113,6 +115,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Who may connect, and what each token may do.
     pub auth: Auth,
+    /// The cluster backend's NATS servers and stream (`backend = "nats"`).
+    pub nats: Nats,
     /// Set by `wharf serve --repair`: cut damaged records out of the log before starting.
     #[serde(skip)]
     pub repair: bool,
@@ -161,6 +165,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             auth: Auth::default(),
+            nats: Nats::default(),
             repair: false,
             source: None,
         }
@@ -182,6 +187,8 @@ pub enum LogFormat {
 pub enum BackendKind {
     /// The embedded segment log and sled view in `data_dir`.
     Log,
+    /// A NATS JetStream cluster: wharf nodes keep nothing on disk that matters.
+    Nats,
 }
 
 /// When a publish or an ack is confirmed.
@@ -232,6 +239,9 @@ pub enum InvalidValue {
     },
     #[error("key `max_frame_bytes`: at most 67108864 (64 MiB)")]
     FrameTooLarge,
+    /// A `[nats]` value the cluster backend cannot use.
+    #[error("key `nats.{key}`: {message}")]
+    Nats { key: &'static str, message: String },
 }
 
 impl InvalidValue {
@@ -246,6 +256,7 @@ impl InvalidValue {
             InvalidValue::TokenHash(i) => format!("auth.tokens[{i}].sha256"),
             InvalidValue::TokenPattern { index, .. } => format!("auth.tokens[{index}]"),
             InvalidValue::FrameTooLarge => "max_frame_bytes".to_owned(),
+            InvalidValue::Nats { key, .. } => format!("nats.{key}"),
         })
     }
 }

@@ -85,7 +85,10 @@ impl Nats {
             );
         }
         if self.lease.is_zero() || self.publish_timeout.is_zero() {
-            return bad("lease", "lease and publish_timeout must be greater than zero");
+            return bad(
+                "lease",
+                "lease and publish_timeout must be greater than zero",
+            );
         }
         Ok(())
     }

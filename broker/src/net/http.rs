@@ -182,8 +182,14 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
         "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", DEMO_HTML),
         "/wharf.js" => reply(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT_JS),
         "/healthz" => text(StatusCode::OK, "ok"),
-        "/readyz" => text(StatusCode::OK, "ready"),
-        "/metrics" => metrics_answer(ctx, bearer.as_deref()),
+        "/readyz" => match ctx.backend.ready() {
+            Ok(()) => text(StatusCode::OK, "ready"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}"),
+            ),
+        },
+        "/metrics" => metrics_answer(ctx, bearer.as_deref()).await,
         p if p == wharf_protocol::WS_PATH => text(
             StatusCode::UPGRADE_REQUIRED,
             "this is the WebSocket endpoint: connect with a WebSocket client",
@@ -194,7 +200,7 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
 
 /// `/metrics`. Metrics name consumers and count topics: with auth on they need a token that
 /// may read them, unless the operator made them public.
-fn metrics_answer(ctx: &Arc<context::Context>, bearer: Option<&str>) -> Answer {
+async fn metrics_answer(ctx: &Arc<context::Context>, bearer: Option<&str>) -> Answer {
     use hyper::StatusCode;
     let auth = ctx.auth();
     if auth.enabled() && !auth.settings().public_metrics {
@@ -217,7 +223,7 @@ fn metrics_answer(ctx: &Arc<context::Context>, bearer: Option<&str>) -> Answer {
     reply(
         StatusCode::OK,
         "text/plain; version=0.0.4",
-        render_metrics(ctx),
+        render_metrics(ctx).await,
     )
 }
 
@@ -292,9 +298,12 @@ fn origin_is_loopback(origin: &str) -> bool {
 }
 
 /// `/metrics`: counters and histograms as recorded, plus gauges read off the state now.
-fn render_metrics(ctx: &Arc<context::Context>) -> String {
+async fn render_metrics(ctx: &Arc<context::Context>) -> String {
     // A label per consumer, for a bounded number of them, from the consumers there are now.
-    let rows = ctx.backend.metrics(ctx.config.metrics_consumer_labels);
+    let rows = ctx
+        .backend
+        .metrics(ctx.config.metrics_consumer_labels)
+        .await;
     let mut text = metrics::handle().render();
     text.push_str(&metrics::consumer_series(&rows));
     text

@@ -8,12 +8,13 @@ impl Session {
         id: Option<Id>,
         name: String,
     ) -> Result<(), Closed> {
-        match self.ctx.backend.consumer_info(&name) {
-            Some(info) => {
+        match self.ctx.backend.consumer_info(&name).await {
+            Err(e) => self.send(error_reply(id, e)).await,
+            Ok(Some(info)) => {
                 self.send(Reply::ConsumerInfo(ConsumerInfo { id, ..info }))
                     .await
             }
-            None => {
+            Ok(None) => {
                 let message = format!("no consumer named {name:?}");
                 self.send(Reply::error(id, ErrorCode::NotFound, message))
                     .await
@@ -21,9 +22,12 @@ impl Session {
         }
     }
 
-    pub(super) fn stats(&self, id: Option<Id>) -> Stats {
-        let store = self.ctx.backend.stats();
-        Stats {
+    pub(super) async fn stats(&mut self, id: Option<Id>) -> Result<(), Closed> {
+        let store = match self.ctx.backend.stats().await {
+            Ok(store) => store,
+            Err(e) => return self.send(error_reply(id, e)).await,
+        };
+        let stats = Stats {
             id,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_ms: self.ctx.started.elapsed().as_millis() as u64,
@@ -38,11 +42,15 @@ impl Session {
                 .ctx
                 .connections
                 .load(std::sync::atomic::Ordering::Relaxed),
-        }
+        };
+        self.send(Reply::Stats(stats)).await
     }
 
     pub(super) async fn topics(&mut self, id: Option<Id>, page: Page) -> Result<(), Closed> {
-        let all = self.ctx.backend.topics();
+        let all = match self.ctx.backend.topics().await {
+            Ok(all) => all,
+            Err(e) => return self.send(error_reply(id, e)).await,
+        };
         let (taken, next_cursor) = page.select(&all, |t| &t.topic);
         let topics = taken.to_vec();
         self.send(Reply::Topics {
@@ -54,12 +62,19 @@ impl Session {
     }
 
     pub(super) async fn consumers(&mut self, id: Option<Id>, page: Page) -> Result<(), Closed> {
-        let names = self.ctx.backend.consumer_names();
+        let names = match self.ctx.backend.consumer_names().await {
+            Ok(names) => names,
+            Err(e) => return self.send(error_reply(id, e)).await,
+        };
         let (taken, next_cursor) = page.select(&names, String::as_str);
-        let consumers = taken
-            .iter()
-            .filter_map(|name| self.ctx.backend.consumer_info(name))
-            .collect();
+        let mut consumers = Vec::with_capacity(taken.len());
+        for name in taken {
+            match self.ctx.backend.consumer_info(name).await {
+                Ok(Some(info)) => consumers.push(info),
+                Ok(None) => {}
+                Err(e) => return self.send(error_reply(id, e)).await,
+            }
+        }
         self.send(Reply::Consumers {
             id,
             consumers,

@@ -37,7 +37,7 @@ impl Session {
 
     /// Why this request may not go ahead: a payload nested too deep (clients whose JSON
     /// parser recurses would fail on it at every delivery), or what auth refuses.
-    pub(super) fn rejection(&self, request: &Request) -> Option<Reply> {
+    pub(super) async fn rejection(&mut self, request: &Request) -> Option<Reply> {
         let max = self.ctx.config.max_json_depth;
         let too_deep = match request {
             Request::Publish { event, .. } => json_nesting_exceeds(event.payload.get(), max),
@@ -56,7 +56,7 @@ impl Session {
                 message,
             ));
         }
-        self.refusal(request)
+        self.refusal(request).await
     }
 
     /// Sets the expiry timers from the principal's token (none for tokens that do not expire).
@@ -115,7 +115,7 @@ impl Session {
     }
 
     /// Why this request may not go ahead, when auth is on.
-    pub(super) fn refusal(&self, request: &Request) -> Option<Reply> {
+    pub(super) async fn refusal(&mut self, request: &Request) -> Option<Reply> {
         if !self.auth_enabled {
             return None;
         }
@@ -127,8 +127,30 @@ impl Session {
                 "authenticate first: send {\"op\":\"auth\",\"token\":…} or an Authorization: Bearer header",
             ));
         };
-        let backend = &self.ctx.backend;
-        who.refusal(request, &|name| backend.consumer_patterns(name))
+        // The topics of the consumer the request names, when it names one that exists.
+        let patterns = match consumer_named(request) {
+            Some(name) => match self.ctx.backend.consumer_patterns(name).await {
+                Ok(patterns) => patterns,
+                Err(e) => return Some(error_reply(id, e)),
+            },
+            None => None,
+        };
+        who.refusal(request, &|_| patterns.clone())
             .map(|why| Reply::error(id, ErrorCode::Forbidden, why))
+    }
+}
+
+/// The durable consumer a request names, if any.
+fn consumer_named(request: &Request) -> Option<&str> {
+    match request {
+        Request::Subscribe { consumer, .. } => consumer.as_deref(),
+        Request::Ack { consumer, .. }
+        | Request::Nack { consumer, .. }
+        | Request::Term { consumer, .. }
+        | Request::Progress { consumer, .. }
+        | Request::Seek { consumer, .. }
+        | Request::ConsumerInfo { consumer, .. }
+        | Request::DeleteConsumer { consumer, .. } => Some(consumer),
+        _ => None,
     }
 }

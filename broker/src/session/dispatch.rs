@@ -7,7 +7,10 @@ impl Session {
         let limit = self.ctx.config.max_frame_bytes;
         let request = (text.len() <= limit).then(|| parse_request(text));
         // A publish that is allowed joins the queue (a refused one is answered below).
-        let queue = matches!(&request, Some(Ok(r @ Request::Publish { .. })) if self.rejection(r).is_none());
+        let queue = match &request {
+            Some(Ok(r @ Request::Publish { .. })) => self.rejection(r).await.is_none(),
+            _ => false,
+        };
         if queue {
             if let Some(Ok(Request::Publish { id, event })) = request {
                 let event = new_event(event, now_ms(), self.publisher());
@@ -31,7 +34,7 @@ impl Session {
         if let Request::Auth { id, token } = request {
             return self.authenticate(id, &token).await;
         }
-        match self.rejection(&request) {
+        match self.rejection(&request).await {
             Some(refusal) => self.send(refusal).await,
             None => self.dispatch(request).await,
         }
@@ -75,10 +78,7 @@ impl Session {
             Request::Unsubscribe { id, sub } => self.unsubscribe(id, &sub).await,
             Request::Ping { id } => self.send(Reply::Pong { id }).await,
             Request::Auth { .. } => Ok(()),
-            Request::Stats { id } => {
-                let stats = self.stats(id);
-                self.send(Reply::Stats(stats)).await
-            }
+            Request::Stats { id } => self.stats(id).await,
             Request::Topics { id, page } => self.topics(id, page).await,
             Request::Consumers { id, page } => self.consumers(id, page).await,
         }

@@ -15,23 +15,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use wharf_protocol::{Pattern, Topic};
+use wharf_protocol::Pattern;
 
 use crate::backend::log::append::Record;
 use crate::backend::log::settled::{ConsumerState, Settle};
 
-/// Every dead-letter topic starts with this.
-pub const DEAD_LETTER_PREFIX: &str = "dead.";
-
-/// The dead-letter topic of a consumer: `dead.<consumer>` (dots that would make an empty
-/// token become underscores).
-pub fn dead_letter_topic(consumer: &str) -> String {
-    let topic = format!("{DEAD_LETTER_PREFIX}{consumer}");
-    match Topic::parse(&topic) {
-        Ok(_) => topic,
-        Err(_) => format!("dead.{}", consumer.replace('.', "_")),
-    }
-}
+pub use crate::backend::contract::{dead_letter_topic, DEAD_LETTER_PREFIX};
 
 mod consumer;
 mod leases;

@@ -1,0 +1,388 @@
+//! The cluster backend: events live in one NATS JetStream stream, replicated by JetStream's
+//! Raft groups; durable consumers are JetStream durable pull consumers. A wharf node keeps
+//! nothing on disk that matters, so any number of nodes can serve the same stream.
+//!
+//! * `stream`: connecting, and creating the stream (or refusing one whose settings conflict).
+//! * `subscribe`: durable consumers (create, attach, the delivery task, takeover on this
+//!   node) and ephemeral subscriptions (an ordered consumer from a start seq).
+//! * `settle`: ack, term, nack, progress, seek and delete, through the messages this node
+//!   has in flight.
+//!
+//! What maps to what: a topic `a.b` is the subject `<subject_prefix>.a.b` (wharf's `*`/`>`
+//! are NATS's), wharf's seq is the stream sequence, a `published` reply waits for
+//! JetStream's publish ack (stored by a majority of the replicas), and a msg_id is the
+//! `Nats-Msg-Id` header (a hash of the publisher-scoped id).
+
+mod settle;
+mod stream;
+mod subscribe;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use wharf_protocol::{ConsumerInfo, Pattern, Start, TopicInfo};
+
+use crate::backend::contract::{BackendError, Confirming, NewEvent, Published, StoreStats, Stored};
+use crate::config::Config;
+use crate::error::BrokerError;
+use crate::metrics;
+use subscribe::LocalConsumer;
+
+pub use subscribe::{Attaching, Subscription};
+
+/// The cluster backend, cheap to clone.
+#[derive(Clone)]
+pub struct NatsBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: Config,
+    /// `<subject_prefix>.`
+    prefix: String,
+    /// Why the backend cannot serve now (`None`: it can). Set while the stream is not
+    /// known to exist, cleared once it is.
+    not_ready: Mutex<Option<String>>,
+    /// This node's id, for the msg ids it gives publishes that came without one.
+    node: String,
+    next_id: AtomicU64,
+    /// Consumers with subscribers on this node: their messages in flight here.
+    local: Mutex<HashMap<String, Arc<LocalConsumer>>>,
+}
+
+/// A poisoned lock here only guards maps that every change leaves whole.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A NATS failure as the client sees it: `unavailable`, retry later.
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(format!("{what}: {e}"))
+}
+
+impl NatsBackend {
+    /// Connects and makes sure the stream exists. A cluster that cannot be reached does not
+    /// stop the broker: it serves `/healthz`, answers `unavailable` and keeps trying. A
+    /// stream whose settings conflict with the config does stop it.
+    pub async fn open(config: &Config) -> Result<NatsBackend, BrokerError> {
+        let client = stream::connect(&config.nats).await?;
+        let node = format!("{:016x}", rand_u64());
+        let inner = Arc::new(Inner {
+            js: jetstream::new(client.clone()),
+            client,
+            config: config.clone(),
+            prefix: format!("{}.", config.nats.subject_prefix),
+            not_ready: Mutex::new(Some("the stream is not set up yet".into())),
+            node,
+            next_id: AtomicU64::new(0),
+            local: Mutex::default(),
+        });
+        let backend = NatsBackend { inner };
+        backend.ensure_stream_at_start().await?;
+        Ok(backend)
+    }
+
+    fn js(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    fn settings(&self) -> &crate::config::Nats {
+        &self.inner.config.nats
+    }
+
+    /// `Ok` when the backend can serve; otherwise why not.
+    pub fn ready(&self) -> Result<(), String> {
+        use async_nats::connection::State;
+        if self.inner.client.connection_state() != State::Connected {
+            return Err("not connected to any NATS server".into());
+        }
+        match &*lock(&self.inner.not_ready) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn check_ready(&self) -> Result<(), BackendError> {
+        self.ready().map_err(BackendError::Unavailable)
+    }
+
+    fn subject(&self, topic: &str) -> String {
+        format!("{}{topic}", self.inner.prefix)
+    }
+
+    fn topic_of<'a>(&self, subject: &'a str) -> &'a str {
+        subject.strip_prefix(&self.inner.prefix).unwrap_or(subject)
+    }
+
+    fn filter(&self, pattern: &Pattern) -> String {
+        self.subject(pattern.as_str())
+    }
+
+    /// The `Nats-Msg-Id` of a publish: a hash of its publisher-scoped msg_id (any text may
+    /// be a msg_id; a header value may not), or an id of this node's own, so that retrying
+    /// it through a leader change stores it once.
+    fn msg_id(&self, scoped: Option<&str>) -> String {
+        match scoped {
+            Some(id) => hex(&Sha256::digest(id.as_bytes())),
+            None => {
+                let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                format!("wharf-{}-{n}", self.inner.node)
+            }
+        }
+    }
+
+    /// Stores each batch's events, in order, each once JetStream acknowledged it (a majority
+    /// of the replicas stored it). Batches of several events are stored event by event: a
+    /// failure part way through leaves the first ones stored (see PROTOCOL.md).
+    pub async fn publish(
+        &self,
+        batches: Vec<Vec<NewEvent>>,
+    ) -> Result<Confirming<Vec<Stored>>, BackendError> {
+        self.check_ready()?;
+        let mut sent: Vec<Vec<Pending>> = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut pending = Vec::with_capacity(batch.len());
+            for event in batch {
+                let message = Outgoing {
+                    subject: self.subject(&event.topic),
+                    id: self.msg_id(event.msg_id.as_deref()),
+                    payload: Bytes::from(event.payload),
+                };
+                let ack = message.send(self.js()).await;
+                pending.push(Pending { message, ack });
+            }
+            sent.push(pending);
+        }
+        let js = self.js().clone();
+        let deadline = self.settings().publish_timeout;
+        Ok(Box::pin(async move {
+            let mut stored = Vec::with_capacity(sent.len());
+            for batch in sent {
+                let mut events = Vec::with_capacity(batch.len());
+                for pending in batch {
+                    events.push(pending.confirm(&js, deadline).await?);
+                }
+                stored.push(Stored::Events(events));
+            }
+            Ok(stored)
+        }))
+    }
+
+    async fn stream(&self) -> Result<jetstream::stream::Stream, BackendError> {
+        self.check_ready()?;
+        self.js()
+            .get_stream(&self.settings().stream)
+            .await
+            .map_err(|e| unavailable("cannot reach the stream", e))
+    }
+
+    async fn stream_state(&self) -> Result<jetstream::stream::State, BackendError> {
+        let mut stream = self.stream().await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("cannot read the stream", e))?;
+        Ok(info.state.clone())
+    }
+
+    /// The first seq `start` points at.
+    pub async fn resolve_start(&self, start: Start) -> Result<u64, BackendError> {
+        let state = self.stream_state().await?;
+        let first = state.first_sequence.max(1);
+        let next = state.last_sequence + 1;
+        Ok(match start {
+            Start::All => first,
+            Start::New => next,
+            Start::Seq(seq) => seq.max(first),
+            Start::TimeMs(ms) => self.first_at_or_after(ms).await?.unwrap_or(next),
+        })
+    }
+
+    /// The first seq published at or after `ms`, if any.
+    async fn first_at_or_after(&self, ms: u64) -> Result<Option<u64>, BackendError> {
+        use futures_util::StreamExt;
+        let stream = self.stream().await?;
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .map_err(|e| BackendError::BadRequest(format!("start time: {e}")))?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                filter_subject: format!("{}>", self.inner.prefix),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartTime { start_time: at },
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("cannot look up a start time", e))?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| unavailable("cannot look up a start time", e))?;
+        match batch.next().await {
+            Some(Ok(message)) => Ok(message.info().ok().map(|i| i.stream_sequence)),
+            Some(Err(e)) => Err(unavailable("cannot look up a start time", e)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, BackendError> {
+        use futures_util::TryStreamExt;
+        let stream = self.stream().await?;
+        let mut subjects = stream
+            .info_with_subjects(format!("{}>", self.inner.prefix))
+            .await
+            .map_err(|e| unavailable("cannot list the topics", e))?;
+        let mut topics = Vec::new();
+        while let Some((subject, count)) = subjects
+            .try_next()
+            .await
+            .map_err(|e| unavailable("cannot list the topics", e))?
+        {
+            topics.push(TopicInfo {
+                topic: self.topic_of(&subject).to_owned(),
+                events: count as u64,
+                bytes: 0,
+                last_seq: 0,
+            });
+        }
+        topics.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
+        Ok(topics)
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats, BackendError> {
+        let state = self.stream_state().await?;
+        Ok(StoreStats {
+            head_seq: state.last_sequence,
+            first_seq: state.first_sequence.max(1),
+            log_bytes: state.bytes,
+            segments: 0,
+            state_bytes: 0,
+            topics: state.subjects_count,
+            consumers: state.consumer_count as u64,
+        })
+    }
+
+    /// The per-consumer series for `/metrics`, for the first `limit` consumers by name.
+    pub async fn metrics(&self, limit: usize) -> Vec<metrics::ConsumerRow> {
+        let Ok(stats) = self.stats().await else {
+            return Vec::new();
+        };
+        ::metrics::gauge!(metrics::LOG_BYTES).set(stats.log_bytes as f64);
+        ::metrics::gauge!(metrics::HEAD_SEQ).set(stats.head_seq as f64);
+        ::metrics::gauge!(metrics::CONSUMERS).set(stats.consumers as f64);
+        let mut names = self.consumer_names().await.unwrap_or_default();
+        names.truncate(limit);
+        let mut rows = Vec::with_capacity(names.len());
+        for name in names {
+            if let Ok(Some(info)) = self.consumer_info(&name).await {
+                rows.push(metrics::ConsumerRow {
+                    name,
+                    ack_pending: info.ack_pending,
+                    lag: info.lag,
+                });
+            }
+        }
+        rows
+    }
+
+    pub async fn consumer_info(&self, name: &str) -> Result<Option<ConsumerInfo>, BackendError> {
+        subscribe::info(self, name).await
+    }
+
+    /// Stops delivering; JetStream keeps everything.
+    pub async fn close(&self) {
+        for (_, local) in lock(&self.inner.local).drain() {
+            local.detach_all();
+        }
+        if let Err(e) = self.inner.client.flush().await {
+            tracing::warn!(error = %e, "flushing the NATS connection at stop failed");
+        }
+    }
+}
+
+/// One event on its way to JetStream, kept until acknowledged so it can be sent again.
+struct Outgoing {
+    subject: String,
+    id: String,
+    payload: Bytes,
+}
+
+impl Outgoing {
+    async fn send(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<jetstream::context::PublishAckFuture, String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, self.id.as_str());
+        js.publish_with_headers(self.subject.clone(), headers, self.payload.clone())
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct Pending {
+    message: Outgoing,
+    ack: Result<jetstream::context::PublishAckFuture, String>,
+}
+
+impl Pending {
+    /// Waits for JetStream's ack; a failure (a leader change, a lost connection) sends the
+    /// same message again, with the same id, until `deadline` has passed.
+    async fn confirm(
+        self,
+        js: &jetstream::Context,
+        deadline: Duration,
+    ) -> Result<Published, BackendError> {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut ack = self.ack;
+        loop {
+            let outcome = match ack {
+                Ok(future) => future.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let why = match outcome {
+                Ok(ack) => {
+                    return Ok(Published {
+                        seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    })
+                }
+                Err(why) => why,
+            };
+            if tokio::time::Instant::now() >= until {
+                return Err(BackendError::Unavailable(format!(
+                    "JetStream did not confirm the publish within nats.publish_timeout: {why}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ack = self.message.send(js).await;
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A node id: enough randomness that two nodes never share one.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

@@ -1,0 +1,153 @@
+//! Settling on the cluster backend. JetStream acks a message through the reply subject it
+//! came with, so a seq is settled through the message this node has in flight for it: acks
+//! go to the node that delivered the event (the connection that received it).
+
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use wharf_protocol::Start;
+
+use super::subscribe::{durable, InFlight};
+use super::{lock, unavailable, NatsBackend};
+use crate::backend::contract::{BackendError, Confirming, Settlement};
+use crate::metrics;
+
+impl NatsBackend {
+    /// Takes the in-flight messages of `seqs`, or says which one is not in flight here.
+    fn take_in_flight(&self, name: &str, seqs: &[u64]) -> Result<Vec<InFlight>, BackendError> {
+        let not_in_flight = |seq: u64| {
+            BackendError::NotFound(format!(
+                "seq {seq} is not in flight for consumer {name:?} on this node"
+            ))
+        };
+        let Some(local) = self.local_of(name) else {
+            return Err(seqs.first().map_or_else(
+                || BackendError::NotFound(format!("no consumer named {name:?} on this node")),
+                |&s| not_in_flight(s),
+            ));
+        };
+        let mut in_flight = lock(&local.in_flight);
+        if let Some(&missing) = seqs.iter().find(|s| !in_flight.contains_key(s)) {
+            return Err(not_in_flight(missing));
+        }
+        let taken = seqs.iter().filter_map(|s| in_flight.remove(s)).collect();
+        drop(in_flight);
+        local.kick.notify_waiters();
+        Ok(taken)
+    }
+
+    /// Acks (or terms) seqs this node delivered; confirmed once JetStream has stored the
+    /// ack (a double ack).
+    pub async fn settle(
+        &self,
+        name: &str,
+        seqs: Vec<u64>,
+        how: Settlement,
+    ) -> Result<Confirming<()>, BackendError> {
+        self.check_ready()?;
+        let taken = self.take_in_flight(name, &seqs)?;
+        let counter = match how {
+            Settlement::Ack => metrics::acked(),
+            Settlement::Term => metrics::terminated(),
+        };
+        counter.increment(taken.len() as u64);
+        Ok(Box::pin(async move {
+            for f in taken {
+                let done = match how {
+                    Settlement::Ack => f.message.double_ack().await,
+                    Settlement::Term => f.message.double_ack_with(AckKind::Term).await,
+                };
+                done.map_err(|e| unavailable("JetStream did not confirm the ack", e))?;
+            }
+            Ok(())
+        }))
+    }
+
+    /// nack (`delay` given) or progress (`delay` None: the subscriber's ack wait starts over).
+    pub async fn touch(
+        &self,
+        name: &str,
+        seqs: &[u64],
+        delay: Option<std::time::Duration>,
+    ) -> Result<(), BackendError> {
+        self.check_ready()?;
+        if let Some(delay) = delay {
+            ::metrics::counter!(metrics::NACKED).increment(seqs.len() as u64);
+            for f in self.take_in_flight(name, seqs)? {
+                let delay = (!delay.is_zero()).then_some(delay);
+                f.message
+                    .ack_with(AckKind::Nak(delay))
+                    .await
+                    .map_err(|e| unavailable("cannot nak", e))?;
+            }
+            return Ok(());
+        }
+        let local = self.local_of(name).ok_or_else(|| {
+            BackendError::NotFound(format!("no consumer named {name:?} on this node"))
+        })?;
+        let extend = {
+            let mut in_flight = lock(&local.in_flight);
+            if let Some(&missing) = seqs.iter().find(|s| !in_flight.contains_key(s)) {
+                return Err(BackendError::NotFound(format!(
+                    "seq {missing} is not in flight for consumer {name:?} on this node"
+                )));
+            }
+            let now = tokio::time::Instant::now();
+            let mut extend = Vec::with_capacity(seqs.len());
+            for s in seqs {
+                if let Some(f) = in_flight.get_mut(s) {
+                    // The ack wait starts over: as long as it was when delivered.
+                    let wait = f.due.saturating_duration_since(f.extended);
+                    f.due = now + wait.max(Duration::from_millis(1));
+                    f.extended = now;
+                    extend.push(f.message.clone());
+                }
+            }
+            extend
+        };
+        for m in extend {
+            m.ack_with(AckKind::Progress)
+                .await
+                .map_err(|e| unavailable("cannot extend the ack wait", e))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the consumer: JetStream consumers cannot be moved, so it is made again from
+    /// `start` with the same name and topics; this node's subscribers start over from there.
+    pub async fn seek(&self, name: &str, start: Start) -> Result<Confirming<()>, BackendError> {
+        let Some(patterns) = self.consumer_patterns(name).await? else {
+            return Err(BackendError::NotFound(format!(
+                "no consumer named {name:?}"
+            )));
+        };
+        let stream = self.stream().await?;
+        stream
+            .delete_consumer(&durable(name))
+            .await
+            .map_err(|e| unavailable("cannot move the consumer", e))?;
+        if let Some(local) = self.local_of(name) {
+            lock(&local.in_flight).clear();
+            local.kick.notify_waiters();
+        }
+        self.make_consumer(name, &patterns, start).await?;
+        Ok(crate::backend::contract::confirmed())
+    }
+
+    pub async fn delete_consumer(&self, name: &str) -> Result<Confirming<()>, BackendError> {
+        if self.consumer_patterns(name).await?.is_none() {
+            return Err(BackendError::NotFound(format!(
+                "no consumer named {name:?}"
+            )));
+        }
+        let stream = self.stream().await?;
+        stream
+            .delete_consumer(&durable(name))
+            .await
+            .map_err(|e| unavailable("cannot delete the consumer", e))?;
+        if let Some(local) = lock(&self.inner.local).remove(name) {
+            local.detach_all_with(Some("deleted"));
+        }
+        Ok(crate::backend::contract::confirmed())
+    }
+}

@@ -1,0 +1,754 @@
+//! Subscriptions on the cluster backend. A durable consumer is a JetStream durable pull
+//! consumer (its patterns as filter subjects, wharf's name and topics in its metadata); each
+//! connection attached on this node runs a delivery task that pulls at most its
+//! `max_in_flight` unsettled messages and keeps each in flight here until settled.
+//!
+//! Leases: JetStream's ack wait is `nats.lease` (short); while the subscriber's own ack wait
+//! runs, this node sends progress to extend it, and when it runs out the node naks the
+//! message (delivered again now). A connection that goes away naks what it held at once; a
+//! node that dies stops extending, so its messages come back within `nats.lease`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self, AckKind};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use wharf_protocol::{
+    format_time_ms, ConsumerInfo, DeadLetter, EventBody, EventFrame, Mode, Pattern, Reply, Start,
+};
+
+use super::{lock, unavailable, NatsBackend};
+use crate::backend::contract::{
+    confirmed, dead_letter_topic, BackendError, Confirming, ConsumerSpec, DeliveryOptions, Quota,
+    Subscriber,
+};
+use crate::metrics;
+use crate::outbound::{Delivered, Frame};
+
+const NAME_KEY: &str = "wharf_name";
+const TOPICS_KEY: &str = "wharf_topics";
+
+/// JetStream's name for wharf consumer `name`: NATS names may not hold `.`, so `_` becomes
+/// `__` and `.` becomes `_d` (no two wharf names share one).
+pub(super) fn durable(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        match c {
+            '_' => out.push_str("__"),
+            '.' => out.push_str("_d"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A message delivered on this node and not settled yet.
+pub struct InFlight {
+    pub message: jetstream::Message,
+    /// The attachment it went to.
+    pub holder: u64,
+    /// When the subscriber's ack wait runs out (then it is delivered again).
+    pub due: Instant,
+    /// When JetStream's ack wait was last extended.
+    pub extended: Instant,
+}
+
+struct Attachment {
+    generation: u64,
+    session: u64,
+    sub: Arc<str>,
+    outbound: crate::outbound::Outbound,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+/// What this node holds of one durable consumer.
+pub struct LocalConsumer {
+    pub name: String,
+    mode: Mutex<Mode>,
+    attachments: Mutex<Vec<Attachment>>,
+    pub in_flight: Mutex<HashMap<u64, InFlight>>,
+    /// Wakes the delivery tasks (room made, a seek).
+    pub kick: Notify,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl LocalConsumer {
+    /// Naks everything `holder` (or, with `None`, anyone) holds: delivered again now.
+    pub(super) fn release(&self, holder: Option<u64>) {
+        let released: Vec<InFlight> = {
+            let mut in_flight = lock(&self.in_flight);
+            let seqs: Vec<u64> = in_flight
+                .iter()
+                .filter(|(_, f)| holder.is_none_or(|h| f.holder == h))
+                .map(|(&s, _)| s)
+                .collect();
+            seqs.into_iter()
+                .filter_map(|s| in_flight.remove(&s))
+                .collect()
+        };
+        if released.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for f in released {
+                if let Err(e) = f.message.ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(error = %e, "nak at detach failed; JetStream's ack wait redelivers it");
+                }
+            }
+        });
+    }
+
+    fn detach(&self, generation: u64) {
+        let gone = {
+            let mut attachments = lock(&self.attachments);
+            let i = attachments.iter().position(|a| a.generation == generation);
+            i.map(|i| attachments.remove(i))
+        };
+        if let Some(gone) = gone {
+            if let Some(task) = gone.task {
+                task.abort();
+            }
+            self.release(Some(generation));
+        }
+    }
+
+    /// Ends every attachment on this node (the consumer is deleted, or the node stops);
+    /// `reason`, when given, is told to each subscriber.
+    pub(super) fn detach_all_with(&self, reason: Option<&str>) {
+        let gone: Vec<Attachment> = lock(&self.attachments).drain(..).collect();
+        for a in gone {
+            if let Some(task) = a.task {
+                task.abort();
+            }
+            if let Some(reason) = reason {
+                let notice = Reply::Unsubscribed {
+                    sub: a.sub.to_string(),
+                    reason: reason.into(),
+                };
+                let _best_effort = a.outbound.try_send(Frame::reply(&notice));
+            }
+        }
+        self.release(None);
+    }
+
+    pub(super) fn detach_all(&self) {
+        self.detach_all_with(None);
+    }
+
+    pub(super) fn attached(&self) -> usize {
+        lock(&self.attachments).len()
+    }
+}
+
+/// A connection attached to a consumer, before its delivery task starts.
+pub struct Attaching {
+    backend: NatsBackend,
+    local: Arc<LocalConsumer>,
+    generation: u64,
+    to: Subscriber,
+    options: DeliveryOptions,
+    from: u64,
+    started: bool,
+}
+
+/// A running subscription; dropping it ends it.
+pub enum Subscription {
+    Durable {
+        local: Arc<LocalConsumer>,
+        generation: u64,
+    },
+    Ephemeral(tokio::task::AbortHandle),
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        match self {
+            Subscription::Durable { local, generation } => local.detach(*generation),
+            Subscription::Ephemeral(task) => task.abort(),
+        }
+    }
+}
+
+impl Attaching {
+    pub fn start_seq(&self) -> u64 {
+        self.from
+    }
+
+    pub fn start(mut self) -> Subscription {
+        self.started = true;
+        let delivery = Delivery {
+            backend: self.backend.clone(),
+            local: self.local.clone(),
+            generation: self.generation,
+            sub: self.to.sub.clone(),
+            outbound: self.to.outbound.clone(),
+            options: self.options.clone(),
+        };
+        let task = tokio::spawn(delivery.run());
+        if let Some(a) = lock(&self.local.attachments)
+            .iter_mut()
+            .find(|a| a.generation == self.generation)
+        {
+            a.task = Some(task.abort_handle());
+        }
+        Subscription::Durable {
+            local: self.local.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+impl Drop for Attaching {
+    fn drop(&mut self) {
+        if !self.started {
+            self.local.detach(self.generation);
+        }
+    }
+}
+
+/// The delivery task of one attachment.
+struct Delivery {
+    backend: NatsBackend,
+    local: Arc<LocalConsumer>,
+    generation: u64,
+    sub: Arc<str>,
+    outbound: crate::outbound::Outbound,
+    options: DeliveryOptions,
+}
+
+impl Delivery {
+    fn held(&self) -> usize {
+        lock(&self.local.in_flight)
+            .values()
+            .filter(|f| f.holder == self.generation)
+            .count()
+    }
+
+    async fn run(self) {
+        let lease = self.backend.settings().lease;
+        let mut tick = tokio::time::interval(lease / 4);
+        loop {
+            let room = self.options.max_in_flight.saturating_sub(self.held());
+            if room == 0 {
+                tokio::select! {
+                    _ = self.local.kick.notified() => {}
+                    _ = tick.tick() => self.keep_leases().await,
+                }
+                continue;
+            }
+            let consumer = match self.consumer().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(consumer = self.local.name, error = %e, "cannot pull; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let batch = consumer
+                .fetch()
+                .max_messages(room)
+                .expires(Duration::from_millis(250))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(consumer = self.local.name, error = %e, "pull failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            while let Some(message) = batch.next().await {
+                let Ok(message) = message else { break };
+                if !self.deliver(message).await {
+                    return;
+                }
+            }
+            self.keep_leases().await;
+        }
+    }
+
+    async fn consumer(&self) -> Result<consumer::Consumer<pull::Config>, BackendError> {
+        let stream = self.backend.stream().await?;
+        stream
+            .get_consumer(&durable(&self.local.name))
+            .await
+            .map_err(|e| unavailable("cannot reach the consumer", e))
+    }
+
+    /// Hands one message to the connection; false when the connection is gone.
+    async fn deliver(&self, message: jetstream::Message) -> bool {
+        let Ok(info) = message.info() else {
+            return true;
+        };
+        let seq = info.stream_sequence;
+        let delivery = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+        let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let max = self.options.max_deliver;
+        if max > 0 && delivery > max {
+            self.dead_letter(message, seq).await;
+            return true;
+        }
+        let topic = self.backend.topic_of(message.subject.as_str()).to_owned();
+        // A consumer never receives its own dead letters (one on `>` would otherwise
+        // dead-letter them again, forever).
+        if topic == dead_letter_topic(&self.local.name) {
+            let _settled_or_redelivered = message.ack().await;
+            return true;
+        }
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        let body = EventBody::new(seq, &topic, &payload, time_ms);
+        let frame = EventFrame {
+            sub: &self.sub,
+            consumer: Some(&self.local.name),
+            body: &body,
+            delivery,
+        };
+        let now = Instant::now();
+        lock(&self.local.in_flight).insert(
+            seq,
+            InFlight {
+                message,
+                holder: self.generation,
+                due: now + self.options.ack_wait,
+                extended: now,
+            },
+        );
+        match self.outbound.deliver(Frame::Json(frame.to_json())).await {
+            Delivered::Sent => {
+                metrics::delivered().increment(1);
+                true
+            }
+            Delivered::Closed => false,
+            Delivered::TooSlow => {
+                self.outbound.evict(format!(
+                    "subscriber too slow: {} events queued",
+                    self.held()
+                ));
+                false
+            }
+        }
+    }
+
+    /// Moves an event delivered `max_deliver` times to `dead.<consumer>`, once: the dead
+    /// letter's msg id is made from the consumer and seq, so a retry (here or on another
+    /// node) is a duplicate. Then the event is terminated.
+    async fn dead_letter(&self, message: jetstream::Message, seq: u64) {
+        let topic = dead_letter_topic(&self.local.name);
+        let published_at = message
+            .info()
+            .map(|i| i.published.unix_timestamp_nanos() / 1_000_000)
+            .ok()
+            .and_then(|ms| u64::try_from(ms).ok())
+            .unwrap_or(0);
+        let body = DeadLetter {
+            consumer: &self.local.name,
+            topic: self.backend.topic_of(message.subject.as_str()),
+            seq,
+            deliveries: self.options.max_deliver,
+            published_at: &format_time_ms(published_at),
+            payload: &String::from_utf8_lossy(&message.payload),
+        }
+        .to_json();
+        let mut headers = async_nats::HeaderMap::new();
+        let id = format!("wharf-dead-{}-{seq}", durable(&self.local.name));
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        let stored = match self
+            .backend
+            .js()
+            .publish_with_headers(self.backend.subject(&topic), headers, body.into())
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if stored {
+            metrics::dead_lettered().increment(1);
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %e, "term after dead-lettering failed; the dead letter is a duplicate next time");
+            }
+        }
+    }
+
+    /// Extends JetStream's ack wait for what is held and still inside the subscriber's ack
+    /// wait; naks what ran out of it (delivered again now).
+    async fn keep_leases(&self) {
+        let lease = self.backend.settings().lease;
+        let now = Instant::now();
+        let (expired, extend): (Vec<InFlight>, Vec<jetstream::Message>) = {
+            let mut in_flight = lock(&self.local.in_flight);
+            let due: Vec<u64> = in_flight
+                .iter()
+                .filter(|(_, f)| f.holder == self.generation && f.due <= now)
+                .map(|(&s, _)| s)
+                .collect();
+            let expired = due.iter().filter_map(|s| in_flight.remove(s)).collect();
+            let mut extend = Vec::new();
+            for f in in_flight.values_mut() {
+                if f.holder == self.generation && now.duration_since(f.extended) >= lease / 2 {
+                    f.extended = now;
+                    extend.push(f.message.clone());
+                }
+            }
+            (expired, extend)
+        };
+        for f in expired {
+            let _redelivered_later = f.message.ack_with(AckKind::Nak(None)).await;
+        }
+        for m in extend {
+            let _redelivered_later = m.ack_with(AckKind::Progress).await;
+        }
+    }
+}
+
+fn conflict(name: &str, existing: &str, asked: &[Pattern]) -> BackendError {
+    let asked: Vec<&str> = asked.iter().map(Pattern::as_str).collect();
+    let existing: Vec<&str> = existing.split(' ').collect();
+    BackendError::Conflict(format!(
+        "consumer {name:?} exists with topics {existing:?}, not {asked:?}"
+    ))
+}
+
+fn topics_of(patterns: &[Pattern]) -> String {
+    patterns
+        .iter()
+        .map(Pattern::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn same_topics(stored: &str, asked: &[Pattern]) -> bool {
+    let mut a: Vec<&str> = stored.split(' ').collect();
+    let mut b: Vec<&str> = asked.iter().map(Pattern::as_str).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+impl NatsBackend {
+    async fn consumer_config(&self, name: &str) -> Result<Option<consumer::Config>, BackendError> {
+        let stream = self.stream().await?;
+        match stream.get_consumer::<pull::Config>(&durable(name)).await {
+            Ok(mut c) => {
+                let info = c
+                    .info()
+                    .await
+                    .map_err(|e| unavailable("cannot read the consumer", e))?;
+                Ok(Some(info.config.clone()))
+            }
+            Err(e) if e.to_string().contains("not found") => Ok(None),
+            Err(e) => Err(unavailable("cannot read the consumer", e)),
+        }
+    }
+
+    pub async fn consumer_patterns(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<Pattern>>, BackendError> {
+        let Some(config) = self.consumer_config(name).await? else {
+            return Ok(None);
+        };
+        let topics = config.metadata.get(TOPICS_KEY).cloned().unwrap_or_default();
+        Ok(Some(
+            topics
+                .split(' ')
+                .filter_map(|p| Pattern::parse(p).ok())
+                .collect(),
+        ))
+    }
+
+    pub async fn consumer_names(&self) -> Result<Vec<String>, BackendError> {
+        let stream = self.stream().await?;
+        let mut infos = stream.consumers();
+        let mut names = Vec::new();
+        while let Some(info) = infos.next().await {
+            let info = info.map_err(|e| unavailable("cannot list the consumers", e))?;
+            if let Some(name) = info.config.metadata.get(NAME_KEY) {
+                names.push(name.clone());
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// The first seq a consumer created with `start` is owed.
+    async fn deliver_policy(&self, start: Start) -> Result<DeliverPolicy, BackendError> {
+        Ok(match start {
+            Start::All => DeliverPolicy::All,
+            Start::New => DeliverPolicy::New,
+            start => DeliverPolicy::ByStartSequence {
+                start_sequence: self.resolve_start(start).await?,
+            },
+        })
+    }
+
+    pub(super) async fn make_consumer(
+        &self,
+        name: &str,
+        patterns: &[Pattern],
+        start: Start,
+    ) -> Result<(), BackendError> {
+        let stream = self.stream().await?;
+        let metadata = HashMap::from([
+            (NAME_KEY.to_owned(), name.to_owned()),
+            (TOPICS_KEY.to_owned(), topics_of(patterns)),
+        ]);
+        let config = pull::Config {
+            durable_name: Some(durable(name)),
+            filter_subjects: patterns.iter().map(|p| self.filter(p)).collect(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.settings().lease,
+            max_deliver: -1,
+            max_ack_pending: 100_000,
+            deliver_policy: self.deliver_policy(start).await?,
+            inactive_threshold: self.inner.config.inactive_ttl,
+            metadata,
+            ..Default::default()
+        };
+        stream
+            .create_consumer(config)
+            .await
+            .map(drop)
+            .map_err(|e| unavailable("cannot create the consumer", e))
+    }
+
+    pub async fn create_consumer(
+        &self,
+        spec: ConsumerSpec,
+        quota: Option<Quota<'_>>,
+    ) -> Result<Confirming<()>, BackendError> {
+        if let Some(config) = self.consumer_config(&spec.name).await? {
+            let stored = config.metadata.get(TOPICS_KEY).cloned().unwrap_or_default();
+            return match same_topics(&stored, &spec.patterns) {
+                true => Ok(confirmed()),
+                false => Err(conflict(&spec.name, &stored, &spec.patterns)),
+            };
+        }
+        let names = self.consumer_names().await?;
+        let limit = self.inner.config.max_consumers;
+        if names.len() >= limit {
+            return Err(BackendError::LimitExceeded(format!(
+                "the broker holds {limit} consumers (max_consumers); cannot create {:?}",
+                spec.name
+            )));
+        }
+        if let Some(quota) = quota {
+            let covered = names.iter().filter(|n| (quota.covers)(n)).count();
+            if covered >= quota.max {
+                return Err(BackendError::LimitExceeded(format!(
+                    "token {:?} may hold {} consumers (its max_consumers); cannot create {:?}",
+                    quota.owner, quota.max, spec.name
+                )));
+            }
+        }
+        self.make_consumer(&spec.name, &spec.patterns, spec.start)
+            .await?;
+        Ok(confirmed())
+    }
+
+    fn local(&self, name: &str) -> Arc<LocalConsumer> {
+        lock(&self.inner.local)
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(LocalConsumer {
+                    name: name.to_owned(),
+                    mode: Mutex::new(Mode::Exclusive),
+                    attachments: Mutex::default(),
+                    in_flight: Mutex::default(),
+                    kick: Notify::new(),
+                    next_generation: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    pub(super) fn local_of(&self, name: &str) -> Option<Arc<LocalConsumer>> {
+        lock(&self.inner.local).get(name).cloned()
+    }
+
+    /// Attaches a connection on this node. Exclusive mode takes the consumer over from the
+    /// other connections on this node (told `taken_over`; what they held is delivered
+    /// again at once).
+    pub async fn attach(
+        &self,
+        name: &str,
+        patterns: &[Pattern],
+        mode: Mode,
+        options: DeliveryOptions,
+        to: Subscriber,
+    ) -> Result<Attaching, BackendError> {
+        let Some(config) = self.consumer_config(name).await? else {
+            return Err(BackendError::NotFound(format!(
+                "consumer {name:?} was deleted"
+            )));
+        };
+        let stored = config.metadata.get(TOPICS_KEY).cloned().unwrap_or_default();
+        if !same_topics(&stored, patterns) {
+            return Err(conflict(name, &stored, patterns));
+        }
+        let local = self.local(name);
+        let generation = local
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replaced = {
+            let mut held = lock(&local.mode);
+            let mut attachments = lock(&local.attachments);
+            let replaced: Vec<Attachment> = match (mode, *held, attachments.is_empty()) {
+                (Mode::Shared, Mode::Exclusive, false) | (Mode::Exclusive, Mode::Shared, false) => {
+                    let held = match *held {
+                        Mode::Exclusive => "exclusive",
+                        Mode::Shared => "shared",
+                    };
+                    return Err(BackendError::Conflict(format!(
+                        "consumer {name:?} is attached in {held} mode; subscribe with the same mode"
+                    )));
+                }
+                (Mode::Shared, _, _) => Vec::new(),
+                (Mode::Exclusive, _, _) => attachments.drain(..).collect(),
+            };
+            *held = mode;
+            attachments.push(Attachment {
+                generation,
+                session: to.session,
+                sub: to.sub.clone(),
+                outbound: to.outbound.clone(),
+                task: None,
+            });
+            replaced
+        };
+        for old in replaced {
+            tracing::info!(
+                consumer = name,
+                from = old.session,
+                to = to.session,
+                "consumer taken over"
+            );
+            if let Some(task) = old.task {
+                task.abort();
+            }
+            local.release(Some(old.generation));
+            let notice = Reply::Unsubscribed {
+                sub: old.sub.to_string(),
+                reason: "taken_over".into(),
+            };
+            let _best_effort = old.outbound.try_send(Frame::reply(&notice));
+        }
+        let from = match self.consumer_info(name).await? {
+            Some(info) => info.ack_floor + 1,
+            None => 1,
+        };
+        Ok(Attaching {
+            backend: self.clone(),
+            local,
+            generation,
+            to,
+            options,
+            from,
+            started: false,
+        })
+    }
+
+    /// Delivers every event matching `patterns` from seq `from` on, at most once.
+    pub async fn follow(
+        &self,
+        patterns: Vec<Pattern>,
+        from: u64,
+        to: Subscriber,
+    ) -> Result<Subscription, BackendError> {
+        let stream = self.stream().await?;
+        let filters: Vec<String> = patterns.iter().map(|p| self.filter(p)).collect();
+        let ordered = |start: u64| pull::OrderedConfig {
+            filter_subjects: filters.clone(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        };
+        let consumer = stream
+            .create_consumer(ordered(from))
+            .await
+            .map_err(|e| unavailable("cannot follow the stream", e))?;
+        let backend = self.clone();
+        let task = tokio::spawn(async move {
+            let Ok(mut messages) = consumer.messages().await else {
+                return;
+            };
+            while let Some(Ok(message)) = messages.next().await {
+                let Ok(info) = message.info() else { continue };
+                let seq = info.stream_sequence;
+                let time_ms =
+                    u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                let topic = backend.topic_of(message.subject.as_str()).to_owned();
+                let payload = String::from_utf8_lossy(&message.payload).into_owned();
+                let body = EventBody::new(seq, &topic, &payload, time_ms);
+                let frame = EventFrame {
+                    sub: &to.sub,
+                    consumer: None,
+                    body: &body,
+                    delivery: 1,
+                };
+                match to.outbound.deliver(Frame::Json(frame.to_json())).await {
+                    Delivered::Sent => metrics::delivered().increment(1),
+                    Delivered::Closed => return,
+                    Delivered::TooSlow => {
+                        let to_seq = info.stream_sequence + info.pending;
+                        let notice = Reply::Lost {
+                            sub: to.sub.to_string(),
+                            from: seq,
+                            to: to_seq,
+                        };
+                        let _best_effort = to.outbound.try_send(Frame::reply(&notice));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Subscription::Ephemeral(task.abort_handle()))
+    }
+}
+
+pub(super) async fn info(
+    backend: &NatsBackend,
+    name: &str,
+) -> Result<Option<ConsumerInfo>, BackendError> {
+    let stream = backend.stream().await?;
+    let mut consumer = match stream.get_consumer::<pull::Config>(&durable(name)).await {
+        Ok(c) => c,
+        Err(e) if e.to_string().contains("not found") => return Ok(None),
+        Err(e) => return Err(unavailable("cannot read the consumer", e)),
+    };
+    let info = consumer
+        .info()
+        .await
+        .map_err(|e| unavailable("cannot read the consumer", e))?;
+    let local = backend.local_of(name);
+    let mode = local.as_ref().map_or(Mode::Exclusive, |l| *lock(&l.mode));
+    Ok(Some(ConsumerInfo {
+        id: None,
+        consumer: name.to_owned(),
+        topics: info
+            .config
+            .metadata
+            .get(TOPICS_KEY)
+            .map(|t| t.split(' ').map(str::to_owned).collect())
+            .unwrap_or_default(),
+        mode: match mode {
+            Mode::Exclusive => "exclusive",
+            Mode::Shared => "shared",
+        }
+        .to_owned(),
+        ack_floor: info.ack_floor.stream_sequence,
+        acked_above_floor: 0,
+        ack_pending: info.num_ack_pending as u64,
+        lag: info.num_pending + info.num_ack_pending as u64,
+        redelivered: info.num_redelivered as u64,
+        terminated: 0,
+        dead_lettered: 0,
+        gapped: 0,
+        attached: local.map_or(0, |l| l.attached() as u64),
+    }))
+}
