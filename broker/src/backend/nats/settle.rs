@@ -51,6 +51,13 @@ impl NatsBackend {
             Settlement::Term => metrics::terminated(),
         };
         counter.increment(taken.len() as u64);
+        if how == Settlement::Term {
+            if let Some(local) = self.local_of(name) {
+                local
+                    .terminated
+                    .fetch_add(taken.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         Ok(Box::pin(async move {
             for f in taken {
                 let done = match how {

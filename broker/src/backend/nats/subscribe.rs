@@ -31,6 +31,9 @@ use crate::outbound::{Delivered, Frame};
 
 const NAME_KEY: &str = "wharf_name";
 const TOPICS_KEY: &str = "wharf_topics";
+/// The floor the consumer was created (or sought) with: JetStream reports an ack floor of 0
+/// until the first ack.
+const FLOOR_KEY: &str = "wharf_floor";
 
 /// JetStream's name for wharf consumer `name`: NATS names may not hold `.`, so `_` becomes
 /// `__` and `.` becomes `_d` (no two wharf names share one).
@@ -73,6 +76,13 @@ pub struct LocalConsumer {
     pub in_flight: Mutex<HashMap<u64, InFlight>>,
     /// Wakes the delivery tasks (room made, a seek).
     pub kick: Notify,
+    /// Terminated and dead-lettered through this node since it started (JetStream does not
+    /// count them; the cluster-wide figure is the sum over nodes).
+    pub terminated: std::sync::atomic::AtomicU64,
+    /// Naks of what departed attachments held, still on their way: a new attachment waits
+    /// for them, so that it gets those events again first, in seq order.
+    releasing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub dead_lettered: std::sync::atomic::AtomicU64,
     next_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -81,11 +91,14 @@ impl LocalConsumer {
     pub(super) fn release(&self, holder: Option<u64>) {
         let released: Vec<InFlight> = {
             let mut in_flight = lock(&self.in_flight);
-            let seqs: Vec<u64> = in_flight
+            // In seq order: JetStream delivers naked messages again in the order it got the
+            // naks, and a consumer's redeliveries come in seq order.
+            let mut seqs: Vec<u64> = in_flight
                 .iter()
                 .filter(|(_, f)| holder.is_none_or(|h| f.holder == h))
                 .map(|(&s, _)| s)
                 .collect();
+            seqs.sort_unstable();
             seqs.into_iter()
                 .filter_map(|s| in_flight.remove(&s))
                 .collect()
@@ -93,13 +106,25 @@ impl LocalConsumer {
         if released.is_empty() {
             return;
         }
-        tokio::spawn(async move {
+        let naks = tokio::spawn(async move {
             for f in released {
-                if let Err(e) = f.message.ack_with(AckKind::Nak(None)).await {
+                if let Err(e) = f.message.double_ack_with(AckKind::Nak(None)).await {
                     tracing::debug!(error = %e, "nak at detach failed; JetStream's ack wait redelivers it");
                 }
             }
         });
+        let mut releasing = lock(&self.releasing);
+        releasing.retain(|h| !h.is_finished());
+        releasing.push(naks);
+    }
+
+    /// Waits for the naks of departed attachments (bounded: a nak that never returns is
+    /// redelivered by JetStream's ack wait anyway).
+    async fn released(&self) {
+        let pending: Vec<_> = lock(&self.releasing).drain(..).collect();
+        for naks in pending {
+            let _in_time = tokio::time::timeout(Duration::from_secs(2), naks).await;
+        }
     }
 
     fn detach(&self, generation: u64) {
@@ -229,6 +254,7 @@ impl Delivery {
     }
 
     async fn run(self) {
+        self.local.released().await;
         let lease = self.backend.settings().lease;
         let mut tick = tokio::time::interval(lease / 4);
         loop {
@@ -262,8 +288,14 @@ impl Delivery {
                     continue;
                 }
             };
-            while let Some(message) = batch.next().await {
-                let Ok(message) = message else { break };
+            let mut messages = Vec::with_capacity(room);
+            while let Some(Ok(message)) = batch.next().await {
+                messages.push(message);
+            }
+            // Redeliveries can come back out of order; within what arrived together, seq
+            // order is restored.
+            messages.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+            for message in messages {
                 if !self.deliver(message).await {
                     return;
                 }
@@ -368,6 +400,9 @@ impl Delivery {
         };
         if stored {
             metrics::dead_lettered().increment(1);
+            self.local
+                .dead_lettered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(error = %e, "term after dead-lettering failed; the dead letter is a duplicate next time");
             }
@@ -475,17 +510,6 @@ impl NatsBackend {
         Ok(names)
     }
 
-    /// The first seq a consumer created with `start` is owed.
-    async fn deliver_policy(&self, start: Start) -> Result<DeliverPolicy, BackendError> {
-        Ok(match start {
-            Start::All => DeliverPolicy::All,
-            Start::New => DeliverPolicy::New,
-            start => DeliverPolicy::ByStartSequence {
-                start_sequence: self.resolve_start(start).await?,
-            },
-        })
-    }
-
     pub(super) async fn make_consumer(
         &self,
         name: &str,
@@ -493,9 +517,12 @@ impl NatsBackend {
         start: Start,
     ) -> Result<(), BackendError> {
         let stream = self.stream().await?;
+        // Resolved now, so that the floor is known: "new" is after the newest event now.
+        let first = self.resolve_start(start).await?;
         let metadata = HashMap::from([
             (NAME_KEY.to_owned(), name.to_owned()),
             (TOPICS_KEY.to_owned(), topics_of(patterns)),
+            (FLOOR_KEY.to_owned(), (first - 1).to_string()),
         ]);
         let config = pull::Config {
             durable_name: Some(durable(name)),
@@ -504,7 +531,9 @@ impl NatsBackend {
             ack_wait: self.settings().lease,
             max_deliver: -1,
             max_ack_pending: 100_000,
-            deliver_policy: self.deliver_policy(start).await?,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: first,
+            },
             inactive_threshold: self.inner.config.inactive_ttl,
             metadata,
             ..Default::default()
@@ -561,6 +590,9 @@ impl NatsBackend {
                     in_flight: Mutex::default(),
                     kick: Notify::new(),
                     next_generation: Default::default(),
+                    terminated: Default::default(),
+                    releasing: Mutex::default(),
+                    dead_lettered: Default::default(),
                 })
             })
             .clone()
@@ -725,6 +757,13 @@ pub(super) async fn info(
         .info()
         .await
         .map_err(|e| unavailable("cannot read the consumer", e))?;
+    let created_floor = info
+        .config
+        .metadata
+        .get(FLOOR_KEY)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    let floor = info.ack_floor.stream_sequence.max(created_floor);
     let local = backend.local_of(name);
     let mode = local.as_ref().map_or(Mode::Exclusive, |l| *lock(&l.mode));
     Ok(Some(ConsumerInfo {
@@ -741,13 +780,23 @@ pub(super) async fn info(
             Mode::Shared => "shared",
         }
         .to_owned(),
-        ack_floor: info.ack_floor.stream_sequence,
-        acked_above_floor: 0,
+        ack_floor: floor,
+        // Delivered above the floor and not pending: acked (exact for a consumer whose
+        // topics match every event in that range).
+        acked_above_floor: info
+            .delivered
+            .stream_sequence
+            .saturating_sub(floor)
+            .saturating_sub(info.num_ack_pending as u64),
         ack_pending: info.num_ack_pending as u64,
         lag: info.num_pending + info.num_ack_pending as u64,
         redelivered: info.num_redelivered as u64,
-        terminated: 0,
-        dead_lettered: 0,
+        terminated: local.as_ref().map_or(0, |l| {
+            l.terminated.load(std::sync::atomic::Ordering::Relaxed)
+        }),
+        dead_lettered: local.as_ref().map_or(0, |l| {
+            l.dead_lettered.load(std::sync::atomic::Ordering::Relaxed)
+        }),
         gapped: 0,
         attached: local.map_or(0, |l| l.attached() as u64),
     }))

