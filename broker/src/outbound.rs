@@ -151,6 +151,14 @@ impl Outbound {
         }
     }
 
+    /// Asks the connection to close because its subscriber stayed too slow to drain it.
+    pub fn evict_slow(&self) {
+        self.evict(format!(
+            "slow consumer: nothing read for {:?}; reconnect to resume",
+            self.slow_limit
+        ));
+    }
+
     /// Asks the connection to close with `reason`.
     pub fn evict(&self, reason: String) {
         let _already_asked = self.evict.try_send(reason);

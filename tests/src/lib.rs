@@ -289,26 +289,9 @@ impl Broker {
         }
     }
 
-    /// Waits until `/readyz` answers 200 (a cluster backend sets its stream up first).
+    /// Waits until the cluster backend logs that its stream is ready.
     pub fn wait_ready(&self) {
-        use std::io::{Read, Write};
-        let addr = self.http_addr();
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < until {
-            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.write_all(
-                    b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                );
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                if out.starts_with("HTTP/1.1 200") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the broker did not become ready in 30 s:\n{}", self.log());
+        self.wait_for_log("NATS stream ready");
     }
 
     pub fn pid(&self) -> u32 {

@@ -161,6 +161,6 @@ pub fn broker_config(data_dir: &std::path::Path) -> String {
     // Dotted keys, so that they can come first, before any [section] of the scenario's own.
     format!(
         "backend = \"nats\"\nnats.urls = [{urls}]\nnats.stream = \"T{id}\"\n\
-         nats.subject_prefix = \"t{id}\"\nnats.replicas = 3\nnats.lease = \"2s\"\n"
+         nats.subject_prefix = \"t{id}\"\nnats.replicas = 3\n"
     )
 }

@@ -94,7 +94,13 @@ async fn a_full_dedup_table_refuses_new_msg_ids(backend: Backend) {
     );
 }
 
-wharf_tests::conformance!(
-    one_publishers_msg_ids_never_answer_for_anothers,
-    a_full_dedup_table_refuses_new_msg_ids
-);
+wharf_tests::conformance!(one_publishers_msg_ids_never_answer_for_anothers);
+
+// Embedded-only: `dedup_max_entries` bounds the embedded log's table of remembered msg_ids.
+// JetStream bounds its own by the stream's duplicate window, with no count to refuse at.
+mod log_only {
+    #[tokio::test]
+    async fn a_full_dedup_table_refuses_new_msg_ids() {
+        super::a_full_dedup_table_refuses_new_msg_ids(wharf_tests::Backend::Log).await
+    }
+}

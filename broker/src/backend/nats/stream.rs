@@ -138,6 +138,7 @@ impl NatsBackend {
         match tokio::time::timeout(FIRST_LOOK, self.ensure_stream()).await {
             Ok(Ok(())) => {
                 *lock(&self.inner.not_ready) = None;
+                tracing::info!(stream = self.settings().stream, "NATS stream ready");
                 return Ok(());
             }
             Ok(Err(Err(conflict))) => return Err(config_error(conflict)),

@@ -76,13 +76,12 @@ pub struct LocalConsumer {
     pub in_flight: Mutex<HashMap<u64, InFlight>>,
     /// Wakes the delivery tasks (room made, a seek).
     pub kick: Notify,
-    /// Terminated and dead-lettered through this node since it started (JetStream does not
-    /// count them; the cluster-wide figure is the sum over nodes).
+    /// Terminated through this node since it started (JetStream does not count them; the
+    /// cluster-wide figure is the sum over nodes).
     pub terminated: std::sync::atomic::AtomicU64,
     /// Naks of what departed attachments held, still on their way: a new attachment waits
     /// for them, so that it gets those events again first, in seq order.
     releasing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    pub dead_lettered: std::sync::atomic::AtomicU64,
     next_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -357,10 +356,7 @@ impl Delivery {
             }
             Delivered::Closed => false,
             Delivered::TooSlow => {
-                self.outbound.evict(format!(
-                    "subscriber too slow: {} events queued",
-                    self.held()
-                ));
+                self.outbound.evict_slow();
                 false
             }
         }
@@ -400,9 +396,6 @@ impl Delivery {
         };
         if stored {
             metrics::dead_lettered().increment(1);
-            self.local
-                .dead_lettered
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(error = %e, "term after dead-lettering failed; the dead letter is a duplicate next time");
             }
@@ -592,7 +585,6 @@ impl NatsBackend {
                     next_generation: Default::default(),
                     terminated: Default::default(),
                     releasing: Mutex::default(),
-                    dead_lettered: Default::default(),
                 })
             })
             .clone()
@@ -684,62 +676,106 @@ impl NatsBackend {
         })
     }
 
-    /// Delivers every event matching `patterns` from seq `from` on, at most once.
+    /// Delivers every event matching `patterns` from seq `from` on, at most once. A
+    /// subscriber too slow to take what is due skips to the newest event and is told what
+    /// it missed (`lost`).
     pub async fn follow(
         &self,
         patterns: Vec<Pattern>,
         from: u64,
         to: Subscriber,
     ) -> Result<Subscription, BackendError> {
-        let stream = self.stream().await?;
-        let filters: Vec<String> = patterns.iter().map(|p| self.filter(p)).collect();
-        let ordered = |start: u64| pull::OrderedConfig {
-            filter_subjects: filters.clone(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            ..Default::default()
+        let follower = Follower {
+            backend: self.clone(),
+            filters: patterns.iter().map(|p| self.filter(p)).collect(),
+            to,
         };
+        // The first consumer is made now, so that an error is the subscribe's.
+        let messages = follower.messages_from(from).await?;
+        let task = tokio::spawn(follower.run(messages));
+        Ok(Subscription::Ephemeral(task.abort_handle()))
+    }
+}
+
+/// The delivery task of an ephemeral subscription.
+struct Follower {
+    backend: NatsBackend,
+    filters: Vec<String>,
+    to: Subscriber,
+}
+
+impl Follower {
+    async fn messages_from(&self, start: u64) -> Result<pull::Ordered, BackendError> {
+        let stream = self.backend.stream().await?;
         let consumer = stream
-            .create_consumer(ordered(from))
+            .create_consumer(pull::OrderedConfig {
+                filter_subjects: self.filters.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
             .await
             .map_err(|e| unavailable("cannot follow the stream", e))?;
-        let backend = self.clone();
-        let task = tokio::spawn(async move {
-            let Ok(mut messages) = consumer.messages().await else {
+        consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("cannot follow the stream", e))
+    }
+
+    async fn run(self, mut messages: pull::Ordered) {
+        loop {
+            let Some(Ok(message)) = messages.next().await else {
                 return;
             };
-            while let Some(Ok(message)) = messages.next().await {
-                let Ok(info) = message.info() else { continue };
-                let seq = info.stream_sequence;
-                let time_ms =
-                    u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-                let topic = backend.topic_of(message.subject.as_str()).to_owned();
-                let payload = String::from_utf8_lossy(&message.payload).into_owned();
-                let body = EventBody::new(seq, &topic, &payload, time_ms);
-                let frame = EventFrame {
-                    sub: &to.sub,
-                    consumer: None,
-                    body: &body,
-                    delivery: 1,
-                };
-                match to.outbound.deliver(Frame::Json(frame.to_json())).await {
-                    Delivered::Sent => metrics::delivered().increment(1),
-                    Delivered::Closed => return,
-                    Delivered::TooSlow => {
-                        let to_seq = info.stream_sequence + info.pending;
-                        let notice = Reply::Lost {
-                            sub: to.sub.to_string(),
-                            from: seq,
-                            to: to_seq,
-                        };
-                        let _best_effort = to.outbound.try_send(Frame::reply(&notice));
-                        return;
-                    }
-                }
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            let time_ms =
+                u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let topic = self.backend.topic_of(message.subject.as_str()).to_owned();
+            let payload = String::from_utf8_lossy(&message.payload).into_owned();
+            let body = EventBody::new(seq, &topic, &payload, time_ms);
+            let frame = EventFrame {
+                sub: &self.to.sub,
+                consumer: None,
+                body: &body,
+                delivery: 1,
+            };
+            match self.to.outbound.deliver(Frame::Json(frame.to_json())).await {
+                Delivered::Sent => metrics::delivered().increment(1),
+                Delivered::Closed => return,
+                Delivered::TooSlow => match self.skip_from(seq).await {
+                    Some(next) => messages = next,
+                    None => return,
+                },
             }
-        });
-        Ok(Subscription::Ephemeral(task.abort_handle()))
+        }
+    }
+
+    /// Tells the subscriber it lost `from..` up to the newest event, once there is room for
+    /// the notice, and goes on after that event.
+    async fn skip_from(&self, from: u64) -> Option<pull::Ordered> {
+        use crate::outbound::Unsent;
+        loop {
+            let head = self.backend.stream_state().await.ok()?.last_sequence;
+            let notice = Reply::Lost {
+                sub: self.to.sub.to_string(),
+                from,
+                to: head,
+            };
+            let deadline = Instant::now() + self.to.outbound.slow_limit();
+            match self
+                .to
+                .outbound
+                .send_by(Frame::reply(&notice), deadline)
+                .await
+            {
+                Ok(()) => return self.messages_from(head + 1).await.ok(),
+                Err(Unsent::Closed) => return None,
+                // Still no room: what came meanwhile is skipped too, and one notice tells it.
+                Err(Unsent::TimedOut) => continue,
+            }
+        }
     }
 }
 
@@ -764,6 +800,19 @@ pub(super) async fn info(
         .and_then(|f| f.parse::<u64>().ok())
         .unwrap_or(0);
     let floor = info.ack_floor.stream_sequence.max(created_floor);
+    // Dead letters are events on the consumer's dead-letter topic: counted by JetStream, so
+    // the figure is the cluster's and survives restarts.
+    let dead_lettered = {
+        use futures_util::TryStreamExt;
+        let subject = backend.subject(&dead_letter_topic(name));
+        match stream.info_with_subjects(&subject).await {
+            Ok(subjects) => subjects
+                .try_fold(0u64, |n, (_, count)| async move { Ok(n + count as u64) })
+                .await
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
+    };
     let local = backend.local_of(name);
     let mode = local.as_ref().map_or(Mode::Exclusive, |l| *lock(&l.mode));
     Ok(Some(ConsumerInfo {
@@ -794,9 +843,7 @@ pub(super) async fn info(
         terminated: local.as_ref().map_or(0, |l| {
             l.terminated.load(std::sync::atomic::Ordering::Relaxed)
         }),
-        dead_lettered: local.as_ref().map_or(0, |l| {
-            l.dead_lettered.load(std::sync::atomic::Ordering::Relaxed)
-        }),
+        dead_lettered,
         gapped: 0,
         attached: local.map_or(0, |l| l.attached() as u64),
     }))

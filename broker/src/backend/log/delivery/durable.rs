@@ -167,10 +167,7 @@ impl DurableDelivery {
                     Delivered::Closed => Flow::Stop,
                     Delivered::TooSlow => {
                         // Nothing is lost: the consumer resumes from its settled state.
-                        self.outbound.evict(format!(
-                            "slow consumer: nothing read for {:?}; reconnect to resume",
-                            self.outbound.slow_limit()
-                        ));
+                        self.outbound.evict_slow();
                         Flow::Stop
                     }
                 }
@@ -254,10 +251,7 @@ impl DurableDelivery {
             Delivered::Sent => {}
             Delivered::Closed => return Flow::Stop,
             Delivered::TooSlow => {
-                self.outbound.evict(format!(
-                    "slow consumer: nothing read for {:?}; reconnect to resume",
-                    self.outbound.slow_limit()
-                ));
+                self.outbound.evict_slow();
                 return Flow::Stop;
             }
         }
