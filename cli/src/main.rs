@@ -274,6 +274,7 @@ enum Command {
     #[command(after_help = "Examples:
   wharf serve
   wharf serve --config /etc/wharf/config.toml --data-dir /var/lib/wharf
+  wharf serve --backend nats --nats-url nats://10.0.0.1:4222 --nats-url nats://10.0.0.2:4222
   wharf serve --check-config")]
     Serve {
         /// Config file to read instead of ./config.toml.
@@ -292,6 +293,13 @@ enum Command {
         /// refusing to start.
         #[arg(long)]
         repair: bool,
+        /// Where events are stored: `log` (the embedded log in --data-dir) or `nats` (a
+        /// NATS JetStream cluster, see --nats-url).
+        #[arg(long, value_parser = ["log", "nats"])]
+        backend: Option<String>,
+        /// A NATS server of the cluster backend; repeat for each (replaces [nats] urls).
+        #[arg(long = "nats-url", value_name = "URL")]
+        nats_urls: Vec<String>,
     },
     /// Publish PAYLOAD, or one event per stdin line when PAYLOAD is absent; prints the seq of
     /// each stored event.
@@ -453,7 +461,18 @@ fn main() -> ExitCode {
                 data_dir,
                 check_config,
                 repair,
-            } => serve(config, listen, data_dir, check_config, repair).await,
+                backend,
+                nats_urls,
+            } => {
+                let overrides = Overrides {
+                    listen,
+                    data_dir,
+                    repair,
+                    backend,
+                    nats_urls,
+                };
+                serve(config, overrides, check_config).await
+            }
             Command::Stats { json } => client::stats(&conn, json).await,
             Command::Topics { json } => client::topics(&conn, json).await,
             Command::Consumers { json } => client::consumers(&conn, json).await,
@@ -618,20 +637,35 @@ fn token(action: TokenAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(
-    config_path: Option<PathBuf>,
+/// What `wharf serve`'s flags set over the config file.
+struct Overrides {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
-    check_config: bool,
     repair: bool,
+    backend: Option<String>,
+    nats_urls: Vec<String>,
+}
+
+async fn serve(
+    config_path: Option<PathBuf>,
+    flags: Overrides,
+    check_config: bool,
 ) -> anyhow::Result<()> {
     let mut config = Config::load(config_path.as_deref())?;
-    config.repair = repair;
-    if let Some(listen) = listen {
+    config.repair = flags.repair;
+    if let Some(listen) = flags.listen {
         config.listen = listen;
     }
-    if let Some(dir) = data_dir {
+    if let Some(dir) = flags.data_dir {
         config.data_dir = dir;
+    }
+    match flags.backend.as_deref() {
+        Some("nats") => config.backend = wharf_broker::config::BackendKind::Nats,
+        Some(_) => config.backend = wharf_broker::config::BackendKind::Log,
+        None => {}
+    }
+    if !flags.nats_urls.is_empty() {
+        config.nats.urls = flags.nats_urls;
     }
     // The flags may change what the file was checked against (a non-loopback --listen).
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;

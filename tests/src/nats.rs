@@ -34,7 +34,9 @@ fn free_port() -> u16 {
 pub struct Node {
     pub name: String,
     pub client_port: u16,
+    monitor_port: u16,
     config: PathBuf,
+    pid_file: PathBuf,
     child: Option<Child>,
 }
 
@@ -43,8 +45,9 @@ impl Node {
         // The node dies with the test process: a watchdog shell kills it when the test
         // binary (whose statics are never dropped) is gone.
         let script = format!(
-            "nats-server -c {} & n=$!; while kill -0 {} 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; kill -9 $n 2>/dev/null",
+            "nats-server -c {} & n=$!; echo $n > {}; while kill -0 {} 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; kill -9 $n 2>/dev/null",
             self.config.display(),
+            self.pid_file.display(),
             std::process::id()
         );
         let child = Command::new("sh")
@@ -59,6 +62,24 @@ impl Node {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    /// SIGKILLs the server (its JetStream store stays for a restart).
+    pub fn kill9(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same store and waits until it is healthy (which
+    /// needs a majority of the cluster up: restart a whole cluster with
+    /// [`Cluster::restart_all`]).
+    pub fn restart(&mut self) {
+        self.spawn();
+        wait_healthy(self.monitor_port);
     }
 }
 
@@ -99,8 +120,10 @@ impl Cluster {
             )
             .expect("write a NATS config");
             let mut node = Node {
+                pid_file: dir.path().join(format!("{name}.pid")),
                 name,
                 client_port: client[i],
+                monitor_port: monitor[i],
                 config,
                 child: None,
             };
@@ -116,6 +139,23 @@ impl Cluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(Node::url).collect()
+    }
+
+    /// SIGKILLs every node.
+    pub fn kill9_all(&mut self) {
+        for node in &mut self.nodes {
+            node.kill9();
+        }
+    }
+
+    /// Starts every node again on its store, then waits until each is healthy.
+    pub fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            node.spawn();
+        }
+        for node in &self.nodes {
+            wait_healthy(node.monitor_port);
+        }
     }
 }
 
@@ -150,10 +190,14 @@ pub fn broker_config(data_dir: &std::path::Path) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     data_dir.hash(&mut h);
     let id = format!("{:x}", h.finish());
-    let urls = shared()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .urls()
+    let urls = shared().lock().unwrap_or_else(|p| p.into_inner()).urls();
+    node_config(&urls, &id)
+}
+
+/// The config of a wharf node on the cluster at `urls`, on the stream `T<id>`: nodes given
+/// the same id serve the same stream.
+pub fn node_config(urls: &[String], id: &str) -> String {
+    let urls = urls
         .iter()
         .map(|u| format!("{u:?}"))
         .collect::<Vec<_>>()

@@ -1,0 +1,48 @@
+//! Cluster: two wharf nodes serve one JetStream stream. A durable subscriber on node A takes
+//! some events and acks some, then reconnects to node B: it gets exactly what it had not
+//! acked, again (delivery 2), then what was published meanwhile through node B, in order.
+
+use serde_json::json;
+use wharf_tests::{data_dir, deliveries, nats, seqs, Backend, Broker};
+
+#[tokio::test]
+async fn a_subscriber_moves_between_wharf_nodes_and_loses_nothing() {
+    if !Backend::Nats.runnable() {
+        return;
+    }
+    let urls = nats::shared().lock().unwrap().urls();
+    let (_a_tmp, a_data) = data_dir();
+    let (_b_tmp, b_data) = data_dir();
+    let config = nats::node_config(&urls, "moves");
+    let a = Broker::start(&a_data, &config);
+    a.wait_ready();
+    let b = Broker::start(&b_data, &config);
+    b.wait_ready();
+
+    let mut p = a.client().await;
+    for i in 1..=5 {
+        p.publish("orders.created", json!({"n": i})).await;
+    }
+    let mut on_a = a.client().await;
+    on_a.subscribe("orders.>", Some("mover")).await;
+    assert_eq!(seqs(&on_a.events(5).await), vec![1, 2, 3, 4, 5]);
+    on_a.ack("mover", &[1, 2, 3]).await;
+    on_a.close().await;
+
+    let mut pb = b.client().await;
+    for i in 6..=8 {
+        pb.publish("orders.created", json!({"n": i})).await;
+    }
+    let mut on_b = b.client().await;
+    on_b.subscribe("orders.>", Some("mover")).await;
+    let got = on_b.events(5).await;
+    assert_eq!(seqs(&got), vec![4, 5, 6, 7, 8]);
+    assert_eq!(deliveries(&got), vec![2, 2, 1, 1, 1]);
+    on_b.ack("mover", &[4, 5, 6, 7, 8]).await;
+
+    // Node A sees the consumer as node B left it.
+    let mut ask = a.client().await;
+    let info = ask.info("mover").await;
+    assert_eq!(info["ack_floor"], 8, "{info}");
+    assert_eq!(info["ack_pending"], 0, "{info}");
+}
