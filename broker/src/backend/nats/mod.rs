@@ -55,6 +55,8 @@ struct Inner {
     next_id: AtomicU64,
     /// Consumers with subscribers on this node: their messages in flight here.
     local: Mutex<HashMap<String, Arc<LocalConsumer>>>,
+    /// The key-value bucket of exclusive holders (one key per consumer), made on first use.
+    holders: tokio::sync::OnceCell<jetstream::kv::Store>,
 }
 
 /// A poisoned lock here only guards maps that every change leaves whole.
@@ -83,6 +85,7 @@ impl NatsBackend {
             node,
             next_id: AtomicU64::new(0),
             local: Mutex::default(),
+            holders: tokio::sync::OnceCell::new(),
         });
         let backend = NatsBackend { inner };
         backend.ensure_stream_at_start().await?;

@@ -66,6 +66,19 @@ struct Attachment {
     sub: Arc<str>,
     outbound: crate::outbound::Outbound,
     task: Option<tokio::task::AbortHandle>,
+    /// Watches the holder key of an exclusive attachment: another node's takeover ends it.
+    watcher: Option<tokio::task::AbortHandle>,
+}
+
+impl Attachment {
+    fn stop(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+    }
 }
 
 /// What this node holds of one durable consumer.
@@ -133,11 +146,32 @@ impl LocalConsumer {
             i.map(|i| attachments.remove(i))
         };
         if let Some(gone) = gone {
-            if let Some(task) = gone.task {
-                task.abort();
-            }
+            gone.stop();
             self.release(Some(generation));
         }
+    }
+
+    /// Another node took the consumer over: this attachment ends, its subscriber is told,
+    /// and what it held is delivered again (to the new holder).
+    fn taken_over(&self, generation: u64) {
+        let gone = {
+            let mut attachments = lock(&self.attachments);
+            let i = attachments.iter().position(|a| a.generation == generation);
+            i.map(|i| attachments.remove(i))
+        };
+        let Some(gone) = gone else { return };
+        tracing::info!(
+            consumer = self.name,
+            session = gone.session,
+            "consumer taken over by another node"
+        );
+        gone.stop();
+        self.release(Some(generation));
+        let notice = Reply::Unsubscribed {
+            sub: gone.sub.to_string(),
+            reason: "taken_over".into(),
+        };
+        let _best_effort = gone.outbound.try_send(Frame::reply(&notice));
     }
 
     /// Ends every attachment on this node (the consumer is deleted, or the node stops);
@@ -145,9 +179,7 @@ impl LocalConsumer {
     pub(super) fn detach_all_with(&self, reason: Option<&str>) {
         let gone: Vec<Attachment> = lock(&self.attachments).drain(..).collect();
         for a in gone {
-            if let Some(task) = a.task {
-                task.abort();
-            }
+            a.stop();
             if let Some(reason) = reason {
                 let notice = Reply::Unsubscribed {
                     sub: a.sub.to_string(),
@@ -177,6 +209,8 @@ pub struct Attaching {
     options: DeliveryOptions,
     from: u64,
     started: bool,
+    /// For an exclusive attachment: the holders bucket and the revision of its own claim.
+    claim: Option<(jetstream::kv::Store, String, u64)>,
 }
 
 /// A running subscription; dropping it ends it.
@@ -213,11 +247,27 @@ impl Attaching {
             options: self.options.clone(),
         };
         let task = tokio::spawn(delivery.run());
+        let watcher = self.claim.take().map(|(holders, key, revision)| {
+            let local = self.local.clone();
+            let generation = self.generation;
+            tokio::spawn(async move {
+                let Ok(mut claims) = holders.watch_from_revision(&key, revision + 1).await else {
+                    return;
+                };
+                // Any later claim is another attachment's: on this node (already handled)
+                // or on another, which takes the consumer over.
+                if let Some(Ok(_)) = claims.next().await {
+                    local.taken_over(generation);
+                }
+            })
+            .abort_handle()
+        });
         if let Some(a) = lock(&self.local.attachments)
             .iter_mut()
             .find(|a| a.generation == self.generation)
         {
             a.task = Some(task.abort_handle());
+            a.watcher = watcher;
         }
         Subscription::Durable {
             local: self.local.clone(),
@@ -590,6 +640,32 @@ impl NatsBackend {
             .clone()
     }
 
+    /// The bucket of exclusive holders, made on first use (file storage, the stream's
+    /// replicas, one value per key).
+    async fn holders(&self) -> Result<jetstream::kv::Store, BackendError> {
+        self.inner
+            .holders
+            .get_or_try_init(|| async {
+                let bucket = format!("{}_HOLDERS", self.settings().stream);
+                match self.js().get_key_value(&bucket).await {
+                    Ok(store) => Ok(store),
+                    Err(_) => self
+                        .js()
+                        .create_key_value(jetstream::kv::Config {
+                            bucket,
+                            history: 1,
+                            storage: jetstream::stream::StorageType::File,
+                            num_replicas: self.settings().replicas,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| unavailable("cannot set up the holders bucket", e)),
+                }
+            })
+            .await
+            .cloned()
+    }
+
     pub(super) fn local_of(&self, name: &str) -> Option<Arc<LocalConsumer>> {
         lock(&self.inner.local).get(name).cloned()
     }
@@ -641,6 +717,7 @@ impl NatsBackend {
                 sub: to.sub.clone(),
                 outbound: to.outbound.clone(),
                 task: None,
+                watcher: None,
             });
             replaced
         };
@@ -651,9 +728,7 @@ impl NatsBackend {
                 to = to.session,
                 "consumer taken over"
             );
-            if let Some(task) = old.task {
-                task.abort();
-            }
+            old.stop();
             local.release(Some(old.generation));
             let notice = Reply::Unsubscribed {
                 sub: old.sub.to_string(),
@@ -661,6 +736,21 @@ impl NatsBackend {
             };
             let _best_effort = old.outbound.try_send(Frame::reply(&notice));
         }
+        // An exclusive holder claims the consumer cluster-wide: the claim's key changes
+        // hands, and the previous holder (on whichever node) watches for that.
+        let claim = match mode {
+            Mode::Exclusive => {
+                let holders = self.holders().await?;
+                let key = durable(name);
+                let holder = format!("{}-{generation}", self.inner.node);
+                let revision = holders
+                    .put(&key, holder.into())
+                    .await
+                    .map_err(|e| unavailable("cannot claim the consumer", e))?;
+                Some((holders, key, revision))
+            }
+            Mode::Shared => None,
+        };
         let from = match self.consumer_info(name).await? {
             Some(info) => info.ack_floor + 1,
             None => 1,
@@ -673,6 +763,7 @@ impl NatsBackend {
             options,
             from,
             started: false,
+            claim,
         })
     }
 
