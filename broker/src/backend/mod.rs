@@ -59,7 +59,7 @@ pub enum Backend {
 /// `subscribed` reply, then [`Attaching::start`]. Dropped unstarted, it detaches.
 pub enum Attaching {
     Log(log::subscribe::Attaching),
-    Nats(nats::Attaching),
+    Nats(Box<nats::Attaching>),
 }
 
 impl Attaching {
@@ -174,7 +174,7 @@ impl Backend {
             Backend::Nats(b) => b
                 .attach(name, patterns, mode, options, to)
                 .await
-                .map(Attaching::Nats),
+                .map(|a| Attaching::Nats(Box::new(a))),
         }
     }
 
