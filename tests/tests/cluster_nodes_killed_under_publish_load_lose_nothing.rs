@@ -1,9 +1,10 @@
-//! Cluster, Jepsen-style: NATS nodes SIGKILLed and restarted one after another (each
-//! becomes, or is, the stream's leader at some point) while a publisher keeps publishing
-//! with msg_ids through a wharf node. Afterwards the stream is read from the start: every
-//! confirmed publish is there under its seq (lost 0), nothing was stored that was never sent
-//! (unexpected 0), and no msg_id was stored twice (duplicates 0). `WHARF_NATS_KILLS` sets
-//! how many node kills (default 3; CI runs the default).
+//! Cluster, Jepsen-style: NATS nodes and wharf nodes SIGKILLed and restarted in turn (each
+//! NATS node becomes, or is, the stream's leader at some point) while a publisher keeps
+//! publishing with msg_ids through whichever wharf node is up, retrying an unanswered
+//! publish on the other node with the same msg_id. Afterwards the stream is read from the
+//! start: every confirmed publish is there under its seq (lost 0), nothing was stored that
+//! was never sent (unexpected 0), and no msg_id was stored twice (duplicates 0).
+//! `WHARF_NATS_KILLS` sets how many kills (default 4: two of each; CI runs the default).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,46 +12,66 @@ use serde_json::json;
 use wharf_tests::{data_dir, nats, Backend, Broker};
 
 #[tokio::test]
-async fn nats_nodes_killed_under_publish_load_lose_nothing() {
+async fn cluster_nodes_killed_under_publish_load_lose_nothing() {
     if !Backend::Nats.runnable() {
         return;
     }
     let kills: usize = std::env::var("WHARF_NATS_KILLS")
         .ok()
         .and_then(|k| k.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(4);
     let mut cluster = nats::Cluster::start();
-    let (_tmp, data) = data_dir();
-    let broker = Broker::start(
-        &data,
-        &format!(
-            "{}nats.publish_timeout = \"15s\"\n",
-            nats::node_config(&cluster.urls(), "jepsen")
-        ),
+    let config = format!(
+        "{}nats.publish_timeout = \"15s\"\n",
+        nats::node_config(&cluster.urls(), "jepsen")
     );
-    broker.wait_ready();
-    let mut p = broker.client().await;
+    let (_a_tmp, a_data) = data_dir();
+    let (_b_tmp, b_data) = data_dir();
+    let mut wharf = [
+        Broker::start(&a_data, &config),
+        Broker::start(&b_data, &config),
+    ];
+    for node in &wharf {
+        node.wait_ready();
+    }
+    let mut up = 0;
+    let mut p = wharf[up].client().await;
 
     let per_round = 40;
     let mut confirmed: BTreeMap<u64, u64> = BTreeMap::new(); // i -> seq
     let mut failed = 0;
     let mut i = 0u64;
     for round in 0..=kills {
-        if round > 0 {
-            let node = &mut cluster.nodes[(round - 1) % 3];
+        if round > 0 && round % 2 == 1 {
+            // A NATS node: publishing goes on with two of three (a new leader if needed).
+            let node = &mut cluster.nodes[(round / 2) % 3];
             node.kill9();
-            // Publishing goes on with two of three up (a new leader if it was the leader).
             for _ in 0..per_round / 2 {
                 i += 1;
                 publish(&mut p, i, &mut confirmed, &mut failed).await;
             }
             node.restart();
+        } else if round > 0 {
+            // The wharf node the publisher uses: it moves to the other, then the dead one
+            // comes back on its data dir.
+            wharf[up].kill9();
+            let dead = up;
+            up = 1 - up;
+            p = wharf[up].client().await;
+            for _ in 0..per_round / 2 {
+                i += 1;
+                publish(&mut p, i, &mut confirmed, &mut failed).await;
+            }
+            let data = if dead == 0 { &a_data } else { &b_data };
+            wharf[dead] = Broker::start(data, &config);
+            wharf[dead].wait_ready();
         }
         for _ in 0..per_round / 2 {
             i += 1;
             publish(&mut p, i, &mut confirmed, &mut failed).await;
         }
     }
+    let broker = &wharf[up];
 
     // Read everything back from the start.
     let mut r = broker.client().await;
