@@ -142,13 +142,19 @@ impl NatsBackend {
     }
 
     /// Stores each batch's events, in order, each once JetStream acknowledged it (a majority
-    /// of the replicas stored it). Batches of several events are stored event by event: a
-    /// failure part way through leaves the first ones stored (see PROTOCOL.md).
+    /// of the replicas stored it). A batch of several events without msg_ids is one atomic
+    /// JetStream batch (all or nothing); with msg_ids it is stored event by event, each
+    /// deduplicated (see PROTOCOL.md).
     pub async fn publish(
         &self,
         batches: Vec<Vec<NewEvent>>,
     ) -> Result<Confirming<Vec<Stored>>, BackendError> {
         self.check_ready()?;
+        if let [batch] = batches.as_slice() {
+            if batch.len() > 1 && batch.iter().all(|e| e.msg_id.is_none()) {
+                return Ok(self.publish_atomic(batches.into_iter().flatten().collect()));
+            }
+        }
         let mut sent: Vec<Vec<Pending>> = Vec::with_capacity(batches.len());
         for batch in batches {
             let mut pending = Vec::with_capacity(batch.len());
@@ -176,6 +182,70 @@ impl NatsBackend {
             }
             Ok(stored)
         }))
+    }
+
+    /// One atomic JetStream batch (ADR-50): every message carries the batch id and its
+    /// place; the last one commits, and its ack gives the last seq (a batch is stored
+    /// contiguously).
+    fn publish_atomic(&self, events: Vec<NewEvent>) -> Confirming<Vec<Stored>> {
+        let client = self.inner.client.clone();
+        let batch_id = self.msg_id(None);
+        let subjects: Vec<String> = events.iter().map(|e| self.subject(&e.topic)).collect();
+        let timeout = self.settings().publish_timeout;
+        Box::pin(async move {
+            let n = events.len();
+            let failed = |e: String| {
+                BackendError::Unavailable(format!("the atomic batch was not stored: {e}"))
+            };
+            let mut last = None;
+            for (i, (event, subject)) in events.into_iter().zip(subjects).enumerate() {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Batch-Id", batch_id.as_str());
+                headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+                let commit = i + 1 == n;
+                if commit {
+                    headers.insert("Nats-Batch-Commit", "1");
+                }
+                let payload = Bytes::from(event.payload);
+                if i == 0 || commit {
+                    // The first and the last are requests: the server answers an error for
+                    // the first (a stream without atomic publish) and the ack for the last.
+                    let request = async_nats::client::Request::new()
+                        .payload(payload)
+                        .headers(headers)
+                        .timeout(Some(timeout));
+                    let reply = client
+                        .send_request(subject, request)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                    if !reply.payload.is_empty() {
+                        let answer: serde_json::Value = serde_json::from_slice(&reply.payload)
+                            .map_err(|e| failed(e.to_string()))?;
+                        if let Some(error) = answer.get("error") {
+                            return Err(failed(error.to_string()));
+                        }
+                        last = answer
+                            .get("seq")
+                            .and_then(serde_json::Value::as_u64)
+                            .or(last);
+                    }
+                } else {
+                    client
+                        .publish_with_headers(subject, headers, payload)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?;
+                }
+            }
+            let last = last.ok_or_else(|| failed("no ack for the commit".into()))?;
+            let first = last + 1 - n as u64;
+            let events = (first..=last)
+                .map(|seq| Published {
+                    seq,
+                    duplicate: false,
+                })
+                .collect();
+            Ok(vec![Stored::Events(events)])
+        })
     }
 
     async fn stream(&self) -> Result<jetstream::stream::Stream, BackendError> {

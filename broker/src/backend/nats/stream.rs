@@ -101,6 +101,8 @@ impl NatsBackend {
             max_messages: limit(config.max_events),
             max_bytes: limit(config.max_bytes),
             duplicate_window: config.dedup_window,
+            // publish_batch: all or nothing (nats-server 2.12+).
+            allow_atomic_publish: true,
             ..Default::default()
         }
     }
