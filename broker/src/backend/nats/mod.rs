@@ -13,6 +13,9 @@
 //! JetStream's publish ack (stored by a majority of the replicas), and a msg_id is the
 //! `Nats-Msg-Id` header (a hash of the publisher-scoped id).
 
+mod delivery;
+mod follow;
+mod local;
 mod settle;
 mod stream;
 mod subscribe;
@@ -31,7 +34,7 @@ use crate::backend::contract::{BackendError, Confirming, NewEvent, Published, St
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::metrics;
-use subscribe::LocalConsumer;
+use local::LocalConsumer;
 
 pub use subscribe::{Attaching, Subscription};
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use wharf_protocol::Start;
 
-use super::subscribe::{durable, InFlight};
+use super::local::InFlight;
+use super::subscribe::durable;
 use super::{lock, unavailable, NatsBackend};
 use crate::backend::contract::{BackendError, Confirming, Settlement};
 use crate::metrics;

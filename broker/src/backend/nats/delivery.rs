@@ -1,0 +1,218 @@
+//! The delivery task of one durable attachment: pull at most `max_in_flight`, hand each
+//! message to the connection, keep the leases (extend JetStream's ack wait while the
+//! subscriber's own runs, nak what ran out of it), dead-letter past `max_deliver`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, pull};
+use async_nats::jetstream::{self, AckKind};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use wharf_protocol::{format_time_ms, DeadLetter, EventBody, EventFrame};
+
+use super::local::{InFlight, LocalConsumer};
+use super::subscribe::durable;
+use super::{lock, unavailable, NatsBackend};
+use crate::backend::contract::{dead_letter_topic, BackendError, DeliveryOptions};
+use crate::metrics;
+use crate::outbound::{Delivered, Frame};
+
+/// The delivery task of one attachment.
+pub(super) struct Delivery {
+    pub(super) backend: NatsBackend,
+    pub(super) local: Arc<LocalConsumer>,
+    pub(super) generation: u64,
+    pub(super) sub: Arc<str>,
+    pub(super) outbound: crate::outbound::Outbound,
+    pub(super) options: DeliveryOptions,
+}
+
+impl Delivery {
+    pub(super) fn held(&self) -> usize {
+        lock(&self.local.in_flight)
+            .values()
+            .filter(|f| f.holder == self.generation)
+            .count()
+    }
+
+    pub(super) async fn run(self) {
+        self.local.released().await;
+        let lease = self.backend.settings().lease;
+        let mut tick = tokio::time::interval(lease / 4);
+        loop {
+            let room = self.options.max_in_flight.saturating_sub(self.held());
+            if room == 0 {
+                tokio::select! {
+                    _ = self.local.kick.notified() => {}
+                    _ = tick.tick() => self.keep_leases().await,
+                }
+                continue;
+            }
+            let consumer = match self.consumer().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(consumer = self.local.name, error = %e, "cannot pull; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let batch = consumer
+                .fetch()
+                .max_messages(room)
+                .expires(Duration::from_millis(250))
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(consumer = self.local.name, error = %e, "pull failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut messages = Vec::with_capacity(room);
+            while let Some(Ok(message)) = batch.next().await {
+                messages.push(message);
+            }
+            // Redeliveries can come back out of order; within what arrived together, seq
+            // order is restored.
+            messages.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+            for message in messages {
+                if !self.deliver(message).await {
+                    return;
+                }
+            }
+            self.keep_leases().await;
+        }
+    }
+
+    pub(super) async fn consumer(&self) -> Result<consumer::Consumer<pull::Config>, BackendError> {
+        let stream = self.backend.stream().await?;
+        stream
+            .get_consumer(&durable(&self.local.name))
+            .await
+            .map_err(|e| unavailable("cannot reach the consumer", e))
+    }
+
+    /// Hands one message to the connection; false when the connection is gone.
+    pub(super) async fn deliver(&self, message: jetstream::Message) -> bool {
+        let Ok(info) = message.info() else {
+            return true;
+        };
+        let seq = info.stream_sequence;
+        let delivery = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+        let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let max = self.options.max_deliver;
+        if max > 0 && delivery > max {
+            self.dead_letter(message, seq).await;
+            return true;
+        }
+        let topic = self.backend.topic_of(message.subject.as_str()).to_owned();
+        // A consumer never receives its own dead letters (one on `>` would otherwise
+        // dead-letter them again, forever).
+        if topic == dead_letter_topic(&self.local.name) {
+            let _settled_or_redelivered = message.ack().await;
+            return true;
+        }
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        let body = EventBody::new(seq, &topic, &payload, time_ms);
+        let frame = EventFrame {
+            sub: &self.sub,
+            consumer: Some(&self.local.name),
+            body: &body,
+            delivery,
+        };
+        let now = Instant::now();
+        lock(&self.local.in_flight).insert(
+            seq,
+            InFlight {
+                message,
+                holder: self.generation,
+                due: now + self.options.ack_wait,
+                extended: now,
+            },
+        );
+        match self.outbound.deliver(Frame::Json(frame.to_json())).await {
+            Delivered::Sent => {
+                metrics::delivered().increment(1);
+                true
+            }
+            Delivered::Closed => false,
+            Delivered::TooSlow => {
+                self.outbound.evict_slow();
+                false
+            }
+        }
+    }
+
+    /// Moves an event delivered `max_deliver` times to `dead.<consumer>`, once: the dead
+    /// letter's msg id is made from the consumer and seq, so a retry (here or on another
+    /// node) is a duplicate. Then the event is terminated.
+    pub(super) async fn dead_letter(&self, message: jetstream::Message, seq: u64) {
+        let topic = dead_letter_topic(&self.local.name);
+        let published_at = message
+            .info()
+            .map(|i| i.published.unix_timestamp_nanos() / 1_000_000)
+            .ok()
+            .and_then(|ms| u64::try_from(ms).ok())
+            .unwrap_or(0);
+        let body = DeadLetter {
+            consumer: &self.local.name,
+            topic: self.backend.topic_of(message.subject.as_str()),
+            seq,
+            deliveries: self.options.max_deliver,
+            published_at: &format_time_ms(published_at),
+            payload: &String::from_utf8_lossy(&message.payload),
+        }
+        .to_json();
+        let mut headers = async_nats::HeaderMap::new();
+        let id = format!("wharf-dead-{}-{seq}", durable(&self.local.name));
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        let stored = match self
+            .backend
+            .js()
+            .publish_with_headers(self.backend.subject(&topic), headers, body.into())
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if stored {
+            metrics::dead_lettered().increment(1);
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %e, "term after dead-lettering failed; the dead letter is a duplicate next time");
+            }
+        }
+    }
+
+    /// Extends JetStream's ack wait for what is held and still inside the subscriber's ack
+    /// wait; naks what ran out of it (delivered again now).
+    pub(super) async fn keep_leases(&self) {
+        let lease = self.backend.settings().lease;
+        let now = Instant::now();
+        let (expired, extend): (Vec<InFlight>, Vec<jetstream::Message>) = {
+            let mut in_flight = lock(&self.local.in_flight);
+            let due: Vec<u64> = in_flight
+                .iter()
+                .filter(|(_, f)| f.holder == self.generation && f.due <= now)
+                .map(|(&s, _)| s)
+                .collect();
+            let expired = due.iter().filter_map(|s| in_flight.remove(s)).collect();
+            let mut extend = Vec::new();
+            for f in in_flight.values_mut() {
+                if f.holder == self.generation && now.duration_since(f.extended) >= lease / 2 {
+                    f.extended = now;
+                    extend.push(f.message.clone());
+                }
+            }
+            (expired, extend)
+        };
+        for f in expired {
+            let _redelivered_later = f.message.ack_with(AckKind::Nak(None)).await;
+        }
+        for m in extend {
+            let _redelivered_later = m.ack_with(AckKind::Progress).await;
+        }
+    }
+}

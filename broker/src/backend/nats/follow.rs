@@ -1,0 +1,94 @@
+//! Ephemeral subscriptions on the cluster backend: an ordered consumer from the start seq;
+//! a subscriber too slow to keep up is told what it lost and goes on after the newest event.
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use wharf_protocol::{EventBody, EventFrame, Reply};
+
+use super::{unavailable, NatsBackend};
+use crate::backend::contract::{BackendError, Subscriber};
+use crate::metrics;
+use crate::outbound::{Delivered, Frame};
+
+/// The delivery task of an ephemeral subscription.
+pub(super) struct Follower {
+    pub(super) backend: NatsBackend,
+    pub(super) filters: Vec<String>,
+    pub(super) to: Subscriber,
+}
+
+impl Follower {
+    pub(super) async fn messages_from(&self, start: u64) -> Result<pull::Ordered, BackendError> {
+        let stream = self.backend.stream().await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subjects: self.filters.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("cannot follow the stream", e))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("cannot follow the stream", e))
+    }
+
+    pub(super) async fn run(self, mut messages: pull::Ordered) {
+        loop {
+            let Some(Ok(message)) = messages.next().await else {
+                return;
+            };
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            let time_ms =
+                u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let topic = self.backend.topic_of(message.subject.as_str()).to_owned();
+            let payload = String::from_utf8_lossy(&message.payload).into_owned();
+            let body = EventBody::new(seq, &topic, &payload, time_ms);
+            let frame = EventFrame {
+                sub: &self.to.sub,
+                consumer: None,
+                body: &body,
+                delivery: 1,
+            };
+            match self.to.outbound.deliver(Frame::Json(frame.to_json())).await {
+                Delivered::Sent => metrics::delivered().increment(1),
+                Delivered::Closed => return,
+                Delivered::TooSlow => match self.skip_from(seq).await {
+                    Some(next) => messages = next,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// Tells the subscriber it lost `from..` up to the newest event, once there is room for
+    /// the notice, and goes on after that event.
+    pub(super) async fn skip_from(&self, from: u64) -> Option<pull::Ordered> {
+        use crate::outbound::Unsent;
+        loop {
+            let head = self.backend.stream_state().await.ok()?.last_sequence;
+            let notice = Reply::Lost {
+                sub: self.to.sub.to_string(),
+                from,
+                to: head,
+            };
+            let deadline = Instant::now() + self.to.outbound.slow_limit();
+            match self
+                .to
+                .outbound
+                .send_by(Frame::reply(&notice), deadline)
+                .await
+            {
+                Ok(()) => return self.messages_from(head + 1).await.ok(),
+                Err(Unsent::Closed) => return None,
+                // Still no room: what came meanwhile is skipped too, and one notice tells it.
+                Err(Unsent::TimedOut) => continue,
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! What one wharf node holds of a durable consumer: the connections attached here, the
+//! messages in flight here, and how an attachment ends (detach, takeover, deletion): what it
+//! held is naked so that JetStream delivers it again at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use wharf_protocol::{Mode, Reply};
+
+use super::lock;
+use crate::outbound::Frame;
+
+/// A message delivered on this node and not settled yet.
+pub struct InFlight {
+    pub message: jetstream::Message,
+    /// The attachment it went to.
+    pub holder: u64,
+    /// When the subscriber's ack wait runs out (then it is delivered again).
+    pub due: Instant,
+    /// When JetStream's ack wait was last extended.
+    pub extended: Instant,
+}
+
+pub(super) struct Attachment {
+    pub(super) generation: u64,
+    pub(super) session: u64,
+    pub(super) sub: Arc<str>,
+    pub(super) outbound: crate::outbound::Outbound,
+    pub(super) task: Option<tokio::task::AbortHandle>,
+    /// Watches the holder key of an exclusive attachment: another node's takeover ends it.
+    pub(super) watcher: Option<tokio::task::AbortHandle>,
+}
+
+impl Attachment {
+    pub(super) fn stop(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+    }
+}
+
+/// What this node holds of one durable consumer.
+pub struct LocalConsumer {
+    pub name: String,
+    pub(super) mode: Mutex<Mode>,
+    pub(super) attachments: Mutex<Vec<Attachment>>,
+    pub in_flight: Mutex<HashMap<u64, InFlight>>,
+    /// Wakes the delivery tasks (room made, a seek).
+    pub kick: Notify,
+    /// Terminated through this node since it started (JetStream does not count them; the
+    /// cluster-wide figure is the sum over nodes).
+    pub terminated: std::sync::atomic::AtomicU64,
+    /// Naks of what departed attachments held, still on their way: a new attachment waits
+    /// for them, so that it gets those events again first, in seq order.
+    pub(super) releasing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub(super) next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl LocalConsumer {
+    /// Naks everything `holder` (or, with `None`, anyone) holds: delivered again now.
+    pub(super) fn release(&self, holder: Option<u64>) {
+        let released: Vec<InFlight> = {
+            let mut in_flight = lock(&self.in_flight);
+            // In seq order: JetStream delivers naked messages again in the order it got the
+            // naks, and a consumer's redeliveries come in seq order.
+            let mut seqs: Vec<u64> = in_flight
+                .iter()
+                .filter(|(_, f)| holder.is_none_or(|h| f.holder == h))
+                .map(|(&s, _)| s)
+                .collect();
+            seqs.sort_unstable();
+            seqs.into_iter()
+                .filter_map(|s| in_flight.remove(&s))
+                .collect()
+        };
+        if released.is_empty() {
+            return;
+        }
+        let naks = tokio::spawn(async move {
+            for f in released {
+                if let Err(e) = f.message.double_ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(error = %e, "nak at detach failed; JetStream's ack wait redelivers it");
+                }
+            }
+        });
+        let mut releasing = lock(&self.releasing);
+        releasing.retain(|h| !h.is_finished());
+        releasing.push(naks);
+    }
+
+    /// Waits for the naks of departed attachments (bounded: a nak that never returns is
+    /// redelivered by JetStream's ack wait anyway).
+    pub(super) async fn released(&self) {
+        let pending: Vec<_> = lock(&self.releasing).drain(..).collect();
+        for naks in pending {
+            let _in_time = tokio::time::timeout(Duration::from_secs(2), naks).await;
+        }
+    }
+
+    pub(super) fn detach(&self, generation: u64) {
+        let gone = {
+            let mut attachments = lock(&self.attachments);
+            let i = attachments.iter().position(|a| a.generation == generation);
+            i.map(|i| attachments.remove(i))
+        };
+        if let Some(gone) = gone {
+            gone.stop();
+            self.release(Some(generation));
+        }
+    }
+
+    /// Another node took the consumer over: this attachment ends, its subscriber is told,
+    /// and what it held is delivered again (to the new holder).
+    pub(super) fn taken_over(&self, generation: u64) {
+        let gone = {
+            let mut attachments = lock(&self.attachments);
+            let i = attachments.iter().position(|a| a.generation == generation);
+            i.map(|i| attachments.remove(i))
+        };
+        let Some(gone) = gone else { return };
+        tracing::info!(
+            consumer = self.name,
+            session = gone.session,
+            "consumer taken over by another node"
+        );
+        gone.stop();
+        self.release(Some(generation));
+        let notice = Reply::Unsubscribed {
+            sub: gone.sub.to_string(),
+            reason: "taken_over".into(),
+        };
+        let _best_effort = gone.outbound.try_send(Frame::reply(&notice));
+    }
+
+    /// Ends every attachment on this node (the consumer is deleted, or the node stops);
+    /// `reason`, when given, is told to each subscriber.
+    pub(super) fn detach_all_with(&self, reason: Option<&str>) {
+        let gone: Vec<Attachment> = lock(&self.attachments).drain(..).collect();
+        for a in gone {
+            a.stop();
+            if let Some(reason) = reason {
+                let notice = Reply::Unsubscribed {
+                    sub: a.sub.to_string(),
+                    reason: reason.into(),
+                };
+                let _best_effort = a.outbound.try_send(Frame::reply(&notice));
+            }
+        }
+        self.release(None);
+    }
+
+    pub(super) fn detach_all(&self) {
+        self.detach_all_with(None);
+    }
+
+    pub(super) fn attached(&self) -> usize {
+        lock(&self.attachments).len()
+    }
+}
