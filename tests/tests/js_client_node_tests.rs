@@ -5,10 +5,24 @@
 use std::path::Path;
 use std::process::Command;
 
-use wharf_tests::wharf_bin;
+use wharf_tests::{nats, wharf_bin, Backend};
 
 #[test]
 fn the_js_client_passes_its_tests_against_a_real_broker() {
+    run_js_tests(&[]);
+}
+
+/// The same tests with the broker on the cluster backend (a 3-node NATS cluster).
+#[test]
+fn the_js_client_passes_its_tests_against_the_cluster_backend() {
+    if !Backend::Nats.runnable() {
+        return;
+    }
+    let urls = nats::shared().lock().unwrap().urls().join(",");
+    run_js_tests(&[("WHARF_TEST_NATS_URLS", &urls)]);
+}
+
+fn run_js_tests(env: &[(&str, &str)]) {
     let node = Command::new("node").arg("--version").output();
     let Ok(version) = node else {
         assert!(
@@ -31,6 +45,7 @@ fn the_js_client_passes_its_tests_against_a_real_broker() {
         .arg("--test")
         .arg(&tests)
         .env("WHARF_BIN", wharf_bin())
+        .envs(env.iter().copied())
         .output()
         .expect("run node --test");
     let report = String::from_utf8_lossy(&out.stdout);

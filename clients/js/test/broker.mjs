@@ -8,6 +8,25 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 export const WHARF_BIN = process.env.WHARF_BIN ?? join(here, '..', '..', '..', 'target', 'debug', 'wharf');
 
+/**
+ * With WHARF_TEST_NATS_URLS set (the Rust harness sets it), the broker runs on the cluster
+ * backend: one stream per data dir, so a restart on the same dir finds its events again and
+ * tests never see each other's.
+ */
+function clusterEnv(dataDir) {
+  const urls = process.env.WHARF_TEST_NATS_URLS;
+  if (!urls) return {};
+  let h = 0;
+  for (const c of dataDir) h = (Math.imul(h, 31) + c.charCodeAt(0)) >>> 0;
+  const id = h.toString(16);
+  return {
+    WHARF_BACKEND: 'nats',
+    WHARF_NATS_URLS: urls,
+    WHARF_NATS_STREAM: `J${id}`,
+    WHARF_NATS_SUBJECT_PREFIX: `j${id}`,
+  };
+}
+
 /** A `wharf serve` process; `restart()` brings it back on the same address and data. */
 export class Broker {
   /** `config`: TOML for `--config` (auth, say); none by default. */
@@ -32,7 +51,7 @@ export class Broker {
   spawn(listen) {
     return new Promise((resolve, reject) => {
       const proc = spawn(WHARF_BIN, ['serve', ...this.configArgs, '--listen', listen, '--data-dir', this.dataDir], {
-        env: { ...process.env, RUST_LOG: 'info' },
+        env: { ...process.env, RUST_LOG: 'info', ...clusterEnv(this.dataDir) },
         stdio: ['ignore', 'ignore', 'pipe'],
       });
       this.proc = proc;
