@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use wharf_tests::{data_dir, wharf_bin, Broker, WAIT};
+use wharf_tests::{data_dir, wharf_bin, Backend, WAIT};
 
 fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -106,8 +106,7 @@ fn http_get(addr: &str, path: &str) -> String {
     body
 }
 
-#[tokio::test]
-async fn the_demo_page_shows_missed_events_once_in_order_after_going_online() {
+async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(backend: Backend) {
     let Some(chromium) = chromium() else {
         assert!(
             std::env::var("WHARF_REQUIRE_BROWSER").is_err(),
@@ -117,7 +116,7 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online() {
         return;
     };
     let (tmp, data) = data_dir();
-    let broker = Broker::start(&data, "");
+    let broker = backend.start(&data, "");
     let url = broker.url.clone();
     let addr = url
         .trim_start_matches("ws://")
@@ -266,3 +265,5 @@ fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+wharf_tests::conformance!(the_demo_page_shows_missed_events_once_in_order_after_going_online);
