@@ -36,6 +36,9 @@ pub struct Node {
     pub client_port: u16,
     monitor_port: u16,
     config: PathBuf,
+    /// Its JetStream store: removed by the watchdog once the test process is gone (the
+    /// shared cluster lives in a static, whose temp dir is never dropped).
+    store: PathBuf,
     pid_file: PathBuf,
     child: Option<Child>,
 }
@@ -45,10 +48,12 @@ impl Node {
         // The node dies with the test process: a watchdog shell kills it when the test
         // binary (whose statics are never dropped) is gone.
         let script = format!(
-            "nats-server -c {} & n=$!; echo $n > {}; while kill -0 {} 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; kill -9 $n 2>/dev/null",
+            "nats-server -c {} -l {}.log & n=$!; echo $n > {}; while kill -0 {t} 2>/dev/null && kill -0 $n 2>/dev/null; do sleep 0.2; done; kill -9 $n 2>/dev/null; kill -0 {t} 2>/dev/null || rm -rf {}",
+            self.config.display(),
             self.config.display(),
             self.pid_file.display(),
-            std::process::id()
+            self.store.display(),
+            t = std::process::id()
         );
         let child = Command::new("sh")
             .arg("-c")
@@ -92,6 +97,23 @@ pub struct Cluster {
 impl Cluster {
     /// Starts three nodes and waits until JetStream answers on each.
     pub fn start() -> Cluster {
+        // A port picked free can be taken by another process before the node binds it: such
+        // a cluster never gets healthy, and a fresh set of ports is tried.
+        let mut why = String::new();
+        for _ in 0..3 {
+            let mut cluster = Cluster::spawn();
+            match cluster.wait_all_healthy() {
+                Ok(()) => return cluster,
+                Err(e) => {
+                    why = e;
+                    cluster.kill9_all();
+                }
+            }
+        }
+        panic!("no healthy NATS cluster in three tries: {why}");
+    }
+
+    fn spawn() -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir for the NATS cluster");
         let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -125,16 +147,28 @@ impl Cluster {
                 client_port: client[i],
                 monitor_port: monitor[i],
                 config,
+                store,
                 child: None,
             };
             node.spawn();
             nodes.push(node);
         }
-        let cluster = Cluster { nodes, _dir: dir };
-        for port in &monitor {
-            wait_healthy(*port);
+        Cluster { nodes, _dir: dir }
+    }
+
+    fn wait_all_healthy(&self) -> Result<(), String> {
+        for node in &self.nodes {
+            healthy_within(node.monitor_port, Duration::from_secs(20)).map_err(|why| {
+                let log = std::fs::read_to_string(node.config.with_extension("conf.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                format!(
+                    "{why}; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })?;
         }
-        cluster
+        Ok(())
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -161,8 +195,14 @@ impl Cluster {
 
 /// Waits until the node's monitoring endpoint says JetStream is healthy.
 fn wait_healthy(port: u16) {
+    if let Err(why) = healthy_within(port, Duration::from_secs(30)) {
+        panic!("{why}");
+    }
+}
+
+fn healthy_within(port: u16, limit: Duration) -> Result<(), String> {
     use std::io::{Read, Write};
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + limit;
     while Instant::now() < until {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -170,12 +210,14 @@ fn wait_healthy(port: u16) {
             let mut out = String::new();
             let _ = s.read_to_string(&mut out);
             if out.starts_with("HTTP/1.1 200") {
-                return;
+                return Ok(());
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("the NATS node with monitoring port {port} did not become healthy in 30 s");
+    Err(format!(
+        "the NATS node with monitoring port {port} did not become healthy in {limit:?}"
+    ))
 }
 
 /// The cluster of this test binary, started on first use.
