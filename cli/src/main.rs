@@ -272,7 +272,6 @@ enum ConsumerAction {
 enum Command {
     /// Run the broker (reads ./config.toml when present; flags win).
     #[command(after_help = "Examples:
-  wharf serve
   wharf serve --config /etc/wharf/config.toml --data-dir /var/lib/wharf
   wharf serve --backend nats --nats-url nats://10.0.0.1:4222 --nats-url nats://10.0.0.2:4222
   wharf serve --check-config")]

@@ -59,7 +59,7 @@ pub enum Backend {
 /// `subscribed` reply, then [`Attaching::start`]. Dropped unstarted, it detaches.
 pub enum Attaching {
     Log(log::subscribe::Attaching),
-    Nats(Box<nats::Attaching>),
+    Nats(Box<nats::subscribe::Attaching>),
 }
 
 impl Attaching {
@@ -101,7 +101,7 @@ impl Subscription {
 
 enum Held {
     Log(log::subscribe::Subscription),
-    Nats(nats::Subscription),
+    Nats(nats::subscribe::Subscription),
 }
 
 impl Backend {

@@ -11,9 +11,9 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use wharf_protocol::{format_time_ms, DeadLetter, EventBody, EventFrame};
 
+use super::local::lock;
 use super::local::{InFlight, LocalConsumer};
-use super::subscribe::durable;
-use super::{lock, unavailable, NatsBackend};
+use super::{durable, unavailable, NatsBackend};
 use crate::backend::contract::{dead_letter_topic, BackendError, DeliveryOptions};
 use crate::metrics;
 use crate::outbound::{Delivered, Frame};

@@ -3,7 +3,7 @@
 //! held is naked so that JetStream delivers it again at once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -11,8 +11,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use wharf_protocol::{Mode, Reply};
 
-use super::lock;
 use crate::outbound::Frame;
+
+/// A poisoned lock here only guards maps that every change leaves whole.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A message delivered on this node and not settled yet.
 pub struct InFlight {

@@ -18,25 +18,26 @@ mod follow;
 mod local;
 mod settle;
 mod stream;
-mod subscribe;
+pub mod subscribe;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use wharf_protocol::{ConsumerInfo, Pattern, Start, TopicInfo};
+use wharf_protocol::{Pattern, Start, TopicInfo};
 
 use crate::backend::contract::{BackendError, Confirming, NewEvent, Published, StoreStats, Stored};
 use crate::config::Config;
-use crate::error::BrokerError;
 use crate::metrics;
-use local::LocalConsumer;
+use local::{lock, LocalConsumer};
 
-pub use subscribe::{Attaching, Subscription};
+/// The most events JetStream takes in one atomic batch; a larger `publish_batch` is stored
+/// event by event (PROTOCOL.md).
+const MAX_ATOMIC_BATCH: usize = 1000;
 
 /// The cluster backend, cheap to clone.
 #[derive(Clone)]
@@ -62,9 +63,18 @@ struct Inner {
     holders: tokio::sync::OnceCell<jetstream::kv::Store>,
 }
 
-/// A poisoned lock here only guards maps that every change leaves whole.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// JetStream's name for wharf consumer `name`: NATS names may not hold `.`, so `_` becomes
+/// `__` and `.` becomes `_d` (no two wharf names share one).
+fn durable(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        match c {
+            '_' => out.push_str("__"),
+            '.' => out.push_str("_d"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A NATS failure as the client sees it: `unavailable`, retry later.
@@ -73,28 +83,6 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> BackendError {
 }
 
 impl NatsBackend {
-    /// Connects and makes sure the stream exists. A cluster that cannot be reached does not
-    /// stop the broker: it serves `/healthz`, answers `unavailable` and keeps trying. A
-    /// stream whose settings conflict with the config does stop it.
-    pub async fn open(config: &Config) -> Result<NatsBackend, BrokerError> {
-        let client = stream::connect(&config.nats).await?;
-        let node = format!("{:016x}", rand_u64());
-        let inner = Arc::new(Inner {
-            js: jetstream::new(client.clone()),
-            client,
-            config: config.clone(),
-            prefix: format!("{}.", config.nats.subject_prefix),
-            not_ready: Mutex::new(Some("the stream is not set up yet".into())),
-            node,
-            next_id: AtomicU64::new(0),
-            local: Mutex::default(),
-            holders: tokio::sync::OnceCell::new(),
-        });
-        let backend = NatsBackend { inner };
-        backend.ensure_stream_at_start().await?;
-        Ok(backend)
-    }
-
     fn js(&self) -> &jetstream::Context {
         &self.inner.js
     }
@@ -145,16 +133,17 @@ impl NatsBackend {
     }
 
     /// Stores each batch's events, in order, each once JetStream acknowledged it (a majority
-    /// of the replicas stored it). A batch of several events without msg_ids is one atomic
-    /// JetStream batch (all or nothing); with msg_ids it is stored event by event, each
-    /// deduplicated (see PROTOCOL.md).
+    /// of the replicas stored it). A batch of 2 to 1,000 events without msg_ids is one
+    /// atomic JetStream batch (all or nothing); with msg_ids, or larger, it is stored event by
+    /// event, each deduplicated (see PROTOCOL.md).
     pub async fn publish(
         &self,
         batches: Vec<Vec<NewEvent>>,
     ) -> Result<Confirming<Vec<Stored>>, BackendError> {
         self.check_ready()?;
         if let [batch] = batches.as_slice() {
-            if batch.len() > 1 && batch.iter().all(|e| e.msg_id.is_none()) {
+            let atomic = (2..=MAX_ATOMIC_BATCH).contains(&batch.len());
+            if atomic && batch.iter().all(|e| e.msg_id.is_none()) {
                 return Ok(self.publish_atomic(batches.into_iter().flatten().collect()));
             }
         }
@@ -369,10 +358,6 @@ impl NatsBackend {
             }
         }
         rows
-    }
-
-    pub async fn consumer_info(&self, name: &str) -> Result<Option<ConsumerInfo>, BackendError> {
-        subscribe::info(self, name).await
     }
 
     /// Stops delivering; JetStream keeps everything.

@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use wharf_protocol::Start;
 
+use super::local::lock;
 use super::local::InFlight;
-use super::subscribe::durable;
-use super::{lock, unavailable, NatsBackend};
+use super::{durable, unavailable, NatsBackend};
 use crate::backend::contract::{BackendError, Confirming, Settlement};
 use crate::metrics;
 

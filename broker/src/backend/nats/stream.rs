@@ -2,12 +2,15 @@
 //! replicas asked, retention and the dedup window from wharf's config), refused, naming the
 //! difference, when one exists with settings that conflict.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::stream;
+use async_nats::jetstream::{self, stream};
 
-use super::{lock, NatsBackend};
-use crate::config::{ConfigError, Nats};
+use super::local::lock;
+use super::{rand_u64, Inner, NatsBackend};
+use crate::config::{Config, ConfigError, Nats};
 use crate::error::BrokerError;
 
 /// How long the first look at the stream may take before the broker starts anyway (and
@@ -87,6 +90,28 @@ fn conflict(have: &stream::Config, want: &stream::Config) -> Option<String> {
 }
 
 impl NatsBackend {
+    /// Connects and makes sure the stream exists. A cluster that cannot be reached does not
+    /// stop the broker: it serves `/healthz`, answers `unavailable` and keeps trying. A
+    /// stream whose settings conflict with the config does stop it.
+    pub async fn open(config: &Config) -> Result<NatsBackend, BrokerError> {
+        let client = connect(&config.nats).await?;
+        let node = format!("{:016x}", rand_u64());
+        let inner = Arc::new(Inner {
+            js: jetstream::new(client.clone()),
+            client,
+            config: config.clone(),
+            prefix: format!("{}.", config.nats.subject_prefix),
+            not_ready: Mutex::new(Some("the stream is not set up yet".into())),
+            node,
+            next_id: AtomicU64::new(0),
+            local: Mutex::default(),
+            holders: tokio::sync::OnceCell::new(),
+        });
+        let backend = NatsBackend { inner };
+        backend.ensure_stream_at_start().await?;
+        Ok(backend)
+    }
+
     /// The stream wharf wants.
     fn stream_config(&self) -> stream::Config {
         let config = &self.inner.config;

@@ -19,8 +19,9 @@ use wharf_protocol::{ConsumerInfo, Mode, Pattern, Reply, Start};
 
 use super::delivery::Delivery;
 use super::follow::Follower;
+use super::local::lock;
 use super::local::{Attachment, LocalConsumer};
-use super::{lock, unavailable, NatsBackend};
+use super::{durable, unavailable, NatsBackend};
 use crate::backend::contract::{
     confirmed, dead_letter_topic, BackendError, Confirming, ConsumerSpec, DeliveryOptions, Quota,
     Subscriber,
@@ -32,20 +33,6 @@ const TOPICS_KEY: &str = "wharf_topics";
 /// The floor the consumer was created (or sought) with: JetStream reports an ack floor of 0
 /// until the first ack.
 const FLOOR_KEY: &str = "wharf_floor";
-
-/// JetStream's name for wharf consumer `name`: NATS names may not hold `.`, so `_` becomes
-/// `__` and `.` becomes `_d` (no two wharf names share one).
-pub(super) fn durable(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for c in name.chars() {
-        match c {
-            '_' => out.push_str("__"),
-            '.' => out.push_str("_d"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// A connection attached to a consumer, before its delivery task starts.
 pub struct Attaching {
@@ -156,6 +143,10 @@ fn same_topics(stored: &str, asked: &[Pattern]) -> bool {
 }
 
 impl NatsBackend {
+    pub async fn consumer_info(&self, name: &str) -> Result<Option<ConsumerInfo>, BackendError> {
+        info(self, name).await
+    }
+
     async fn consumer_config(&self, name: &str) -> Result<Option<consumer::Config>, BackendError> {
         let stream = self.stream().await?;
         match stream.get_consumer::<pull::Config>(&durable(name)).await {
@@ -436,10 +427,7 @@ impl NatsBackend {
     }
 }
 
-pub(super) async fn info(
-    backend: &NatsBackend,
-    name: &str,
-) -> Result<Option<ConsumerInfo>, BackendError> {
+async fn info(backend: &NatsBackend, name: &str) -> Result<Option<ConsumerInfo>, BackendError> {
     let stream = backend.stream().await?;
     let mut consumer = match stream.get_consumer::<pull::Config>(&durable(name)).await {
         Ok(c) => c,
