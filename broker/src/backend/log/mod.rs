@@ -25,7 +25,8 @@ pub mod store;
 pub mod subscribe;
 mod upkeep;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use wharf_protocol::{ConsumerInfo, Mode, Pattern, Start, TopicInfo};
 
@@ -37,6 +38,10 @@ use append::{Event, Floor, LogError, Pending, Receipt, Record, Stop};
 use consumers::Consumer;
 use store::Store;
 
+/// Consumer names whose creation was submitted to the log and is not confirmed yet, with
+/// how many creations of each are in flight.
+pub type Creating = Arc<Mutex<HashMap<String, usize>>>;
+
 /// The embedded backend, cheap to clone.
 #[derive(Clone)]
 pub struct LogBackend {
@@ -44,7 +49,7 @@ pub struct LogBackend {
     config: Arc<Config>,
     /// Consumer creations submitted to the log and not yet applied: they count against the
     /// consumer limits, so that concurrent creations cannot pass them.
-    creating: subscribe::Creating,
+    creating: Creating,
 }
 
 /// Waits for a submitted write to be durable.

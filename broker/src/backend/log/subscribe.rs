@@ -2,22 +2,18 @@
 //! members) and following the log without a consumer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use wharf_protocol::{Mode, Pattern, Reply};
 
 use super::append::Record;
 use super::consumers::{Attached, Consumer, ModeConflict};
 use super::delivery::{run_ephemeral, DurableDelivery, EventSource};
-use super::{mode_name, LogBackend};
+use super::{mode_name, Creating, LogBackend};
 use crate::backend::contract::{
     confirmed, BackendError, Confirming, ConsumerSpec, DeliveryOptions, Quota, Subscriber,
 };
 use crate::outbound::Frame;
-
-/// Consumer names whose creation was submitted to the log and is not confirmed yet, with
-/// how many creations of each are in flight.
-pub type Creating = Arc<Mutex<HashMap<String, usize>>>;
 
 /// One consumer creation in flight, in `LogBackend::creating` until dropped.
 struct CreatingConsumer {
