@@ -233,7 +233,12 @@ pub fn broker_config(data_dir: &std::path::Path) -> String {
     data_dir.hash(&mut h);
     let id = format!("{:x}", h.finish());
     let urls = shared().lock().unwrap_or_else(|p| p.into_inner()).urls();
-    node_config(&urls, &id)
+    // Generous: this machine is shared, and a stored publish with `sync_interval: always` on
+    // three replicas may take a while under the suite's load.
+    format!(
+        "{}nats.publish_timeout = \"30s\"\n",
+        node_config(&urls, &id)
+    )
 }
 
 /// The config of a wharf node on the cluster at `urls`, on the stream `T<id>`: nodes given

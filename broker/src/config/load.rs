@@ -5,6 +5,29 @@ use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError, InvalidValue};
 
+/// An environment variable's value, typed by the key it sets: the raw text for a string key
+/// (`WHARF_DATA_DIR=2024` is a path), a comma-separated list for a list key
+/// (`WHARF_NATS_URLS=nats://a,nats://b`, or a TOML list), TOML for the others (a number, a
+/// boolean), else the raw text so that the error names what was wrong with it.
+fn env_value(raw: String, default: &toml::Value) -> toml::Value {
+    if let toml::Value::String(_) = default {
+        return toml::Value::String(raw);
+    }
+    if let toml::Value::Array(_) = default {
+        if !raw.trim_start().starts_with('[') {
+            let items = raw
+                .split(',')
+                .map(|s| toml::Value::String(s.trim().to_owned()));
+            return toml::Value::Array(items.collect());
+        }
+    }
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or(toml::Value::String(raw))
+}
+
 impl Config {
     /// The config from `path`, or from `./config.toml` when no path is given and it exists,
     /// or the embedded defaults.
@@ -57,28 +80,6 @@ impl Config {
                 nats.insert(optional.to_owned(), toml::Value::String(String::new()));
             }
         }
-        // Typed by the key it sets: the raw text for a string key (`WHARF_DATA_DIR=2024` is a
-        // path), TOML for the others (a number, a boolean, a list), else the raw text so
-        // that the error names what was wrong with it.
-        let value_of = |raw: String, default: &toml::Value| {
-            if let toml::Value::String(_) = default {
-                return toml::Value::String(raw);
-            }
-            // A list of strings may be given comma-separated: WHARF_NATS_URLS=nats://a,nats://b.
-            if let toml::Value::Array(_) = default {
-                if !raw.trim_start().starts_with('[') {
-                    let items = raw
-                        .split(',')
-                        .map(|s| toml::Value::String(s.trim().to_owned()));
-                    return toml::Value::Array(items.collect());
-                }
-            }
-            format!("v = {raw}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(raw))
-        };
         // Which keys the environment set, to name the variable in an error.
         let mut from_env: Vec<(String, String)> = Vec::new();
         for (key, default) in &keys {
@@ -91,7 +92,7 @@ impl Config {
                             .entry(key.clone())
                             .or_insert_with(|| toml::Value::Table(Default::default()));
                         if let toml::Value::Table(t) = entry {
-                            t.insert(sub.clone(), value_of(raw, sub_default));
+                            t.insert(sub.clone(), env_value(raw, sub_default));
                         }
                         from_env.push((format!("{key}.{sub}"), var));
                     }
@@ -100,7 +101,7 @@ impl Config {
             }
             let var = format!("WHARF_{}", key.to_uppercase());
             if let Some(raw) = env(&var) {
-                table.insert(key.clone(), value_of(raw, default));
+                table.insert(key.clone(), env_value(raw, default));
                 from_env.push((key.clone(), var));
             }
         }

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use wharf_protocol::{Mode, Reply};
 
+use crate::backend::contract::{BackendError, Subscriber};
 use crate::outbound::Frame;
 
 /// A poisoned lock here only guards maps that every change leaves whole.
@@ -68,6 +69,58 @@ pub struct LocalConsumer {
 }
 
 impl LocalConsumer {
+    /// Adds an attachment of `to` in `mode` and returns its generation. Exclusive mode
+    /// takes the consumer over from the other attachments on this node: they are told
+    /// `taken_over` and what they held is delivered again at once.
+    pub(super) fn add(&self, name: &str, mode: Mode, to: &Subscriber) -> Result<u64, BackendError> {
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replaced = {
+            let mut held = lock(&self.mode);
+            let mut attachments = lock(&self.attachments);
+            let replaced: Vec<Attachment> = match (mode, *held, attachments.is_empty()) {
+                (Mode::Shared, Mode::Exclusive, false) | (Mode::Exclusive, Mode::Shared, false) => {
+                    let held = match *held {
+                        Mode::Exclusive => "exclusive",
+                        Mode::Shared => "shared",
+                    };
+                    return Err(BackendError::Conflict(format!(
+                        "consumer {name:?} is attached in {held} mode; subscribe with the same mode"
+                    )));
+                }
+                (Mode::Shared, _, _) => Vec::new(),
+                (Mode::Exclusive, _, _) => attachments.drain(..).collect(),
+            };
+            *held = mode;
+            attachments.push(Attachment {
+                generation,
+                session: to.session,
+                sub: to.sub.clone(),
+                outbound: to.outbound.clone(),
+                task: None,
+                watcher: None,
+            });
+            replaced
+        };
+        for old in replaced {
+            tracing::info!(
+                consumer = name,
+                from = old.session,
+                to = to.session,
+                "consumer taken over"
+            );
+            old.stop();
+            self.release(Some(old.generation));
+            let notice = Reply::Unsubscribed {
+                sub: old.sub.to_string(),
+                reason: "taken_over".into(),
+            };
+            let _best_effort = old.outbound.try_send(Frame::reply(&notice));
+        }
+        Ok(generation)
+    }
+
     /// Naks everything `holder` (or, with `None`, anyone) holds: delivered again now.
     pub(super) fn release(&self, holder: Option<u64>) {
         let released: Vec<InFlight> = {

@@ -425,6 +425,10 @@ impl Pending {
                     "JetStream did not confirm the publish within nats.publish_timeout: {why}"
                 )));
             }
+            tracing::warn!(
+                reason = why,
+                "publish not confirmed; sending it again with its msg id"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
             ack = self.message.send(js).await;
         }

@@ -97,7 +97,11 @@ impl NatsBackend {
         let client = connect(&config.nats).await?;
         let node = format!("{:016x}", rand_u64());
         let inner = Arc::new(Inner {
-            js: jetstream::new(client.clone()),
+            // An ack is waited for as long as a publish may take: retrying a slow one (rather
+            // than a failed one) could let later publishes overtake it.
+            js: jetstream::ContextBuilder::new()
+                .timeout(config.nats.publish_timeout)
+                .build(client.clone()),
             client,
             config: config.clone(),
             prefix: format!("{}.", config.nats.subject_prefix),

@@ -15,18 +15,17 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use wharf_protocol::{ConsumerInfo, Mode, Pattern, Reply, Start};
+use wharf_protocol::{ConsumerInfo, Mode, Pattern, Start};
 
 use super::delivery::Delivery;
 use super::follow::Follower;
 use super::local::lock;
-use super::local::{Attachment, LocalConsumer};
+use super::local::LocalConsumer;
 use super::{durable, unavailable, NatsBackend};
 use crate::backend::contract::{
     confirmed, dead_letter_topic, BackendError, Confirming, ConsumerSpec, DeliveryOptions, Quota,
     Subscriber,
 };
-use crate::outbound::Frame;
 
 const NAME_KEY: &str = "wharf_name";
 const TOPICS_KEY: &str = "wharf_topics";
@@ -330,64 +329,9 @@ impl NatsBackend {
             return Err(conflict(name, &stored, patterns));
         }
         let local = self.local(name);
-        let generation = local
-            .next_generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let replaced = {
-            let mut held = lock(&local.mode);
-            let mut attachments = lock(&local.attachments);
-            let replaced: Vec<Attachment> = match (mode, *held, attachments.is_empty()) {
-                (Mode::Shared, Mode::Exclusive, false) | (Mode::Exclusive, Mode::Shared, false) => {
-                    let held = match *held {
-                        Mode::Exclusive => "exclusive",
-                        Mode::Shared => "shared",
-                    };
-                    return Err(BackendError::Conflict(format!(
-                        "consumer {name:?} is attached in {held} mode; subscribe with the same mode"
-                    )));
-                }
-                (Mode::Shared, _, _) => Vec::new(),
-                (Mode::Exclusive, _, _) => attachments.drain(..).collect(),
-            };
-            *held = mode;
-            attachments.push(Attachment {
-                generation,
-                session: to.session,
-                sub: to.sub.clone(),
-                outbound: to.outbound.clone(),
-                task: None,
-                watcher: None,
-            });
-            replaced
-        };
-        for old in replaced {
-            tracing::info!(
-                consumer = name,
-                from = old.session,
-                to = to.session,
-                "consumer taken over"
-            );
-            old.stop();
-            local.release(Some(old.generation));
-            let notice = Reply::Unsubscribed {
-                sub: old.sub.to_string(),
-                reason: "taken_over".into(),
-            };
-            let _best_effort = old.outbound.try_send(Frame::reply(&notice));
-        }
-        // An exclusive holder claims the consumer cluster-wide: the claim's key changes
-        // hands, and the previous holder (on whichever node) watches for that.
+        let generation = local.add(name, mode, &to)?;
         let claim = match mode {
-            Mode::Exclusive => {
-                let holders = self.holders().await?;
-                let key = durable(name);
-                let holder = format!("{}-{generation}", self.inner.node);
-                let revision = holders
-                    .put(&key, holder.into())
-                    .await
-                    .map_err(|e| unavailable("cannot claim the consumer", e))?;
-                Some((holders, key, revision))
-            }
+            Mode::Exclusive => Some(self.claim(name, generation).await?),
             Mode::Shared => None,
         };
         let from = match self.consumer_info(name).await? {
@@ -404,6 +348,23 @@ impl NatsBackend {
             started: false,
             claim,
         })
+    }
+
+    /// Claims consumer `name` for this node's attachment `generation`, cluster-wide: the
+    /// claim's key changes hands, and the previous holder (on whichever node) watches it.
+    async fn claim(
+        &self,
+        name: &str,
+        generation: u64,
+    ) -> Result<(jetstream::kv::Store, String, u64), BackendError> {
+        let holders = self.holders().await?;
+        let key = durable(name);
+        let holder = format!("{}-{generation}", self.inner.node);
+        let revision = holders
+            .put(&key, holder.into())
+            .await
+            .map_err(|e| unavailable("cannot claim the consumer", e))?;
+        Ok((holders, key, revision))
     }
 
     /// Delivers every event matching `patterns` from seq `from` on, at most once. A
