@@ -84,11 +84,11 @@ impl Nats {
                 "dot-separated tokens of letters, digits, '_' and '-'",
             );
         }
-        if self.lease.is_zero() || self.publish_timeout.is_zero() {
-            return bad(
-                "lease",
-                "lease and publish_timeout must be greater than zero",
-            );
+        if self.lease < std::time::Duration::from_secs(1) {
+            return bad("lease", "at least 1s (it is extended every quarter of it)");
+        }
+        if self.publish_timeout.is_zero() {
+            return bad("publish_timeout", "must be greater than zero");
         }
         Ok(())
     }

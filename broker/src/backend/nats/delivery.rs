@@ -130,6 +130,7 @@ impl Delivery {
                 message,
                 holder: self.generation,
                 due: now + self.options.ack_wait,
+                ack_wait: self.options.ack_wait,
                 extended: now,
             },
         );

@@ -28,6 +28,8 @@ pub struct InFlight {
     pub due: Instant,
     /// When JetStream's ack wait was last extended.
     pub extended: Instant,
+    /// The subscriber's ack wait (progress starts it over).
+    pub ack_wait: Duration,
 }
 
 pub(super) struct Attachment {

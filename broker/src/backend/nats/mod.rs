@@ -216,6 +216,18 @@ impl NatsBackend {
                         if let Some(error) = answer.get("error") {
                             return Err(failed(error.to_string()));
                         }
+                        if commit {
+                            // The commit's ack is this batch's: the id and count must match.
+                            let ours = answer.get("batch").and_then(|b| b.as_str())
+                                == Some(batch_id.as_str())
+                                && answer.get("count").and_then(serde_json::Value::as_u64)
+                                    == Some(n as u64);
+                            if !ours {
+                                return Err(failed(format!(
+                                    "an ack that is not this batch's: {answer}"
+                                )));
+                            }
+                        }
                         last = answer
                             .get("seq")
                             .and_then(serde_json::Value::as_u64)
@@ -229,7 +241,9 @@ impl NatsBackend {
                 }
             }
             let last = last.ok_or_else(|| failed("no ack for the commit".into()))?;
-            let first = last + 1 - n as u64;
+            let first = (last + 1)
+                .checked_sub(n as u64)
+                .ok_or_else(|| failed(format!("an ack with seq {last} for {n} events")))?;
             let events = (first..=last)
                 .map(|seq| Published {
                     seq,

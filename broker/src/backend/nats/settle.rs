@@ -2,8 +2,6 @@
 //! came with, so a seq is settled through the message this node has in flight for it: acks
 //! go to the node that delivered the event (the connection that received it).
 
-use std::time::Duration;
-
 use async_nats::jetstream::AckKind;
 use wharf_protocol::Start;
 
@@ -12,6 +10,30 @@ use super::local::InFlight;
 use super::{durable, unavailable, NatsBackend};
 use crate::backend::contract::{BackendError, Confirming, Settlement};
 use crate::metrics;
+
+/// Sends an ack (or term) and waits for JetStream to say it stored it. A request, not
+/// async-nats's double ack, which counts any reply as success, a 503 "no responders" (a
+/// consumer leader election, a deleted consumer) included.
+async fn stored_ack(
+    client: &async_nats::Client,
+    message: &async_nats::jetstream::Message,
+    kind: AckKind,
+) -> Result<(), BackendError> {
+    let Some(reply) = message.reply.clone() else {
+        return Err(BackendError::failed(
+            "a delivered message without a reply subject",
+        ));
+    };
+    let payload: bytes::Bytes = kind.into();
+    match client.request(reply, payload).await {
+        Ok(answer) if answer.status.is_none_or(|s| s.is_success()) => Ok(()),
+        Ok(answer) => Err(unavailable(
+            "JetStream did not store the ack",
+            answer.status.map_or(0, |s| s.as_u16()),
+        )),
+        Err(e) => Err(unavailable("JetStream did not store the ack", e)),
+    }
+}
 
 impl NatsBackend {
     /// Takes the in-flight messages of `seqs`, or says which one is not in flight here.
@@ -59,13 +81,14 @@ impl NatsBackend {
                     .fetch_add(taken.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        let client = self.inner.client.clone();
         Ok(Box::pin(async move {
             for f in taken {
-                let done = match how {
-                    Settlement::Ack => f.message.double_ack().await,
-                    Settlement::Term => f.message.double_ack_with(AckKind::Term).await,
+                let kind = match how {
+                    Settlement::Ack => AckKind::Ack,
+                    Settlement::Term => AckKind::Term,
                 };
-                done.map_err(|e| unavailable("JetStream did not confirm the ack", e))?;
+                stored_ack(&client, &f.message, kind).await?;
             }
             Ok(())
         }))
@@ -104,9 +127,8 @@ impl NatsBackend {
             let mut extend = Vec::with_capacity(seqs.len());
             for s in seqs {
                 if let Some(f) = in_flight.get_mut(s) {
-                    // The ack wait starts over: as long as it was when delivered.
-                    let wait = f.due.saturating_duration_since(f.extended);
-                    f.due = now + wait.max(Duration::from_millis(1));
+                    // The subscriber's ack wait starts over.
+                    f.due = now + f.ack_wait;
                     f.extended = now;
                     extend.push(f.message.clone());
                 }

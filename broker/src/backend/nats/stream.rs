@@ -77,6 +77,9 @@ fn conflict(have: &stream::Config, want: &stream::Config) -> Option<String> {
     if have.storage != want.storage {
         differences.push(format!("{:?} storage, not file", have.storage));
     }
+    if want.allow_atomic_publish && !have.allow_atomic_publish {
+        differences.push("atomic publish not allowed (publish_batch needs it)".to_owned());
+    }
     if have.retention != want.retention {
         differences.push(format!("{:?} retention, not limits", have.retention));
     }
