@@ -101,11 +101,16 @@ impl Delivery {
             return true;
         };
         let seq = info.stream_sequence;
-        let delivery = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+        let unsent = lock(&self.local.unsent).get(&seq).copied().unwrap_or(0);
+        let delivery = u32::try_from(info.delivered)
+            .unwrap_or(u32::MAX)
+            .saturating_sub(unsent)
+            .max(1);
         let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let max = self.options.max_deliver;
         if max > 0 && delivery > max {
             self.dead_letter(message, seq).await;
+            lock(&self.local.unsent).remove(&seq);
             return true;
         }
         let topic = self.backend.topic_of(message.subject.as_str()).to_owned();
@@ -139,11 +144,31 @@ impl Delivery {
                 metrics::delivered().increment(1);
                 true
             }
-            Delivered::Closed => false,
+            Delivered::Closed => {
+                self.unsent(seq).await;
+                false
+            }
             Delivered::TooSlow => {
+                self.unsent(seq).await;
                 self.outbound.evict_slow();
                 false
             }
+        }
+    }
+
+    /// `seq` never reached the connection: it is delivered again at once, and this pull
+    /// does not count as a delivery.
+    async fn unsent(&self, seq: u64) {
+        let taken = {
+            let mut in_flight = lock(&self.local.in_flight);
+            match in_flight.get(&seq) {
+                Some(f) if f.holder == self.generation => in_flight.remove(&seq),
+                _ => None,
+            }
+        };
+        if let Some(f) = taken {
+            *lock(&self.local.unsent).entry(seq).or_default() += 1;
+            let _redelivered_later = f.message.ack_with(AckKind::Nak(None)).await;
         }
     }
 

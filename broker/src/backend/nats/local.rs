@@ -59,6 +59,10 @@ pub struct LocalConsumer {
     pub(super) mode: Mutex<Mode>,
     pub(super) attachments: Mutex<Vec<Attachment>>,
     pub in_flight: Mutex<HashMap<u64, InFlight>>,
+    /// How often each seq was pulled here but never reached a connection (it closed or was
+    /// too slow): JetStream counted those deliveries, a subscriber never saw them, so they
+    /// are taken off the delivery count it is told.
+    pub unsent: Mutex<HashMap<u64, u32>>,
     /// Wakes the delivery tasks (room made, a seek).
     pub kick: Notify,
     /// Terminated through this node since it started (JetStream does not count them; the

@@ -157,7 +157,11 @@ impl NatsBackend {
                     payload: Bytes::from(event.payload),
                 };
                 let ack = message.send(self.js()).await;
-                pending.push(Pending { message, ack });
+                pending.push(Pending {
+                    message,
+                    ack,
+                    own_id: event.msg_id.is_none(),
+                });
             }
             sent.push(pending);
         }
@@ -408,6 +412,9 @@ impl Outgoing {
 struct Pending {
     message: Outgoing,
     ack: Result<jetstream::context::PublishAckFuture, String>,
+    /// The msg id is the broker's own: a duplicate can only be its own retry, and the event
+    /// is reported as newly stored.
+    own_id: bool,
 }
 
 impl Pending {
@@ -429,7 +436,7 @@ impl Pending {
                 Ok(ack) => {
                     return Ok(Published {
                         seq: ack.sequence,
-                        duplicate: ack.duplicate,
+                        duplicate: ack.duplicate && !self.own_id,
                     })
                 }
                 Err(why) => why,

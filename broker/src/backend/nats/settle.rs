@@ -69,6 +69,12 @@ impl NatsBackend {
     ) -> Result<Confirming<()>, BackendError> {
         self.check_ready()?;
         let taken = self.take_in_flight(name, &seqs)?;
+        if let Some(local) = self.local_of(name) {
+            let mut unsent = lock(&local.unsent);
+            for seq in &seqs {
+                unsent.remove(seq);
+            }
+        }
         let counter = match how {
             Settlement::Ack => metrics::acked(),
             Settlement::Term => metrics::terminated(),
@@ -151,6 +157,8 @@ impl NatsBackend {
                 "no consumer named {name:?}"
             )));
         };
+        // Resolved before the consumer goes: a failure here leaves it as it was.
+        let first = self.resolve_start(start).await?;
         let stream = self.stream().await?;
         stream
             .delete_consumer(&durable(name))
@@ -160,7 +168,10 @@ impl NatsBackend {
             lock(&local.in_flight).clear();
             local.kick.notify_waiters();
         }
-        self.make_consumer(name, &patterns, start).await?;
+        if let Err(e) = self.make_consumer(name, &patterns, first).await {
+            tracing::error!(consumer = name, error = %e, "a seek deleted the consumer and could not make it again");
+            return Err(e);
+        }
         Ok(crate::backend::contract::confirmed())
     }
 

@@ -141,6 +141,16 @@ impl NatsBackend {
 
     /// Makes sure the stream exists with settings wharf can use.
     async fn ensure_stream(&self) -> Result<(), Result<String, String>> {
+        self.ensure_events_stream().await?;
+        // The holders bucket too, now rather than at the first exclusive attach (making an
+        // R3 bucket can take a while).
+        self.holders()
+            .await
+            .map(drop)
+            .map_err(|e| Ok(e.to_string()))
+    }
+
+    async fn ensure_events_stream(&self) -> Result<(), Result<String, String>> {
         let want = self.stream_config();
         match self.js().get_stream(&want.name).await {
             Ok(mut existing) => {

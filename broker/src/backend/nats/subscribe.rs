@@ -15,7 +15,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use wharf_protocol::{ConsumerInfo, Mode, Pattern, Start};
+use wharf_protocol::{ConsumerInfo, Mode, Pattern};
 
 use super::delivery::Delivery;
 use super::follow::Follower;
@@ -191,15 +191,15 @@ impl NatsBackend {
         Ok(names)
     }
 
+    /// Makes JetStream consumer `name` owing every event from seq `first` on. Strict: two
+    /// concurrent creations cannot silently change each other's topics.
     pub(super) async fn make_consumer(
         &self,
         name: &str,
         patterns: &[Pattern],
-        start: Start,
+        first: u64,
     ) -> Result<(), BackendError> {
         let stream = self.stream().await?;
-        // Resolved now, so that the floor is known: "new" is after the newest event now.
-        let first = self.resolve_start(start).await?;
         let metadata = HashMap::from([
             (NAME_KEY.to_owned(), name.to_owned()),
             (TOPICS_KEY.to_owned(), topics_of(patterns)),
@@ -219,11 +219,20 @@ impl NatsBackend {
             metadata,
             ..Default::default()
         };
-        stream
-            .create_consumer(config)
-            .await
-            .map(drop)
-            .map_err(|e| unavailable("cannot create the consumer", e))
+        match stream.create_consumer_strict(config).await {
+            Ok(_) => Ok(()),
+            // Made meanwhile (by another connection or node): the same topics, or a conflict.
+            Err(e) => match self.consumer_config(name).await? {
+                Some(config) => {
+                    let stored = config.metadata.get(TOPICS_KEY).cloned().unwrap_or_default();
+                    match same_topics(&stored, patterns) {
+                        true => Ok(()),
+                        false => Err(conflict(name, &stored, patterns)),
+                    }
+                }
+                None => Err(unavailable("cannot create the consumer", e)),
+            },
+        }
     }
 
     pub async fn create_consumer(
@@ -255,7 +264,9 @@ impl NatsBackend {
                 )));
             }
         }
-        self.make_consumer(&spec.name, &spec.patterns, spec.start)
+        // Resolved now, so that the floor is known: "new" is after the newest event now.
+        let first = self.resolve_start(spec.start).await?;
+        self.make_consumer(&spec.name, &spec.patterns, first)
             .await?;
         Ok(confirmed())
     }
@@ -269,6 +280,7 @@ impl NatsBackend {
                     mode: Mutex::new(Mode::Exclusive),
                     attachments: Mutex::default(),
                     in_flight: Mutex::default(),
+                    unsent: Mutex::default(),
                     kick: Notify::new(),
                     next_generation: Default::default(),
                     terminated: Default::default(),
@@ -280,7 +292,7 @@ impl NatsBackend {
 
     /// The bucket of exclusive holders, made on first use (file storage, the stream's
     /// replicas, one value per key).
-    async fn holders(&self) -> Result<jetstream::kv::Store, BackendError> {
+    pub(super) async fn holders(&self) -> Result<jetstream::kv::Store, BackendError> {
         self.inner
             .holders
             .get_or_try_init(|| async {
