@@ -28,6 +28,16 @@ async fn a_subscriber_moves_between_wharf_nodes_and_loses_nothing() {
     assert_eq!(seqs(&on_a.events(5).await), vec![1, 2, 3, 4, 5]);
     on_a.ack("mover", &[1, 2, 3]).await;
     on_a.close().await;
+    // Node A has seen it go (until then an event published now may still reach the closing
+    // connection and count as a delivery).
+    let until = std::time::Instant::now() + wharf_tests::WAIT;
+    while p.info("mover").await["attached"] != 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the subscriber never detached"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     let mut pb = b.client().await;
     for i in 6..=8 {
