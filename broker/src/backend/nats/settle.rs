@@ -168,9 +168,22 @@ impl NatsBackend {
             lock(&local.in_flight).clear();
             local.kick.notify_waiters();
         }
-        if let Err(e) = self.make_consumer(name, &patterns, first).await {
-            tracing::error!(consumer = name, error = %e, "a seek deleted the consumer and could not make it again");
-            return Err(e);
+        // The deletion reaches every replica of the consumer in its own time: making it
+        // again may first find the old one still there, so it is tried a few times.
+        let mut tries = 0;
+        loop {
+            match self.make_consumer(name, &patterns, first).await {
+                Ok(()) if self.consumer_floor(name).await == Some(first - 1) => break,
+                Ok(()) | Err(_) if tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(consumer = name, error = %e, "a seek deleted the consumer and could not make it again");
+                    return Err(e);
+                }
+            }
         }
         Ok(crate::backend::contract::confirmed())
     }

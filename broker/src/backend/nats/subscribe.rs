@@ -161,6 +161,12 @@ impl NatsBackend {
         }
     }
 
+    /// The floor consumer `name` was made with (its metadata), if it exists.
+    pub(super) async fn consumer_floor(&self, name: &str) -> Option<u64> {
+        let config = self.consumer_config(name).await.ok()??;
+        config.metadata.get(FLOOR_KEY)?.parse().ok()
+    }
+
     pub async fn consumer_patterns(
         &self,
         name: &str,
