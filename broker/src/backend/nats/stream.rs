@@ -15,7 +15,7 @@ use crate::error::BrokerError;
 
 /// How long the first look at the stream may take before the broker starts anyway (and
 /// keeps trying in the background, `/readyz` saying why it is not ready).
-const FIRST_LOOK: Duration = Duration::from_secs(3);
+const FIRST_LOOK: Duration = Duration::from_secs(10);
 
 fn config_error(message: String) -> BrokerError {
     BrokerError::Config(ConfigError::Invalid {

@@ -378,11 +378,18 @@ impl NatsBackend {
         let holders = self.holders().await?;
         let key = durable(name);
         let holder = format!("{}-{generation}", self.inner.node);
-        let revision = holders
-            .put(&key, holder.into())
-            .await
-            .map_err(|e| unavailable("cannot claim the consumer", e))?;
-        Ok((holders, key, revision))
+        // A bucket just made may not take writes for a moment (its replicas elect a leader).
+        let mut tries = 0;
+        loop {
+            match holders.put(&key, holder.clone().into()).await {
+                Ok(revision) => return Ok((holders, key, revision)),
+                Err(e) if tries >= 30 => return Err(unavailable("cannot claim the consumer", e)),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     /// Delivers every event matching `patterns` from seq `from` on, at most once. A
