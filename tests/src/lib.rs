@@ -21,6 +21,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long a starting broker may take to listen, or to get its NATS stream ready: longer
+/// than the cluster backend's first look at its stream (10 s), which comes before it listens
+/// and may take that long while a just-restarted NATS node catches up.
+pub const START_WAIT: Duration = Duration::from_secs(30);
+
 /// The `wharf` binary of this workspace, built (or brought up to date) once per test run,
 /// so that `cargo test -p wharf-tests` never runs a stale binary.
 ///
@@ -272,7 +277,7 @@ impl Broker {
                 let _ = url_tx.send(None);
             });
         }
-        match url_rx.recv_timeout(WAIT) {
+        match url_rx.recv_timeout(START_WAIT) {
             Ok(Some(url)) => Ok(Broker {
                 child,
                 url,
@@ -291,7 +296,7 @@ impl Broker {
 
     /// Waits until the cluster backend logs that its stream is ready.
     pub fn wait_ready(&self) {
-        self.wait_for_log("NATS stream ready");
+        self.wait_for_log_within("NATS stream ready", START_WAIT);
     }
 
     pub fn pid(&self) -> u32 {
@@ -323,8 +328,13 @@ impl Broker {
 
     /// Waits (at most [`WAIT`]) until the broker logs a line containing `needle`.
     pub fn wait_for_log(&self, needle: &str) {
+        self.wait_for_log_within(needle, WAIT);
+    }
+
+    /// [`Broker::wait_for_log`] with its own limit.
+    pub fn wait_for_log_within(&self, needle: &str, limit: Duration) {
         let (lines, logged) = &*self.stderr;
-        let deadline = std::time::Instant::now() + WAIT;
+        let deadline = std::time::Instant::now() + limit;
         let mut guard = lines.lock().unwrap();
         while !guard.iter().any(|l| l.contains(needle)) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
