@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 /// What one system did in one scenario.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Figure {
     pub system: String,
     /// The durability promise behind the figure, in the peer's own words.
@@ -16,6 +16,13 @@ pub struct Figure {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub rss_peak_mb: Option<f64>,
+    /// Cluster systems: CPU time per event (per delivery for fan-out) of the wharf nodes
+    /// together, in microseconds.
+    pub wharf_cpu_us: Option<f64>,
+    /// Cluster systems: CPU time per event of the three NATS servers together.
+    pub nats_cpu_us: Option<f64>,
+    /// Cluster systems: CPU time per event of the busiest NATS server (the stream leader).
+    pub nats_max_cpu_us: Option<f64>,
 }
 
 impl Figure {
@@ -23,7 +30,8 @@ impl Figure {
         json!({
             "system": self.system, "durability": self.durability, "scenario": self.scenario,
             "rate": self.rate, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
-            "rss_peak_mb": self.rss_peak_mb,
+            "rss_peak_mb": self.rss_peak_mb, "wharf_cpu_us": self.wharf_cpu_us,
+            "nats_cpu_us": self.nats_cpu_us, "nats_max_cpu_us": self.nats_max_cpu_us,
         })
     }
 }
@@ -54,6 +62,9 @@ pub fn medians(figures: Vec<Figure>) -> Vec<Figure> {
             p50_ms: of(|g| g.p50_ms),
             p99_ms: of(|g| g.p99_ms),
             rss_peak_mb: of(|g| g.rss_peak_mb),
+            wharf_cpu_us: of(|g| g.wharf_cpu_us),
+            nats_cpu_us: of(|g| g.nats_cpu_us),
+            nats_max_cpu_us: of(|g| g.nats_max_cpu_us),
             ..f.clone()
         });
     }

@@ -5,11 +5,21 @@
 //! peers run as child processes on loopback ports and temporary directories, each with the
 //! durability setting written next to its figures. Nothing here is a dependency of `wharf`.
 //! `bench/run.sh` installs the peers when missing and runs this in release mode.
+//!
+//! The cluster systems run on a 3-node NATS JetStream cluster the runner starts on loopback
+//! (a fresh one per scenario): `wharf-nats` and `wharf-nats2` are one and two wharf nodes
+//! (`backend = "nats"`) over it, loaded through WebSocket with the load split across the
+//! nodes; `jetstream-r3` is the same stream used directly through async-nats, with the
+//! same settings. A second table compares them, with the CPU each event costs the wharf
+//! nodes and the NATS servers.
 
+mod cluster;
 mod figure;
+mod jetstream;
 mod nats;
 mod peer;
 mod redis;
+mod wharf_ws;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,13 +28,19 @@ use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use serde_json::Value;
 
+use cluster::{NatsCluster, Probe, WharfNode};
 use figure::{percentiles, Figure};
 use peer::{Peer, RssWatch};
+
+/// The systems that run on the 3-node NATS cluster.
+const CLUSTER_SYSTEMS: [&str; 3] = ["wharf-nats", "wharf-nats2", "jetstream-r3"];
 
 #[derive(Parser, Debug)]
 #[command(about = "wharf against NATS JetStream and Redis Streams, side by side")]
 struct Args {
-    /// Systems to run, in order.
+    /// Systems to run, in order: wharf, nats, nats-always, redis, and on a 3-node NATS
+    /// cluster wharf-nats (one wharf node), wharf-nats2 (two) and jetstream-r3 (raw
+    /// JetStream, 3 replicas).
     #[arg(
         long,
         value_delimiter = ',',
@@ -68,6 +84,19 @@ struct Args {
     /// Events for NATS with sync_interval: always, which fsyncs each message and is slow.
     #[arg(long, default_value_t = 20_000)]
     always_events: u64,
+    /// The cluster systems' NATS servers: `always` fsyncs before each ack (wharf's promise,
+    /// what the test cluster runs), `default` every 2 minutes. Both sides get the same.
+    #[arg(long, value_enum, default_value = "always")]
+    cluster_sync: cluster::Sync,
+    /// The cluster systems publish (and replay) at most this many events.
+    #[arg(long, default_value_t = 200_000)]
+    cluster_events: u64,
+    /// Events per second in the cluster systems' latency scenario.
+    #[arg(long, default_value_t = 5000)]
+    cluster_rate: u64,
+    /// Subscribers in the cluster systems' fan-out (each a JetStream ordered consumer).
+    #[arg(long, default_value_t = 100)]
+    cluster_subscribers: u64,
     /// A few hundred events per scenario and 20 subscribers: checks that everything runs.
     #[arg(long)]
     quick: bool,
@@ -141,32 +170,42 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let load = args.load();
-    let mut figures = Vec::new();
     let runs = if args.quick { 1 } else { args.runs.max(1) };
-    for system in &args.systems {
-        let mut all = Vec::new();
-        for _ in 0..runs {
-            all.extend(run_system(&args, &load, system).await?);
-        }
-        let found = figure::medians(all);
-        for f in &found {
-            if args.json {
-                println!("{}", f.to_json());
-            } else {
-                eprintln!(
-                    "{:<12} {:<8} {:>12.0}/s  p50 {:>8}  p99 {:>8}  RSS {:>7} MB",
-                    f.system,
-                    f.scenario,
-                    f.rate,
-                    fmt_ms(f.p50_ms),
-                    fmt_ms(f.p99_ms),
-                    f.rss_peak_mb.map_or("-".into(), |m| format!("{m:.1}"))
-                );
+    // Runs interleaved (every system once, then again): a neighbour's burst on this shared
+    // machine then falls on one run of each system rather than on all runs of one.
+    let mut all = Vec::new();
+    for run in 1..=runs {
+        for system in &args.systems {
+            let found = run_system(&args, &load, system).await?;
+            if !args.json {
+                for f in &found {
+                    eprintln!(
+                        "run {run}: {:<12} {:<8} {:>12.0}/s  p50 {:>8}  p99 {:>8}  RSS {:>7} MB{}",
+                        f.system,
+                        f.scenario,
+                        f.rate,
+                        fmt_ms(f.p50_ms),
+                        fmt_ms(f.p99_ms),
+                        f.rss_peak_mb.map_or("-".into(), |m| format!("{m:.1}")),
+                        match (f.wharf_cpu_us, f.nats_cpu_us) {
+                            (w, Some(n)) => format!(
+                                "  CPU/event wharf {} NATS {n:.1} µs",
+                                w.map_or("-".into(), |w| format!("{w:.1}"))
+                            ),
+                            _ => String::new(),
+                        }
+                    );
+                }
             }
+            all.extend(found);
         }
-        figures.extend(found);
     }
-    if !args.json {
+    let figures = figure::medians(all);
+    if args.json {
+        for f in &figures {
+            println!("{}", f.to_json());
+        }
+    } else {
         print_tables(&args, &figures);
     }
     Ok(())
@@ -184,8 +223,26 @@ async fn run_system(args: &Args, load: &Load, system: &str) -> anyhow::Result<Ve
             run_nats(args, &slow, true).await
         }
         "redis" => run_redis(args, load).await,
-        other => bail!("unknown system {other:?}; known: wharf, nats, nats-always, redis"),
+        "wharf-nats" | "wharf-nats2" | "jetstream-r3" => {
+            run_cluster(args, &cluster_load(args, load), system).await
+        }
+        other => bail!(
+            "unknown system {other:?}; known: wharf, nats, nats-always, redis, wharf-nats, wharf-nats2, jetstream-r3"
+        ),
     }
+}
+
+/// The cluster systems' sizes: capped by `--cluster-events`, at `--cluster-rate`, with at
+/// most `--cluster-subscribers` (each is an ordered consumer on the stream).
+fn cluster_load(args: &Args, load: &Load) -> Load {
+    let mut small = load.clone();
+    let cap = if args.quick { 300 } else { args.cluster_events };
+    small.events = small.events.min(cap);
+    small.backlog = small.backlog.min(cap);
+    small.latency_events = small.latency_events.min(cap);
+    small.rate = args.cluster_rate.max(1);
+    small.subscribers = small.subscribers.min(args.cluster_subscribers.max(1));
+    small
 }
 
 fn fmt_ms(ms: Option<f64>) -> String {
@@ -196,14 +253,19 @@ fn wanted(args: &Args, scenario: &str) -> bool {
     args.scenarios.iter().any(|s| s == scenario)
 }
 
-fn run_wharf(args: &Args, load: &Load) -> anyhow::Result<Vec<Figure>> {
-    let wharf = match &args.wharf {
+/// The wharf executable: `--wharf`, or `wharf` beside this one.
+fn wharf_path(args: &Args) -> anyhow::Result<PathBuf> {
+    Ok(match &args.wharf {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
             .parent()
             .ok_or_else(|| anyhow!("no directory for wharf-compare"))?
             .join("wharf"),
-    };
+    })
+}
+
+fn run_wharf(args: &Args, load: &Load) -> anyhow::Result<Vec<Figure>> {
+    let wharf = wharf_path(args)?;
     let durability = "fdatasync before every confirm (group commit)";
     let mut out = Vec::new();
     for scenario in ["publish", "replay", "latency", "fanout"] {
@@ -266,6 +328,7 @@ fn run_wharf(args: &Args, load: &Load) -> anyhow::Result<Vec<Figure>> {
             p50_ms: if timed { lat["p50"].as_f64() } else { None },
             p99_ms: if timed { lat["p99"].as_f64() } else { None },
             rss_peak_mb: rss,
+            ..Figure::default()
         });
     }
     Ok(out)
@@ -334,6 +397,7 @@ async fn run_peer(args: &Args, load: &Load, run: PeerRun<'_>) -> anyhow::Result<
             p50_ms,
             p99_ms,
             rss_peak_mb: Some(watch.peak_mb()),
+            ..Figure::default()
         });
     }
     Ok(out)
@@ -415,66 +479,174 @@ async fn run_redis(args: &Args, load: &Load) -> anyhow::Result<Vec<Figure>> {
     run_peer(args, load, run).await
 }
 
-/// One Markdown table: each scenario's figure per system and wharf's ratio to each peer
-/// (throughput: wharf ÷ peer, higher is better for wharf; latency: peer p99 ÷ wharf p99).
-fn print_tables(args: &Args, figures: &[Figure]) {
-    let systems: Vec<&str> = args.systems.iter().map(String::as_str).collect();
-    let find = |system: &str, scenario: &str| {
-        figures
-            .iter()
-            .find(|f| f.system == system && f.scenario == scenario)
+/// What a cluster scenario measured.
+pub struct Measured {
+    /// events/s (deliveries/s for fan-out; the rate asked for latency).
+    pub rate: f64,
+    pub latencies: Vec<f64>,
+    /// What the CPU cost is divided by: events (deliveries for fan-out).
+    pub units: u64,
+}
+
+/// A cluster system: per scenario, a fresh 3-node NATS cluster, and for the wharf systems
+/// fresh wharf nodes over it.
+async fn run_cluster(args: &Args, load: &Load, system: &str) -> anyhow::Result<Vec<Figure>> {
+    let wharf_nodes = match system {
+        "wharf-nats" => 1,
+        "wharf-nats2" => 2,
+        _ => 0,
     };
-    let mut header = String::from("| scenario |");
-    let mut rule = String::from("|---|");
-    for s in &systems {
-        header.push_str(&format!(" {s} |"));
-        rule.push_str("---|");
+    let wharf = if wharf_nodes > 0 {
+        Some(wharf_path(args)?)
+    } else {
+        None
+    };
+    let sync = args.cluster_sync.describe();
+    let mut out = Vec::new();
+    for scenario in ["publish", "replay", "latency", "fanout"] {
+        if !wanted(args, scenario) {
+            continue;
+        }
+        let cluster = NatsCluster::start(&args.nats_server, args.cluster_sync)?;
+        let mut nodes = Vec::new();
+        if let Some(wharf) = &wharf {
+            for _ in 0..wharf_nodes {
+                let room = load.connections + load.subscribers + 100;
+                nodes.push(WharfNode::start(wharf, cluster.urls(), room)?);
+            }
+        }
+        let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+        let wharf_pids: Vec<u32> = nodes.iter().map(WharfNode::pid).collect();
+        // RSS: the wharf nodes' for the wharf systems, the NATS servers' for raw JetStream.
+        let watched = if nodes.is_empty() {
+            cluster.pids()
+        } else {
+            wharf_pids.clone()
+        };
+        let watches: Vec<RssWatch> = watched.iter().map(|&p| RssWatch::new(p)).collect();
+        let probe = Probe::new(wharf_pids, cluster.pids());
+        let measured = if nodes.is_empty() {
+            let nats = cluster.urls();
+            match scenario {
+                "publish" => jetstream::publish(nats, load, &probe).await,
+                "replay" => jetstream::replay(nats, load, &probe).await,
+                "latency" => jetstream::latency(nats, load, &probe).await,
+                _ => jetstream::fanout(nats, load, &probe).await,
+            }
+        } else {
+            match scenario {
+                "publish" => wharf_ws::publish(&urls, load, &probe).await,
+                "replay" => wharf_ws::replay(&urls, load, &probe).await,
+                "latency" => wharf_ws::latency(&urls, load, &probe).await,
+                _ => wharf_ws::fanout(&urls, load, &probe).await,
+            }
+        }
+        .with_context(|| format!("{system} {scenario}"))?;
+        let cost = probe.cost(measured.units);
+        let (p50_ms, p99_ms) = percentiles(measured.latencies);
+        let timed = matches!(scenario, "publish" | "latency");
+        let how = match (wharf_nodes, scenario) {
+            (0, "fanout") => "ordered consumers, one per subscriber".to_owned(),
+            (0, _) => "async-nats, Nats-Msg-Id on each publish".to_owned(),
+            (n, "fanout") => {
+                format!("{n} wharf node(s); live WebSocket subscribers (ordered consumers)")
+            }
+            (n, _) => format!("{n} wharf node(s), load split across them"),
+        };
+        out.push(Figure {
+            system: system.into(),
+            durability: format!("JetStream R3 file store, {sync}; {how}"),
+            scenario: scenario.into(),
+            rate: measured.rate,
+            p50_ms: if timed { p50_ms } else { None },
+            p99_ms: if timed { p99_ms } else { None },
+            rss_peak_mb: Some(watches.iter().map(RssWatch::peak_mb).sum()),
+            wharf_cpu_us: cost.filter(|_| wharf_nodes > 0).map(|c| c.wharf_us),
+            nats_cpu_us: cost.map(|c| c.nats_us),
+            nats_max_cpu_us: cost.map(|c| c.nats_max_us),
+        });
+        drop(watches);
+        drop(nodes);
+        drop(cluster);
     }
-    for s in systems.iter().filter(|s| **s != "wharf") {
-        header.push_str(&format!(" wharf ÷ {s} |"));
-        rule.push_str("---|");
-    }
+    Ok(out)
+}
+
+/// The tables: the single-machine systems with wharf's ratio to each peer (throughput:
+/// wharf ÷ peer, higher is better for wharf; latency: peer p99 ÷ wharf p99), then the cluster
+/// systems with each wharf system's ratio to raw JetStream (throughput: wharf ÷ raw; latency:
+/// wharf p99 ÷ raw p99, lower is better for wharf) and the CPU per event.
+fn print_tables(args: &Args, figures: &[Figure]) {
     let runs = if args.quick { 1 } else { args.runs.max(1) };
+    let load = args.load();
     println!(
-        "Each figure is the median of {runs} run(s); payloads {} bytes; publish {} events from {} connections x {} in flight; replay {} events; latency {} events at {}/s; fan-out {} events to {} subscribers.",
-        args.size, args.events, args.connections, args.in_flight, args.backlog, args.latency_events, args.rate, args.fanout_events, args.subscribers
+        "Each figure is the median of {runs} run(s), the systems' runs interleaved; payloads {} bytes; {} connections x {} publishes in flight.",
+        args.size, load.connections, load.in_flight
     );
-    if systems.contains(&"nats-always") {
+    let single: Vec<&str> = args
+        .systems
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !CLUSTER_SYSTEMS.contains(s))
+        .collect();
+    let clustered: Vec<&str> = args
+        .systems
+        .iter()
+        .map(String::as_str)
+        .filter(|s| CLUSTER_SYSTEMS.contains(s))
+        .collect();
+    if single.contains(&"nats-always") {
         println!(
             "nats-always publishes and replays {} events only: it fsyncs each message.",
             args.always_events.min(args.events)
         );
     }
-    println!();
-    println!("{header}\n{rule}");
-    for scenario in &args.scenarios {
-        let mut row = format!("| {scenario} |");
-        for s in &systems {
-            let cell = match find(s, scenario) {
-                None => "—".to_owned(),
-                Some(f) if scenario == "latency" => {
-                    format!("p50 {} / p99 {}", fmt_ms(f.p50_ms), fmt_ms(f.p99_ms))
-                }
-                Some(f) if scenario == "publish" => {
-                    format!("{:.0}/s (p99 {})", f.rate, fmt_ms(f.p99_ms))
-                }
-                Some(f) => format!("{:.0}/s", f.rate),
-            };
-            row.push_str(&format!(" {cell} |"));
+    if !single.is_empty() {
+        println!(
+            "Publish {} events; replay {} events; latency {} events at {}/s; fan-out {} events to {} subscribers.",
+            load.events, load.backlog, load.latency_events, load.rate, load.fanout_events, load.subscribers
+        );
+        println!();
+        print_table(args, figures, &single, &["wharf"], "jetstream-r3", false);
+    }
+    if !clustered.is_empty() {
+        let small = cluster_load(args, &load);
+        println!();
+        println!(
+            "On a 3-node NATS cluster on loopback ({}), a fresh one per scenario: publish {} events, replay {} events, latency {} events at {}/s, fan-out {} events to {} subscribers. Latency ratio: wharf p99 ÷ raw JetStream p99 (lower is better for wharf).",
+            args.cluster_sync.describe(),
+            small.events,
+            small.backlog,
+            small.latency_events,
+            small.rate,
+            small.fanout_events,
+            small.subscribers,
+        );
+        println!();
+        print_table(
+            args,
+            figures,
+            &clustered,
+            &["wharf-nats", "wharf-nats2"],
+            "jetstream-r3",
+            true,
+        );
+        println!();
+        println!("| system | scenario | wharf nodes' CPU per event | NATS servers' CPU per event (all three) | busiest NATS server |\n|---|---|---|---|---|");
+        let us = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.1} µs"));
+        for f in figures
+            .iter()
+            .filter(|f| CLUSTER_SYSTEMS.contains(&f.system.as_str()))
+        {
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                f.system,
+                f.scenario,
+                us(f.wharf_cpu_us),
+                us(f.nats_cpu_us),
+                us(f.nats_max_cpu_us)
+            );
         }
-        let ours = find("wharf", scenario);
-        for s in systems.iter().filter(|s| **s != "wharf") {
-            let cell = match (ours, find(s, scenario)) {
-                (Some(w), Some(p)) if scenario == "latency" => match (w.p99_ms, p.p99_ms) {
-                    (Some(w), Some(p)) if w > 0.0 => format!("p99 {:.2}×", p / w),
-                    _ => "—".into(),
-                },
-                (Some(w), Some(p)) if p.rate > 0.0 => format!("{:.2}×", w.rate / p.rate),
-                _ => "—".into(),
-            };
-            row.push_str(&format!(" {cell} |"));
-        }
-        println!("{row}");
     }
     println!();
     println!("| system | durability of its figures |\n|---|---|");
@@ -487,10 +659,75 @@ fn print_tables(args: &Args, figures: &[Figure]) {
         }
     }
     println!();
-    println!("| system | scenario | broker RSS peak |\n|---|---|---|");
+    println!("| system | scenario | RSS peak (cluster systems: the wharf nodes', or for jetstream-r3 the three NATS servers') |\n|---|---|---|");
     for f in figures {
         if let Some(mb) = f.rss_peak_mb {
             println!("| {} | {} | {mb:.1} MB |", f.system, f.scenario);
         }
+    }
+}
+
+/// One table of `systems`; in the single-machine table each of `ours` is compared with every
+/// other system, in the cluster table (`cluster`) each of `ours` with `reference` only.
+fn print_table(
+    args: &Args,
+    figures: &[Figure],
+    systems: &[&str],
+    ours: &[&str],
+    reference: &str,
+    cluster: bool,
+) {
+    let find = |system: &str, scenario: &str| {
+        figures
+            .iter()
+            .find(|f| f.system == system && f.scenario == scenario)
+    };
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for o in ours.iter().filter(|o| systems.contains(o)) {
+        for s in systems.iter().filter(|s| !ours.contains(s)) {
+            if !cluster || *s == reference {
+                pairs.push((o, s));
+            }
+        }
+    }
+    let mut header = String::from("| scenario |");
+    let mut rule = String::from("|---|");
+    for s in systems {
+        header.push_str(&format!(" {s} |"));
+        rule.push_str("---|");
+    }
+    for (o, s) in &pairs {
+        header.push_str(&format!(" {o} ÷ {s} |"));
+        rule.push_str("---|");
+    }
+    println!("{header}\n{rule}");
+    for scenario in &args.scenarios {
+        let mut row = format!("| {scenario} |");
+        for s in systems {
+            let cell = match find(s, scenario) {
+                None => "—".to_owned(),
+                Some(f) if scenario == "latency" => {
+                    format!("p50 {} / p99 {}", fmt_ms(f.p50_ms), fmt_ms(f.p99_ms))
+                }
+                Some(f) if scenario == "publish" => {
+                    format!("{:.0}/s (p99 {})", f.rate, fmt_ms(f.p99_ms))
+                }
+                Some(f) => format!("{:.0}/s", f.rate),
+            };
+            row.push_str(&format!(" {cell} |"));
+        }
+        for (o, s) in &pairs {
+            let cell = match (find(o, scenario), find(s, scenario)) {
+                (Some(w), Some(p)) if scenario == "latency" => match (w.p99_ms, p.p99_ms) {
+                    (Some(w), Some(p)) if cluster && p > 0.0 => format!("p99 {:.2}×", w / p),
+                    (Some(w), Some(p)) if !cluster && w > 0.0 => format!("p99 {:.2}×", p / w),
+                    _ => "—".into(),
+                },
+                (Some(w), Some(p)) if p.rate > 0.0 => format!("{:.2}×", w.rate / p.rate),
+                _ => "—".into(),
+            };
+            row.push_str(&format!(" {cell} |"));
+        }
+        println!("{row}");
     }
 }

@@ -1,6 +1,7 @@
 //! `wharf-compare --quick` runs every scenario against wharf and each peer installed here
-//! (all of them where WHARF_REQUIRE_PEERS=1, as in CI) and prints one figure per system and
-//! scenario. No timing is asserted.
+//! (all of them where WHARF_REQUIRE_PEERS=1, as in CI), the cluster systems included (one
+//! and two wharf nodes over a 3-node NATS cluster, and raw JetStream R3), and prints one
+//! figure per system and scenario. No timing is asserted.
 
 use std::process::Command;
 
@@ -18,6 +19,11 @@ fn every_system_runs_every_scenario() {
         ("nats", "nats-server"),
         ("nats-always", "nats-server"),
         ("redis", "redis-server"),
+        // On a 3-node NATS cluster the runner starts: one and two wharf nodes, and raw
+        // JetStream R3.
+        ("wharf-nats", "nats-server"),
+        ("wharf-nats2", "nats-server"),
+        ("jetstream-r3", "nats-server"),
     ] {
         if installed(program) {
             systems.push(system);
@@ -55,6 +61,10 @@ fn every_system_runs_every_scenario() {
                 .unwrap_or_else(|| panic!("no {scenario} figure for {system}: {figures:?}"));
             assert!(f["rate"].as_f64().unwrap() > 0.0, "{f}");
             assert!(!f["durability"].as_str().unwrap().is_empty(), "{f}");
+            if system.starts_with("wharf-nats") {
+                // The CPU the wharf nodes spent is read (its value is not asserted).
+                assert!(f["wharf_cpu_us"].is_number(), "{f}");
+            }
         }
     }
 }

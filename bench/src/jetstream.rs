@@ -1,0 +1,305 @@
+//! Raw JetStream R3 through async-nats: the yardstick of the wharf nodes. The stream is the
+//! one a wharf node makes (`broker/src/backend/nats/stream.rs`: file storage, 3 replicas,
+//! limits retention, a 2-minute duplicate window — wharf's default `dedup_window` — atomic
+//! publish allowed), every publish carries a `Nats-Msg-Id` of the form a wharf node gives
+//! one without a client msg_id, and the durable consumers have a wharf consumer's settings
+//! (explicit acks, a 10 s ack wait — `nats.lease` — 100,000 acks pending at most).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+
+use crate::cluster::{Probe, PREFIX, STREAM};
+use crate::figure::{across_connections, ms_since, now_ms, payload, sent_ms, timed_payload};
+use crate::{Load, Measured};
+
+const STALL: Duration = Duration::from_secs(60);
+
+async fn client(urls: &[String]) -> anyhow::Result<async_nats::Client> {
+    let addrs = urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    async_nats::ConnectOptions::new()
+        .connect(addrs)
+        .await
+        .context("cannot connect to the NATS cluster")
+}
+
+/// A JetStream context that waits for an ack as long as a wharf node does
+/// (`nats.publish_timeout`, 30 s in the bench's wharf config).
+async fn context(urls: &[String]) -> anyhow::Result<jetstream::Context> {
+    Ok(jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build(client(urls).await?))
+}
+
+/// The stream a wharf node would make.
+pub async fn make_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    js.get_or_create_stream(stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![format!("{PREFIX}.>")],
+        storage: stream::StorageType::File,
+        num_replicas: 3,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: Duration::from_secs(120),
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow!("cannot create stream {STREAM}: {e}"))
+}
+
+/// A durable consumer with a wharf consumer's settings.
+async fn make_consumer(
+    stream: &stream::Stream,
+    name: &str,
+    subject: &str,
+) -> anyhow::Result<consumer::PullConsumer> {
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subjects: vec![subject.to_owned()],
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(10),
+            max_deliver: -1,
+            max_ack_pending: 100_000,
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow!("cannot create consumer {name}: {e}"))
+}
+
+/// What a wharf node sends: the message with its own `Nats-Msg-Id`.
+async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<jetstream::context::PublishAckFuture> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    js.publish_with_headers(subject.to_owned(), headers, body.into())
+        .await
+        .map_err(|e| anyhow!("publish failed: {e}"))
+}
+
+/// An id like a wharf node's (`wharf-<16 hex>-<n>`), unique to this publisher.
+fn node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now_ms().to_bits().into());
+    format!("{:016x}", h.finish())
+}
+
+/// `events` publishes over `load.connections` clients, `load.in_flight` acks outstanding
+/// each; returns the publish→ack latencies.
+async fn publish_all(
+    urls: &[String],
+    subject: &str,
+    load: &Load,
+    events: u64,
+) -> anyhow::Result<Vec<f64>> {
+    across_connections(load, events, |per| {
+        let (urls, subject, size, window) =
+            (urls.to_vec(), subject.to_owned(), load.size, load.in_flight);
+        async move {
+            let js = context(&urls).await?;
+            let node = node_id();
+            let mut pending = VecDeque::with_capacity(window);
+            let mut latencies = Vec::with_capacity(per as usize);
+            for i in 0..per {
+                if pending.len() >= window {
+                    let (at, ack): (Instant, jetstream::context::PublishAckFuture) =
+                        pending.pop_front().ok_or_else(|| anyhow!("empty window"))?;
+                    ack.await?;
+                    latencies.push(ms_since(at));
+                }
+                let id = format!("raw-{node}-{i}");
+                let ack = send(&js, &subject, &id, payload(size, i)).await?;
+                pending.push_back((Instant::now(), ack));
+            }
+            for (at, ack) in pending {
+                ack.await?;
+                latencies.push(ms_since(at));
+            }
+            Ok(latencies)
+        }
+    })
+    .await
+}
+
+pub async fn publish(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Result<Measured> {
+    make_stream(&context(urls).await?).await?;
+    probe.begin();
+    let started = Instant::now();
+    let latencies = publish_all(urls, &format!("{PREFIX}.pub.x"), load, load.events).await?;
+    Ok(Measured {
+        rate: latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        units: latencies.len() as u64,
+        latencies,
+    })
+}
+
+/// A durable consumer made before the backlog reads it all, pulling 1,000 at a time. Each
+/// message is acked (explicit acks, as a wharf node does); every `ack_batch`-th ack is a
+/// double ack, waited for, as a wharf client is told `ok` once per ack frame.
+pub async fn replay(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Result<Measured> {
+    let js = context(urls).await?;
+    let stream = make_stream(&js).await?;
+    let subject = format!("{PREFIX}.rep.x");
+    let consumer = make_consumer(&stream, "replay", &subject).await?;
+    publish_all(urls, &subject, load, load.backlog).await?;
+    probe.begin();
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1000)
+        .messages()
+        .await?;
+    let mut got = 0u64;
+    while got < load.backlog {
+        let msg = match tokio::time::timeout(STALL, messages.next()).await {
+            Ok(Some(m)) => m.map_err(|e| anyhow!("{e}"))?,
+            _ => bail!("JetStream replay stalled after {got} events"),
+        };
+        got += 1;
+        if got.is_multiple_of(load.ack_batch as u64) || got == load.backlog {
+            msg.double_ack().await.map_err(|e| anyhow!("{e}"))?;
+        } else {
+            msg.ack().await.map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    Ok(Measured {
+        rate: got as f64 / started.elapsed().as_secs_f64(),
+        units: got,
+        latencies: Vec::new(),
+    })
+}
+
+/// Publishes at `load.rate` (each publish confirmed) while a durable consumer acks each
+/// message; latency is publish call → message read.
+pub async fn latency(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Result<Measured> {
+    let js = context(urls).await?;
+    let stream = make_stream(&js).await?;
+    let subject = format!("{PREFIX}.lat.x");
+    let consumer = make_consumer(&stream, "lat", &subject).await?;
+    let events = load.latency_events;
+    let receiver = tokio::spawn(async move {
+        let mut messages = consumer.messages().await?;
+        let mut latencies = Vec::with_capacity(events as usize);
+        while (latencies.len() as u64) < events {
+            let msg = match tokio::time::timeout(STALL, messages.next()).await {
+                Ok(Some(m)) => m.map_err(|e| anyhow!("{e}"))?,
+                _ => bail!("the JetStream subscriber stalled"),
+            };
+            latencies.push(now_ms() - sent_ms(&msg.payload));
+            msg.ack().await.map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok::<_, anyhow::Error>(latencies)
+    });
+    let (acks, mut ack_rx) =
+        tokio::sync::mpsc::unbounded_channel::<jetstream::context::PublishAckFuture>();
+    let confirmer = tokio::spawn(async move {
+        while let Some(ack) = ack_rx.recv().await {
+            ack.await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / load.rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let node = node_id();
+    probe.begin();
+    for i in 0..events {
+        tick.tick().await;
+        let id = format!("raw-{node}-{i}");
+        let ack = send(&js, &subject, &id, timed_payload(load.size)).await?;
+        let _confirmer_gone_means_error_below = acks.send(ack);
+    }
+    drop(acks);
+    let latencies = receiver.await??;
+    confirmer.await??;
+    Ok(Measured {
+        rate: load.rate as f64,
+        units: latencies.len() as u64,
+        latencies,
+    })
+}
+
+/// `load.subscribers` clients, each with an ordered consumer from the next message (what a
+/// wharf node makes for a live subscription), while one client publishes
+/// `fanout_events` with `in_flight` acks outstanding. Deliveries per second until every
+/// subscriber has every event.
+pub async fn fanout(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Result<Measured> {
+    let events = load.fanout_events;
+    let js = context(urls).await?;
+    make_stream(&js).await?;
+    let subject = format!("{PREFIX}.fan.x");
+    let ready = std::sync::Arc::new(tokio::sync::Barrier::new(load.subscribers as usize + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..load.subscribers {
+        let (urls, subject, ready) = (urls.to_vec(), subject.clone(), ready.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each subscriber on a connection of its own, as each of wharf's is.
+            let subscribed = async {
+                let own = jetstream::new(client(&urls).await?);
+                let consumer = own
+                    .get_stream(STREAM)
+                    .await
+                    .map_err(|e| anyhow!("cannot find stream {STREAM}: {e}"))?
+                    .create_consumer(consumer::pull::OrderedConfig {
+                        filter_subject: subject,
+                        deliver_policy: consumer::DeliverPolicy::New,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| anyhow!("cannot create an ordered consumer: {e}"))?;
+                let messages = consumer.messages().await?;
+                Ok::<_, anyhow::Error>((own, messages))
+            }
+            .await;
+            ready.wait().await;
+            let (_own, mut messages) = subscribed?;
+            let mut got = 0;
+            while got < events {
+                match tokio::time::timeout(STALL, messages.next()).await {
+                    Ok(Some(Ok(_))) => got += 1,
+                    _ => bail!("a JetStream subscriber stalled after {got} events"),
+                }
+            }
+            Ok::<_, anyhow::Error>(Instant::now())
+        }));
+    }
+    ready.wait().await;
+    let node = node_id();
+    probe.begin();
+    let started = Instant::now();
+    let mut pending = VecDeque::with_capacity(load.in_flight);
+    for i in 0..events {
+        if pending.len() >= load.in_flight {
+            if let Some(ack) = pending.pop_front() {
+                let ack: jetstream::context::PublishAckFuture = ack;
+                ack.await?;
+            }
+        }
+        let id = format!("raw-{node}-{i}");
+        pending.push_back(send(&js, &subject, &id, payload(load.size, i)).await?);
+    }
+    for ack in pending {
+        ack.await?;
+    }
+    let mut last = started;
+    for t in tasks {
+        last = last.max(t.await??);
+    }
+    let deliveries = events * load.subscribers;
+    Ok(Measured {
+        rate: deliveries as f64 / (last - started).as_secs_f64().max(1e-9),
+        units: deliveries,
+        latencies: Vec::new(),
+    })
+}
