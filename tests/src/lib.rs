@@ -382,6 +382,28 @@ impl Drop for Broker {
     }
 }
 
+/// A raw HTTP/1.1 request; returns (status code, body).
+pub fn http_request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    // A server may answer (413) and close before the whole body is sent.
+    use std::io::{Read, Write};
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Waits for a child to exit; after `limit` a watchdog kills it and the answer is `None`.
 pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let pid = child.id().to_string();

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wharf_tests::{data_dir, nats, Backend, Broker, WAIT};
+use wharf_tests::{data_dir, http_request, nats, Backend, Broker, WAIT};
 
 #[tokio::test]
 async fn a_nats_outage_gives_unavailable_then_service() {
@@ -33,6 +33,10 @@ async fn a_nats_outage_gives_unavailable_then_service() {
     assert_eq!(reply["code"], "unavailable", "{reply}");
     let reply = c.reply(json!({"op":"stats","id":"s"})).await;
     assert_eq!(reply["code"], "unavailable", "{reply}");
+    // Over HTTP too: 503 with the same code (retry later), not a 500.
+    let (status, body) = http_request(&broker.http_addr(), "POST", "/v1/publish/during", "2");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"unavailable\""), "{body}");
 
     cluster.restart_all();
     // The node reconnects by itself; publishes succeed again within a bound.

@@ -1,33 +1,11 @@
 //! The HTTP side of the listener, as an operator or a script uses it: health, readiness
 //! (503 while the log is replayed), Prometheus metrics that move, and publishing with a POST.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use wharf_tests::{data_dir, wharf_bin, Broker, WAIT};
-
-/// A raw HTTP/1.1 request; returns (status code, body).
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    // A server may answer (413) and close before the whole body is sent.
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+use wharf_tests::{data_dir, http_request as http, wharf_bin, Broker};
 
 fn addr_of(broker: &Broker) -> String {
     broker

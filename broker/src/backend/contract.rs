@@ -43,12 +43,14 @@ pub struct Published {
 }
 
 /// What became of one atomic batch of events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Stored {
     /// Every event of the batch, in order.
     Events(Vec<Published>),
-    /// Nothing of the batch was stored, for this reason (a limit: `limit_exceeded`).
-    Refused(String),
+    /// The batch was not stored, for this reason (a limit; on the cluster backend also a
+    /// batch JetStream did not confirm in time), while other batches of the same call may
+    /// have been: each publish gets its own answer.
+    Refused(BackendError),
 }
 
 /// The outcome of a write the backend has accepted: resolves once it is durable (on the local

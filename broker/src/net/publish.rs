@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use wharf_protocol::{now_ms, Topic};
 
 use crate::auth::Principal;
-use crate::backend::{NewEvent, Published, Stored};
+use crate::backend::{BackendError, NewEvent, Published, Stored};
 use crate::context::Context;
 use crate::net::answer::{json_error, reply, Answer};
 
@@ -221,10 +221,21 @@ async fn store(ctx: &Context, events: Vec<NewEvent>, single: bool) -> Answer {
             };
             reply(StatusCode::OK, "application/json", body.to_string())
         }
-        Ok(Some(Stored::Refused(why))) => {
-            json_error(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", &why)
-        }
+        Ok(Some(Stored::Refused(e))) | Err(e) => backend_error(&e),
         Ok(_) => internal("publish got no seq"),
-        Err(e) => internal(&e.to_string()),
     }
+}
+
+/// A backend's refusal with the wire error code and its HTTP status: a cluster without
+/// quorum is 503 (retry later, with the same `Idempotency-Key`), not a server fault.
+fn backend_error(e: &BackendError) -> Answer {
+    let status = match e {
+        BackendError::NotFound(_) => StatusCode::NOT_FOUND,
+        BackendError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        BackendError::Conflict(_) => StatusCode::CONFLICT,
+        BackendError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        BackendError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        BackendError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_error(status, e.code().as_str(), &e.to_string())
 }

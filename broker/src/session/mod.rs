@@ -53,6 +53,11 @@ type Ws = WebSocketStream<Rewound>;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames taken from the socket in one go when they are already there.
 const MAX_BURST: usize = 256;
+/// Requests a connection may have waiting for their answer (publishes waiting to be
+/// durable, mostly). Past it the session stops reading the socket until answers go out: a
+/// client that pipelines without end is slowed by TCP, and the memory (and, on the cluster
+/// backend, the publishes awaiting JetStream's ack) one connection holds stays bounded.
+const MAX_UNANSWERED: usize = 4096;
 /// Refused `auth` ops a connection may make before it is closed: guessing tokens takes a
 /// new connection every few tries.
 const MAX_FAILED_AUTHS: u32 = 3;
@@ -219,7 +224,7 @@ impl Session {
                         return None;
                     }
                 }
-                msg = stream.next() => {
+                msg = stream.next(), if self.pending.len() < MAX_UNANSWERED => {
                     // Take what the socket already holds too, so that pipelined publishes
                     // reach the backend together, then hand them over. Publishes read before
                     // the connection ends are still stored, as if each went on its own.

@@ -18,7 +18,7 @@ pub(super) fn new_event(e: WireEvent, time_ms: u64, publisher: &str) -> NewEvent
 fn published(id: Option<Id>, stored: Stored, batch: bool) -> Reply {
     let stored = match stored {
         Stored::Events(stored) => stored,
-        Stored::Refused(why) => return Reply::error(id, ErrorCode::LimitExceeded, why),
+        Stored::Refused(e) => return Reply::error(id, e.code(), e.to_string()),
     };
     let dups = stored.iter().filter(|p| p.duplicate).count();
     if dups > 0 {

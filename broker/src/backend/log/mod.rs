@@ -68,7 +68,7 @@ fn stored(receipt: Receipt) -> Result<Stored, BackendError> {
                 .map(|(seq, duplicate)| Published { seq, duplicate })
                 .collect(),
         )),
-        Receipt::Refused(why) => Ok(Stored::Refused(why)),
+        Receipt::Refused(why) => Ok(Stored::Refused(BackendError::LimitExceeded(why))),
         Receipt::Floor(_) | Receipt::Done => Err(BackendError::failed("publish got no seq")),
     }
 }

@@ -13,10 +13,14 @@ use wharf_protocol::{format_time_ms, DeadLetter, EventBody, EventFrame};
 
 use super::local::lock;
 use super::local::{InFlight, LocalConsumer};
-use super::{durable, unavailable, NatsBackend};
+use super::{durable, payload_json, unavailable, NatsBackend};
 use crate::backend::contract::{dead_letter_topic, BackendError, DeliveryOptions};
 use crate::metrics;
 use crate::outbound::{Delivered, Frame};
+
+/// How long a consumer must stay missing before its subscribers here are told `deleted`
+/// (a seek on another node deletes it and makes it again within about a second).
+const DELETED_AFTER: Duration = Duration::from_secs(3);
 
 /// The delivery task of one attachment.
 pub(super) struct Delivery {
@@ -40,6 +44,9 @@ impl Delivery {
         self.local.released().await;
         let lease = self.backend.settings().lease;
         let mut tick = tokio::time::interval(lease / 4);
+        // Since when the consumer has been missing: gone for good (deleted through another
+        // node) once it stays missing longer than a seek elsewhere takes to make it again.
+        let mut missing_since: Option<Instant> = None;
         loop {
             let room = self.options.max_in_flight.saturating_sub(self.held());
             if room == 0 {
@@ -50,8 +57,18 @@ impl Delivery {
                 continue;
             }
             let consumer = match self.consumer().await {
-                Ok(c) => c,
+                Ok(c) => {
+                    missing_since = None;
+                    c
+                }
                 Err(e) => {
+                    if let Ok(None) = self.backend.consumer_config(&self.local.name).await {
+                        let since = *missing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= DELETED_AFTER {
+                            self.backend.deleted_elsewhere(&self.local.name);
+                            return;
+                        }
+                    }
                     tracing::debug!(consumer = self.local.name, error = %e, "cannot pull; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
@@ -120,8 +137,7 @@ impl Delivery {
             let _settled_or_redelivered = message.ack().await;
             return true;
         }
-        let payload = String::from_utf8_lossy(&message.payload).into_owned();
-        let body = EventBody::new(seq, &topic, &payload, time_ms);
+        let body = EventBody::new(seq, &topic, &payload_json(&message.payload), time_ms);
         let frame = EventFrame {
             sub: &self.sub,
             consumer: Some(&self.local.name),
@@ -189,7 +205,7 @@ impl Delivery {
             seq,
             deliveries: self.options.max_deliver,
             published_at: &format_time_ms(published_at),
-            payload: &String::from_utf8_lossy(&message.payload),
+            payload: &payload_json(&message.payload),
         }
         .to_json();
         let mut headers = async_nats::HeaderMap::new();

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 use wharf_protocol::{EventBody, EventFrame, Reply};
 
-use super::{unavailable, NatsBackend};
+use super::{payload_json, unavailable, NatsBackend};
 use crate::backend::contract::{BackendError, Subscriber};
 use crate::metrics;
 use crate::outbound::{Delivered, Frame};
@@ -37,18 +37,31 @@ impl Follower {
             .map_err(|e| unavailable("cannot follow the stream", e))
     }
 
-    pub(super) async fn run(self, mut messages: pull::Ordered) {
+    /// Delivers until the subscription ends (which aborts this task). An ordered consumer
+    /// that reports an error makes itself again; one that ends is made again after the last
+    /// event delivered, so a NATS hiccup never silently stops a subscription.
+    pub(super) async fn run(self, mut messages: pull::Ordered, from: u64) {
+        let mut next = from;
         loop {
-            let Some(Ok(message)) = messages.next().await else {
-                return;
+            let message = match messages.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "following the stream: the ordered consumer recovers");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+                None => {
+                    messages = self.again_from(next).await;
+                    continue;
+                }
             };
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
+            next = seq + 1;
             let time_ms =
                 u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
             let topic = self.backend.topic_of(message.subject.as_str()).to_owned();
-            let payload = String::from_utf8_lossy(&message.payload).into_owned();
-            let body = EventBody::new(seq, &topic, &payload, time_ms);
+            let body = EventBody::new(seq, &topic, &payload_json(&message.payload), time_ms);
             let frame = EventFrame {
                 sub: &self.to.sub,
                 consumer: None,
@@ -59,7 +72,10 @@ impl Follower {
                 Delivered::Sent => metrics::delivered().increment(1),
                 Delivered::Closed => return,
                 Delivered::TooSlow => match self.skip_from(seq).await {
-                    Some(next) => messages = next,
+                    Some((after, more)) => {
+                        next = after;
+                        messages = more;
+                    }
                     None => return,
                 },
             }
@@ -68,7 +84,21 @@ impl Follower {
 
     /// Tells the subscriber it lost `from..` up to the newest event, once there is room for
     /// the notice, and goes on after that event.
-    pub(super) async fn skip_from(&self, from: u64) -> Option<pull::Ordered> {
+    /// The stream from `next` on, retried until NATS answers.
+    async fn again_from(&self, next: u64) -> pull::Ordered {
+        loop {
+            match self.messages_from(next).await {
+                Ok(messages) => return messages,
+                Err(e) => {
+                    tracing::debug!(error = %e, "following the stream again");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Returns the seq it goes on from, and the stream from there.
+    pub(super) async fn skip_from(&self, from: u64) -> Option<(u64, pull::Ordered)> {
         use crate::outbound::Unsent;
         loop {
             let head = self.backend.stream_state().await.ok()?.last_sequence;
@@ -84,7 +114,7 @@ impl Follower {
                 .send_by(Frame::reply(&notice), deadline)
                 .await
             {
-                Ok(()) => return self.messages_from(head + 1).await.ok(),
+                Ok(()) => return Some((head + 1, self.again_from(head + 1).await)),
                 Err(Unsent::Closed) => return None,
                 // Still no room: what came meanwhile is skipped too, and one notice tells it.
                 Err(Unsent::TimedOut) => continue,

@@ -72,6 +72,8 @@ pub struct LocalConsumer {
     /// for them, so that it gets those events again first, in seq order.
     pub(super) releasing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(super) next_generation: std::sync::atomic::AtomicU64,
+    /// Held from an exclusive attach's local takeover to its claim in the holders bucket.
+    pub(super) claiming: tokio::sync::Mutex<()>,
 }
 
 impl LocalConsumer {
@@ -164,6 +166,18 @@ impl LocalConsumer {
         let pending: Vec<_> = lock(&self.releasing).drain(..).collect();
         for naks in pending {
             let _in_time = tokio::time::timeout(Duration::from_secs(2), naks).await;
+        }
+    }
+
+    /// Puts back what a failed settle took: still in flight here, so a retried settle
+    /// finds it (and the lease keeps it until then).
+    pub(super) fn restore(&self, failed: impl IntoIterator<Item = InFlight>) {
+        let mut in_flight = lock(&self.in_flight);
+        for f in failed {
+            if let Ok(info) = f.message.info() {
+                let seq = info.stream_sequence;
+                in_flight.entry(seq).or_insert(f);
+            }
         }
     }
 

@@ -39,6 +39,11 @@ use local::{lock, LocalConsumer};
 /// event by event (PROTOCOL.md).
 const MAX_ATOMIC_BATCH: usize = 1000;
 
+/// Publishes of this node awaiting JetStream's ack at once: far above what the sessions'
+/// own bounds let in flight (async-nats's default, 5,000, would fail a publish at once past
+/// it, to be sent again out of order).
+pub(super) const MAX_UNACKED_PUBLISHES: usize = 1 << 24;
+
 /// The cluster backend, cheap to clone.
 #[derive(Clone)]
 pub struct NatsBackend {
@@ -64,7 +69,10 @@ struct Inner {
 }
 
 /// JetStream's name for wharf consumer `name`: NATS names may not hold `.`, so `_` becomes
-/// `__` and `.` becomes `_d` (no two wharf names share one).
+/// `__` and `.` becomes `_d` (no two wharf names share one). A name longer than
+/// [`MAX_DURABLE_NAME`] once escaped (wharf allows 128 bytes, which can double) is `_h` and
+/// the hex SHA-256 of the name instead: no escaped name starts with `_h`, and the wharf name
+/// is kept in the consumer's metadata.
 fn durable(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 4);
     for c in name.chars() {
@@ -74,7 +82,29 @@ fn durable(name: &str) -> String {
             c => out.push(c),
         }
     }
+    if out.len() > MAX_DURABLE_NAME {
+        return format!("_h{}", hex(&Sha256::digest(name.as_bytes())));
+    }
     out
+}
+
+/// The longest JetStream consumer name wharf makes by escaping (JetStream names also name
+/// files and subjects; this stays well inside their limits).
+const MAX_DURABLE_NAME: usize = 64;
+
+/// A payload as event-frame JSON: what wharf stored is JSON already; a message another NATS
+/// client put on wharf's subjects may be anything, and goes out as a JSON string (bytes that
+/// are not UTF-8 replaced) rather than breaking the frame.
+fn payload_json(payload: &[u8]) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    match std::str::from_utf8(payload) {
+        Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            Cow::Borrowed(text)
+        }
+        _ => {
+            Cow::Owned(serde_json::to_string(&String::from_utf8_lossy(payload)).unwrap_or_default())
+        }
+    }
 }
 
 /// A NATS failure as the client sees it: `unavailable`, retry later.
@@ -144,9 +174,13 @@ impl NatsBackend {
         if let [batch] = batches.as_slice() {
             let atomic = (2..=MAX_ATOMIC_BATCH).contains(&batch.len());
             if atomic && batch.iter().all(|e| e.msg_id.is_none()) {
-                return Ok(self.publish_atomic(batches.into_iter().flatten().collect()));
+                return self
+                    .publish_atomic(batches.into_iter().flatten().collect())
+                    .await;
             }
         }
+        // Every event is handed to the connection now, before the next publish is, so that
+        // pipelined publishes are stored in request order.
         let mut sent: Vec<Vec<Pending>> = Vec::with_capacity(batches.len());
         for batch in batches {
             let mut pending = Vec::with_capacity(batch.len());
@@ -168,13 +202,25 @@ impl NatsBackend {
         let js = self.js().clone();
         let deadline = self.settings().publish_timeout;
         Ok(Box::pin(async move {
+            // One deadline for the whole call: its events were sent together.
+            let until = tokio::time::Instant::now() + deadline;
             let mut stored = Vec::with_capacity(sent.len());
             for batch in sent {
                 let mut events = Vec::with_capacity(batch.len());
+                let mut refused = None;
                 for pending in batch {
-                    events.push(pending.confirm(&js, deadline).await?);
+                    match pending.confirm(&js, until).await {
+                        Ok(published) => events.push(published),
+                        Err(e) => {
+                            refused.get_or_insert(e);
+                        }
+                    }
                 }
-                stored.push(Stored::Events(events));
+                // Each batch answers for itself: one that failed does not fail the others.
+                stored.push(match refused {
+                    Some(e) => Stored::Refused(e),
+                    None => Stored::Events(events),
+                });
             }
             Ok(stored)
         }))
@@ -182,80 +228,101 @@ impl NatsBackend {
 
     /// One atomic JetStream batch (ADR-50): every message carries the batch id and its
     /// place; the last one commits, and its ack gives the last seq (a batch is stored
-    /// contiguously).
-    fn publish_atomic(&self, events: Vec<NewEvent>) -> Confirming<Vec<Stored>> {
-        let client = self.inner.client.clone();
+    /// contiguously). The messages are handed to the connection before this returns (a
+    /// publish pipelined after the batch is stored after it); the first and the last carry
+    /// a reply subject: the server answers the first with an error when it refuses the batch
+    /// (a stream without atomic publish), and the last with the batch's ack.
+    async fn publish_atomic(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Confirming<Vec<Stored>>, BackendError> {
+        let client = &self.inner.client;
         let batch_id = self.msg_id(None);
-        let subjects: Vec<String> = events.iter().map(|e| self.subject(&e.topic)).collect();
-        let timeout = self.settings().publish_timeout;
-        Box::pin(async move {
-            let n = events.len();
-            let failed = |e: String| {
-                BackendError::Unavailable(format!("the atomic batch was not stored: {e}"))
-            };
-            let mut last = None;
-            for (i, (event, subject)) in events.into_iter().zip(subjects).enumerate() {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Batch-Id", batch_id.as_str());
-                headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-                let commit = i + 1 == n;
-                if commit {
-                    headers.insert("Nats-Batch-Commit", "1");
-                }
-                let payload = Bytes::from(event.payload);
-                if i == 0 || commit {
-                    // The first and the last are requests: the server answers an error for
-                    // the first (a stream without atomic publish) and the ack for the last.
-                    let request = async_nats::client::Request::new()
-                        .payload(payload)
-                        .headers(headers)
-                        .timeout(Some(timeout));
-                    let reply = client
-                        .send_request(subject, request)
-                        .await
-                        .map_err(|e| failed(e.to_string()))?;
-                    if !reply.payload.is_empty() {
-                        let answer: serde_json::Value = serde_json::from_slice(&reply.payload)
-                            .map_err(|e| failed(e.to_string()))?;
-                        if let Some(error) = answer.get("error") {
-                            return Err(failed(error.to_string()));
-                        }
-                        if commit {
-                            // The commit's ack is this batch's: the id and count must match.
-                            let ours = answer.get("batch").and_then(|b| b.as_str())
-                                == Some(batch_id.as_str())
-                                && answer.get("count").and_then(serde_json::Value::as_u64)
-                                    == Some(n as u64);
-                            if !ours {
-                                return Err(failed(format!(
-                                    "an ack that is not this batch's: {answer}"
-                                )));
-                            }
-                        }
-                        last = answer
-                            .get("seq")
-                            .and_then(serde_json::Value::as_u64)
-                            .or(last);
-                    }
-                } else {
-                    client
-                        .publish_with_headers(subject, headers, payload)
-                        .await
-                        .map_err(|e| failed(e.to_string()))?;
-                }
+        let n = events.len();
+        let not_sent = |e: &dyn std::fmt::Display| {
+            BackendError::Unavailable(format!("the atomic batch was not stored: {e}"))
+        };
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| not_sent(&e))?;
+        for (i, event) in events.into_iter().enumerate() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            let commit = i + 1 == n;
+            if commit {
+                headers.insert("Nats-Batch-Commit", "1");
             }
-            let last = last.ok_or_else(|| failed("no ack for the commit".into()))?;
-            let first = (last + 1)
-                .checked_sub(n as u64)
-                .ok_or_else(|| failed(format!("an ack with seq {last} for {n} events")))?;
-            let events = (first..=last)
-                .map(|seq| Published {
-                    seq,
-                    duplicate: false,
-                })
-                .collect();
-            Ok(vec![Stored::Events(events)])
-        })
+            let subject = self.subject(&event.topic);
+            let payload = Bytes::from(event.payload);
+            let sent = match i == 0 || commit {
+                true => {
+                    client
+                        .publish_with_reply_and_headers(subject, inbox.clone(), headers, payload)
+                        .await
+                }
+                false => client.publish_with_headers(subject, headers, payload).await,
+            };
+            sent.map_err(|e| not_sent(&e))?;
+        }
+        let timeout = self.settings().publish_timeout;
+        Ok(Box::pin(async move {
+            use futures_util::StreamExt;
+            let refused = |why: String| {
+                Ok(vec![Stored::Refused(BackendError::Unavailable(format!(
+                    "the atomic batch was not stored: {why}"
+                )))])
+            };
+            let until = tokio::time::Instant::now() + timeout;
+            loop {
+                let reply = match tokio::time::timeout_at(until, replies.next()).await {
+                    Ok(Some(reply)) => reply,
+                    Ok(None) | Err(_) => {
+                        return Ok(vec![Stored::Refused(BackendError::Unavailable(
+                            "JetStream did not confirm the atomic batch within \
+                             nats.publish_timeout: it may or may not have been stored (events \
+                             with msg_ids can be sent again without being stored twice)"
+                                .into(),
+                        ))])
+                    }
+                };
+                if reply.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    return refused("no stream takes its subjects".into());
+                }
+                if reply.payload.is_empty() {
+                    // The first message's receipt; the commit's ack follows.
+                    continue;
+                }
+                let answer: serde_json::Value = match serde_json::from_slice(&reply.payload) {
+                    Ok(answer) => answer,
+                    Err(e) => return refused(format!("an answer that is not JSON: {e}")),
+                };
+                if let Some(error) = answer.get("error") {
+                    return refused(error.to_string());
+                }
+                // The commit's ack is this batch's: the id and count must match.
+                let ours = answer.get("batch").and_then(|b| b.as_str()) == Some(batch_id.as_str())
+                    && answer.get("count").and_then(serde_json::Value::as_u64) == Some(n as u64);
+                let last = answer.get("seq").and_then(serde_json::Value::as_u64);
+                let first = last.and_then(|last| (last + 1).checked_sub(n as u64));
+                return match (ours, first, last) {
+                    (true, Some(first), Some(last)) if first > 0 => {
+                        let events = (first..=last)
+                            .map(|seq| Published {
+                                seq,
+                                duplicate: false,
+                            })
+                            .collect();
+                        Ok(vec![Stored::Events(events)])
+                    }
+                    _ => Err(BackendError::failed(format!(
+                        "an atomic batch ack that is not this batch's {n} events: {answer}"
+                    ))),
+                };
+            }
+        }))
     }
 
     async fn stream(&self) -> Result<jetstream::stream::Stream, BackendError> {
@@ -311,11 +378,17 @@ impl NatsBackend {
             .messages()
             .await
             .map_err(|e| unavailable("cannot look up a start time", e))?;
-        match batch.next().await {
+        let found = match batch.next().await {
             Some(Ok(message)) => Ok(message.info().ok().map(|i| i.stream_sequence)),
             Some(Err(e)) => Err(unavailable("cannot look up a start time", e)),
             None => Ok(None),
+        };
+        // Gone now rather than after its inactive threshold (which stays as the fallback).
+        let name = consumer.cached_info().name.clone();
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "the start-time lookup's consumer stays until it expires");
         }
+        found
     }
 
     pub async fn topics(&self) -> Result<Vec<TopicInfo>, BackendError> {
@@ -419,17 +492,19 @@ struct Pending {
 
 impl Pending {
     /// Waits for JetStream's ack; a failure (a leader change, a lost connection) sends the
-    /// same message again, with the same id, until `deadline` has passed.
+    /// same message again, with the same id, until `until`.
     async fn confirm(
         self,
         js: &jetstream::Context,
-        deadline: Duration,
+        until: tokio::time::Instant,
     ) -> Result<Published, BackendError> {
-        let until = tokio::time::Instant::now() + deadline;
         let mut ack = self.ack;
         loop {
             let outcome = match ack {
-                Ok(future) => future.await.map_err(|e| e.to_string()),
+                Ok(future) => match tokio::time::timeout_at(until, future).await {
+                    Ok(acked) => acked.map_err(|e| e.to_string()),
+                    Err(_) => Err("no ack in time".to_owned()),
+                },
                 Err(e) => Err(e),
             };
             let why = match outcome {

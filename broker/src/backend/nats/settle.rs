@@ -69,32 +69,41 @@ impl NatsBackend {
     ) -> Result<Confirming<()>, BackendError> {
         self.check_ready()?;
         let taken = self.take_in_flight(name, &seqs)?;
-        if let Some(local) = self.local_of(name) {
-            let mut unsent = lock(&local.unsent);
-            for seq in &seqs {
-                unsent.remove(seq);
-            }
-        }
-        let counter = match how {
-            Settlement::Ack => metrics::acked(),
-            Settlement::Term => metrics::terminated(),
-        };
-        counter.increment(taken.len() as u64);
-        if how == Settlement::Term {
-            if let Some(local) = self.local_of(name) {
-                local
-                    .terminated
-                    .fetch_add(taken.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        let local = self.local_of(name);
         let client = self.inner.client.clone();
         Ok(Box::pin(async move {
-            for f in taken {
-                let kind = match how {
-                    Settlement::Ack => AckKind::Ack,
-                    Settlement::Term => AckKind::Term,
-                };
-                stored_ack(&client, &f.message, kind).await?;
+            let kind = match how {
+                Settlement::Ack => AckKind::Ack,
+                Settlement::Term => AckKind::Term,
+            };
+            let mut taken = taken.into_iter();
+            let mut settled = 0u64;
+            while let Some(f) = taken.next() {
+                if let Err(e) = stored_ack(&client, &f.message, kind).await {
+                    // Not settled: still in flight here, for the client's retry.
+                    if let Some(local) = &local {
+                        local.restore(std::iter::once(f).chain(taken));
+                    }
+                    return Err(e);
+                }
+                settled += 1;
+            }
+            let counter = match how {
+                Settlement::Ack => metrics::acked(),
+                Settlement::Term => metrics::terminated(),
+            };
+            counter.increment(settled);
+            if let Some(local) = &local {
+                let mut unsent = lock(&local.unsent);
+                for seq in &seqs {
+                    unsent.remove(seq);
+                }
+                drop(unsent);
+                if how == Settlement::Term {
+                    local
+                        .terminated
+                        .fetch_add(settled, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             Ok(())
         }))
@@ -110,12 +119,15 @@ impl NatsBackend {
         self.check_ready()?;
         if let Some(delay) = delay {
             ::metrics::counter!(metrics::NACKED).increment(seqs.len() as u64);
-            for f in self.take_in_flight(name, seqs)? {
-                let delay = (!delay.is_zero()).then_some(delay);
-                f.message
-                    .ack_with(AckKind::Nak(delay))
-                    .await
-                    .map_err(|e| unavailable("cannot nak", e))?;
+            let delay = (!delay.is_zero()).then_some(delay);
+            let mut taken = self.take_in_flight(name, seqs)?.into_iter();
+            while let Some(f) = taken.next() {
+                if let Err(e) = f.message.ack_with(AckKind::Nak(delay)).await {
+                    if let Some(local) = self.local_of(name) {
+                        local.restore(std::iter::once(f).chain(taken));
+                    }
+                    return Err(unavailable("cannot nak", e));
+                }
             }
             return Ok(());
         }

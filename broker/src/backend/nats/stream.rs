@@ -104,6 +104,7 @@ impl NatsBackend {
             // than a failed one) could let later publishes overtake it.
             js: jetstream::ContextBuilder::new()
                 .timeout(config.nats.publish_timeout)
+                .max_ack_inflight(super::MAX_UNACKED_PUBLISHES)
                 .build(client.clone()),
             client,
             config: config.clone(),

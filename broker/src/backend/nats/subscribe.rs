@@ -84,13 +84,26 @@ impl Attaching {
             let local = self.local.clone();
             let generation = self.generation;
             tokio::spawn(async move {
-                let Ok(mut claims) = holders.watch_from_revision(&key, revision + 1).await else {
-                    return;
-                };
                 // Any later claim is another attachment's: on this node (already handled)
-                // or on another, which takes the consumer over.
-                if let Some(Ok(_)) = claims.next().await {
-                    local.taken_over(generation);
+                // or on another, which takes the consumer over. A watch that fails or ends
+                // is made again from the same revision, so no claim goes unseen.
+                loop {
+                    match holders.watch_from_revision(&key, revision + 1).await {
+                        Ok(mut claims) => match claims.next().await {
+                            Some(Ok(_)) => {
+                                local.taken_over(generation);
+                                return;
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(consumer = local.name, error = %e, "watching the holder key again")
+                            }
+                            None => {}
+                        },
+                        Err(e) => {
+                            tracing::debug!(consumer = local.name, error = %e, "watching the holder key again")
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
             })
             .abort_handle()
@@ -146,7 +159,10 @@ impl NatsBackend {
         info(self, name).await
     }
 
-    async fn consumer_config(&self, name: &str) -> Result<Option<consumer::Config>, BackendError> {
+    pub(super) async fn consumer_config(
+        &self,
+        name: &str,
+    ) -> Result<Option<consumer::Config>, BackendError> {
         let stream = self.stream().await?;
         match stream.get_consumer::<pull::Config>(&durable(name)).await {
             Ok(mut c) => {
@@ -291,6 +307,7 @@ impl NatsBackend {
                     next_generation: Default::default(),
                     terminated: Default::default(),
                     releasing: Mutex::default(),
+                    claiming: tokio::sync::Mutex::new(()),
                 })
             })
             .clone()
@@ -322,6 +339,15 @@ impl NatsBackend {
             .cloned()
     }
 
+    /// Consumer `name` was deleted through another node: this node's subscribers are told
+    /// `deleted`.
+    pub(super) fn deleted_elsewhere(&self, name: &str) {
+        if let Some(local) = lock(&self.inner.local).remove(name) {
+            tracing::info!(consumer = name, "consumer deleted through another node");
+            local.detach_all_with(Some("deleted"));
+        }
+    }
+
     pub(super) fn local_of(&self, name: &str) -> Option<Arc<LocalConsumer>> {
         lock(&self.inner.local).get(name).cloned()
     }
@@ -347,11 +373,21 @@ impl NatsBackend {
             return Err(conflict(name, &stored, patterns));
         }
         let local = self.local(name);
+        // Attaches on this node claim in the order they take over locally: two exclusive
+        // attaches racing here cannot leave the older one's claim as the newest.
+        let claiming = local.claiming.lock().await;
         let generation = local.add(name, mode, &to)?;
         let claim = match mode {
-            Mode::Exclusive => Some(self.claim(name, generation).await?),
+            Mode::Exclusive => match self.claim(name, generation).await {
+                Ok(claim) => Some(claim),
+                Err(e) => {
+                    local.detach(generation);
+                    return Err(e);
+                }
+            },
             Mode::Shared => None,
         };
+        drop(claiming);
         let from = match self.consumer_info(name).await? {
             Some(info) => info.ack_floor + 1,
             None => 1,
@@ -408,7 +444,7 @@ impl NatsBackend {
         };
         // The first consumer is made now, so that an error is the subscribe's.
         let messages = follower.messages_from(from).await?;
-        let task = tokio::spawn(follower.run(messages));
+        let task = tokio::spawn(follower.run(messages, from));
         Ok(Subscription::Ephemeral(task.abort_handle()))
     }
 }
