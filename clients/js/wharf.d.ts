@@ -2,7 +2,7 @@
 
 export type State = 'connecting' | 'connected' | 'disconnected' | 'closed';
 
-/** An error from the broker (its error `code`) or from the client (`closed`, `timeout`, `disconnected`, …). */
+/** An error from the broker (its error `code`) or from the client (`closed`, `timeout`, `disconnected`, `invalid_url`, …). */
 export class WharfError extends Error {
   readonly code: string;
   constructor(code: string, message: string);
@@ -66,7 +66,17 @@ export interface Subscription {
 }
 
 export class WharfClient {
-  constructor(url: string, options?: ClientOptions);
+  /**
+   * `urlOrUrls`: the broker's WebSocket URL (`ws://…/ws` or `wss://…/ws`), or a non-empty list
+   * of them (the wharf nodes of a cluster): the first is dialled first, and each reconnect,
+   * after a close or a failed dial, dials the next one, round-robin. An empty list or an entry
+   * that is not a non-empty string throws a `WharfError` with code `invalid_url`.
+   */
+  constructor(urlOrUrls: string | readonly string[], options?: ClientOptions);
+  /** Every URL the client was given, in order. */
+  readonly urls: readonly string[];
+  /** The URL it is connected to, or dialling, or (while disconnected) will dial next. */
+  readonly url: string;
   readonly state: State;
   connect(): Promise<void>;
   close(): void;

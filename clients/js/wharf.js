@@ -1,12 +1,13 @@
 // wharf.js: the wharf client for browsers and Node. One ES module, no dependencies.
 //
 //   const client = new WharfClient('ws://127.0.0.1:7700/ws');
+//   // or, for several wharf nodes (a cluster): new WharfClient(['ws://a:7700/ws', 'ws://b:7700/ws'])
 //   await client.connect();
 //   await client.subscribe('orders.>', { consumer: 'vendor-1' }, (event) => { ... });
 //   const seq = await client.publish('orders.created', { id: 1 });
 //
-// It reconnects by itself (exponential backoff with jitter), resubscribes after every
-// reconnect (durable subscriptions by consumer name, ephemeral ones from the last seq they
+// It reconnects by itself (exponential backoff with jitter; given several URLs, each reconnect
+// dials the next one in the list, round-robin), resubscribes after every reconnect (durable subscriptions by consumer name, ephemeral ones from the last seq they
 // saw), keeps publishes made while offline and sends them in order once back, and gives every
 // publish a msg_id so that a retry after a lost reply is never stored twice.
 
@@ -45,6 +46,25 @@ function cleartextRemote(url) {
   }
 }
 
+/** The URLs to dial, in turn: one URL or a non-empty list of them, each a non-empty string. */
+function urlList(urlOrUrls) {
+  const urls = Array.isArray(urlOrUrls) ? [...urlOrUrls] : [urlOrUrls];
+  if (urls.length === 0) {
+    throw new WharfError('invalid_url', 'the list of broker URLs is empty: give at least one ws:// or wss:// URL');
+  }
+  urls.forEach((u, i) => {
+    if (typeof u !== 'string' || u.trim() === '') {
+      const what = u === undefined ? 'missing'
+        : u === null ? 'null'
+          : typeof u === 'string' ? 'an empty string'
+            : `${/^[aeiou]/.test(typeof u) ? 'an' : 'a'} ${typeof u}`;
+      const where = Array.isArray(urlOrUrls) ? `broker URL ${i} is` : 'the broker URL is';
+      throw new WharfError('invalid_url', `${where} ${what}: each must be a ws:// or wss:// URL string`);
+    }
+  });
+  return Object.freeze(urls);
+}
+
 function randomId() {
   const c = globalThis.crypto;
   if (c && typeof c.randomUUID === 'function') return c.randomUUID();
@@ -52,15 +72,24 @@ function randomId() {
 }
 
 export class WharfClient {
-  constructor(url, options = {}) {
-    this.url = url;
+  /**
+   * `urlOrUrls`: the broker's WebSocket URL, or a list of them (wharf nodes of one cluster,
+   * say): the client dials the first, and each reconnect (after a close or a failed dial)
+   * dials the next one, round-robin.
+   */
+  constructor(urlOrUrls, options = {}) {
+    this.urls = urlList(urlOrUrls);
+    // Which of `urls` the client is on (or dialling, or will dial next): see `url`.
+    this.urlIndex = 0;
     this.options = { ...DEFAULTS, ...options };
     this.WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
     if (typeof this.WebSocket !== 'function') {
       throw new WharfError('no_websocket', 'no WebSocket implementation: pass one as options.WebSocket');
     }
-    if (this.options.token !== undefined && cleartextRemote(url)) {
-      console.warn(`wharf: sending a token over unencrypted ${url}; use wss:// beyond this machine`);
+    if (this.options.token !== undefined) {
+      for (const url of this.urls.filter(cleartextRemote)) {
+        console.warn(`wharf: sending a token over unencrypted ${url}; use wss:// beyond this machine`);
+      }
     }
     this.state = 'disconnected';
     this.ws = null;
@@ -78,6 +107,11 @@ export class WharfClient {
     this.heartbeatTimer = null;
     this.lastFrameAt = 0;
     this.connectedWaiters = [];
+  }
+
+  /** The URL the client is connected to, or dialling, or (while disconnected) will dial next. */
+  get url() {
+    return this.urls[this.urlIndex];
   }
 
   /** Listens for `state` (connecting, connected, disconnected, closed), `error`, `gap`, `lost`, `unsubscribed`. */
@@ -132,7 +166,7 @@ export class WharfClient {
     if (this.closed) return;
     this.reconnectTimer = null;
     this.setState('connecting');
-    let url = this.url;
+    const url = this.url;
     let ws;
     try {
       ws = new this.WebSocket(url);
@@ -201,6 +235,9 @@ export class WharfClient {
     for (const p of this.publishes) p.id = null;
     if (this.closed) return;
     if (err) this.emit('error', err instanceof Error ? err : new WharfError('connection_failed', `cannot connect to ${this.url}`));
+    // The next dial goes to the next URL of the list (the same one when there is only one):
+    // another wharf node of the cluster takes over this client's subscriptions and publishes.
+    this.urlIndex = (this.urlIndex + 1) % this.urls.length;
     this.setState('disconnected');
     const base = Math.min(this.options.maxReconnectDelay, this.options.minReconnectDelay * 2 ** this.attempt);
     const delay = base / 2 + Math.random() * base / 2;
