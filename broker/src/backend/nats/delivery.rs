@@ -42,6 +42,12 @@ impl Delivery {
 
     pub(super) async fn run(self) {
         self.local.released().await;
+        // Retention may have removed events while nobody was attached.
+        let retention = self.backend.has_retention();
+        if retention {
+            self.check_gap().await;
+        }
+        let mut last_pulled = 0u64;
         let lease = self.backend.settings().lease;
         let mut tick = tokio::time::interval(lease / 4);
         // Since when the consumer has been missing: gone for good (deleted through another
@@ -95,6 +101,22 @@ impl Delivery {
             // Redeliveries can come back out of order; within what arrived together, seq
             // order is restored.
             messages.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+            // A jump over seqs may be retention overtaking the consumer (or only events of
+            // other topics): asked before these are delivered, since their acks would move
+            // JetStream's floor past a gap.
+            let first = messages
+                .first()
+                .and_then(|m| m.info().ok())
+                .map(|i| i.stream_sequence);
+            if let Some(first) = first {
+                if retention && first > last_pulled + 1 {
+                    self.check_gap().await;
+                }
+                last_pulled = messages
+                    .last()
+                    .and_then(|m| m.info().ok())
+                    .map_or(first, |i| i.stream_sequence);
+            }
             for message in messages {
                 if !self.deliver(message).await {
                     return;
@@ -110,6 +132,21 @@ impl Delivery {
             .get_consumer(&durable(&self.local.name))
             .await
             .map_err(|e| unavailable("cannot reach the consumer", e))
+    }
+
+    /// Tells the subscribers a gap when the stream's oldest event is above the consumer's
+    /// floor + 1: what lies between was removed by the stream's limits before it was settled
+    /// (matching the consumer's topics or not: an upper bound, as on the embedded log).
+    async fn check_gap(&self) {
+        let Ok(state) = self.backend.stream_state().await else {
+            return;
+        };
+        let Some(floor) = self.backend.acked_floor(&self.local.name).await else {
+            return;
+        };
+        if state.first_sequence > floor + 1 {
+            self.local.tell_gap(floor + 1, state.first_sequence - 1);
+        }
     }
 
     /// Hands one message to the connection; false when the connection is gone.

@@ -72,6 +72,10 @@ pub struct LocalConsumer {
     /// for them, so that it gets those events again first, in seq order.
     pub(super) releasing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(super) next_generation: std::sync::atomic::AtomicU64,
+    /// The highest seq this node told a `gap` up to, and how many seqs its gaps covered
+    /// (since it started).
+    pub(super) gap_told: std::sync::atomic::AtomicU64,
+    pub(super) gapped: std::sync::atomic::AtomicU64,
     /// Held from an exclusive attach's local takeover to its claim in the holders bucket.
     pub(super) claiming: tokio::sync::Mutex<()>,
 }
@@ -235,6 +239,31 @@ impl LocalConsumer {
 
     pub(super) fn detach_all(&self) {
         self.detach_all_with(None);
+    }
+
+    /// Tells every subscriber here that `from..=to` were removed by retention unsettled.
+    pub(super) fn tell_gap(&self, from: u64, to: u64) {
+        use std::sync::atomic::Ordering;
+        let told = self.gap_told.fetch_max(to, Ordering::Relaxed);
+        if told >= to {
+            return;
+        }
+        let from = from.max(told + 1);
+        self.gapped.fetch_add(to - from + 1, Ordering::Relaxed);
+        tracing::info!(
+            consumer = self.name,
+            from,
+            to,
+            "retention removed unsettled events"
+        );
+        let notice = Frame::reply(&Reply::Gap {
+            consumer: self.name.clone(),
+            from,
+            to,
+        });
+        for a in lock(&self.attachments).iter() {
+            let _best_effort = a.outbound.try_send(notice.clone());
+        }
     }
 
     pub(super) fn attached(&self) -> usize {

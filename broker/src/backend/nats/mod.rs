@@ -133,6 +133,12 @@ impl NatsBackend {
         }
     }
 
+    /// Whether the stream has limits that remove events (then consumers can have gaps).
+    fn has_retention(&self) -> bool {
+        let c = &self.inner.config;
+        !c.max_age.is_zero() || c.max_events > 0 || c.max_bytes > 0
+    }
+
     fn check_ready(&self) -> Result<(), BackendError> {
         self.ready().map_err(BackendError::Unavailable)
     }

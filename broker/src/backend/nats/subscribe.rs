@@ -177,6 +177,24 @@ impl NatsBackend {
         }
     }
 
+    /// Consumer `name`'s floor as JetStream has it (its ack floor, or the floor it was made
+    /// with), if it exists.
+    pub(super) async fn acked_floor(&self, name: &str) -> Option<u64> {
+        let stream = self.stream().await.ok()?;
+        let mut consumer = stream
+            .get_consumer::<pull::Config>(&durable(name))
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        let created: u64 = info
+            .config
+            .metadata
+            .get(FLOOR_KEY)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0);
+        Some(info.ack_floor.stream_sequence.max(created))
+    }
+
     /// The floor consumer `name` was made with (its metadata), if it exists.
     pub(super) async fn consumer_floor(&self, name: &str) -> Option<u64> {
         let config = self.consumer_config(name).await.ok()??;
@@ -308,6 +326,8 @@ impl NatsBackend {
                     terminated: Default::default(),
                     releasing: Mutex::default(),
                     claiming: tokio::sync::Mutex::new(()),
+                    gap_told: Default::default(),
+                    gapped: Default::default(),
                 })
             })
             .clone()
@@ -466,7 +486,13 @@ async fn info(backend: &NatsBackend, name: &str) -> Result<Option<ConsumerInfo>,
         .get(FLOOR_KEY)
         .and_then(|f| f.parse::<u64>().ok())
         .unwrap_or(0);
-    let floor = info.ack_floor.stream_sequence.max(created_floor);
+    // What retention removed is behind the floor whether or not it was acked.
+    let first = stream.cached_info().state.first_sequence;
+    let floor = info
+        .ack_floor
+        .stream_sequence
+        .max(created_floor)
+        .max(first.saturating_sub(1));
     // Dead letters are events on the consumer's dead-letter topic: counted by JetStream, so
     // the figure is the cluster's and survives restarts.
     let dead_lettered = {
@@ -511,7 +537,9 @@ async fn info(backend: &NatsBackend, name: &str) -> Result<Option<ConsumerInfo>,
             l.terminated.load(std::sync::atomic::Ordering::Relaxed)
         }),
         dead_lettered,
-        gapped: 0,
+        gapped: local
+            .as_ref()
+            .map_or(0, |l| l.gapped.load(std::sync::atomic::Ordering::Relaxed)),
         attached: local.map_or(0, |l| l.attached() as u64),
     }))
 }
