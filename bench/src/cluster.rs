@@ -350,7 +350,8 @@ impl CpuMeter {
 pub struct Probe {
     wharf: Vec<u32>,
     nats: Vec<u32>,
-    started: std::sync::Mutex<Option<(CpuMeter, CpuMeter)>>,
+    /// The wharf nodes', the NATS servers' and this process's (the clients').
+    started: std::sync::Mutex<Option<(CpuMeter, CpuMeter, CpuMeter)>>,
 }
 
 /// CPU seconds per measured unit (event, or delivery for fan-out), in microseconds.
@@ -362,6 +363,8 @@ pub struct CpuCost {
     pub nats_us: f64,
     /// The NATS server that spent most (the stream's leader, as a rule).
     pub nats_max_us: f64,
+    /// The load generator (this process: the WebSocket or async-nats clients).
+    pub client_us: f64,
 }
 
 impl Probe {
@@ -377,6 +380,7 @@ impl Probe {
         let meters = (
             CpuMeter::start(self.wharf.clone()),
             CpuMeter::start(self.nats.clone()),
+            CpuMeter::start(vec![std::process::id()]),
         );
         *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(meters);
     }
@@ -384,13 +388,14 @@ impl Probe {
     /// What `units` cost since `begin` (None if it was never called).
     pub fn cost(&self, units: u64) -> Option<CpuCost> {
         let guard = self.started.lock().unwrap_or_else(|p| p.into_inner());
-        let (wharf, nats) = guard.as_ref()?;
+        let (wharf, nats, client) = guard.as_ref()?;
         let per = |s: f64| s * 1e6 / units.max(1) as f64;
         let nats = nats.used();
         Some(CpuCost {
             wharf_us: per(wharf.used().iter().sum()),
             nats_us: per(nats.iter().sum()),
             nats_max_us: per(nats.iter().copied().fold(0.0, f64::max)),
+            client_us: per(client.used().iter().sum()),
         })
     }
 }

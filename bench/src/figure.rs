@@ -23,6 +23,8 @@ pub struct Figure {
     pub nats_cpu_us: Option<f64>,
     /// Cluster systems: CPU time per event of the busiest NATS server (the stream leader).
     pub nats_max_cpu_us: Option<f64>,
+    /// Cluster systems: CPU time per event of the load generator (wharf-compare's clients).
+    pub client_cpu_us: Option<f64>,
 }
 
 impl Figure {
@@ -32,6 +34,7 @@ impl Figure {
             "rate": self.rate, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
             "rss_peak_mb": self.rss_peak_mb, "wharf_cpu_us": self.wharf_cpu_us,
             "nats_cpu_us": self.nats_cpu_us, "nats_max_cpu_us": self.nats_max_cpu_us,
+            "client_cpu_us": self.client_cpu_us,
         })
     }
 }
@@ -65,6 +68,7 @@ pub fn medians(figures: Vec<Figure>) -> Vec<Figure> {
             wharf_cpu_us: of(|g| g.wharf_cpu_us),
             nats_cpu_us: of(|g| g.nats_cpu_us),
             nats_max_cpu_us: of(|g| g.nats_max_cpu_us),
+            client_cpu_us: of(|g| g.client_cpu_us),
             ..f.clone()
         });
     }

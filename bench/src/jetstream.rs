@@ -147,9 +147,19 @@ pub async fn publish(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Res
 
 /// A durable consumer made before the backlog reads it all, pulling 1,000 at a time. Each
 /// message is acked (explicit acks, as a wharf node does); every `ack_batch`-th ack is a
-/// double ack, waited for, as a wharf client is told `ok` once per ack frame.
-pub async fn replay(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Result<Measured> {
-    let js = context(urls).await?;
+/// double ack, waited for, as a wharf client is told `ok` once per ack frame. With
+/// `acked`, every ack is a request JetStream answers once it stored the ack (what a wharf
+/// node sends before its `ok`), up to `ack_batch` of them outstanding.
+pub async fn replay(
+    urls: &[String],
+    load: &Load,
+    probe: &Probe,
+    acked: bool,
+) -> anyhow::Result<Measured> {
+    let nats = client(urls).await?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build(nats.clone());
     let stream = make_stream(&js).await?;
     let subject = format!("{PREFIX}.rep.x");
     let consumer = make_consumer(&stream, "replay", &subject).await?;
@@ -162,23 +172,51 @@ pub async fn replay(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Resu
         .messages()
         .await?;
     let mut got = 0u64;
+    let mut confirming = futures_util::stream::FuturesUnordered::new();
     while got < load.backlog {
         let msg = match tokio::time::timeout(STALL, messages.next()).await {
             Ok(Some(m)) => m.map_err(|e| anyhow!("{e}"))?,
             _ => bail!("JetStream replay stalled after {got} events"),
         };
         got += 1;
-        if got.is_multiple_of(load.ack_batch as u64) || got == load.backlog {
+        if acked {
+            if confirming.len() >= load.ack_batch {
+                if let Some(done) = confirming.next().await {
+                    done?;
+                }
+            }
+            confirming.push(stored_ack(nats.clone(), msg));
+        } else if got.is_multiple_of(load.ack_batch as u64) || got == load.backlog {
             msg.double_ack().await.map_err(|e| anyhow!("{e}"))?;
         } else {
             msg.ack().await.map_err(|e| anyhow!("{e}"))?;
         }
+    }
+    while let Some(done) = confirming.next().await {
+        done?;
     }
     Ok(Measured {
         rate: got as f64 / started.elapsed().as_secs_f64(),
         units: got,
         latencies: Vec::new(),
     })
+}
+
+/// An ack JetStream confirms it stored, as a wharf node sends one (`settle.rs`): a request
+/// to the message's reply subject, whose answer must not be an error status.
+async fn stored_ack(nats: async_nats::Client, msg: jetstream::Message) -> anyhow::Result<()> {
+    let reply = msg
+        .reply
+        .clone()
+        .ok_or_else(|| anyhow!("a message without a reply subject"))?;
+    let answer = nats
+        .request(reply, "+ACK".into())
+        .await
+        .map_err(|e| anyhow!("ack not stored: {e}"))?;
+    match answer.status {
+        Some(s) if !s.is_success() => bail!("ack not stored: status {s}"),
+        _ => Ok(()),
+    }
 }
 
 /// Publishes at `load.rate` (each publish confirmed) while a durable consumer acks each

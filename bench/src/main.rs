@@ -10,7 +10,7 @@
 //! (a fresh one per scenario): `wharf-nats` and `wharf-nats2` are one and two wharf nodes
 //! (`backend = "nats"`) over it, loaded through WebSocket with the load split across the
 //! nodes; `jetstream-r3` is the same stream used directly through async-nats, with the
-//! same settings. A second table compares them, with the CPU each event costs the wharf
+//! same settings (`jetstream-r3-acked`: with every ack confirmed, as a wharf node does). A second table compares them, with the CPU each event costs the wharf
 //! nodes and the NATS servers.
 
 mod cluster;
@@ -33,14 +33,20 @@ use figure::{percentiles, Figure};
 use peer::{Peer, RssWatch};
 
 /// The systems that run on the 3-node NATS cluster.
-const CLUSTER_SYSTEMS: [&str; 3] = ["wharf-nats", "wharf-nats2", "jetstream-r3"];
+const CLUSTER_SYSTEMS: [&str; 4] = [
+    "wharf-nats",
+    "wharf-nats2",
+    "jetstream-r3",
+    "jetstream-r3-acked",
+];
 
 #[derive(Parser, Debug)]
 #[command(about = "wharf against NATS JetStream and Redis Streams, side by side")]
 struct Args {
     /// Systems to run, in order: wharf, nats, nats-always, redis, and on a 3-node NATS
-    /// cluster wharf-nats (one wharf node), wharf-nats2 (two) and jetstream-r3 (raw
-    /// JetStream, 3 replicas).
+    /// cluster wharf-nats (one wharf node), wharf-nats2 (two), jetstream-r3 (raw
+    /// JetStream, 3 replicas) and jetstream-r3-acked (the same, every replayed message's
+    /// ack confirmed, the promise of a wharf `ok`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -187,9 +193,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         fmt_ms(f.p50_ms),
                         fmt_ms(f.p99_ms),
                         f.rss_peak_mb.map_or("-".into(), |m| format!("{m:.1}")),
-                        match (f.wharf_cpu_us, f.nats_cpu_us) {
-                            (w, Some(n)) => format!(
-                                "  CPU/event wharf {} NATS {n:.1} µs",
+                        match (f.wharf_cpu_us, f.nats_cpu_us, f.client_cpu_us) {
+                            (w, Some(n), Some(c)) => format!(
+                                "  CPU/event wharf {} NATS {n:.1} client {c:.1} µs",
                                 w.map_or("-".into(), |w| format!("{w:.1}"))
                             ),
                             _ => String::new(),
@@ -223,11 +229,11 @@ async fn run_system(args: &Args, load: &Load, system: &str) -> anyhow::Result<Ve
             run_nats(args, &slow, true).await
         }
         "redis" => run_redis(args, load).await,
-        "wharf-nats" | "wharf-nats2" | "jetstream-r3" => {
+        "wharf-nats" | "wharf-nats2" | "jetstream-r3" | "jetstream-r3-acked" => {
             run_cluster(args, &cluster_load(args, load), system).await
         }
         other => bail!(
-            "unknown system {other:?}; known: wharf, nats, nats-always, redis, wharf-nats, wharf-nats2, jetstream-r3"
+            "unknown system {other:?}; known: wharf, nats, nats-always, redis, wharf-nats, wharf-nats2, jetstream-r3, jetstream-r3-acked"
         ),
     }
 }
@@ -527,9 +533,10 @@ async fn run_cluster(args: &Args, load: &Load, system: &str) -> anyhow::Result<V
         let probe = Probe::new(wharf_pids, cluster.pids());
         let measured = if nodes.is_empty() {
             let nats = cluster.urls();
+            let acked = system == "jetstream-r3-acked";
             match scenario {
                 "publish" => jetstream::publish(nats, load, &probe).await,
-                "replay" => jetstream::replay(nats, load, &probe).await,
+                "replay" => jetstream::replay(nats, load, &probe, acked).await,
                 "latency" => jetstream::latency(nats, load, &probe).await,
                 _ => jetstream::fanout(nats, load, &probe).await,
             }
@@ -547,6 +554,13 @@ async fn run_cluster(args: &Args, load: &Load, system: &str) -> anyhow::Result<V
         let timed = matches!(scenario, "publish" | "latency");
         let how = match (wharf_nodes, scenario) {
             (0, "fanout") => "ordered consumers, one per subscriber".to_owned(),
+            (0, "replay") if system == "jetstream-r3-acked" => {
+                "async-nats, every ack confirmed (a request, as a wharf node's), 500 outstanding"
+                    .to_owned()
+            }
+            (0, "replay") => {
+                "async-nats, acks sent, every 500th a double ack (confirmed)".to_owned()
+            }
             (0, _) => "async-nats, Nats-Msg-Id on each publish".to_owned(),
             (n, "fanout") => {
                 format!("{n} wharf node(s); live WebSocket subscribers (ordered consumers)")
@@ -564,6 +578,7 @@ async fn run_cluster(args: &Args, load: &Load, system: &str) -> anyhow::Result<V
             wharf_cpu_us: cost.filter(|_| wharf_nodes > 0).map(|c| c.wharf_us),
             nats_cpu_us: cost.map(|c| c.nats_us),
             nats_max_cpu_us: cost.map(|c| c.nats_max_us),
+            client_cpu_us: cost.map(|c| c.client_us),
         });
         drop(watches);
         drop(nodes);
@@ -607,7 +622,7 @@ fn print_tables(args: &Args, figures: &[Figure]) {
             load.events, load.backlog, load.latency_events, load.rate, load.fanout_events, load.subscribers
         );
         println!();
-        print_table(args, figures, &single, &["wharf"], "jetstream-r3", false);
+        print_table(args, figures, &single, &["wharf"], &[], false);
     }
     if !clustered.is_empty() {
         let small = cluster_load(args, &load);
@@ -628,23 +643,26 @@ fn print_tables(args: &Args, figures: &[Figure]) {
             figures,
             &clustered,
             &["wharf-nats", "wharf-nats2"],
-            "jetstream-r3",
+            &["jetstream-r3", "jetstream-r3-acked"],
             true,
         );
         println!();
-        println!("| system | scenario | wharf nodes' CPU per event | NATS servers' CPU per event (all three) | busiest NATS server |\n|---|---|---|---|---|");
+        println!("CPU time per event (per delivery for fan-out), from /proc, while the scenario was measured:");
+        println!();
+        println!("| system | scenario | wharf nodes | NATS servers (all three) | busiest NATS server | clients (wharf-compare) |\n|---|---|---|---|---|---|");
         let us = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.1} µs"));
         for f in figures
             .iter()
             .filter(|f| CLUSTER_SYSTEMS.contains(&f.system.as_str()))
         {
             println!(
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 f.system,
                 f.scenario,
                 us(f.wharf_cpu_us),
                 us(f.nats_cpu_us),
-                us(f.nats_max_cpu_us)
+                us(f.nats_max_cpu_us),
+                us(f.client_cpu_us)
             );
         }
     }
@@ -668,13 +686,13 @@ fn print_tables(args: &Args, figures: &[Figure]) {
 }
 
 /// One table of `systems`; in the single-machine table each of `ours` is compared with every
-/// other system, in the cluster table (`cluster`) each of `ours` with `reference` only.
+/// other system, in the cluster table (`cluster`) each of `ours` with the `references` only.
 fn print_table(
     args: &Args,
     figures: &[Figure],
     systems: &[&str],
     ours: &[&str],
-    reference: &str,
+    references: &[&str],
     cluster: bool,
 ) {
     let find = |system: &str, scenario: &str| {
@@ -685,7 +703,7 @@ fn print_table(
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     for o in ours.iter().filter(|o| systems.contains(o)) {
         for s in systems.iter().filter(|s| !ours.contains(s)) {
-            if !cluster || *s == reference {
+            if !cluster || references.contains(s) {
                 pairs.push((o, s));
             }
         }

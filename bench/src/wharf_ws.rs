@@ -103,6 +103,9 @@ async fn publish_all(
     connections: u64,
     events: u64,
 ) -> anyhow::Result<Vec<f64>> {
+    if urls.is_empty() {
+        bail!("no wharf node");
+    }
     let mut tasks = Vec::new();
     for c in 0..connections {
         let per = events / connections + u64::from(c < events % connections);
@@ -293,6 +296,9 @@ pub async fn latency(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Res
 pub async fn fanout(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Result<Measured> {
     let events = load.fanout_events;
     let n = load.subscribers;
+    if urls.is_empty() {
+        bail!("no wharf node");
+    }
     let ready = Arc::new(tokio::sync::Barrier::new(n as usize + 1));
     let mut subs = Vec::with_capacity(n as usize);
     for s in 0..n {

@@ -24,6 +24,7 @@ fn every_system_runs_every_scenario() {
         ("wharf-nats", "nats-server"),
         ("wharf-nats2", "nats-server"),
         ("jetstream-r3", "nats-server"),
+        ("jetstream-r3-acked", "nats-server"),
     ] {
         if installed(program) {
             systems.push(system);
