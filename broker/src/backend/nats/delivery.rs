@@ -49,38 +49,62 @@ impl Delivery {
         }
         let mut last_pulled = 0u64;
         let lease = self.backend.settings().lease;
-        let mut tick = tokio::time::interval(lease / 4);
+        // Leases are kept on their own clock, not between pulls: a delivery waiting for room
+        // in a slow connection's queue must not let JetStream's ack wait run out on what this
+        // attachment already holds.
+        let keeper = tokio::spawn(
+            Leases {
+                backend: self.backend.clone(),
+                local: self.local.clone(),
+                generation: self.generation,
+            }
+            .keep(),
+        );
+        let _keeper = AbortOnDrop(keeper.abort_handle());
         // Since when the consumer has been missing: gone for good (deleted through another
         // node) once it stays missing longer than a seek elsewhere takes to make it again.
         let mut missing_since: Option<Instant> = None;
+        // The consumer's handle, looked up again after a failed pull and every few seconds
+        // (not before each pull: that would be a JetStream API request per batch).
+        let mut cached: Option<(consumer::Consumer<pull::Config>, Instant)> = None;
         loop {
             let room = self.options.max_in_flight.saturating_sub(self.held());
             if room == 0 {
                 tokio::select! {
                     _ = self.local.kick.notified() => {}
-                    _ = tick.tick() => self.keep_leases().await,
+                    _ = tokio::time::sleep(lease / 4) => {}
                 }
                 continue;
             }
-            let consumer = match self.consumer().await {
-                Ok(c) => {
-                    missing_since = None;
-                    c
-                }
-                Err(e) => {
-                    if let Ok(None) = self.backend.consumer_config(&self.local.name).await {
-                        let since = *missing_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= DELETED_AFTER {
-                            self.backend.deleted_elsewhere(&self.local.name);
-                            return;
-                        }
+            let fresh = cached
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() < CONSUMER_REFRESH);
+            if !fresh {
+                cached = None;
+            }
+            let consumer = match cached.take() {
+                Some((c, at)) => (c, at),
+                None => match self.consumer().await {
+                    Ok(c) => {
+                        missing_since = None;
+                        (c, Instant::now())
                     }
-                    tracing::debug!(consumer = self.local.name, error = %e, "cannot pull; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
+                    Err(e) => {
+                        if let Ok(None) = self.backend.consumer_config(&self.local.name).await {
+                            let since = *missing_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= DELETED_AFTER {
+                                self.backend.deleted_elsewhere(&self.local.name);
+                                return;
+                            }
+                        }
+                        tracing::debug!(consumer = self.local.name, error = %e, "cannot pull; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
             };
             let batch = consumer
+                .0
                 .fetch()
                 .max_messages(room)
                 .expires(Duration::from_millis(250))
@@ -95,8 +119,20 @@ impl Delivery {
                 }
             };
             let mut messages = Vec::with_capacity(room);
-            while let Some(Ok(message)) = batch.next().await {
-                messages.push(message);
+            let mut failed = false;
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(e) => {
+                        tracing::debug!(consumer = self.local.name, error = %e, "pull ended early");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            drop(batch);
+            if !failed {
+                cached = Some(consumer);
             }
             // Redeliveries can come back out of order; within what arrived together, seq
             // order is restored.
@@ -122,7 +158,6 @@ impl Delivery {
                     return;
                 }
             }
-            self.keep_leases().await;
         }
     }
 
@@ -264,10 +299,39 @@ impl Delivery {
             }
         }
     }
+}
+
+/// How often a delivery task looks its consumer up again.
+const CONSUMER_REFRESH: Duration = Duration::from_secs(2);
+
+/// Aborts a task when dropped (the delivery task's lease keeper ends with it).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The leases of one attachment's messages.
+struct Leases {
+    backend: NatsBackend,
+    local: Arc<LocalConsumer>,
+    generation: u64,
+}
+
+impl Leases {
+    async fn keep(self) {
+        let mut tick = tokio::time::interval(self.backend.settings().lease / 4);
+        loop {
+            tick.tick().await;
+            self.keep_leases().await;
+        }
+    }
 
     /// Extends JetStream's ack wait for what is held and still inside the subscriber's ack
-    /// wait; naks what ran out of it (delivered again now).
-    pub(super) async fn keep_leases(&self) {
+    /// wait; naks what ran out of it (delivered again now, and the delivery task pulls).
+    async fn keep_leases(&self) {
         let lease = self.backend.settings().lease;
         let now = Instant::now();
         let (expired, extend): (Vec<InFlight>, Vec<jetstream::Message>) = {
@@ -287,8 +351,12 @@ impl Delivery {
             }
             (expired, extend)
         };
+        let room_made = !expired.is_empty();
         for f in expired {
             let _redelivered_later = f.message.ack_with(AckKind::Nak(None)).await;
+        }
+        if room_made {
+            self.local.kick.notify_waiters();
         }
         for m in extend {
             let _redelivered_later = m.ack_with(AckKind::Progress).await;
