@@ -47,8 +47,15 @@ for i in 0 1 2; do
 server_name: n$i
 listen: 127.0.0.1:${CLIENT[$i]}
 http: 127.0.0.1:${MONITOR[$i]}
-jetstream { store_dir: "$WORK/n$i", sync_interval: always }
-cluster { name: wharf-instructions, listen: 127.0.0.1:${ROUTE[$i]}, routes: [$ROUTES] }
+jetstream {
+  store_dir: "$WORK/n$i"
+  sync_interval: always
+}
+cluster {
+  name: wharf-instructions
+  listen: 127.0.0.1:${ROUTE[$i]}
+  routes: [$ROUTES]
+}
 EOF
     nats-server -c "$WORK/n$i.conf" -l "$WORK/n$i.log" &
     NATS_PIDS+=($!)
@@ -61,14 +68,14 @@ for i in 0 1 2; do
     curl -sf "http://127.0.0.1:${MONITOR[$i]}/healthz" >/dev/null || { echo "NATS node n$i is not healthy" >&2; tail "$WORK/n$i.log" >&2; exit 1; }
 done
 URLS="\"nats://127.0.0.1:${CLIENT[0]}\", \"nats://127.0.0.1:${CLIENT[1]}\", \"nats://127.0.0.1:${CLIENT[2]}\""
-RUN=0
 
 # Runs a wharf node under callgrind for one workload; prints the instructions of its
 # runtime's threads.
 count() { # scenario events
-    local dir port
-    RUN=$((RUN + 1))
+    local dir port id
     dir=$(mktemp -d -p "$WORK")
+    # A stream of its own per run (count runs in a subshell: a counter would not carry).
+    id=$(basename "$dir" | tr -dc 'a-zA-Z0-9')
     port=$(free_port)
     cat >"$dir/config.toml" <<EOF
 listen = "127.0.0.1:$port"
@@ -77,8 +84,8 @@ log_level = "warn"
 backend = "nats"
 [nats]
 urls = [$URLS]
-stream = "I$RUN"
-subject_prefix = "i$RUN"
+stream = "I$id"
+subject_prefix = "i$id"
 replicas = 3
 publish_timeout = "30s"
 EOF
