@@ -3,24 +3,39 @@
 //! published; back online, every event is shown exactly once, in seq order. A screenshot is
 //! saved next to the test binaries (`target/<profile>/demo-page.png`).
 //!
+//! On the cluster backend it runs on two wharf nodes over one NATS stream: the page is
+//! loaded from node A while every event is published through node B, then a second page,
+//! loaded from B for a new consumer, shows every event from the first on, and an event
+//! published through A appears on both pages.
+//!
 //! Without Chromium installed the test says so and passes, unless `WHARF_REQUIRE_BROWSER=1`
 //! (CI sets it, after installing Chromium).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use wharf_tests::{data_dir, wharf_bin, Backend, WAIT};
+use wharf_tests::{data_dir, wharf_bin, Backend, Broker, WAIT};
 
 fn chromium() -> Option<PathBuf> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
+}
+
+/// The browser process, killed when the scenario ends, however it ends.
+struct Browser(std::process::Child);
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A DevTools session on one page.
@@ -33,6 +48,32 @@ struct Page {
 }
 
 impl Page {
+    /// A new tab, on its own DevTools connection to the browser at `devtools`, showing `url`
+    /// (loaded: its module scripts have run).
+    async fn open(devtools: &str, url: &str) -> Page {
+        let (ws, _) = tokio_tungstenite::connect_async(devtools).await.unwrap();
+        let mut page = Page {
+            ws,
+            session: String::new(),
+            next_id: 0,
+        };
+        let target = page
+            .call("Target.createTarget", json!({"url": "about:blank"}), false)
+            .await;
+        let attached = page
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+                false,
+            )
+            .await;
+        page.session = attached["sessionId"].as_str().unwrap().to_owned();
+        page.call("Page.enable", json!({}), true).await;
+        page.call("Page.navigate", json!({"url": url}), true).await;
+        page.event("Page.loadEventFired").await;
+        page
+    }
+
     async fn call(&mut self, method: &str, params: Value, session: bool) -> Value {
         self.next_id += 1;
         let id = self.next_id;
@@ -106,6 +147,28 @@ fn http_get(addr: &str, path: &str) -> String {
     body
 }
 
+/// The wharf nodes of the scenario: the one broker on the embedded backend; on the cluster
+/// backend two nodes (each on its own data dir) serving one stream.
+fn start_nodes(backend: Backend, tmp: &Path) -> Vec<Broker> {
+    match backend {
+        Backend::Log => vec![backend.start(&tmp.join("data"), "")],
+        Backend::Nats => {
+            let (a_data, b_data) = (tmp.join("a"), tmp.join("b"));
+            // Both on the stream named after A's data dir.
+            let config = wharf_tests::nats::broker_config(&a_data);
+            // One after the other: A makes the stream, B finds it.
+            [a_data, b_data]
+                .iter()
+                .map(|data| {
+                    let node = Broker::start(data, &config);
+                    node.wait_ready();
+                    node
+                })
+                .collect()
+        }
+    }
+}
+
 async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(backend: Backend) {
     let Some(chromium) = chromium() else {
         assert!(
@@ -115,13 +178,13 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
         eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
         return;
     };
-    let (tmp, data) = data_dir();
-    let broker = backend.start(&data, "");
-    let url = broker.url.clone();
-    let addr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/ws")
-        .to_owned();
+    let (tmp, _) = data_dir();
+    let nodes = start_nodes(backend, tmp.path());
+    // The page comes from the first node; events are published through the last (on the
+    // cluster, the other node).
+    let (first, last) = (&nodes[0], &nodes[nodes.len() - 1]);
+    let url = last.url.clone();
+    let addr = first.http_addr();
 
     // The broker serves the page and the module itself.
     let page = http_get(&addr, "/");
@@ -141,6 +204,9 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            // The first page keeps running at full speed behind the second (cluster backend).
+            "--disable-background-timer-throttling",
+            "--disable-renderer-backgrounding",
             "--remote-debugging-port=0",
             "--window-size=1200,800",
         ])
@@ -149,8 +215,9 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Browser)
         .expect("start chromium");
-    let stderr = BufReader::new(browser.stderr.take().unwrap());
+    let stderr = BufReader::new(browser.0.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
@@ -162,31 +229,7 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
     let devtools = rx
         .recv_timeout(WAIT)
         .expect("chromium printed its DevTools address");
-    let (ws, _) = tokio_tungstenite::connect_async(devtools).await.unwrap();
-    let mut page = Page {
-        ws,
-        session: String::new(),
-        next_id: 0,
-    };
-    let target = page
-        .call("Target.createTarget", json!({"url": "about:blank"}), false)
-        .await;
-    let attached = page
-        .call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-            false,
-        )
-        .await;
-    page.session = attached["sessionId"].as_str().unwrap().to_owned();
-    page.call("Page.enable", json!({}), true).await;
-    page.call(
-        "Page.navigate",
-        json!({"url": format!("http://{addr}/?consumer=browser-test")}),
-        true,
-    )
-    .await;
-    page.event("Page.loadEventFired").await;
+    let mut page = Page::open(&devtools, &format!("http://{addr}/?consumer=browser-test")).await;
 
     // The module has loaded (module scripts run before the load event); wait until it is
     // connected and subscribed.
@@ -223,6 +266,7 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
         .await;
     assert_eq!(board, json!(["p1:delivered", "p2:pickup"]));
 
+    // While it is the tab in front (a tab behind another is not painted).
     let shot = page
         .call("Page.captureScreenshot", json!({"format": "png"}), true)
         .await;
@@ -236,8 +280,28 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
     std::fs::write(&out, png).unwrap();
     eprintln!("screenshot: {}", out.display());
 
-    let _ = browser.kill();
-    let _ = browser.wait();
+    if nodes.len() > 1 {
+        // A second page, from node B, for a consumer of its own (new: it starts at the first
+        // event); an event published through node A appears on both, after all the others.
+        let mut second = Page::open(
+            &devtools,
+            &format!("http://{}/?consumer=browser-test-b", last.http_addr()),
+        )
+        .await;
+        assert_eq!(
+            second.eval("window.wharfDemo.ready.then(() => true)").await,
+            json!(true)
+        );
+        cli_publish(&first.url, "parcels.p3.pickup", r#"{"by":"van 9"}"#);
+        let seen = second.eval("window.wharfDemo.waitForEvents(5)").await;
+        assert_eq!(seen, json!([1, 2, 3, 4, 5]));
+        let seen = page.eval("window.wharfDemo.waitForEvents(5)").await;
+        assert_eq!(seen, json!([1, 2, 3, 4, 5]));
+        let board = second
+            .eval("[...document.querySelectorAll('#board tr')].map(r => r.cells[0].textContent + ':' + r.cells[1].textContent)")
+            .await;
+        assert_eq!(board, json!(["p1:delivered", "p2:pickup", "p3:pickup"]));
+    }
 }
 
 /// Standard base64 (the screenshot), without pulling in a crate for one call.
