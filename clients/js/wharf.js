@@ -7,9 +7,10 @@
 //   const seq = await client.publish('orders.created', { id: 1 });
 //
 // It reconnects by itself (exponential backoff with jitter; given several URLs, each reconnect
-// dials the next one in the list, round-robin), resubscribes after every reconnect (durable subscriptions by consumer name, ephemeral ones from the last seq they
-// saw), keeps publishes made while offline and sends them in order once back, and gives every
-// publish a msg_id so that a retry after a lost reply is never stored twice.
+// dials the next one in the list, round-robin), resubscribes after every reconnect (durable
+// subscriptions by consumer name, ephemeral ones from the last seq they saw), keeps publishes
+// made while offline and sends them in order once back, and gives every publish a msg_id so
+// that a retry after a lost reply is never stored twice.
 
 /** An error from the broker (with its `code`) or from the client (`code` of its own). */
 export class WharfError extends Error {
