@@ -14,6 +14,8 @@
 # difference is divided by the difference in events, so start-up and shutdown cancel out.
 #   bench/instructions-nats.sh                      # 1000 and 3000 events
 #   N1=2000 N2=6000 WHARF=/tmp/wharf bench/instructions-nats.sh
+#   KEEP=/tmp/out bench/instructions-nats.sh        # keeps each run's callgrind.out there
+#                                                   # (callgrind_annotate shows where)
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -98,6 +100,9 @@ EOF
     "$WHARF" bench "$1" --url "ws://127.0.0.1:$port/ws" --events "$2" --connections 1 --in-flight 1 --json >"$dir/bench.json"
     kill -TERM "$pid"
     wait "$pid" || true
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP" && cp "$dir/out" "$KEEP/callgrind.$1-$2.$id.out"
+    fi
     # tokio's threads, workers included, all run under the blocking pool's Inner::run.
     callgrind_annotate --inclusive=yes --threshold=100 "$dir/out" 2>/dev/null | grep -v '=>' |
         grep -E 'pool\.rs:tokio::runtime::blocking::pool::Inner::run \[' |
