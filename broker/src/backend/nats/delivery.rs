@@ -153,7 +153,12 @@ impl Delivery {
                     .and_then(|m| m.info().ok())
                     .map_or(first, |i| i.stream_sequence);
             }
-            for message in messages {
+            let mut pulled = Pulled {
+                local: self.local.clone(),
+                generation: self.generation,
+                messages: messages.into(),
+            };
+            while let Some(message) = pulled.messages.pop_front() {
                 if !self.deliver(message).await {
                     return;
                 }
@@ -232,31 +237,17 @@ impl Delivery {
                 metrics::delivered().increment(1);
                 true
             }
+            // Never reached the connection: not a delivery; it stays held until the
+            // attachment ends, which naks everything it holds in seq order.
             Delivered::Closed => {
-                self.unsent(seq).await;
+                *lock(&self.local.unsent).entry(seq).or_default() += 1;
                 false
             }
             Delivered::TooSlow => {
-                self.unsent(seq).await;
+                *lock(&self.local.unsent).entry(seq).or_default() += 1;
                 self.outbound.evict_slow();
                 false
             }
-        }
-    }
-
-    /// `seq` never reached the connection: it is delivered again at once, and this pull
-    /// does not count as a delivery.
-    async fn unsent(&self, seq: u64) {
-        let taken = {
-            let mut in_flight = lock(&self.local.in_flight);
-            match in_flight.get(&seq) {
-                Some(f) if f.holder == self.generation => in_flight.remove(&seq),
-                _ => None,
-            }
-        };
-        if let Some(f) = taken {
-            *lock(&self.local.unsent).entry(seq).or_default() += 1;
-            let _redelivered_later = f.message.ack_with(AckKind::Nak(None)).await;
         }
     }
 
@@ -298,6 +289,43 @@ impl Delivery {
                 tracing::warn!(error = %e, "term after dead-lettering failed; the dead letter is a duplicate next time");
             }
         }
+    }
+}
+
+/// Messages pulled for an attachment and not handed to its connection yet. If the delivery
+/// ends first (the connection closed, the task was aborted), they join what the attachment
+/// holds and all of it is naked at once, in seq order (so the next subscriber gets them again
+/// first, in order), rather than left to JetStream's ack wait; the pull is not counted as a
+/// delivery.
+struct Pulled {
+    local: Arc<LocalConsumer>,
+    generation: u64,
+    messages: std::collections::VecDeque<jetstream::Message>,
+}
+
+impl Drop for Pulled {
+    fn drop(&mut self) {
+        if self.messages.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut in_flight = lock(&self.local.in_flight);
+            let mut unsent = lock(&self.local.unsent);
+            for message in self.messages.drain(..) {
+                let Ok(info) = message.info() else { continue };
+                let seq = info.stream_sequence;
+                *unsent.entry(seq).or_default() += 1;
+                in_flight.entry(seq).or_insert(InFlight {
+                    message,
+                    holder: self.generation,
+                    due: now,
+                    extended: now,
+                    ack_wait: Duration::ZERO,
+                });
+            }
+        }
+        self.local.release(Some(self.generation));
     }
 }
 
