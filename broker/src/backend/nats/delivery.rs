@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::{self, AckKind};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use wharf_protocol::{format_time_ms, DeadLetter, EventBody, EventFrame};
 
@@ -103,11 +103,14 @@ impl Delivery {
                     }
                 },
             };
+            // A pull the server holds open until `room` messages came or PULL_WAIT passed,
+            // each handed over as it arrives (a `fetch` answers at once, empty or not, and
+            // an idle subscriber would pull again and again).
             let batch = consumer
                 .0
-                .fetch()
+                .batch()
                 .max_messages(room)
-                .expires(Duration::from_millis(250))
+                .expires(PULL_WAIT)
                 .messages()
                 .await;
             let mut batch = match batch {
@@ -118,50 +121,64 @@ impl Delivery {
                     continue;
                 }
             };
-            let mut messages = Vec::with_capacity(room);
             let mut failed = false;
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(message) => messages.push(message),
-                    Err(e) => {
-                        tracing::debug!(consumer = self.local.name, error = %e, "pull ended early");
-                        failed = true;
-                        break;
+            let mut ended = false;
+            while !ended {
+                // The next message, and whatever else has arrived with it.
+                let mut arrived = Vec::new();
+                let mut next = Some(batch.next().await);
+                loop {
+                    match next.take() {
+                        Some(Some(Ok(message))) => arrived.push(message),
+                        Some(Some(Err(e))) => {
+                            tracing::debug!(consumer = self.local.name, error = %e, "pull ended early");
+                            failed = true;
+                            ended = true;
+                            break;
+                        }
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        // Nothing more has arrived yet.
+                        None => break,
+                    }
+                    next = batch.next().now_or_never();
+                }
+                // Redeliveries can come back out of order; within what arrived together,
+                // seq order is restored.
+                arrived.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
+                let Some(first) = arrived.first().and_then(|m| m.info().ok()) else {
+                    continue;
+                };
+                // A jump over seqs may be retention overtaking the consumer (or only events
+                // of other topics): asked before these are delivered, since their acks would
+                // move JetStream's floor past a gap.
+                if retention && first.stream_sequence > last_pulled + 1 {
+                    self.check_gap().await;
+                }
+                last_pulled = arrived
+                    .last()
+                    .and_then(|m| m.info().ok())
+                    .map_or(first.stream_sequence, |i| i.stream_sequence);
+                let mut pulled = Pulled {
+                    local: self.local.clone(),
+                    generation: self.generation,
+                    messages: arrived.into(),
+                };
+                while let Some(message) = pulled.messages.pop_front() {
+                    if !self.deliver(message).await {
+                        // What already arrived goes back with the rest.
+                        while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+                            pulled.messages.push_back(message);
+                        }
+                        return;
                     }
                 }
             }
             drop(batch);
             if !failed {
                 cached = Some(consumer);
-            }
-            // Redeliveries can come back out of order; within what arrived together, seq
-            // order is restored.
-            messages.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
-            // A jump over seqs may be retention overtaking the consumer (or only events of
-            // other topics): asked before these are delivered, since their acks would move
-            // JetStream's floor past a gap.
-            let first = messages
-                .first()
-                .and_then(|m| m.info().ok())
-                .map(|i| i.stream_sequence);
-            if let Some(first) = first {
-                if retention && first > last_pulled + 1 {
-                    self.check_gap().await;
-                }
-                last_pulled = messages
-                    .last()
-                    .and_then(|m| m.info().ok())
-                    .map_or(first, |i| i.stream_sequence);
-            }
-            let mut pulled = Pulled {
-                local: self.local.clone(),
-                generation: self.generation,
-                messages: messages.into(),
-            };
-            while let Some(message) = pulled.messages.pop_front() {
-                if !self.deliver(message).await {
-                    return;
-                }
             }
         }
     }
@@ -328,6 +345,9 @@ impl Drop for Pulled {
         self.local.release(Some(self.generation));
     }
 }
+
+/// How long a pull waits at the server for messages.
+const PULL_WAIT: Duration = Duration::from_secs(1);
 
 /// How often a delivery task looks its consumer up again.
 const CONSUMER_REFRESH: Duration = Duration::from_secs(2);

@@ -76,17 +76,29 @@ impl NatsBackend {
                 Settlement::Ack => AckKind::Ack,
                 Settlement::Term => AckKind::Term,
             };
-            let mut taken = taken.into_iter();
+            // Sent together, then every answer awaited: one round trip for a frame's acks.
+            let answers = futures_util::future::join_all(
+                taken.iter().map(|f| stored_ack(&client, &f.message, kind)),
+            )
+            .await;
             let mut settled = 0u64;
-            while let Some(f) = taken.next() {
-                if let Err(e) = stored_ack(&client, &f.message, kind).await {
-                    // Not settled: still in flight here, for the client's retry.
-                    if let Some(local) = &local {
-                        local.restore(std::iter::once(f).chain(taken));
+            let mut failed = Vec::new();
+            let mut why = None;
+            for (f, answer) in taken.into_iter().zip(answers) {
+                match answer {
+                    Ok(()) => settled += 1,
+                    Err(e) => {
+                        why.get_or_insert(e);
+                        failed.push(f);
                     }
-                    return Err(e);
                 }
-                settled += 1;
+            }
+            if let Some(why) = why {
+                // Not settled: still in flight here, for the client's retry.
+                if let Some(local) = &local {
+                    local.restore(failed);
+                }
+                return Err(why);
             }
             let counter = match how {
                 Settlement::Ack => metrics::acked(),
