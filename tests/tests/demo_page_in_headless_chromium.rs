@@ -13,6 +13,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -28,11 +29,15 @@ fn chromium() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// The browser process, killed when the scenario ends, however it ends.
+/// The browser, killed when the scenario ends, however it ends: its whole process group
+/// (it is started as a group leader), since Chromium's renderer and helper processes outlive
+/// a killed main process and keep what they inherited (sockets, file locks) open.
 struct Browser(std::process::Child);
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -212,6 +217,7 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

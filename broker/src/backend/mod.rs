@@ -132,6 +132,10 @@ impl Backend {
         }
     }
 
+    // The cluster backend's futures are boxed: they are large, and unboxed they would make
+    // every caller's future (the session boxes one per request) as large on the embedded
+    // backend too.
+
     /// Stores each batch atomically, in order. Returns once the batches are accepted (in
     /// the order calls were made); the [`Confirming`] says what each became once durable.
     pub async fn publish(
@@ -140,7 +144,7 @@ impl Backend {
     ) -> Result<Confirming<Vec<Stored>>, BackendError> {
         match self {
             Backend::Log(b) => b.publish(batches).await,
-            Backend::Nats(b) => b.publish(batches).await,
+            Backend::Nats(b) => Box::pin(b.publish(batches)).await,
         }
     }
 
@@ -153,7 +157,7 @@ impl Backend {
     ) -> Result<Confirming<()>, BackendError> {
         match self {
             Backend::Log(b) => b.create_consumer(spec, quota).await,
-            Backend::Nats(b) => b.create_consumer(spec, quota).await,
+            Backend::Nats(b) => Box::pin(b.create_consumer(spec, quota)).await,
         }
     }
 
@@ -171,8 +175,7 @@ impl Backend {
             Backend::Log(b) => b
                 .attach(name, patterns, mode, options, to)
                 .map(Attaching::Log),
-            Backend::Nats(b) => b
-                .attach(name, patterns, mode, options, to)
+            Backend::Nats(b) => Box::pin(b.attach(name, patterns, mode, options, to))
                 .await
                 .map(|a| Attaching::Nats(Box::new(a))),
         }
@@ -182,7 +185,7 @@ impl Backend {
     pub async fn resolve_start(&self, start: Start) -> Result<u64, BackendError> {
         match self {
             Backend::Log(b) => b.resolve_start(start).await,
-            Backend::Nats(b) => b.resolve_start(start).await,
+            Backend::Nats(b) => Box::pin(b.resolve_start(start)).await,
         }
     }
 
@@ -200,7 +203,7 @@ impl Backend {
                 held: Held::Log(b.follow(patterns, from, to)),
             }),
             Backend::Nats(b) => Ok(Subscription {
-                held: Held::Nats(b.follow(patterns, from, to).await?),
+                held: Held::Nats(Box::pin(b.follow(patterns, from, to)).await?),
             }),
         }
     }
@@ -214,7 +217,7 @@ impl Backend {
     ) -> Result<Confirming<()>, BackendError> {
         match self {
             Backend::Log(b) => b.settle(name, seqs, how).await,
-            Backend::Nats(b) => b.settle(name, seqs, how).await,
+            Backend::Nats(b) => Box::pin(b.settle(name, seqs, how)).await,
         }
     }
 
@@ -228,7 +231,7 @@ impl Backend {
     ) -> Result<(), BackendError> {
         match self {
             Backend::Log(b) => b.touch(name, seqs, delay),
-            Backend::Nats(b) => b.touch(name, seqs, delay).await,
+            Backend::Nats(b) => Box::pin(b.touch(name, seqs, delay)).await,
         }
     }
 
@@ -237,7 +240,7 @@ impl Backend {
     pub async fn seek(&self, name: &str, start: Start) -> Result<Confirming<()>, BackendError> {
         match self {
             Backend::Log(b) => b.seek(name, start).await,
-            Backend::Nats(b) => b.seek(name, start).await,
+            Backend::Nats(b) => Box::pin(b.seek(name, start)).await,
         }
     }
 
@@ -245,14 +248,14 @@ impl Backend {
     pub async fn delete_consumer(&self, name: &str) -> Result<Confirming<()>, BackendError> {
         match self {
             Backend::Log(b) => b.delete_consumer(name).await,
-            Backend::Nats(b) => b.delete_consumer(name).await,
+            Backend::Nats(b) => Box::pin(b.delete_consumer(name)).await,
         }
     }
 
     pub async fn consumer_info(&self, name: &str) -> Result<Option<ConsumerInfo>, BackendError> {
         match self {
             Backend::Log(b) => Ok(b.consumer_info(name)),
-            Backend::Nats(b) => b.consumer_info(name).await,
+            Backend::Nats(b) => Box::pin(b.consumer_info(name)).await,
         }
     }
 
@@ -263,7 +266,7 @@ impl Backend {
     ) -> Result<Option<Vec<Pattern>>, BackendError> {
         match self {
             Backend::Log(b) => Ok(b.consumer_patterns(name)),
-            Backend::Nats(b) => b.consumer_patterns(name).await,
+            Backend::Nats(b) => Box::pin(b.consumer_patterns(name)).await,
         }
     }
 
@@ -271,7 +274,7 @@ impl Backend {
     pub async fn consumer_names(&self) -> Result<Vec<String>, BackendError> {
         match self {
             Backend::Log(b) => Ok(b.consumer_names()),
-            Backend::Nats(b) => b.consumer_names().await,
+            Backend::Nats(b) => Box::pin(b.consumer_names()).await,
         }
     }
 
@@ -279,14 +282,14 @@ impl Backend {
     pub async fn topics(&self) -> Result<Vec<TopicInfo>, BackendError> {
         match self {
             Backend::Log(b) => Ok(b.topics()),
-            Backend::Nats(b) => b.topics().await,
+            Backend::Nats(b) => Box::pin(b.topics()).await,
         }
     }
 
     pub async fn stats(&self) -> Result<StoreStats, BackendError> {
         match self {
             Backend::Log(b) => Ok(b.stats()),
-            Backend::Nats(b) => b.stats().await,
+            Backend::Nats(b) => Box::pin(b.stats()).await,
         }
     }
 
@@ -294,7 +297,7 @@ impl Backend {
     pub async fn metrics(&self, limit: usize) -> Vec<ConsumerRow> {
         match self {
             Backend::Log(b) => b.metrics(limit),
-            Backend::Nats(b) => b.metrics(limit).await,
+            Backend::Nats(b) => Box::pin(b.metrics(limit)).await,
         }
     }
 
@@ -310,7 +313,7 @@ impl Backend {
     pub async fn close(&self) {
         match self {
             Backend::Log(b) => b.close().await,
-            Backend::Nats(b) => b.close().await,
+            Backend::Nats(b) => Box::pin(b.close()).await,
         }
     }
 }
