@@ -255,3 +255,28 @@ pub fn node_config(urls: &[String], id: &str) -> String {
          nats.subject_prefix = \"t{id}\"\nnats.replicas = 3\n"
     )
 }
+
+/// Two wharf nodes on the shared cluster serving one stream (`id`), both ready. `extra` is
+/// more config (TOML lines) for both.
+pub struct TwoNodes {
+    pub a: crate::Broker,
+    pub b: crate::Broker,
+    /// Their data dirs, removed after the brokers stopped (fields drop in order).
+    _dirs: [tempfile::TempDir; 2],
+}
+
+pub fn two_nodes(id: &str, extra: &str) -> TwoNodes {
+    let urls = shared().lock().unwrap_or_else(|p| p.into_inner()).urls();
+    let config = format!("{}{extra}", node_config(&urls, id));
+    let (a_tmp, a_data) = crate::data_dir();
+    let (b_tmp, b_data) = crate::data_dir();
+    let a = crate::Broker::start(&a_data, &config);
+    a.wait_ready();
+    let b = crate::Broker::start(&b_data, &config);
+    b.wait_ready();
+    TwoNodes {
+        a,
+        b,
+        _dirs: [a_tmp, b_tmp],
+    }
+}

@@ -3,21 +3,14 @@
 //! than waiting for events that never come.
 
 use serde_json::json;
-use wharf_tests::{data_dir, nats, seqs, Backend, Broker};
+use wharf_tests::{nats, seqs, Backend};
 
 #[tokio::test]
 async fn a_consumer_deleted_through_another_node_ends_its_subscriptions() {
     if !Backend::Nats.runnable() {
         return;
     }
-    let urls = nats::shared().lock().unwrap().urls();
-    let (_a_tmp, a_data) = data_dir();
-    let (_b_tmp, b_data) = data_dir();
-    let config = nats::node_config(&urls, "deleted");
-    let a = Broker::start(&a_data, &config);
-    a.wait_ready();
-    let b = Broker::start(&b_data, &config);
-    b.wait_ready();
+    let nats::TwoNodes { a, b, .. } = &nats::two_nodes("deleted", "");
 
     let mut sub = a.client().await;
     let id = sub.subscribe_with("audit", json!({"topic":"log.>"})).await;

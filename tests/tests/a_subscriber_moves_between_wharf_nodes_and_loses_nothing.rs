@@ -3,21 +3,14 @@
 //! acked, again (delivery 2), then what was published meanwhile through node B, in order.
 
 use serde_json::json;
-use wharf_tests::{data_dir, deliveries, nats, seqs, Backend, Broker};
+use wharf_tests::{deliveries, nats, seqs, Backend};
 
 #[tokio::test]
 async fn a_subscriber_moves_between_wharf_nodes_and_loses_nothing() {
     if !Backend::Nats.runnable() {
         return;
     }
-    let urls = nats::shared().lock().unwrap().urls();
-    let (_a_tmp, a_data) = data_dir();
-    let (_b_tmp, b_data) = data_dir();
-    let config = nats::node_config(&urls, "moves");
-    let a = Broker::start(&a_data, &config);
-    a.wait_ready();
-    let b = Broker::start(&b_data, &config);
-    b.wait_ready();
+    let nats::TwoNodes { a, b, .. } = &nats::two_nodes("moves", "");
 
     let mut p = a.client().await;
     for i in 1..=5 {

@@ -6,24 +6,14 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wharf_tests::{data_dir, nats, Backend, Broker};
+use wharf_tests::{nats, Backend};
 
 #[tokio::test]
 async fn a_wharf_node_killed_gives_its_events_back_within_the_lease() {
     if !Backend::Nats.runnable() {
         return;
     }
-    let urls = nats::shared().lock().unwrap().urls();
-    let (_a_tmp, a_data) = data_dir();
-    let (_b_tmp, b_data) = data_dir();
-    let config = format!(
-        "{}nats.lease = \"2s\"\n",
-        nats::node_config(&urls, "killed")
-    );
-    let mut a = Broker::start(&a_data, &config);
-    a.wait_ready();
-    let b = Broker::start(&b_data, &config);
-    b.wait_ready();
+    let nats::TwoNodes { a, b, .. } = &mut nats::two_nodes("killed", "nats.lease = \"2s\"\n");
 
     let mut holder = a.client().await;
     holder

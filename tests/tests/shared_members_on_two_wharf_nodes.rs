@@ -5,21 +5,14 @@
 use std::collections::HashSet;
 
 use serde_json::json;
-use wharf_tests::{data_dir, nats, seqs, Backend, Broker};
+use wharf_tests::{nats, seqs, Backend};
 
 #[tokio::test]
 async fn shared_members_on_two_wharf_nodes() {
     if !Backend::Nats.runnable() {
         return;
     }
-    let urls = nats::shared().lock().unwrap().urls();
-    let (_a_tmp, a_data) = data_dir();
-    let (_b_tmp, b_data) = data_dir();
-    let config = nats::node_config(&urls, "shared2");
-    let a = Broker::start(&a_data, &config);
-    a.wait_ready();
-    let b = Broker::start(&b_data, &config);
-    b.wait_ready();
+    let nats::TwoNodes { a, b, .. } = &nats::two_nodes("shared2", "");
 
     // A long ack wait: only A's departure can explain B getting A's events quickly.
     let opts = json!({"topic":"work.>","mode":"shared","ack_wait_ms":600000,"max_in_flight":5});

@@ -3,21 +3,14 @@
 //! had not acked, at once, then what follows.
 
 use serde_json::json;
-use wharf_tests::{data_dir, deliveries, nats, seqs, Backend, Broker};
+use wharf_tests::{deliveries, nats, seqs, Backend};
 
 #[tokio::test]
 async fn takeover_across_wharf_nodes() {
     if !Backend::Nats.runnable() {
         return;
     }
-    let urls = nats::shared().lock().unwrap().urls();
-    let (_a_tmp, a_data) = data_dir();
-    let (_b_tmp, b_data) = data_dir();
-    let config = nats::node_config(&urls, "takeover");
-    let a = Broker::start(&a_data, &config);
-    a.wait_ready();
-    let b = Broker::start(&b_data, &config);
-    b.wait_ready();
+    let nats::TwoNodes { a, b, .. } = &nats::two_nodes("takeover", "");
 
     let mut old = a.client().await;
     let old_sub = old
