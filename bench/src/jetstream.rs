@@ -13,7 +13,8 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 
 use crate::cluster::{Probe, PREFIX, STREAM};
-use crate::figure::{across_connections, ms_since, now_ms, payload, sent_ms, timed_payload};
+use crate::figure::{across_connections, ms_since, now_ms, payload, timed_payload};
+use crate::nats::{confirm_acks, receive_latencies};
 use crate::{Load, Measured};
 
 const STALL: Duration = Duration::from_secs(60);
@@ -227,27 +228,8 @@ pub async fn latency(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Res
     let subject = format!("{PREFIX}.lat.x");
     let consumer = make_consumer(&stream, "lat", &subject).await?;
     let events = load.latency_events;
-    let receiver = tokio::spawn(async move {
-        let mut messages = consumer.messages().await?;
-        let mut latencies = Vec::with_capacity(events as usize);
-        while (latencies.len() as u64) < events {
-            let msg = match tokio::time::timeout(STALL, messages.next()).await {
-                Ok(Some(m)) => m.map_err(|e| anyhow!("{e}"))?,
-                _ => bail!("the JetStream subscriber stalled"),
-            };
-            latencies.push(now_ms() - sent_ms(&msg.payload));
-            msg.ack().await.map_err(|e| anyhow!("{e}"))?;
-        }
-        Ok::<_, anyhow::Error>(latencies)
-    });
-    let (acks, mut ack_rx) =
-        tokio::sync::mpsc::unbounded_channel::<jetstream::context::PublishAckFuture>();
-    let confirmer = tokio::spawn(async move {
-        while let Some(ack) = ack_rx.recv().await {
-            ack.await?;
-        }
-        Ok::<_, anyhow::Error>(())
-    });
+    let receiver = receive_latencies(consumer, events);
+    let (acks, confirmer) = confirm_acks();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / load.rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let node = node_id();

@@ -125,27 +125,8 @@ pub async fn latency(addr: &str, load: &Load) -> anyhow::Result<Vec<f64>> {
         })
         .await?;
     let events = load.latency_events;
-    let receiver = tokio::spawn(async move {
-        let mut messages = consumer.messages().await?;
-        let mut latencies = Vec::with_capacity(events as usize);
-        while (latencies.len() as u64) < events {
-            let msg = match tokio::time::timeout(STALL, messages.next()).await {
-                Ok(Some(m)) => m.map_err(|e| anyhow!("{e}"))?,
-                _ => bail!("NATS subscriber stalled"),
-            };
-            latencies.push(now_ms() - sent_ms(&msg.payload));
-            msg.ack().await.map_err(|e| anyhow!("{e}"))?;
-        }
-        Ok::<_, anyhow::Error>(latencies)
-    });
-    let (acks, mut ack_rx) =
-        tokio::sync::mpsc::unbounded_channel::<jetstream::context::PublishAckFuture>();
-    let confirmer = tokio::spawn(async move {
-        while let Some(ack) = ack_rx.recv().await {
-            ack.await?;
-        }
-        Ok::<_, anyhow::Error>(())
-    });
+    let receiver = receive_latencies(consumer, events);
+    let (acks, confirmer) = confirm_acks();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / load.rate as f64));
     for _ in 0..events {
         tick.tick().await;
@@ -156,6 +137,43 @@ pub async fn latency(addr: &str, load: &Load) -> anyhow::Result<Vec<f64>> {
     let latencies = receiver.await??;
     confirmer.await??;
     Ok(latencies)
+}
+
+/// The receiving end of a latency run: each of `events` messages' age when it arrives (its
+/// payload carries the send time), acked.
+pub fn receive_latencies(
+    consumer: consumer::PullConsumer,
+    events: u64,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<f64>>> {
+    tokio::spawn(async move {
+        let mut messages = consumer.messages().await?;
+        let mut latencies = Vec::with_capacity(events as usize);
+        while (latencies.len() as u64) < events {
+            let msg = match tokio::time::timeout(STALL, messages.next()).await {
+                Ok(Some(m)) => m.map_err(|e| anyhow!("{e}"))?,
+                _ => bail!("the JetStream subscriber stalled"),
+            };
+            latencies.push(now_ms() - sent_ms(&msg.payload));
+            msg.ack().await.map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(latencies)
+    })
+}
+
+/// A task that awaits the publish acks sent to it, in order; its error is the first failed.
+pub fn confirm_acks() -> (
+    tokio::sync::mpsc::UnboundedSender<jetstream::context::PublishAckFuture>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (acks, mut ack_rx) =
+        tokio::sync::mpsc::unbounded_channel::<jetstream::context::PublishAckFuture>();
+    let confirmer = tokio::spawn(async move {
+        while let Some(ack) = ack_rx.recv().await {
+            ack.await?;
+        }
+        Ok(())
+    });
+    (acks, confirmer)
 }
 
 /// Core NATS (not durable): `load.subscribers` clients subscribe, one publishes.
