@@ -89,6 +89,9 @@ pub struct Session {
     /// Publishes read but not yet handed to the backend: a burst of pipelined publishes goes
     /// as one call (one queue send, one wake-up, one completion) instead of one each.
     queued: Vec<(Option<Id>, NewEvent)>,
+    /// Publishes handed to the backend in bursts and not answered yet (a burst is one entry
+    /// of `pending`), counted toward [`MAX_UNANSWERED`].
+    unanswered_publishes: usize,
     last_seen: Instant,
     /// When the client last sent a request (pongs do not count).
     last_request: Instant,
@@ -143,6 +146,7 @@ impl Session {
             next_sub: 0,
             pending: FuturesOrdered::new(),
             queued: Vec::new(),
+            unanswered_publishes: 0,
             last_seen: Instant::now(),
             last_request: Instant::now(),
             auth_enabled,
@@ -224,7 +228,7 @@ impl Session {
                         return None;
                     }
                 }
-                msg = stream.next(), if self.pending.len() < MAX_UNANSWERED => {
+                msg = stream.next(), if self.pending.len() + self.unanswered_publishes < MAX_UNANSWERED => {
                     // Take what the socket already holds too, so that pipelined publishes
                     // reach the backend together, then hand them over. Publishes read before
                     // the connection ends are still stored, as if each went on its own.

@@ -50,6 +50,7 @@ impl Session {
                 .unzip();
         match self.ctx.backend.publish(batches).await {
             Ok(confirming) => {
+                self.unanswered_publishes += ids.len();
                 self.pending.push_back(
                     async move {
                         let replies = match confirming.await {

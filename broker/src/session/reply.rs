@@ -119,6 +119,7 @@ impl Session {
                 self.send_now(reply).await
             }
             Completion::Replies(replies) => {
+                self.unanswered_publishes = self.unanswered_publishes.saturating_sub(replies.len());
                 for reply in replies {
                     self.send_now(reply).await?;
                 }

@@ -20,7 +20,7 @@ use crate::outbound::{Delivered, Frame};
 
 /// How long a consumer must stay missing before its subscribers here are told `deleted`
 /// (a seek on another node deletes it and makes it again within about a second).
-const DELETED_AFTER: Duration = Duration::from_secs(3);
+const DELETED_AFTER: Duration = Duration::from_secs(5);
 
 /// The delivery task of one attachment.
 pub(super) struct Delivery {
@@ -177,7 +177,11 @@ impl Delivery {
                 }
             }
             drop(batch);
-            if !failed {
+            if failed {
+                // A pull the server ended at once (a leader change, too many waiting pulls):
+                // not again at once.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } else {
                 cached = Some(consumer);
             }
         }

@@ -408,9 +408,14 @@ impl NatsBackend {
             Mode::Shared => None,
         };
         drop(claiming);
-        let from = match self.consumer_info(name).await? {
-            Some(info) => info.ack_floor + 1,
-            None => 1,
+        let from = match self.consumer_info(name).await {
+            Ok(Some(info)) => info.ack_floor + 1,
+            Ok(None) => 1,
+            Err(e) => {
+                // Not attached after all: nothing may stay registered without a task.
+                local.detach(generation);
+                return Err(e);
+            }
         };
         Ok(Attaching {
             backend: self.clone(),
