@@ -40,6 +40,27 @@ async fn context(urls: &[String]) -> anyhow::Result<jetstream::Context> {
 
 /// The stream a wharf node would make.
 pub async fn make_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    let stream = create_stream(js).await?;
+    // A stream just made on three servers takes publishes once its replicas elected a
+    // leader and the servers learnt of it; until then a publish finds "no responders". A
+    // probe (on a subject no scenario reads) is stored once that is over.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let why = match js.publish(format!("{PREFIX}.probe"), "{}".into()).await {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(stream),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= until {
+            bail!("stream {STREAM} takes no publish after 30 s: {why}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
     js.get_or_create_stream(stream::Config {
         name: STREAM.to_owned(),
         subjects: vec![format!("{PREFIX}.>")],
@@ -60,7 +81,7 @@ async fn make_consumer(
     name: &str,
     subject: &str,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    stream
+    let mut consumer = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some(name.to_owned()),
             filter_subjects: vec![subject.to_owned()],
@@ -72,7 +93,22 @@ async fn make_consumer(
             ..Default::default()
         })
         .await
-        .map_err(|e| anyhow!("cannot create consumer {name}: {e}"))
+        .map_err(|e| anyhow!("cannot create consumer {name}: {e}"))?;
+    // Like a new stream, a new R3 consumer answers pulls once its replicas elected a leader.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let why = match consumer.info().await {
+            Ok(info) if info.cluster.as_ref().is_some_and(|c| c.leader.is_some()) => {
+                return Ok(consumer);
+            }
+            Ok(_) => "no leader yet".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= until {
+            bail!("consumer {name} is not ready after 30 s: {why}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What a wharf node sends: the message with its own `Nats-Msg-Id`.
