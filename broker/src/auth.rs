@@ -26,6 +26,8 @@ pub struct Principal {
     dedup_scope: String,
     /// When its token stops being valid (a JWT's `exp`), in seconds since the Unix epoch.
     pub expires_at: Option<u64>,
+    /// A JWT's `sub`: the connection's client id in presence, which a `hello` cannot change.
+    pub subject: Option<String>,
 }
 
 impl Principal {
@@ -109,6 +111,26 @@ impl Principal {
             | Request::Seek { consumer: name, .. }
             | Request::ConsumerInfo { consumer: name, .. }
             | Request::DeleteConsumer { consumer: name, .. } => consumer(name),
+            Request::History { pattern, .. } | Request::Last { pattern, .. }
+                if !self.may_subscribe(pattern) =>
+            {
+                Some(format!(
+                    "token {:?} may not subscribe to {pattern}",
+                    self.name
+                ))
+            }
+            Request::Presence { topic, .. } if !self.may_subscribe_topic(topic) => Some(format!(
+                "token {:?} may not subscribe to {topic}",
+                self.name
+            )),
+            Request::Hello {
+                client: Some(client),
+                ..
+            } if self.subject.as_ref().is_some_and(|sub| sub != client) => Some(format!(
+                "token {:?} is client {:?}; a hello cannot name another",
+                self.name,
+                self.subject.as_deref().unwrap_or_default()
+            )),
             Request::Stats { .. } | Request::Topics { .. } | Request::Consumers { .. }
                 if !self.may_administer() =>
             {
@@ -119,6 +141,11 @@ impl Principal {
             }
             _ => None,
         }
+    }
+
+    /// Whether a subscribe to exactly `topic` would be allowed.
+    fn may_subscribe_topic(&self, topic: &wharf_protocol::Topic) -> bool {
+        Pattern::parse(topic.as_str()).is_ok_and(|p| self.may_subscribe(&p))
     }
 
     pub fn may_use_consumer(&self, name: &str) -> bool {
@@ -282,6 +309,7 @@ impl JwtVerifier {
             metrics: false,
             dedup_scope: format!("jwt:{sub}"),
             expires_at: Some(claims.exp),
+            subject: (!sub.is_empty()).then(|| sub.clone()),
         })
     }
 
@@ -343,6 +371,7 @@ impl Authenticator {
                         metrics: t.metrics,
                         dedup_scope: format!("token:{}", t.name),
                         expires_at: None,
+                        subject: None,
                     }),
                 )
             })

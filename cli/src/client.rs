@@ -594,6 +594,8 @@ pub async fn consumer_add(
         consumer: Some(name.to_owned()),
         start: Some(Start::New),
         options,
+        presence: false,
+        join_leave: false,
     };
     let Reply::Subscribed { sub, .. } = ask(&mut sink, &mut stream, subscribe).await? else {
         bail!("the broker did not confirm the subscription that creates the consumer")
@@ -682,6 +684,8 @@ pub async fn get(conn: &Conn, seq: u64, json: bool) -> anyhow::Result<()> {
         consumer: None,
         start: Some(Start::Seq(seq)),
         options: SubscribeOptions::default(),
+        presence: false,
+        join_leave: false,
     };
     ask(&mut sink, &mut stream, subscribe).await?;
     let text = tokio::time::timeout(GET_WAIT, async {

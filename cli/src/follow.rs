@@ -125,6 +125,8 @@ async fn session(
         consumer: follow.consumer.clone(),
         start,
         options: follow.options.clone(),
+        presence: false,
+        join_leave: false,
     };
     sink.send(Message::text(request.to_json()))
         .await

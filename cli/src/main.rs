@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod follow;
+mod rooms;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -268,6 +269,30 @@ enum ConsumerAction {
     },
 }
 
+/// How many events `history` and `last` ask for, and how they are printed.
+#[derive(clap::Args)]
+struct PageArgs {
+    /// How many events (default: the broker's history_default_limit, 50).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Print {seq, topic, published_at, payload} as one JSON object a line.
+    #[arg(long, conflicts_with = "raw")]
+    json: bool,
+    /// Print only each payload, one a line.
+    #[arg(long)]
+    raw: bool,
+}
+
+impl PageArgs {
+    fn output(&self) -> rooms::Output {
+        match (self.json, self.raw) {
+            (true, _) => rooms::Output::Json,
+            (_, true) => rooms::Output::Raw,
+            _ => rooms::Output::Lines,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (reads ./config.toml when present; flags win).
@@ -387,6 +412,41 @@ enum Command {
         /// Print {seq, topic, published_at, payload} as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// The newest events matching PATTERN, oldest first (nothing is consumed).
+    #[command(
+        long_about = "The newest events matching PATTERN, oldest first, one a line: seq, \
+            publish time, topic, payload. Nothing is consumed. --before SEQ pages backwards \
+            (give the first seq of the page you have), --after SEQ forwards; the broker's \
+            history_max_limit bounds --limit.",
+        after_help = "Examples:
+  wharf history 'chat.lobby'
+  wharf history 'chat.lobby' --limit 20 --before 1200
+  wharf history 'orders.>' --after 0 --limit 1000 --json | jq .payload"
+    )]
+    History {
+        /// A topic or pattern, e.g. chat.lobby or orders.>.
+        #[arg(value_parser = Pattern::parse)]
+        pattern: Pattern,
+        #[command(flatten)]
+        page: PageArgs,
+        /// Only events with a seq below this one (page backwards).
+        #[arg(long, conflicts_with = "after")]
+        before: Option<u64>,
+        /// Only events with a seq above this one, the oldest first (page forwards).
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// The newest event of each topic matching PATTERN (a last-value cache).
+    #[command(after_help = "Examples:
+  wharf last 'prices.*'
+  wharf last 'sensors.>' --raw")]
+    Last {
+        /// A topic or pattern, e.g. prices.*.
+        #[arg(value_parser = Pattern::parse)]
+        pattern: Pattern,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// Make or hash tokens for [auth] in config.toml.
     #[command(after_help = "Examples:
@@ -517,6 +577,18 @@ fn main() -> ExitCode {
                 follow::run(&conn, follow.into_follow(consumer, start, options)).await
             }
             Command::Get { seq, json } => client::get(&conn, seq, json).await,
+            Command::History {
+                pattern,
+                page,
+                before,
+                after,
+            } => {
+                let output = page.output();
+                rooms::history(&conn, pattern, page.limit, (before, after), output).await
+            }
+            Command::Last { pattern, page } => {
+                rooms::last(&conn, pattern, page.limit, page.output()).await
+            }
             Command::Consumer {
                 action:
                     ConsumerAction::Add {

@@ -18,12 +18,12 @@ pub mod topic;
 
 pub use error::ErrorCode;
 pub use reply::{
-    format_time_ms, ConsumerInfo, DeadLetter, EventBody, EventFrame, ReceivedEvent, Reply, Stats,
-    TopicInfo,
+    format_time_ms, ConsumerInfo, DeadLetter, EventBody, EventFrame, EventsKind, EventsReply,
+    PresenceChange, PresentClient, ReceivedEvent, Reply, Stats, StoredEvent, TopicInfo,
 };
 pub use request::{
-    json_nesting_exceeds, now_ms, parse_request, Id, Mode, NewEvent, Page, Request, RequestError,
-    Start, SubscribeOptions, MAX_MSG_ID_BYTES,
+    json_nesting_exceeds, now_ms, parse_request, valid_client_id, Id, Mode, NewEvent, Page,
+    Request, RequestError, Start, SubscribeOptions, MAX_CLIENT_ID_BYTES, MAX_MSG_ID_BYTES,
 };
 pub use topic::{validate_consumer, Pattern, PatternIndex, Topic, TopicError};
 

@@ -85,6 +85,36 @@ pub enum Reply {
     },
     /// An event as a client reads it; the broker writes events with [`EventFrame`].
     Event(ReceivedEvent),
+    /// Stored events matching a pattern, oldest first; the broker writes it with
+    /// [`EventsReply`]. `more`: more match beyond the page; `first_seq`: the oldest seq stored.
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        events: Vec<StoredEvent>,
+        more: bool,
+        first_seq: u64,
+    },
+    /// The newest event of each topic matching a pattern, by topic; written with
+    /// [`EventsReply`].
+    Last {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        events: Vec<StoredEvent>,
+        more: bool,
+        first_seq: u64,
+    },
+    /// Who is present in a topic, each client once.
+    Presence {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        topic: String,
+        clients: Vec<PresentClient>,
+        count: usize,
+    },
+    /// A client's first connection became present in a topic.
+    Join(PresenceChange),
+    /// A client's last present connection left a topic.
+    Leave(PresenceChange),
     Error {
         /// Always present, `null` when the request had no id or none could be read.
         id: Option<Id>,
@@ -111,7 +141,7 @@ impl Reply {
 
 fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
     let s = String::deserialize(d)?;
-    const ALL: [ErrorCode; 13] = [
+    const ALL: [ErrorCode; 14] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
@@ -125,6 +155,7 @@ fn code_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D:
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::Internal,
+        ErrorCode::Unavailable,
     ];
     ALL.into_iter()
         .find(|c| c.as_str() == s)
@@ -188,6 +219,83 @@ impl EventFrame<'_> {
         out.push_str(&self.body.0);
         out.push_str(r#","delivery":"#);
         out.push_str(itoa::Buffer::new().format(self.delivery));
+        out.push('}');
+        out
+    }
+}
+
+/// A stored event as `history` and `last` list it, read by clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub topic: String,
+    pub payload: serde_json::Value,
+    pub published_at: String,
+}
+
+/// One client in a `presence` reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PresentClient {
+    pub client: String,
+    pub info: serde_json::Value,
+    /// Its present connections (across wharf nodes in a cluster).
+    pub connections: u32,
+    /// When its earliest present connection joined, RFC 3339.
+    pub since: String,
+}
+
+/// A `join` or `leave` push.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PresenceChange {
+    pub sub: String,
+    pub topic: String,
+    pub client: String,
+    pub info: serde_json::Value,
+}
+
+/// Which reply an [`EventsReply`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventsKind {
+    History,
+    Last,
+}
+
+/// A `history` or `last` reply as the broker writes it: each event's stored payload is copied
+/// in verbatim (from its [`EventBody`]), never parsed again.
+pub struct EventsReply<'a> {
+    pub kind: EventsKind,
+    pub id: Option<&'a Id>,
+    pub events: &'a [EventBody],
+    pub more: bool,
+    pub first_seq: u64,
+}
+
+impl EventsReply<'_> {
+    pub fn to_json(&self) -> String {
+        let bytes: usize = self.events.iter().map(|e| e.len() + 2).sum();
+        let mut out = String::with_capacity(96 + bytes);
+        out.push_str(match self.kind {
+            EventsKind::History => r#"{"type":"history""#,
+            EventsKind::Last => r#"{"type":"last""#,
+        });
+        if let Some(id) = self.id {
+            out.push_str(r#","id":"#);
+            out.push_str(&serde_json::to_string(id).unwrap_or_default());
+        }
+        out.push_str(r#","events":["#);
+        for (i, body) in self.events.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('{');
+            // The body starts with the comma that follows `"sub"` in an event frame.
+            out.push_str(body.0.strip_prefix(',').unwrap_or(&body.0));
+            out.push('}');
+        }
+        out.push_str(r#"],"more":"#);
+        out.push_str(if self.more { "true" } else { "false" });
+        out.push_str(r#","first_seq":"#);
+        out.push_str(itoa::Buffer::new().format(self.first_seq));
         out.push('}');
         out
     }
@@ -311,6 +419,53 @@ pub fn format_time_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_replies_read_back_as_replies() {
+        let bodies = [
+            EventBody::new(3, "room.a", r#"{"text":"hi"}"#, 0),
+            EventBody::new(9, "room.a", "null", 1000),
+        ];
+        let id = Id::Int(4);
+        let json = EventsReply {
+            kind: EventsKind::History,
+            id: Some(&id),
+            events: &bodies,
+            more: true,
+            first_seq: 2,
+        }
+        .to_json();
+        let back: Reply = serde_json::from_str(&json).unwrap();
+        let Reply::History {
+            id,
+            events,
+            more,
+            first_seq,
+        } = back
+        else {
+            panic!("not a history reply: {json}");
+        };
+        assert_eq!(id, Some(Id::Int(4)));
+        assert!(more);
+        assert_eq!(first_seq, 2);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].seq, 3);
+        assert_eq!(events[0].payload, serde_json::json!({"text":"hi"}));
+        assert_eq!(events[1].published_at, "1970-01-01T00:00:01.000Z");
+    }
+
+    #[test]
+    fn every_error_code_reads_back() {
+        let json = Reply::error(None, ErrorCode::Unavailable, "x").to_json();
+        let back: Reply = serde_json::from_str(&json).unwrap();
+        assert!(matches!(
+            back,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn error_frames_always_carry_id() {

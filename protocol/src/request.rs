@@ -148,6 +148,12 @@ pub enum Request {
         start: Option<Start>,
         #[serde(flatten)]
         options: SubscribeOptions,
+        /// The connection's client is present in each (exact) topic while subscribed.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        presence: bool,
+        /// `join` and `leave` pushes for the (exact) topics.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        join_leave: bool,
     },
     Ack {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,6 +233,59 @@ pub enum Request {
         #[serde(flatten)]
         page: Page,
     },
+    /// Stored events matching a pattern, newest first or from a seq on; consumes nothing.
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        #[serde(rename = "topic", serialize_with = "as_str")]
+        pattern: Pattern,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// Page backwards: the newest events below this seq.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        /// Page forwards: the oldest events above this seq (never with `before`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
+    /// The newest event of each topic matching a pattern.
+    Last {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        #[serde(rename = "topic", serialize_with = "as_str")]
+        pattern: Pattern,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Names the connection's client for presence.
+    Hello {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// A JSON object, when given.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<Value>,
+    },
+    /// Who is present in a topic.
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Id>,
+        #[serde(serialize_with = "as_str")]
+        topic: Topic,
+    },
+}
+
+/// The longest client id of a `hello`, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 128;
+
+/// Whether `id` may name a client: 1 to [`MAX_CLIENT_ID_BYTES`] bytes of `A-Z a-z 0-9 _ . - @ :`.
+pub fn valid_client_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_CLIENT_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-@:".contains(&b))
 }
 
 /// Which part of a listing a `topics` or `consumers` request asks for: at most `limit` names
@@ -299,7 +358,11 @@ impl Request {
             | Request::Auth { id, .. }
             | Request::Stats { id }
             | Request::Topics { id, .. }
-            | Request::Consumers { id, .. } => id.as_ref(),
+            | Request::Consumers { id, .. }
+            | Request::History { id, .. }
+            | Request::Last { id, .. }
+            | Request::Hello { id, .. }
+            | Request::Presence { id, .. } => id.as_ref(),
         }
     }
 
@@ -351,6 +414,12 @@ struct RawFrame {
     token: Option<Value>,
     limit: Option<Value>,
     cursor: Option<Value>,
+    before: Option<Value>,
+    after: Option<Value>,
+    client: Option<Value>,
+    info: Option<Value>,
+    presence: Option<Value>,
+    join_leave: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -367,7 +436,8 @@ fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>,
 }
 
 const OPS: &str = "publish, publish_batch, subscribe, ack, nack, term, progress, seek, \
-                   consumer_info, delete_consumer, unsubscribe, ping, auth, stats, topics, consumers";
+                   consumer_info, delete_consumer, unsubscribe, ping, auth, stats, topics, consumers, \
+                   history, last, hello, presence";
 
 /// A plain `publish` frame, read without building a JSON tree: borrowed strings, the payload
 /// only validated. Anything it does not take (another op, an unknown or repeated field, an
@@ -519,12 +589,25 @@ fn parse_general(text: &str) -> Result<Request, RequestError> {
                     "mode, ack_wait_ms, max_deliver and max_in_flight need a `consumer`".into(),
                 ));
             }
+            let presence = flag(&raw.presence, "presence").map_err(bad)?;
+            let join_leave = flag(&raw.join_leave, "join_leave").map_err(bad)?;
+            if presence || join_leave {
+                if let Some(p) = topics.iter().find(|p| !p.is_exact()) {
+                    return Err(RequestError::new(
+                        &id,
+                        ErrorCode::InvalidPattern,
+                        format!("presence and join_leave take exact topics; {p} has a wildcard"),
+                    ));
+                }
+            }
             Ok(Request::Subscribe {
                 id,
                 topics,
                 consumer,
                 start,
                 options,
+                presence,
+                join_leave,
             })
         }
         "ack" | "term" | "progress" | "nack" => {
@@ -595,6 +678,56 @@ fn parse_general(text: &str) -> Result<Request, RequestError> {
                 "topics" => Request::Topics { id, page },
                 _ => Request::Consumers { id, page },
             })
+        }
+        "history" | "last" => {
+            let pattern = string_field(&raw.topic, "topic").map_err(bad)?;
+            let pattern = Pattern::parse(pattern)
+                .map_err(|e| RequestError::new(&id, ErrorCode::InvalidPattern, e.0))?;
+            let limit = count(&raw.limit, "limit", 1).map_err(bad)?;
+            if op == "last" {
+                return Ok(Request::Last { id, pattern, limit });
+            }
+            let seq = |v: &Option<Value>, name| match v {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("field `{name}` must be a seq"))),
+            };
+            let (before, after) = (seq(&raw.before, "before")?, seq(&raw.after, "after")?);
+            if before.is_some() && after.is_some() {
+                return Err(bad("give `before` or `after`, not both".into()));
+            }
+            Ok(Request::History {
+                id,
+                pattern,
+                limit,
+                before,
+                after,
+            })
+        }
+        "hello" => {
+            let client = match &raw.client {
+                None | Some(Value::Null) => None,
+                Some(Value::String(c)) if valid_client_id(c) => Some(c.clone()),
+                Some(_) => {
+                    return Err(bad(format!(
+                        "field `client` must be 1 to {MAX_CLIENT_ID_BYTES} bytes of A-Z a-z 0-9 _ . - @ :"
+                    )))
+                }
+            };
+            let info = match raw.info {
+                None | Some(Value::Null) => None,
+                Some(v @ Value::Object(_)) => Some(v),
+                Some(_) => return Err(bad("field `info` must be a JSON object".into())),
+            };
+            Ok(Request::Hello { id, client, info })
+        }
+        "presence" => {
+            let topic = string_field(&raw.topic, "topic").map_err(bad)?;
+            let topic = Topic::parse(topic)
+                .map_err(|e| RequestError::new(&id, ErrorCode::InvalidTopic, e.0))?;
+            Ok(Request::Presence { id, topic })
         }
         other => Err(RequestError::new(
             &id,
@@ -675,6 +808,14 @@ fn start_value(v: &Value) -> Result<Start, String> {
             .map(Start::Seq)
             .ok_or_else(|| "a start seq must be a non-negative integer".to_owned()),
         _ => Err("`start` must be \"all\", \"new\", a seq or an RFC 3339 time".to_owned()),
+    }
+}
+
+fn flag(v: &Option<Value>, name: &str) -> Result<bool, String> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(format!("field `{name}` must be true or false")),
     }
 }
 

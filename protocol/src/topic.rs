@@ -132,6 +132,11 @@ impl Pattern {
         &self.text
     }
 
+    /// Whether this pattern names one topic (no `*` or `>`).
+    pub fn is_exact(&self) -> bool {
+        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+    }
+
     /// Whether every topic `other` matches is matched by this pattern too (used to check a
     /// subscription against what a token allows).
     pub fn covers(&self, other: &Pattern) -> bool {
@@ -153,7 +158,7 @@ impl Pattern {
     /// Whether `topic` (already validated) falls under this pattern.
     pub fn matches(&self, topic: &str) -> bool {
         // A pattern without wildcards is a topic: one comparison.
-        if self.tokens.iter().all(|t| matches!(t, Token::Literal(_))) {
+        if self.is_exact() {
             return topic == self.text;
         }
         let mut parts = topic.split('.');

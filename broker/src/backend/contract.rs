@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use wharf_protocol::{ErrorCode, Pattern, Start, Topic};
+use wharf_protocol::{ErrorCode, EventBody, Pattern, Start, Topic};
 
 use crate::outbound::Outbound;
 
@@ -103,6 +103,27 @@ pub struct Subscriber {
     /// The subscription's id on that connection.
     pub sub: Arc<str>,
     pub outbound: Outbound,
+}
+
+/// Which matching events a `history` page holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFrom {
+    /// The newest.
+    Newest,
+    /// The newest with a seq below this one.
+    Before(u64),
+    /// The oldest with a seq above this one.
+    After(u64),
+}
+
+/// Stored events for `history` or `last`, in the order they are sent.
+#[derive(Debug, Default)]
+pub struct EventsPage {
+    pub events: Vec<EventBody>,
+    /// More events (history) or topics (last) match beyond this page.
+    pub more: bool,
+    /// The oldest seq the storage still holds.
+    pub first_seq: u64,
 }
 
 /// Figures for `stats`.

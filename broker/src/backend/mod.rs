@@ -31,7 +31,9 @@
 pub mod contract;
 pub mod log;
 pub mod nats;
+pub mod presence;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -42,9 +44,10 @@ use crate::error::BrokerError;
 use crate::metrics::ConsumerRow;
 use crate::shutdown::Shutdown;
 pub use contract::{
-    BackendError, Confirming, ConsumerSpec, DeliveryOptions, NewEvent, Published, Quota,
-    Settlement, StoreStats, Stored, Subscriber,
+    BackendError, Confirming, ConsumerSpec, DeliveryOptions, EventsPage, HistoryFrom, NewEvent,
+    Published, Quota, Settlement, StoreStats, Stored, Subscriber,
 };
+pub use presence::{Member, Presence, Present, Watching};
 
 /// Where events are stored and consumers kept.
 #[derive(Clone)]
@@ -293,6 +296,36 @@ impl Backend {
         }
     }
 
+    /// Stored events matching `pattern`: `limit` of them from `from`, oldest first. Reads
+    /// an index, not the log: the newest events of one topic among millions are quick.
+    pub async fn history(
+        &self,
+        pattern: &Pattern,
+        limit: usize,
+        from: HistoryFrom,
+    ) -> Result<EventsPage, BackendError> {
+        match self {
+            Backend::Log(b) => b.history(pattern, limit, from).await,
+            Backend::Nats(b) => Box::pin(b.history(pattern, limit, from)).await,
+        }
+    }
+
+    /// The newest event of each topic matching `pattern`, by topic, at most `limit` topics.
+    pub async fn last(&self, pattern: &Pattern, limit: usize) -> Result<EventsPage, BackendError> {
+        match self {
+            Backend::Log(b) => b.last(pattern, limit).await,
+            Backend::Nats(b) => Box::pin(b.last(pattern, limit)).await,
+        }
+    }
+
+    /// Who is present where: on this broker, or across the cluster's wharf nodes.
+    pub fn presence(&self) -> &Arc<Presence> {
+        match self {
+            Backend::Log(b) => &b.presence,
+            Backend::Nats(b) => b.presence(),
+        }
+    }
+
     /// Sets the storage gauges; returns per-consumer series for the first `limit` consumers.
     pub async fn metrics(&self, limit: usize) -> Vec<ConsumerRow> {
         match self {
@@ -305,7 +338,10 @@ impl Backend {
     pub fn spawn_upkeep(&self, shutdown: &Shutdown) -> Vec<(&'static str, JoinHandle<()>)> {
         match self {
             Backend::Log(b) => b.spawn_upkeep(shutdown),
-            Backend::Nats(_) => Vec::new(),
+            Backend::Nats(b) => vec![(
+                "presence sharing",
+                tokio::spawn(b.clone().run_presence(shutdown.clone())),
+            )],
         }
     }
 

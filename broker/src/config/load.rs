@@ -155,6 +155,13 @@ impl Config {
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("max_connections", self.max_connections as u64),
             ("max_consumers", self.max_consumers as u64),
+            ("history_default_limit", self.history_default_limit as u64),
+            ("history_max_limit", self.history_max_limit as u64),
+            ("max_presence_per_topic", self.max_presence_per_topic as u64),
+            (
+                "max_presence_info_bytes",
+                self.max_presence_info_bytes as u64,
+            ),
             (
                 "max_subscriptions_per_connection",
                 self.max_subscriptions_per_connection as u64,
@@ -212,6 +219,9 @@ impl Config {
                 wharf_protocol::Pattern::parse(p)
                     .map_err(|source| InvalidValue::TokenPattern { index, source })?;
             }
+        }
+        if self.history_default_limit > self.history_max_limit {
+            return Err(InvalidValue::HistoryDefaultOverMax);
         }
         if self.max_frame_bytes > 64 << 20 {
             return Err(InvalidValue::FrameTooLarge);

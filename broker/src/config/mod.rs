@@ -79,6 +79,15 @@ pub struct Config {
     pub max_subscriptions_per_connection: usize,
     /// Durable consumers the broker holds; creating more gets `limit_exceeded`.
     pub max_consumers: usize,
+    /// Events a `history` or `last` reply holds when the request gives no `limit`.
+    pub history_default_limit: usize,
+    /// The largest `limit` a `history` or `last` request may give (`bad_request` past it).
+    pub history_max_limit: usize,
+    /// Clients present in one topic at once; a subscribe adding one more gets
+    /// `limit_exceeded`.
+    pub max_presence_per_topic: usize,
+    /// The largest `info` a `hello` may give, in bytes of JSON (`too_large` past it).
+    pub max_presence_info_bytes: usize,
     /// Frames queued to one connection before its delivery waits.
     pub outbound_queue: usize,
     /// Bytes queued to one connection before its delivery waits (a frame larger than this
@@ -151,6 +160,10 @@ impl Default for Config {
             max_connections_per_ip: 256,
             max_subscriptions_per_connection: 256,
             max_consumers: 10_000,
+            history_default_limit: 50,
+            history_max_limit: 1000,
+            max_presence_per_topic: 1000,
+            max_presence_info_bytes: 1024,
             outbound_queue: 1024,
             outbound_queue_bytes: 4 << 20,
             slow_consumer_timeout: Duration::from_secs(10),
@@ -226,6 +239,8 @@ pub enum InvalidValue {
     InsecureRemote(SocketAddr),
     #[error("keys `tls_cert` and `tls_key`: give both, or neither")]
     HalfTls,
+    #[error("key `history_default_limit`: must not be over `history_max_limit`")]
+    HistoryDefaultOverMax,
     #[error("key `auth.tokens`: auth is enabled but no token is defined (nor an [auth.jwt] key)")]
     NoToken,
     #[error("key `auth.jwt`: {0}")]
@@ -256,6 +271,7 @@ impl InvalidValue {
             InvalidValue::TokenHash(i) => format!("auth.tokens[{i}].sha256"),
             InvalidValue::TokenPattern { index, .. } => format!("auth.tokens[{index}]"),
             InvalidValue::FrameTooLarge => "max_frame_bytes".to_owned(),
+            InvalidValue::HistoryDefaultOverMax => "history_default_limit".to_owned(),
             InvalidValue::Nats { key, .. } => format!("nats.{key}"),
         })
     }

@@ -1,7 +1,7 @@
 //! The front door: every connection starts as HTTP. A WebSocket upgrade on `/ws` goes on to
-//! a session; anything else is answered here: the demo page (`/`) and the browser client
-//! (`/wharf.js`), both embedded in the binary; `/healthz`, `/readyz` and `/metrics` for
-//! operators; `POST /v1/publish/{topic}` for curl, webhooks and cron jobs.
+//! a session; anything else is answered here: the demo page (`/`), the chat page (`/chat`)
+//! and the browser client (`/wharf.js`), all embedded in the binary; `/healthz`, `/readyz`
+//! and `/metrics` for operators; `POST /v1/publish/{topic}` for curl, webhooks and cron jobs.
 
 use std::io;
 use std::sync::Arc;
@@ -19,6 +19,8 @@ use crate::{context, metrics};
 pub const CLIENT_JS: &str = include_str!("../../../clients/js/wharf.js");
 /// The demo page, served at `/`.
 pub const DEMO_HTML: &str = include_str!("../../../clients/js/demo.html");
+/// The durable chat page (history, presence), served at `/chat`.
+pub const CHAT_HTML: &str = include_str!("../../../clients/js/chat.html");
 
 /// The most a request head may take.
 const MAX_HEAD: usize = 16 * 1024;
@@ -162,7 +164,7 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
     }
     let known = matches!(
         path,
-        "/" | "/index.html" | "/wharf.js" | "/healthz" | "/readyz" | "/metrics"
+        "/" | "/index.html" | "/chat" | "/wharf.js" | "/healthz" | "/readyz" | "/metrics"
     ) || path == wharf_protocol::WS_PATH;
     if !get {
         if !known {
@@ -180,6 +182,7 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
     }
     match path {
         "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", DEMO_HTML),
+        "/chat" => reply(StatusCode::OK, "text/html; charset=utf-8", CHAT_HTML),
         "/wharf.js" => reply(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT_JS),
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" => match ctx.backend.ready() {

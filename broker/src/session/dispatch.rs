@@ -1,6 +1,9 @@
 //! One text frame: parse, authorize, and hand the request to its operation.
 
+use wharf_protocol::EventsKind;
+
 use super::*;
+use crate::backend::HistoryFrom;
 
 impl Session {
     pub(super) async fn handle_text(&mut self, text: &str) -> Result<(), Closed> {
@@ -51,7 +54,13 @@ impl Session {
                 consumer,
                 start,
                 options,
-            } => self.subscribe(id, topics, consumer, start, options).await,
+                presence,
+                join_leave,
+            } => {
+                let rooms = (presence, join_leave);
+                self.subscribe(id, topics, consumer, start, options, rooms)
+                    .await
+            }
             Request::Ack { id, consumer, seqs } => {
                 self.settle(id, consumer, seqs, Settlement::Ack).await
             }
@@ -81,6 +90,28 @@ impl Session {
             Request::Stats { id } => self.stats(id).await,
             Request::Topics { id, page } => self.topics(id, page).await,
             Request::Consumers { id, page } => self.consumers(id, page).await,
+            Request::History {
+                id,
+                pattern,
+                limit,
+                before,
+                after,
+            } => {
+                let from = match (before, after) {
+                    (Some(before), _) => HistoryFrom::Before(before),
+                    (_, Some(after)) => HistoryFrom::After(after),
+                    _ => HistoryFrom::Newest,
+                };
+                self.read_events(id, EventsKind::History, pattern, limit, from)
+                    .await
+            }
+            Request::Last { id, pattern, limit } => {
+                let from = HistoryFrom::Newest;
+                self.read_events(id, EventsKind::Last, pattern, limit, from)
+                    .await
+            }
+            Request::Hello { id, client, info } => self.hello(id, client, info).await,
+            Request::Presence { id, topic } => self.presence(id, topic).await,
         }
     }
 }

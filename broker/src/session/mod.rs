@@ -39,12 +39,14 @@ mod authorize;
 mod dispatch;
 mod publish;
 mod reply;
+mod rooms;
 mod settle;
 mod subscribe;
 mod writer;
 
 use publish::new_event;
 use reply::{after_commit, error_reply, Completion};
+use rooms::Rooms;
 use writer::{close_frame, sleep_until_opt, write_frames};
 
 type Ws = WebSocketStream<Rewound>;
@@ -72,6 +74,8 @@ struct Held {
     patterns: Vec<Pattern>,
     /// The durable consumer's name; `None` for an ephemeral subscription.
     consumer: Option<String>,
+    /// Its presence and join/leave notices; dropping it leaves.
+    rooms: Rooms,
 }
 
 pub struct Session {
@@ -112,6 +116,9 @@ pub struct Session {
     failed_auths: u32,
     /// The close frame for a request that ends the connection.
     closing: Option<CloseFrame>,
+    /// The client id a `hello` gave, and its info (presence).
+    client: Option<String>,
+    info: serde_json::Value,
 }
 
 impl Session {
@@ -158,6 +165,8 @@ impl Session {
             expires_at: None,
             failed_auths: 0,
             closing: None,
+            client: None,
+            info: serde_json::Value::Object(Default::default()),
         };
         session.arm_expiry();
         let close = session.serve(&mut stream, &mut shutdown).await;

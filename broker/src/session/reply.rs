@@ -6,6 +6,8 @@ use super::*;
 /// What a pipelined request turns into once its log write is durable.
 pub(super) enum Completion {
     Reply(Reply),
+    /// A reply written as JSON already (history, last).
+    Json(String),
     /// The reply to a subscribe that the log refused: no subscription comes of it.
     NotSubscribed(Reply),
     /// The replies to publishes that went to the log together, in request order.
@@ -17,6 +19,7 @@ pub(super) enum Completion {
         sub: Arc<str>,
         patterns: Vec<Pattern>,
         from: u64,
+        rooms: Rooms,
     },
     /// The consumer exists (now): attach this connection to it.
     Attach {
@@ -26,6 +29,7 @@ pub(super) enum Completion {
         patterns: Vec<Pattern>,
         mode: Mode,
         options: DeliveryOptions,
+        rooms: Rooms,
     },
 }
 
@@ -53,12 +57,16 @@ impl Session {
     /// bounded by the slow-consumer limit and by the authentication deadline: a peer that
     /// does not read its replies is disconnected, not waited for.
     pub(super) async fn send_now(&mut self, reply: Reply) -> Result<(), Closed> {
+        self.send_frame_now(Frame::reply(&reply)).await
+    }
+
+    async fn send_frame_now(&mut self, frame: Frame) -> Result<(), Closed> {
         let slow_limit = tokio::time::Instant::now() + self.outbound.slow_limit();
         let deadline = match self.auth_deadline {
             Some(auth) => auth.min(slow_limit),
             None => slow_limit,
         };
-        match self.outbound.send_by(Frame::reply(&reply), deadline).await {
+        match self.outbound.send_by(frame, deadline).await {
             Ok(()) => Ok(()),
             Err(Unsent::Closed) => Err(Closed),
             Err(Unsent::TimedOut) => {
@@ -125,6 +133,7 @@ impl Session {
                 }
                 Ok(())
             }
+            Completion::Json(text) => self.send_frame_now(Frame::Json(text)).await,
             Completion::Silent => Ok(()),
             // The connection re-authenticated since the subscribe was accepted.
             Completion::Ephemeral { id, patterns, .. } if !self.may_hold(&patterns, None) => {
@@ -140,7 +149,8 @@ impl Session {
                 sub,
                 patterns,
                 from,
-            } => self.start_ephemeral(id, sub, patterns, from).await,
+                rooms,
+            } => self.start_ephemeral(id, sub, patterns, from, rooms).await,
             Completion::Attach {
                 id,
                 sub,
@@ -148,7 +158,11 @@ impl Session {
                 patterns,
                 mode,
                 options,
-            } => self.attach(id, sub, name, patterns, mode, options).await,
+                rooms,
+            } => {
+                self.attach(id, sub, name, patterns, mode, options, rooms)
+                    .await
+            }
         }
     }
 }

@@ -41,6 +41,7 @@ impl Session {
         consumer: Option<String>,
         start: Option<Start>,
         asked: SubscribeOptions,
+        (presence, join_leave): (bool, bool),
     ) -> Result<(), Closed> {
         let limit = self.ctx.config.max_subscriptions_per_connection;
         if self.subs.len() + self.accepted_subs >= limit {
@@ -49,12 +50,16 @@ impl Session {
                 .send(Reply::error(id, ErrorCode::LimitExceeded, message))
                 .await;
         }
+        let rooms = match self.join_rooms(&patterns, presence, join_leave) {
+            Ok(rooms) => rooms,
+            Err(e) => return self.send(error_reply(id, e)).await,
+        };
         match consumer {
             Some(name) => {
-                self.subscribe_durable(id, patterns, name, start, asked)
+                self.subscribe_durable(id, patterns, name, start, asked, rooms)
                     .await
             }
-            None => self.subscribe_ephemeral(id, patterns, start).await,
+            None => self.subscribe_ephemeral(id, patterns, start, rooms).await,
         }
     }
 
@@ -65,6 +70,7 @@ impl Session {
         name: String,
         start: Option<Start>,
         asked: SubscribeOptions,
+        rooms: Rooms,
     ) -> Result<(), Closed> {
         let sub = self.new_sub();
         let mode = asked.mode.unwrap_or(Mode::Exclusive);
@@ -92,6 +98,7 @@ impl Session {
             patterns,
             mode,
             options,
+            rooms,
         });
         self.accepted_subs += 1;
         self.pending.push_back(
@@ -111,6 +118,7 @@ impl Session {
         id: Option<Id>,
         patterns: Vec<Pattern>,
         start: Option<Start>,
+        rooms: Rooms,
     ) -> Result<(), Closed> {
         let from = match self
             .ctx
@@ -127,6 +135,7 @@ impl Session {
             sub,
             patterns,
             from,
+            rooms,
         };
         // Its turn comes after the replies to earlier requests, so no event overtakes them.
         self.accepted_subs += 1;
@@ -140,6 +149,7 @@ impl Session {
         sub: Arc<str>,
         patterns: Vec<Pattern>,
         from: u64,
+        rooms: Rooms,
     ) -> Result<(), Closed> {
         self.send_now(Reply::Subscribed {
             id: id.clone(),
@@ -151,7 +161,7 @@ impl Session {
         let to = self.subscriber(&sub);
         match self.ctx.backend.follow(patterns.clone(), from, to).await {
             Ok(subscription) => {
-                self.hold(sub, subscription, patterns, None);
+                self.hold(sub, subscription, patterns, None, rooms);
                 Ok(())
             }
             Err(e) => self.send_now(error_reply(id, e)).await,
@@ -160,6 +170,7 @@ impl Session {
 
     /// Attaches to the consumer (its turn in reply order has come): the `subscribed` reply
     /// goes first, so that no event of this subscription overtakes it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attach(
         &mut self,
         id: Option<Id>,
@@ -168,6 +179,7 @@ impl Session {
         patterns: Vec<Pattern>,
         mode: Mode,
         options: DeliveryOptions,
+        rooms: Rooms,
     ) -> Result<(), Closed> {
         let to = self.subscriber(&sub);
         let backend = &self.ctx.backend;
@@ -182,7 +194,7 @@ impl Session {
             start_seq: Some(attaching.start_seq()),
         })
         .await?;
-        self.hold(sub, attaching.start(), patterns, Some(name));
+        self.hold(sub, attaching.start(), patterns, Some(name), rooms);
         Ok(())
     }
 
@@ -192,12 +204,15 @@ impl Session {
         subscription: Subscription,
         patterns: Vec<Pattern>,
         consumer: Option<String>,
+        mut rooms: Rooms,
     ) {
         ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
+        self.watch_rooms(&mut rooms, &sub, &patterns);
         let held = Held {
             subscription,
             patterns,
             consumer,
+            rooms,
         };
         self.subs.insert(sub, held);
     }

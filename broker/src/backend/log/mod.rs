@@ -8,8 +8,8 @@
 //! * [`consumers`]: durable consumers in memory (attachments, leases, delivery counts).
 //! * [`delivery`]: the log's commit sink, the feed of new events and the delivery tasks.
 //! * [`store`]: opening a data directory consistently. `upkeep`: the timers (retention,
-//!   relaxed syncs, marks, inactive consumers). `subscribe` and `settle`: the Backend API's
-//!   subscription and settling halves.
+//!   relaxed syncs, marks, inactive consumers, index pruning). `subscribe` and `settle`: the
+//!   Backend API's subscription and settling halves; `history`: `history` and `last`.
 //!
 //! Nothing outside this folder knows it exists except [`crate::backend::Backend`] (and
 //! `lib.rs`'s doc-hidden `inspect`, which lets two tests read segment files).
@@ -18,6 +18,7 @@ pub mod append;
 pub mod codec;
 pub mod consumers;
 pub mod delivery;
+mod history;
 mod settle;
 pub mod settled;
 pub mod state;
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use wharf_protocol::{ConsumerInfo, Mode, Pattern, Start, TopicInfo};
 
 use crate::backend::contract::{BackendError, Confirming, NewEvent, Published, StoreStats, Stored};
+use crate::backend::presence::Presence;
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::metrics;
@@ -47,6 +49,8 @@ pub type Creating = Arc<Mutex<HashMap<String, usize>>>;
 pub struct LogBackend {
     store: Arc<Store>,
     config: Arc<Config>,
+    /// Who is present where, on this broker.
+    pub presence: Arc<Presence>,
     /// Consumer creations submitted to the log and not yet applied: they count against the
     /// consumer limits, so that concurrent creations cannot pass them.
     creating: Creating,
@@ -90,6 +94,7 @@ impl LogBackend {
         Ok(LogBackend {
             store: Arc::new(Store::open(config)?),
             config: Arc::new(config.clone()),
+            presence: Presence::new(config.max_presence_per_topic),
             creating: Arc::default(),
         })
     }

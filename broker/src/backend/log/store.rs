@@ -11,7 +11,7 @@ use crate::backend::log::append::{
 };
 use crate::backend::log::consumers::{Changes, Consumers};
 use crate::backend::log::delivery::{Committer, Feed, Topics};
-use crate::backend::log::state::{ConsumerState, StateError, StateView, ViewUpdate};
+use crate::backend::log::state::{ConsumerState, IndexBatch, StateError, StateView, ViewUpdate};
 use crate::config::{Config, Durability};
 use crate::error::BrokerError;
 
@@ -49,6 +49,7 @@ fn replay(
     consumers: &Consumers,
     changes: &mut Changes,
     topics: &mut Topics,
+    index: &mut Vec<(String, u64)>,
 ) -> Result<(Recovery, bool), LogError> {
     let mut found = applied.is_none();
     topics.clear();
@@ -73,6 +74,7 @@ fn replay(
                 _ => {
                     exact_at.set(true);
                     consumers.apply(rec, changes);
+                    index.extend(rec.events().iter().map(|ev| (ev.topic.clone(), ev.seq)));
                 }
             }
             Ok(())
@@ -135,6 +137,8 @@ struct Recovered {
     consumers: Consumers,
     changes: Changes,
     topics: Topics,
+    /// Events the view's per-topic index lacks.
+    index: Vec<(String, u64)>,
     recovery: Recovery,
 }
 
@@ -182,6 +186,7 @@ fn recover_view(
     let dedup_since_ms = wharf_protocol::now_ms().saturating_sub(window_ms);
     let mut changes = Changes::default();
     let mut topics = Topics::default();
+    let mut index = Vec::new();
     let (recovery, found) = replay(
         log_dir,
         dedup_since_ms,
@@ -189,6 +194,7 @@ fn recover_view(
         &consumers,
         &mut changes,
         &mut topics,
+        &mut index,
     )?;
     let stale = if !found {
         Some(format!(
@@ -205,6 +211,11 @@ fn recover_view(
                     path.display()
                 )
             })
+            .or_else(|| {
+                let indexed = view.has_index().unwrap_or(false);
+                (applied.is_some() && !indexed)
+                    .then(|| "it has no per-topic index (an older wharf made it)".to_owned())
+            })
     };
     let Some(why) = stale else {
         return Ok(Recovered {
@@ -212,6 +223,7 @@ fn recover_view(
             consumers,
             changes,
             topics,
+            index,
             recovery,
         });
     };
@@ -219,6 +231,7 @@ fn recover_view(
     let view = rebuild_view(state_dir, config, &why)?;
     let consumers = Consumers::default();
     let mut changes = Changes::default();
+    let mut index = Vec::new();
     let (recovery, _) = replay(
         log_dir,
         dedup_since_ms,
@@ -226,12 +239,14 @@ fn recover_view(
         &consumers,
         &mut changes,
         &mut topics,
+        &mut index,
     )?;
     Ok(Recovered {
         view,
         consumers,
         changes,
         topics,
+        index,
         recovery,
     })
 }
@@ -266,6 +281,8 @@ fn save_view(recovered: &mut Recovered) -> Result<(), BrokerError> {
         states,
         settled: changes.settled,
         deleted: changes.deleted,
+        index: IndexBatch::Seqs(std::mem::take(&mut recovered.index)),
+        indexed_through: recovered.recovery.next_seq.saturating_sub(1),
         applied: recovered.recovery.end,
     }])?;
     recovered.view.flush()?;

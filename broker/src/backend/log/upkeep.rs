@@ -30,6 +30,10 @@ impl LogBackend {
                 "mark saving",
                 tokio::spawn(save_marks(self.clone(), shutdown.clone())),
             ),
+            (
+                "index pruning",
+                tokio::spawn(prune_index(self.clone(), shutdown.clone())),
+            ),
         ]
     }
 }
@@ -109,6 +113,31 @@ async fn reap_inactive(backend: LogBackend, mut shutdown: Shutdown) {
                     tracing::warn!(consumer = name, error = %e, "could not delete an inactive consumer")
                 }
             }
+        }
+    }
+}
+
+/// Removes from the per-topic index what retention removed from the log, once the oldest
+/// seq moved.
+async fn prune_index(backend: LogBackend, mut shutdown: Shutdown) {
+    let mut pruned_below = backend.store.feed.first_seq();
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        let first = backend.store.feed.first_seq();
+        if first <= pruned_below {
+            continue;
+        }
+        let store = backend.store.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            super::history::prune_index(&store.feed, &store.state, first)
+        })
+        .await;
+        if pruned.is_ok() {
+            pruned_below = first;
         }
     }
 }

@@ -15,7 +15,9 @@
 
 mod delivery;
 mod follow;
+mod history;
 mod local;
+mod presence;
 mod settle;
 mod stream;
 pub mod subscribe;
@@ -31,6 +33,7 @@ use sha2::{Digest, Sha256};
 use wharf_protocol::{Pattern, Start, TopicInfo};
 
 use crate::backend::contract::{BackendError, Confirming, NewEvent, Published, StoreStats, Stored};
+use crate::backend::presence::Presence;
 use crate::config::Config;
 use crate::metrics;
 use local::{lock, LocalConsumer};
@@ -66,6 +69,8 @@ struct Inner {
     local: Mutex<HashMap<String, Arc<LocalConsumer>>>,
     /// The key-value bucket of exclusive holders (one key per consumer), made on first use.
     holders: tokio::sync::OnceCell<jetstream::kv::Store>,
+    /// Who is present where: this node's connections and what the other nodes report.
+    presence: Arc<Presence>,
 }
 
 /// JetStream's name for wharf consumer `name`: NATS names may not hold `.`, so `_` becomes
@@ -119,6 +124,10 @@ impl NatsBackend {
 
     fn settings(&self) -> &crate::config::Nats {
         &self.inner.config.nats
+    }
+
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.inner.presence
     }
 
     /// `Ok` when the backend can serve; otherwise why not.

@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, stream};
 
 use super::local::lock;
 use super::{rand_u64, Inner, NatsBackend};
+use crate::backend::presence::Presence;
 use crate::config::{Config, ConfigError, Nats};
 use crate::error::BrokerError;
 
@@ -114,6 +115,7 @@ impl NatsBackend {
             next_id: AtomicU64::new(0),
             local: Mutex::default(),
             holders: tokio::sync::OnceCell::new(),
+            presence: Presence::new(config.max_presence_per_topic),
         });
         let backend = NatsBackend { inner };
         backend.ensure_stream_at_start().await?;
@@ -136,6 +138,8 @@ impl NatsBackend {
             duplicate_window: config.dedup_window,
             // publish_batch: all or nothing (nats-server 2.12+).
             allow_atomic_publish: true,
+            // history and last: batched direct gets, answered by any replica.
+            allow_direct: true,
             ..Default::default()
         }
     }
@@ -156,10 +160,19 @@ impl NatsBackend {
         match self.js().get_stream(&want.name).await {
             Ok(mut existing) => {
                 let info = existing.info().await.map_err(|e| Ok(e.to_string()))?;
-                match conflict(&info.config, &want) {
-                    Some(why) => Err(Err(why)),
-                    None => Ok(()),
+                if let Some(why) = conflict(&info.config, &want) {
+                    return Err(Err(why));
                 }
+                if !info.config.allow_direct {
+                    // A stream made by an older wharf: history needs direct gets.
+                    let mut config = info.config.clone();
+                    config.allow_direct = true;
+                    self.js()
+                        .update_stream(config)
+                        .await
+                        .map_err(|e| Ok(e.to_string()))?;
+                }
+                Ok(())
             }
             Err(e)
                 if matches!(

@@ -30,6 +30,7 @@ pub use record::{Event, Floor, Record, Settle};
 pub(crate) use recover::write_clean_stop;
 pub use recover::{recover, repair, Recovery};
 use segment::SegmentMeta;
+pub use segment::INDEX_EVERY;
 
 /// Where a record ends: the log position a state view has caught up to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use crate::outbound::Frame;
 use wharf_protocol::Reply;
 
-use crate::backend::log::append::{CommitSink, Position, Record, Settle};
+use crate::backend::log::append::{CommitSink, Event, Position, Record, Settle};
 use crate::backend::log::consumers::{Changes, Consumers};
-use crate::backend::log::state::{ConsumerState, ViewSender, ViewUpdate};
+use crate::backend::log::state::{ConsumerState, IndexBatch, ViewSender, ViewUpdate};
 use crate::metrics;
 
 use super::Feed;
@@ -49,13 +49,20 @@ pub struct Committer {
     feed: Arc<Feed>,
     /// When the view last recorded its log position.
     saved_at: Instant,
+    /// Events committed since, for the view's per-topic index.
+    unindexed: Vec<Arc<Event>>,
+    /// The newest seq committed.
+    head: u64,
 }
 
-/// How stale the view's log position may get while only events are committed. Events change
-/// nothing in sled; the position only bounds how much of the log a restart replays into
-/// consumers (which it scans anyway), so it need not move on every commit: per-commit sled
-/// batches showed as sled's I/O threads waking thousands of times a second under publish.
-const POSITION_EVERY: Duration = Duration::from_millis(200);
+/// How stale the view may get while only events are committed: its log position bounds how
+/// much of the log a restart replays into consumers (which it scans anyway), and its
+/// per-topic index lags by this (`history` reads the newest events from the feed), so it
+/// need not move on every commit: per-commit sled batches showed as sled's I/O threads
+/// waking thousands of times a second under publish.
+const POSITION_EVERY: Duration = Duration::from_millis(50);
+/// ... nor by more events than this.
+const UNINDEXED_MAX: usize = 8192;
 
 impl Committer {
     pub fn new(consumers: Arc<Consumers>, view: ViewSender, feed: Arc<Feed>) -> Committer {
@@ -64,6 +71,8 @@ impl Committer {
             view,
             feed,
             saved_at: Instant::now(),
+            unindexed: Vec::new(),
+            head: 0,
         }
     }
 }
@@ -112,9 +121,16 @@ impl CommitSink for Committer {
             };
             let _best_effort = gone.outbound.try_send(Frame::reply(&notice));
         }
+        if let Some(last) = events.last() {
+            self.head = last.seq;
+        }
+        self.unindexed.extend(events.iter().cloned());
         let only_events =
             changes.saved.is_empty() && changes.settled.is_empty() && changes.deleted.is_empty();
-        if only_events && self.saved_at.elapsed() < POSITION_EVERY {
+        if only_events
+            && self.saved_at.elapsed() < POSITION_EVERY
+            && self.unindexed.len() < UNINDEXED_MAX
+        {
             metrics::published().increment(events.len() as u64);
             self.feed.push(events);
             return;
@@ -131,6 +147,8 @@ impl CommitSink for Committer {
             states,
             settled: changes.settled,
             deleted: changes.deleted,
+            index: IndexBatch::Events(std::mem::take(&mut self.unindexed)),
+            indexed_through: self.head,
             applied: end,
         });
         metrics::published().increment(events.len() as u64);

@@ -173,6 +173,23 @@ impl Feed {
         topics.0.iter().map(|(t, e)| (t.clone(), e.stat)).collect()
     }
 
+    /// The newest seq of `topic`, if it has events.
+    pub fn topic_last_seq(&self, topic: &str) -> Option<u64> {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics.0.get(topic).map(|e| e.stat.last_seq)
+    }
+
+    /// The topics matching `pattern`, by name, with their newest seqs.
+    pub fn matching_topics(&self, pattern: &Pattern) -> Vec<(String, u64)> {
+        let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        topics
+            .0
+            .iter()
+            .filter(|(t, _)| pattern.matches(t))
+            .map(|(t, e)| (t.clone(), e.stat.last_seq))
+            .collect()
+    }
+
     /// A consumer's lag: the events matching `patterns` above its `floor` that are not among
     /// the `acked` ones above it: exact when the floor is within a topic's newest 32 events or
     /// past them, otherwise at most 31 too many per topic.
@@ -277,7 +294,7 @@ impl Feed {
 
     /// Up to `max` cached events from `seq` through `head`, or `None` if `seq` is older than
     /// the cache.
-    pub(super) fn cached(&self, seq: u64, head: u64, max: usize) -> Option<Vec<Arc<Event>>> {
+    pub fn cached(&self, seq: u64, head: u64, max: usize) -> Option<Vec<Arc<Event>>> {
         let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
         let first = cache.events.front()?.seq;
         if seq < first {

@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -17,6 +19,9 @@ use serde::Serialize;
 use crate::backend::log::append::Position;
 use crate::backend::log::codec;
 pub use crate::backend::log::settled::ConsumerState;
+pub use index::IndexBatch;
+
+mod index;
 
 const CONSUMER: u8 = b'c';
 const DELIVERY: u8 = b'd';
@@ -53,6 +58,10 @@ pub struct ViewUpdate {
     /// Delivery counts that no longer matter.
     pub settled: Vec<(String, u64)>,
     pub deleted: Vec<String>,
+    /// Events committed since the previous update, for the per-topic index.
+    pub index: IndexBatch,
+    /// Every event at or below this seq is indexed once this is applied.
+    pub indexed_through: u64,
     /// The log position the view reflects once this is applied.
     pub applied: Position,
 }
@@ -122,6 +131,8 @@ impl PendingUpdates {
 pub struct StateView {
     path: PathBuf,
     db: sled::Db,
+    /// What the saved index covers (see [`StateView::indexed_through`]).
+    indexed: Arc<AtomicU64>,
 }
 
 impl StateView {
@@ -141,6 +152,7 @@ impl StateView {
         Ok(StateView {
             path: path.to_owned(),
             db,
+            indexed: Arc::default(),
         })
     }
 
@@ -262,10 +274,15 @@ impl StateView {
                 batch.remove(delivery_key(name, *seq));
             }
         }
+        self.index_into(&mut batch, updates)?;
         if let Some(last) = updates.last() {
             batch.insert(APPLIED_KEY, self.encode(&last.applied)?);
         }
-        self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
+        self.db.apply_batch(batch).map_err(|e| self.sled_err(e))?;
+        if let Some(through) = updates.iter().map(|u| u.indexed_through).max() {
+            self.indexed.fetch_max(through, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Starts the thread that applies commits' changes to the view, in commit order. The log
@@ -397,6 +414,8 @@ mod tests {
             states: vec![(name.into(), ConsumerState::new(vec!["a".into()], offset))],
             settled: vec![],
             deleted: vec![],
+            index: IndexBatch::default(),
+            indexed_through: 0,
             applied: at(offset),
         };
         let mut pending = PendingUpdates::default();
@@ -437,6 +456,8 @@ mod tests {
             states: vec![("c-1".into(), s.clone())],
             settled: vec![("c-1".into(), 4)],
             deleted: vec![],
+            index: IndexBatch::Seqs(vec![("t".into(), 3), ("t".into(), 9), ("u".into(), 5)]),
+            indexed_through: 9,
             applied: pos,
         };
         view.save(&[update]).unwrap();
@@ -444,6 +465,12 @@ mod tests {
         drop(view);
         let view = StateView::open(&path, Duration::from_millis(100)).unwrap();
         assert_eq!(view.applied().unwrap(), Some(pos));
+        assert!(view.has_index().unwrap());
+        assert_eq!(view.seqs_before("t", 100, 10).unwrap(), vec![9, 3]);
+        assert_eq!(view.seqs_before("t", 9, 10).unwrap(), vec![3]);
+        assert_eq!(view.seqs_after("t", 3, 10).unwrap(), vec![9]);
+        assert_eq!(view.seqs_after("t", 0, 1).unwrap(), vec![3]);
+        assert_eq!(view.seqs_after("u", 5, 10).unwrap(), Vec::<u64>::new());
         assert_eq!(view.consumers().unwrap()["c-1"], s);
         let d = view.deliveries().unwrap();
         assert_eq!(d["c-1"].iter().collect::<Vec<_>>(), vec![(&5, &1)]);
@@ -452,6 +479,8 @@ mod tests {
             states: vec![],
             settled: vec![],
             deleted: vec!["c-1".into()],
+            index: IndexBatch::default(),
+            indexed_through: 0,
             applied: pos,
         });
         drop(writer);

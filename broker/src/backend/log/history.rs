@@ -1,0 +1,251 @@
+//! `history` and `last` on the embedded log: which seqs from the view's per-topic index
+//! (and, for what the index does not cover yet, the feed's newest events), then those
+//! events from the cache or the segments. Nothing is scanned in proportion to the log.
+
+use std::sync::Arc;
+
+use wharf_protocol::{EventBody, Pattern};
+
+use super::append::{AppendLog, Event, INDEX_EVERY};
+use super::delivery::Feed;
+use super::state::StateView;
+use super::LogBackend;
+use crate::backend::contract::{BackendError, EventsPage, HistoryFrom};
+
+/// The most events read past what the index covers (it lags the log by at most a few
+/// thousand events; a view writer far behind makes history answer from what is indexed).
+const TAIL_MAX: u64 = 1 << 20;
+
+impl LogBackend {
+    pub async fn history(
+        &self,
+        pattern: &Pattern,
+        limit: usize,
+        from: HistoryFrom,
+    ) -> Result<EventsPage, BackendError> {
+        let (store, pattern) = (self.store.clone(), pattern.clone());
+        run_blocking(move || {
+            let reader = Reader {
+                feed: &store.feed,
+                view: &store.state,
+                log: &store.log,
+            };
+            reader.history(&pattern, limit, from)
+        })
+        .await
+    }
+
+    pub async fn last(&self, pattern: &Pattern, limit: usize) -> Result<EventsPage, BackendError> {
+        let (store, pattern) = (self.store.clone(), pattern.clone());
+        run_blocking(move || {
+            let reader = Reader {
+                feed: &store.feed,
+                view: &store.state,
+                log: &store.log,
+            };
+            reader.last(&pattern, limit)
+        })
+        .await
+    }
+}
+
+async fn run_blocking(
+    f: impl FnOnce() -> Result<EventsPage, BackendError> + Send + 'static,
+) -> Result<EventsPage, BackendError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BackendError::failed(format!("history reader task: {e}")))?
+}
+
+struct Reader<'a> {
+    feed: &'a Feed,
+    view: &'a StateView,
+    log: &'a AppendLog,
+}
+
+fn body(ev: &Event) -> EventBody {
+    ev.frame_body
+        .get_or_init(|| EventBody::new(ev.seq, &ev.topic, &ev.payload, ev.time_ms))
+        .clone()
+}
+
+impl Reader<'_> {
+    fn topics(&self, pattern: &Pattern) -> Vec<(String, u64)> {
+        if pattern.is_exact() {
+            return self
+                .feed
+                .topic_last_seq(pattern.as_str())
+                .map(|last| vec![(pattern.as_str().to_owned(), last)])
+                .unwrap_or_default();
+        }
+        self.feed.matching_topics(pattern)
+    }
+
+    fn history(
+        &self,
+        pattern: &Pattern,
+        limit: usize,
+        from: HistoryFrom,
+    ) -> Result<EventsPage, BackendError> {
+        let head = self.feed.head();
+        let first = self.feed.first_seq();
+        // Read before the index: sled may hold more than this, never less.
+        let indexed = self.view.indexed_through().min(head);
+        let topics = self.topics(pattern);
+        let want = limit + 1;
+        let mut seqs = match from {
+            HistoryFrom::Newest | HistoryFrom::Before(_) => {
+                let below = match from {
+                    HistoryFrom::Before(b) => b.min(head + 1),
+                    _ => head + 1,
+                };
+                let mut seqs = self.tail(pattern, indexed, below, first)?;
+                seqs.reverse();
+                for (topic, _) in &topics {
+                    let more = self
+                        .view
+                        .seqs_before(topic, below.min(indexed + 1), want)
+                        .map_err(BackendError::failed)?;
+                    seqs.extend(more.into_iter().filter(|&s| s >= first));
+                }
+                seqs.sort_unstable_by(|a, b| b.cmp(a));
+                seqs.dedup();
+                seqs
+            }
+            HistoryFrom::After(after) => {
+                let mut seqs = Vec::new();
+                if after < indexed {
+                    for (topic, _) in &topics {
+                        let more = self
+                            .view
+                            .seqs_after(topic, after.max(first.saturating_sub(1)), want)
+                            .map_err(BackendError::failed)?;
+                        seqs.extend(more.into_iter().filter(|&s| s <= indexed && s >= first));
+                    }
+                    seqs.sort_unstable();
+                    seqs.truncate(want);
+                }
+                if seqs.len() < want {
+                    let tail = self.tail(pattern, indexed.max(after), head + 1, first)?;
+                    seqs.extend(tail.into_iter().take(want - seqs.len()));
+                }
+                seqs
+            }
+        };
+        let more = seqs.len() > limit;
+        seqs.truncate(limit);
+        seqs.sort_unstable();
+        Ok(EventsPage {
+            events: self
+                .events(&seqs, head)?
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect(),
+            more,
+            first_seq: first,
+        })
+    }
+
+    fn last(&self, pattern: &Pattern, limit: usize) -> Result<EventsPage, BackendError> {
+        let head = self.feed.head();
+        let first = self.feed.first_seq();
+        let mut topics: Vec<(String, u64)> = self
+            .topics(pattern)
+            .into_iter()
+            .filter(|&(_, last)| last >= first && last > 0)
+            .collect();
+        let more = topics.len() > limit;
+        topics.truncate(limit);
+        let mut seqs: Vec<u64> = topics.iter().map(|&(_, seq)| seq).collect();
+        seqs.sort_unstable();
+        let mut found: std::collections::HashMap<u64, EventBody> =
+            self.events(&seqs, head)?.into_iter().collect();
+        // By topic name, as `topics` lists them.
+        Ok(EventsPage {
+            events: topics
+                .iter()
+                .filter_map(|(_, seq)| found.remove(seq))
+                .collect(),
+            more,
+            first_seq: first,
+        })
+    }
+
+    /// Seqs of the events matching `pattern` above `indexed` and below `below` (which the
+    /// index may not hold yet), oldest first.
+    fn tail(
+        &self,
+        pattern: &Pattern,
+        indexed: u64,
+        below: u64,
+        first: u64,
+    ) -> Result<Vec<u64>, BackendError> {
+        let from = (indexed + 1).max(first).max(below.saturating_sub(TAIL_MAX));
+        if from >= below {
+            return Ok(Vec::new());
+        }
+        let last = below - 1;
+        let want = usize::try_from(below - from).unwrap_or(usize::MAX);
+        let events = match self.feed.cached(from, last, want) {
+            Some(events) if events.first().is_some_and(|ev| ev.seq == from) => events,
+            _ => {
+                let mut cursor = self.log.cursor(from);
+                let mut out = Vec::new();
+                cursor
+                    .read(last, want, &mut out)
+                    .map_err(BackendError::failed)?;
+                out
+            }
+        };
+        Ok(events
+            .iter()
+            .filter(|ev| ev.seq < below && pattern.matches(&ev.topic))
+            .map(|ev| ev.seq)
+            .collect())
+    }
+
+    /// The events with these seqs (ascending), from the cache or the segments; one that
+    /// retention removed meanwhile is left out.
+    fn events(&self, seqs: &[u64], head: u64) -> Result<Vec<(u64, EventBody)>, BackendError> {
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut cursor = None;
+        let mut read = Vec::new();
+        for &seq in seqs {
+            if let Some(ev) = self
+                .feed
+                .cached(seq, head, 1)
+                .and_then(|mut hit| hit.pop())
+                .filter(|ev| ev.seq == seq)
+            {
+                out.push((seq, body(&ev)));
+                continue;
+            }
+            let cursor = cursor.get_or_insert_with(|| self.log.cursor(seq));
+            let next = cursor.next_seq();
+            // Close ahead: read on rather than open the segment again.
+            let ahead = seq >= next && seq - next < INDEX_EVERY;
+            if !ahead {
+                cursor.seek(seq);
+            }
+            read.clear();
+            let n = usize::try_from(seq + 1 - cursor.next_seq()).unwrap_or(1);
+            cursor
+                .read(seq, n, &mut read)
+                .map_err(BackendError::failed)?;
+            if let Some(ev) = read.iter().find(|ev| ev.seq == seq) {
+                out.push((seq, body(ev)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The feed's share of pruning: which topics the index holds seqs of.
+pub(super) fn prune_index(feed: &Arc<Feed>, view: &StateView, first: u64) {
+    for (topic, _) in feed.topics() {
+        if let Err(e) = view.prune_index(&topic, first) {
+            tracing::warn!(error = %e, topic, "cannot prune the per-topic index");
+            return;
+        }
+    }
+}

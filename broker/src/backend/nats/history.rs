@@ -1,0 +1,198 @@
+//! `history` and `last` on JetStream, from its own per-subject index through batched direct
+//! gets (`$JS.API.DIRECT.GET`, nats-server 2.11+; any replica answers): `next_by_subj` walks
+//! forward from a seq, `multi_last` gives the newest message of each subject. JetStream has
+//! no backward walk, so the newest events below a seq are found in windows that grow
+//! backwards until they hold enough.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use wharf_protocol::{EventBody, Pattern};
+
+use super::{payload_json, unavailable, NatsBackend};
+use crate::backend::contract::{BackendError, EventsPage, HistoryFrom};
+
+/// How long one batched get may take in all.
+const GET_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each backward window is this many times the last.
+const WINDOW_GROWTH: u64 = 4;
+
+/// One stored message, as a direct get returns it.
+struct Got {
+    seq: u64,
+    topic: String,
+    body: EventBody,
+}
+
+impl NatsBackend {
+    /// Up to `batch` messages: `request` is a batched direct get's JSON.
+    async fn direct_batch(&self, request: serde_json::Value) -> Result<Vec<Got>, BackendError> {
+        self.check_ready()?;
+        let client = &self.inner.client;
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable("cannot read the stream", e))?;
+        let subject = format!("$JS.API.DIRECT.GET.{}", self.settings().stream);
+        client
+            .publish_with_reply(subject, inbox, request.to_string().into())
+            .await
+            .map_err(|e| unavailable("cannot read the stream", e))?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + GET_TIMEOUT;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(BackendError::Unavailable(
+                        "the stream did not answer in time".into(),
+                    ))
+                }
+            };
+            if let Some(status) = message.status {
+                match status.as_u16() {
+                    // 204: the end of the batch; 404: nothing matched.
+                    204 | 404 => break,
+                    code => {
+                        let why = message.description.unwrap_or_default();
+                        return Err(BackendError::Unavailable(format!(
+                            "reading the stream failed ({code} {why}); nats-server 2.11 or newer answers batched reads"
+                        )));
+                    }
+                }
+            }
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            let (Some(seq), Some(subject)) = (
+                header("Nats-Sequence").and_then(|s| s.parse::<u64>().ok()),
+                header("Nats-Subject"),
+            ) else {
+                continue;
+            };
+            let time_ms = header("Nats-Time-Stamp")
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+                .unwrap_or(0);
+            let topic = self.topic_of(&subject).to_owned();
+            let body = EventBody::new(seq, &topic, &payload_json(&message.payload), time_ms);
+            out.push(Got { seq, topic, body });
+        }
+        Ok(out)
+    }
+
+    /// The first `batch` messages matching `filter` at or after `seq`.
+    async fn forward(
+        &self,
+        filter: &str,
+        seq: u64,
+        batch: usize,
+    ) -> Result<Vec<Got>, BackendError> {
+        self.direct_batch(json!({"seq": seq.max(1), "next_by_subj": filter, "batch": batch}))
+            .await
+    }
+
+    pub async fn history(
+        &self,
+        pattern: &Pattern,
+        limit: usize,
+        from: HistoryFrom,
+    ) -> Result<EventsPage, BackendError> {
+        let state = self.stream_state().await?;
+        let first = state.first_sequence.max(1);
+        let filter = self.filter(pattern);
+        let want = limit + 1;
+        let mut got = match from {
+            HistoryFrom::After(after) => self.forward(&filter, after + 1, want).await?,
+            HistoryFrom::Newest | HistoryFrom::Before(_) => {
+                let below = match from {
+                    HistoryFrom::Before(b) => b.min(state.last_sequence + 1),
+                    _ => state.last_sequence + 1,
+                };
+                self.newest_below(&filter, below, first, want).await?
+            }
+        };
+        let more = got.len() > limit;
+        match from {
+            HistoryFrom::After(_) => got.truncate(limit),
+            _ => {
+                let extra = got.len().saturating_sub(limit);
+                got.drain(..extra);
+            }
+        }
+        Ok(EventsPage {
+            events: got.into_iter().map(|g| g.body).collect(),
+            more,
+            first_seq: first,
+        })
+    }
+
+    /// The newest `want` messages matching `filter` with seqs in `first..below`, oldest
+    /// first: windows below `below`, each `WINDOW_GROWTH` times the last, until they hold
+    /// `want` or reach `first`.
+    async fn newest_below(
+        &self,
+        filter: &str,
+        below: u64,
+        first: u64,
+        want: usize,
+    ) -> Result<Vec<Got>, BackendError> {
+        let mut found: Vec<Got> = Vec::new();
+        let mut hi = below;
+        let mut window = (2 * want as u64).max(64);
+        while hi > first && found.len() < want {
+            let lo = hi.saturating_sub(window).max(first);
+            let mut in_window = Vec::new();
+            let mut next = lo;
+            // Everything matching in lo..hi, in batches.
+            loop {
+                let batch = self.forward(filter, next, 1000).await?;
+                let full = batch.len() == 1000;
+                let mut past = false;
+                for g in batch {
+                    if g.seq >= hi {
+                        past = true;
+                        break;
+                    }
+                    next = g.seq + 1;
+                    in_window.push(g);
+                }
+                if past || !full {
+                    break;
+                }
+            }
+            in_window.append(&mut found);
+            found = in_window;
+            hi = lo;
+            window = window.saturating_mul(WINDOW_GROWTH);
+        }
+        let extra = found.len().saturating_sub(want);
+        found.drain(..extra);
+        Ok(found)
+    }
+
+    pub async fn last(&self, pattern: &Pattern, limit: usize) -> Result<EventsPage, BackendError> {
+        let state = self.stream_state().await?;
+        let mut got = self
+            .direct_batch(json!({"multi_last": [self.filter(pattern)], "batch": limit + 1}))
+            .await?;
+        let more = got.len() > limit;
+        got.truncate(limit);
+        got.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Ok(EventsPage {
+            events: got.into_iter().map(|g| g.body).collect(),
+            more,
+            first_seq: state.first_sequence.max(1),
+        })
+    }
+}

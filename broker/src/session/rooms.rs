@@ -1,0 +1,182 @@
+//! What a chat or a dashboard asks on opening a page: `history` and `last` (reads that
+//! consume nothing), `hello` (who this connection is), `presence`, and the presence a
+//! subscription holds (`presence`, `join_leave`).
+
+use serde_json::Value;
+use wharf_protocol::{EventsKind, EventsReply, Topic};
+
+use super::*;
+use crate::backend::{EventsPage, HistoryFrom, Member, Present, Watching};
+
+/// What a subscription holds in presence: its connection present in its topics (taken when
+/// the subscribe is accepted, so that a full topic refuses it), and the join and leave
+/// notices it gets (from when it starts). Dropped with the subscription: the client leaves.
+#[derive(Default)]
+pub(super) struct Rooms {
+    present: Vec<Present>,
+    join_leave: bool,
+    watching: Vec<Watching>,
+}
+
+impl Rooms {
+    pub(super) fn holds_presence(&self) -> bool {
+        !self.present.is_empty()
+    }
+}
+
+impl Session {
+    /// Who this connection is in presence: its `hello`, or its JWT's subject, or its
+    /// connection number.
+    fn member(&self) -> Member {
+        let client = self
+            .client
+            .clone()
+            .or_else(|| self.principal.as_ref().and_then(|p| p.subject.clone()))
+            .unwrap_or_else(|| format!("conn-{}", self.id));
+        Member {
+            client,
+            info: self.info.clone(),
+            connection: self.id,
+        }
+    }
+
+    /// Makes the connection present in `topics` when asked (refused past
+    /// `max_presence_per_topic`).
+    pub(super) fn join_rooms(
+        &self,
+        topics: &[Pattern],
+        presence: bool,
+        join_leave: bool,
+    ) -> Result<Rooms, BackendError> {
+        let mut rooms = Rooms {
+            join_leave,
+            ..Rooms::default()
+        };
+        if presence {
+            let member = self.member();
+            for topic in topics {
+                let present = self.ctx.backend.presence().join(topic.as_str(), &member)?;
+                rooms.present.push(present);
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// The subscription has started: it hears of joins and leaves from now on.
+    pub(super) fn watch_rooms(&self, rooms: &mut Rooms, sub: &Arc<str>, topics: &[Pattern]) {
+        if !rooms.join_leave {
+            return;
+        }
+        for topic in topics {
+            let subscriber = Subscriber {
+                session: self.id,
+                sub: sub.clone(),
+                outbound: self.outbound.clone(),
+            };
+            let watching = self
+                .ctx
+                .backend
+                .presence()
+                .watch(topic.as_str(), subscriber);
+            rooms.watching.push(watching);
+        }
+    }
+
+    pub(super) async fn hello(
+        &mut self,
+        id: Option<Id>,
+        client: Option<String>,
+        info: Option<Value>,
+    ) -> Result<(), Closed> {
+        if self.subs.values().any(|held| held.rooms.holds_presence()) {
+            let message = "say hello before subscribing with presence";
+            return self
+                .send(Reply::error(id, ErrorCode::BadRequest, message))
+                .await;
+        }
+        let info = info.unwrap_or_else(|| Value::Object(Default::default()));
+        let size = serde_json::to_string(&info).map_or(usize::MAX, |text| text.len());
+        let max = self.ctx.config.max_presence_info_bytes;
+        if size > max {
+            let message = format!("`info` is {size} bytes of JSON, the limit is {max}");
+            return self
+                .send(Reply::error(id, ErrorCode::TooLarge, message))
+                .await;
+        }
+        if client.is_some() {
+            self.client = client;
+        }
+        self.info = info;
+        self.send(Reply::Ok { id }).await
+    }
+
+    /// The `limit` asked, or the default; over the maximum is a `bad_request`.
+    fn page_size(&self, asked: Option<u32>) -> Result<usize, String> {
+        let config = &self.ctx.config;
+        match asked {
+            None => Ok(config.history_default_limit),
+            Some(n) if (n as usize) <= config.history_max_limit => Ok(n as usize),
+            Some(n) => Err(format!(
+                "limit {n} is over the maximum, {} (history_max_limit)",
+                config.history_max_limit
+            )),
+        }
+    }
+
+    /// `history` and `last` read without holding up the connection; the reply takes its
+    /// turn in request order.
+    pub(super) async fn read_events(
+        &mut self,
+        id: Option<Id>,
+        kind: EventsKind,
+        pattern: Pattern,
+        limit: Option<u32>,
+        from: HistoryFrom,
+    ) -> Result<(), Closed> {
+        let limit = match self.page_size(limit) {
+            Ok(limit) => limit,
+            Err(message) => {
+                return self
+                    .send(Reply::error(id, ErrorCode::BadRequest, message))
+                    .await
+            }
+        };
+        let backend = self.ctx.backend.clone();
+        self.pending.push_back(
+            async move {
+                let page = match kind {
+                    EventsKind::History => backend.history(&pattern, limit, from).await,
+                    EventsKind::Last => backend.last(&pattern, limit).await,
+                };
+                match page {
+                    Ok(page) => Completion::Json(events_reply(kind, id.as_ref(), &page)),
+                    Err(e) => Completion::Reply(error_reply(id, e)),
+                }
+            }
+            .boxed(),
+        );
+        Ok(())
+    }
+
+    pub(super) async fn presence(&mut self, id: Option<Id>, topic: Topic) -> Result<(), Closed> {
+        let clients = self.ctx.backend.presence().list(topic.as_str());
+        let reply = Reply::Presence {
+            id,
+            topic: topic.into_string(),
+            count: clients.len(),
+            clients,
+        };
+        self.send(reply).await
+    }
+}
+
+fn events_reply(kind: EventsKind, id: Option<&Id>, page: &EventsPage) -> String {
+    EventsReply {
+        kind,
+        id,
+        events: &page.events,
+        more: page.more,
+        first_seq: page.first_seq,
+    }
+    .to_json()
+}
