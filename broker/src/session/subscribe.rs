@@ -149,7 +149,7 @@ impl Session {
         sub: Arc<str>,
         patterns: Vec<Pattern>,
         from: u64,
-        rooms: Rooms,
+        mut rooms: Rooms,
     ) -> Result<(), Closed> {
         self.send_now(Reply::Subscribed {
             id: id.clone(),
@@ -158,6 +158,9 @@ impl Session {
             start_seq: Some(from),
         })
         .await?;
+        // Right behind the reply in the queue, before anything slower: a client that saw
+        // `subscribed` is told of every join and leave after it.
+        self.watch_rooms(&mut rooms, &sub, &patterns);
         let to = self.subscriber(&sub);
         match self.ctx.backend.follow(patterns.clone(), from, to).await {
             Ok(subscription) => {
@@ -179,7 +182,7 @@ impl Session {
         patterns: Vec<Pattern>,
         mode: Mode,
         options: DeliveryOptions,
-        rooms: Rooms,
+        mut rooms: Rooms,
     ) -> Result<(), Closed> {
         let to = self.subscriber(&sub);
         let backend = &self.ctx.backend;
@@ -194,6 +197,7 @@ impl Session {
             start_seq: Some(attaching.start_seq()),
         })
         .await?;
+        self.watch_rooms(&mut rooms, &sub, &patterns);
         self.hold(sub, attaching.start(), patterns, Some(name), rooms);
         Ok(())
     }
@@ -204,10 +208,9 @@ impl Session {
         subscription: Subscription,
         patterns: Vec<Pattern>,
         consumer: Option<String>,
-        mut rooms: Rooms,
+        rooms: Rooms,
     ) {
         ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1);
-        self.watch_rooms(&mut rooms, &sub, &patterns);
         let held = Held {
             subscription,
             patterns,
