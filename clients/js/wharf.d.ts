@@ -43,6 +43,70 @@ export interface SubscribeOptions {
   maxDeliver?: number;
   /** Ack each event when its handler returns without throwing (default true). */
   autoAck?: boolean;
+  /** This client (see `hello`) is present in the subscription's topics while it lasts;
+   * the patterns must be exact topics. Sent as `"presence": true`. */
+  presence?: boolean;
+  /** Be told when a client's first connection becomes present in one of the topics
+   * (`onJoin`, this client included) and when its last one goes (`onLeave`); exact topics.
+   * Sent as `"join_leave": true`. */
+  joinLeave?: boolean;
+  /** With `joinLeave`: called in arrival order with the subscription's events. */
+  onJoin?: (change: PresenceChange) => void | Promise<void>;
+  onLeave?: (change: PresenceChange) => void | Promise<void>;
+}
+
+/** A stored event as `history` and `last` return it. */
+export interface StoredEvent<T = unknown> {
+  seq: number;
+  topic: string;
+  payload: T;
+  /** RFC 3339 UTC with milliseconds. */
+  publishedAt: string;
+}
+
+export interface StoredPage<T = unknown> {
+  /** Oldest first (`last`: by topic name). */
+  events: StoredEvent<T>[];
+  /** More matching events (`last`: topics) lie beyond this page in the direction asked. */
+  more: boolean;
+  /** The oldest seq the broker still holds. */
+  firstSeq: number;
+}
+
+export interface HistoryOptions {
+  /** How many events (the broker's `history_default_limit`, 50, when left out; at most
+   * `history_max_limit`, 1000). */
+  limit?: number;
+  /** The newest `limit` events with a seq below this one (page backwards). */
+  before?: number;
+  /** The first `limit` events with a seq above this one (page forwards). */
+  after?: number;
+}
+
+export interface PresentClient {
+  client: string;
+  info: Record<string, unknown> | null;
+  /** Its connections present in the topic, across the broker (or the cluster). */
+  connections: number;
+  /** When its earliest present connection joined (RFC 3339). */
+  since: string;
+}
+
+export interface Presence {
+  topic: string;
+  /** Each client once, by client id. */
+  clients: PresentClient[];
+  count: number;
+}
+
+/** A `join` or `leave` push, as the broker sends it. */
+export interface PresenceChange {
+  type: 'join' | 'leave';
+  /** The subscription it is for. */
+  sub: string;
+  topic: string;
+  client: string;
+  info: Record<string, unknown> | null;
 }
 
 export interface WharfEvent<T = unknown> {
@@ -83,6 +147,8 @@ export class WharfClient {
   on(event: 'state', fn: (state: State) => void): () => void;
   on(event: 'error', fn: (error: Error) => void): () => void;
   on(event: 'gap' | 'lost' | 'unsubscribed' | 'token_expiring', fn: (frame: Record<string, unknown>) => void): () => void;
+  /** For every subscription with `joinLeave`. */
+  on(event: 'join' | 'leave', fn: (change: PresenceChange) => void): () => void;
   /** Resolves to the seq once the broker has the event on disk. */
   publish(topic: string, payload: unknown, options?: { msgId?: string }): Promise<number>;
   subscribe<T = unknown>(
@@ -91,6 +157,19 @@ export class WharfClient {
     onEvent: (event: WharfEvent<T>) => void | Promise<void>,
   ): Promise<Subscription>;
   subscribe<T = unknown>(patterns: string | string[], onEvent: (event: WharfEvent<T>) => void | Promise<void>): Promise<Subscription>;
+  /**
+   * Names this client for presence (`id`: 1 to 128 bytes of `A-Z a-z 0-9 _ . - @ :`; null to
+   * set `info` only, with a JWT whose `sub` is the id). Remembered and said again first thing
+   * after every reconnect, before the subscriptions; say it before subscribing with
+   * `presence`. Resolves once the broker has it (when disconnected, once connected).
+   */
+  hello(id: string | null | undefined, info?: Record<string, unknown>): Promise<void>;
+  /** Stored events matching `pattern`, newest `limit`, oldest first; consumes nothing. */
+  history<T = unknown>(pattern: string, options?: HistoryOptions): Promise<StoredPage<T>>;
+  /** The newest event of each topic matching `pattern`, by topic name, at most `limit` topics. */
+  last<T = unknown>(pattern: string, options?: { limit?: number }): Promise<StoredPage<T>>;
+  /** Who is present in `topic` (an exact topic) now. */
+  presence(topic: string): Promise<Presence>;
   /** Resolves once every event handed out so far is handled and settled, and every request answered. */
   flush(): Promise<void>;
   /** Sends any protocol request (docs/PROTOCOL.md) and resolves with its reply. */

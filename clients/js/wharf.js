@@ -11,6 +11,11 @@
 // subscriptions by consumer name, ephemeral ones from the last seq they saw), keeps publishes
 // made while offline and sends them in order once back, and gives every publish a msg_id so
 // that a retry after a lost reply is never stored twice.
+//
+// Rooms (a chat, a live dashboard): `history` and `last` read what is stored without consuming
+// it, `hello` names the client for presence (and is said again first thing after every
+// reconnect), a subscription with `presence: true` makes it present in its topics, one with
+// `joinLeave: true` is told who comes and goes, and `presence(topic)` lists who is there.
 
 /** An error from the broker (with its `code`) or from the client (`code` of its own). */
 export class WharfError extends Error {
@@ -66,6 +71,15 @@ function urlList(urlOrUrls) {
   return Object.freeze(urls);
 }
 
+/** A `history` or `last` reply as the client hands it out (camelCase, like events). */
+function storedPage(reply) {
+  return {
+    events: reply.events.map((e) => ({ seq: e.seq, topic: e.topic, payload: e.payload, publishedAt: e.published_at })),
+    more: reply.more,
+    firstSeq: reply.first_seq,
+  };
+}
+
 function randomId() {
   const c = globalThis.crypto;
   if (c && typeof c.randomUUID === 'function') return c.randomUUID();
@@ -108,6 +122,8 @@ export class WharfClient {
     this.heartbeatTimer = null;
     this.lastFrameAt = 0;
     this.connectedWaiters = [];
+    // The last `hello` ({ frame, error }): said again first thing on every connection.
+    this.greeting = null;
   }
 
   /** The URL the client is connected to, or dialling, or (while disconnected) will dial next. */
@@ -115,7 +131,11 @@ export class WharfClient {
     return this.urls[this.urlIndex];
   }
 
-  /** Listens for `state` (connecting, connected, disconnected, closed), `error`, `gap`, `lost`, `unsubscribed`. */
+  /**
+   * Listens for `state` (connecting, connected, disconnected, closed), `error`, `gap`, `lost`,
+   * `unsubscribed`, `token_expiring`, and `join` / `leave` (for every subscription with
+   * `joinLeave`).
+   */
   on(event, fn) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(fn);
@@ -198,11 +218,16 @@ export class WharfClient {
       if (this.options.token !== undefined) {
         await this.request({ op: 'auth', token: await this.currentToken() });
       }
-      // Subscriptions first, then the publishes that waited, in their order.
+      // The name for presence before any subscription makes the connection present (the
+      // broker refuses a `hello` after that); then subscriptions, then the publishes that
+      // waited, in their order.
+      let greeted = await this.greet(this.greeting);
       for (const sub of this.subscriptions) {
         await this.sendSubscribe(sub);
       }
       for (const p of this.publishes) this.sendPublish(p);
+      // A `hello` made while this connection was being set up, after the first one went out.
+      if (this.greeting !== greeted) greeted = await this.greet(this.greeting);
     } catch (e) {
       this.emit('error', e);
       if (ws === this.ws) {
@@ -325,6 +350,16 @@ export class WharfClient {
         return undefined;
       }
       case 'lost': return this.emit('lost', frame);
+      case 'join':
+      case 'leave': {
+        const sub = this.bySub.get(frame.sub);
+        const handler = frame.type === 'join' ? sub?.options.onJoin : sub?.options.onLeave;
+        if (handler) {
+          // In arrival order with the subscription's events.
+          sub.chain = sub.chain.then(() => handler(frame)).catch((e) => this.emit('error', e));
+        }
+        return this.emit(frame.type, frame);
+      }
       case 'unsubscribed': {
         const sub = this.bySub.get(frame.sub);
         if (sub) {
@@ -361,6 +396,90 @@ export class WharfClient {
     return typeof token === 'function' ? await token() : token;
   }
 
+  /**
+   * Names this client for presence: `id` (1 to 128 bytes of `A-Z a-z 0-9 _ . - @ :`; null or
+   * undefined to set `info` only, as with a JWT, whose `sub` is the id) and `info`, any JSON
+   * object others see in `presence` and `join`. Remembered and said again first thing after
+   * every reconnect, before the subscriptions. Say it before subscribing with `presence`: the
+   * broker refuses a `hello` from a connection that is already present somewhere
+   * (`bad_request`). Resolves once the broker has it (when disconnected, once connected).
+   */
+  async hello(id, info) {
+    const frame = { op: 'hello' };
+    if (id !== undefined && id !== null) frame.client = id;
+    if (info !== undefined) frame.info = info;
+    const greeting = { frame, error: null };
+    const previous = this.greeting;
+    this.greeting = greeting;
+    if (this.state === 'connected') {
+      try {
+        await this.request(frame);
+        return;
+      } catch (e) {
+        if (e.code !== 'disconnected') {
+          if (this.greeting === greeting) this.greeting = previous;
+          throw e;
+        }
+        // Lost with the connection: it goes out first thing after the reconnect.
+      }
+    }
+    await this.connect();
+    if (greeting.error) throw greeting.error;
+  }
+
+  /**
+   * Says `greeting` on the connection being set up; returns it. A refusal (`forbidden`,
+   * `too_large`, …) would come again on every connection: it is reported (`error`, and to
+   * the `hello` call waiting for it) and forgotten, and the connection goes on unnamed.
+   */
+  async greet(greeting) {
+    if (!greeting) return greeting;
+    try {
+      await this.request(greeting.frame);
+    } catch (e) {
+      if (e.code === 'disconnected' || e.code === 'timeout') throw e;
+      greeting.error = e;
+      if (this.greeting === greeting) this.greeting = null;
+      this.emit('error', e);
+    }
+    return greeting;
+  }
+
+  /**
+   * The events stored on `pattern`, without consuming anything: the newest `limit` (the
+   * broker's default 50, at most 1000), oldest first; `before: seq` pages back (pass the
+   * first seq of the page you have), `after: seq` forwards. Resolves to
+   * `{ events: [{ seq, topic, payload, publishedAt }], more, firstSeq }`: `more` when more
+   * matching events lie beyond the page in that direction, `firstSeq` the oldest seq the
+   * broker still holds.
+   */
+  async history(pattern, { limit, before, after } = {}) {
+    const frame = { op: 'history', topic: pattern };
+    if (limit !== undefined) frame.limit = limit;
+    if (before !== undefined) frame.before = before;
+    if (after !== undefined) frame.after = after;
+    return storedPage(await this.request(frame));
+  }
+
+  /**
+   * The newest event of each topic matching `pattern` (a last-value cache), by topic name, at
+   * most `limit` topics. Resolves like `history`; `more` when more topics matched.
+   */
+  async last(pattern, { limit } = {}) {
+    const frame = { op: 'last', topic: pattern };
+    if (limit !== undefined) frame.limit = limit;
+    return storedPage(await this.request(frame));
+  }
+
+  /**
+   * Who is present in `topic` (an exact topic) now: `{ topic, clients: [{ client, info,
+   * connections, since }], count }`, each client once, by id.
+   */
+  async presence(topic) {
+    const reply = await this.request({ op: 'presence', topic });
+    return { topic: reply.topic, clients: reply.clients, count: reply.count };
+  }
+
   /** Resolves to the seq once the broker has the event on disk. */
   publish(topic, payload, { msgId } = {}) {
     if (this.closed) return Promise.reject(new WharfError('closed', 'the client was closed'));
@@ -395,7 +514,10 @@ export class WharfClient {
 
   /**
    * Subscribes `onEvent` to a pattern or a list of patterns. Options: consumer (durable),
-   * start, mode, ackWaitMs, maxInFlight, maxDeliver, autoAck (default true).
+   * start, mode, ackWaitMs, maxInFlight, maxDeliver, autoAck (default true); presence (this
+   * client is present in the topics while subscribed), joinLeave (with onJoin, onLeave:
+   * called with `{ type, sub, topic, client, info }` as clients come and go, in arrival order
+   * with the events); both need exact topics.
    */
   async subscribe(patterns, options = {}, onEvent = () => {}) {
     if (typeof options === 'function') { onEvent = options; options = {}; }
@@ -449,6 +571,8 @@ export class WharfClient {
     } else if (o.start !== undefined) {
       frame.start = o.start;
     }
+    if (o.presence) frame.presence = true;
+    if (o.joinLeave) frame.join_leave = true;
     await this.request(frame, {
       onReply: (reply) => {
         sub.sub = reply.sub;
