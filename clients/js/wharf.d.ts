@@ -46,9 +46,10 @@ export interface SubscribeOptions {
   /** This client (see `hello`) is present in the subscription's topics while it lasts;
    * the patterns must be exact topics. Sent as `"presence": true`. */
   presence?: boolean;
-  /** Be told when a client's first connection becomes present in one of the topics
-   * (`onJoin`, this client included) and when its last one goes (`onLeave`); exact topics.
-   * Sent as `"join_leave": true`. */
+  /** Be told, from the `subscribed` reply on, when a client's first connection becomes
+   * present in one of the topics (`onJoin`) and when its last one goes (`onLeave`); exact
+   * topics. The subscription's own arrival is not told to it: read `presence(topic)` once
+   * subscribed for the list so far. Sent as `"join_leave": true`. */
   joinLeave?: boolean;
   /** With `joinLeave`: called in arrival order with the subscription's events. */
   onJoin?: (change: PresenceChange) => void | Promise<void>;

@@ -516,8 +516,9 @@ export class WharfClient {
    * Subscribes `onEvent` to a pattern or a list of patterns. Options: consumer (durable),
    * start, mode, ackWaitMs, maxInFlight, maxDeliver, autoAck (default true); presence (this
    * client is present in the topics while subscribed), joinLeave (with onJoin, onLeave:
-   * called with `{ type, sub, topic, client, info }` as clients come and go, in arrival order
-   * with the events); both need exact topics.
+   * called with `{ type, sub, topic, client, info }` as clients come and go after the
+   * subscribe, in arrival order with the events; its own arrival is not told, read `presence`
+   * for the list so far); both need exact topics.
    */
   async subscribe(patterns, options = {}, onEvent = () => {}) {
     if (typeof options === 'function') { onEvent = options; options = {}; }
