@@ -96,7 +96,10 @@ async fn presence_counts_clients_and_tells_joins_and_leaves(backend: Backend) {
     let mut bo = broker.client().await;
     hello(&mut bo, "bo", json!({})).await;
     let bo_sub = enter(&mut bo, "room.x", true, false).await;
-    assert_eq!(next_change(&mut watcher).await, ("join".into(), "bo".into()));
+    assert_eq!(
+        next_change(&mut watcher).await,
+        ("join".into(), "bo".into())
+    );
     assert_eq!(
         present(&mut watcher, "room.x").await,
         pairs(&[("ana", 2), ("bo", 1)])
@@ -108,12 +111,18 @@ async fn presence_counts_clients_and_tells_joins_and_leaves(backend: Backend) {
         .reply(json!({"op":"unsubscribe","id":"u","sub":bo_sub}))
         .await;
     assert_eq!(unsub["type"], "ok", "{unsub}");
-    assert_eq!(next_change(&mut watcher).await, ("leave".into(), "bo".into()));
+    assert_eq!(
+        next_change(&mut watcher).await,
+        ("leave".into(), "bo".into())
+    );
     assert_eq!(present(&mut watcher, "room.x").await, pairs(&[("ana", 1)]));
 
     // ana's last connection is killed (no close frame): ana leaves.
     drop(ana2);
-    assert_eq!(next_change(&mut watcher).await, ("leave".into(), "ana".into()));
+    assert_eq!(
+        next_change(&mut watcher).await,
+        ("leave".into(), "ana".into())
+    );
     assert_eq!(present(&mut watcher, "room.x").await, pairs(&[]));
 
     // Without hello, a connection is `conn-<n>`; presence lists it under that name.
@@ -136,7 +145,11 @@ async fn presence_is_bounded_and_checked(backend: Backend) {
         .reply(json!({"op":"hello","id":1,"client":"ana","info":big}))
         .await;
     assert_eq!(reply["code"], "too_large", "{reply}");
-    for bad in [json!({"client":""}), json!({"client":"a b"}), json!({"info":[1]})] {
+    for bad in [
+        json!({"client":""}),
+        json!({"client":"a b"}),
+        json!({"info":[1]}),
+    ] {
         let mut frame = json!({"op":"hello","id":2});
         for (k, v) in bad.as_object().unwrap() {
             frame[k] = v.clone();
@@ -162,9 +175,7 @@ async fn presence_is_bounded_and_checked(backend: Backend) {
         .await;
     assert_eq!(reply["code"], "invalid_topic", "{reply}");
     enter(&mut a, "room.x", true, false).await;
-    let late = a
-        .reply(json!({"op":"hello","id":5,"client":"other"}))
-        .await;
+    let late = a.reply(json!({"op":"hello","id":5,"client":"other"})).await;
     assert_eq!(late["code"], "bad_request", "{late}");
 
     let mut b = broker.client().await;
@@ -250,7 +261,9 @@ async fn a_jwt_names_the_client() {
     enter(&mut ana, "room.x", true, false).await;
 
     let mut bo = broker.client().await;
-    let ok = bo.reply(json!({"op":"auth","id":0,"token":jwt("bo")})).await;
+    let ok = bo
+        .reply(json!({"op":"auth","id":0,"token":jwt("bo")}))
+        .await;
     assert_eq!(ok["type"], "ok", "{ok}");
     // Without hello: the sub.
     enter(&mut bo, "room.x", true, false).await;
@@ -279,14 +292,20 @@ async fn presence_spans_wharf_nodes_and_a_dead_node_leaves() {
     let mut ana_a = nodes.a.client().await;
     hello(&mut ana_a, "ana", json!({"name":"Ana"})).await;
     enter(&mut ana_a, "room.x", true, false).await;
-    assert_eq!(next_change(&mut watcher).await, ("join".into(), "ana".into()));
+    assert_eq!(
+        next_change(&mut watcher).await,
+        ("join".into(), "ana".into())
+    );
     let mut ana_b = nodes.b.client().await;
     hello(&mut ana_b, "ana", json!({"name":"Ana"})).await;
     enter(&mut ana_b, "room.x", true, false).await;
     // Connections add up across nodes, seen from either.
     let deadline = Instant::now() + Duration::from_secs(10);
     while present(&mut ana_a, "room.x").await != pairs(&[("ana", 2)]) {
-        assert!(Instant::now() < deadline, "node a never saw node b's connection");
+        assert!(
+            Instant::now() < deadline,
+            "node a never saw node b's connection"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(present(&mut watcher, "room.x").await, pairs(&[("ana", 2)]));
@@ -295,7 +314,10 @@ async fn presence_spans_wharf_nodes_and_a_dead_node_leaves() {
     let mut bo = nodes.a.client().await;
     hello(&mut bo, "bo", json!({})).await;
     enter(&mut bo, "room.x", true, false).await;
-    assert_eq!(next_change(&mut watcher).await, ("join".into(), "bo".into()));
+    assert_eq!(
+        next_change(&mut watcher).await,
+        ("join".into(), "bo".into())
+    );
     let killed = Instant::now();
     nodes.a.kill9();
     assert_eq!(

@@ -3,6 +3,7 @@
 //! percentiles, the broker's RSS. Figures compare within one run on one machine; they are
 //! never asserted. `bench/` in the workspace runs the same scenarios against NATS and Redis.
 
+mod history;
 mod scenarios;
 mod target;
 
@@ -24,6 +25,8 @@ pub enum Scenario {
     Fanout,
     /// Many idle WebSocket connections: what each costs the broker.
     Connections,
+    /// `history` of one topic among many on a big log: latency per request.
+    History,
 }
 
 impl Scenario {
@@ -34,6 +37,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Fanout => "fanout",
             Scenario::Connections => "connections",
+            Scenario::History => "history",
         }
     }
 }
@@ -47,7 +51,8 @@ pub struct BenchArgs {
     /// serve` is started on a temporary data dir).
     #[arg(long, requires = "url")]
     pid: Option<u32>,
-    /// Events to publish [default: publish and replay 200000, latency 20000, fanout 2000].
+    /// Events to publish [default: publish and replay 200000, latency 20000, fanout 2000,
+    /// history 1000000].
     #[arg(long)]
     events: Option<u64>,
     /// Payload size in bytes.
@@ -69,6 +74,22 @@ pub struct BenchArgs {
     /// Acks per ack frame in the replay scenario.
     #[arg(long, default_value_t = 500)]
     ack_batch: usize,
+    /// Topics the history scenario spreads its events over.
+    #[arg(long, default_value_t = 1000)]
+    topics: u64,
+    /// Events each history request asks for.
+    #[arg(long, default_value_t = 50)]
+    limit: u64,
+    /// History requests to time.
+    #[arg(long, default_value_t = 2000)]
+    queries: u64,
+    /// Events per publish while the history scenario loads its log (1: plain publishes,
+    /// one log record each; more: publish_batch, one record per batch).
+    #[arg(long, default_value_t = 1)]
+    load_batch: u64,
+    /// History pages before a random seq of the log, not the newest.
+    #[arg(long)]
+    anywhere: bool,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -93,6 +114,7 @@ impl BenchArgs {
             Scenario::Latency => 20_000,
             Scenario::Fanout => 2_000,
             Scenario::Connections => 0,
+            Scenario::History => 1_000_000,
         })
     }
 
@@ -124,6 +146,7 @@ pub async fn run(args: BenchArgs, url: Option<String>) -> anyhow::Result<()> {
         Scenario::Latency => scenarios::latency(&target, &topic, &args).await?,
         Scenario::Fanout => scenarios::fanout(&target, &topic, &args).await?,
         Scenario::Connections => scenarios::connections(&target, &args).await?,
+        Scenario::History => history::history(&target, &topic, &args).await?,
     };
     let peak = watch.peak().max(target.rss().unwrap_or(0));
     drop(watch);

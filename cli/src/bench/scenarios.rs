@@ -26,16 +26,16 @@ const STALL: Duration = Duration::from_secs(30);
 
 /// The parts of a broker frame the scenarios look at.
 #[derive(Deserialize)]
-struct Frame<'a> {
+pub(super) struct Frame<'a> {
     #[serde(rename = "type", borrow)]
-    kind: &'a str,
+    pub(super) kind: &'a str,
     #[serde(default)]
     seq: Option<u64>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
 }
 
-fn parse(text: &str) -> anyhow::Result<Frame<'_>> {
+pub(super) fn parse(text: &str) -> anyhow::Result<Frame<'_>> {
     serde_json::from_str(text).map_err(|e| anyhow!("unreadable frame {text:?}: {e}"))
 }
 
@@ -47,12 +47,12 @@ async fn connect_with(url: &str, read_buffer: usize) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-async fn connect(url: &str) -> anyhow::Result<(Sink, Stream)> {
+pub(super) async fn connect(url: &str) -> anyhow::Result<(Sink, Stream)> {
     Ok(connect_with(url, 64 * 1024).await?.split())
 }
 
 /// The next text frame, or an error if the connection ends or stays silent too long.
-async fn next_text(stream: &mut Stream) -> anyhow::Result<String> {
+pub(super) async fn next_text(stream: &mut Stream) -> anyhow::Result<String> {
     loop {
         match tokio::time::timeout(STALL, stream.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_owned()),
@@ -65,7 +65,7 @@ async fn next_text(stream: &mut Stream) -> anyhow::Result<String> {
 }
 
 /// Sends `frame` and returns the broker's reply of type `want`.
-async fn request(
+pub(super) async fn request(
     sink: &mut Sink,
     stream: &mut Stream,
     frame: Value,

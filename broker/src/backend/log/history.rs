@@ -220,7 +220,7 @@ impl Reader<'_> {
                 out.push((seq, body(&ev)));
                 continue;
             }
-            let cursor = cursor.get_or_insert_with(|| self.log.cursor(seq));
+            let cursor = cursor.get_or_insert_with(|| self.log.point_cursor(seq));
             let next = cursor.next_seq();
             // Close ahead: read on rather than open the segment again.
             let ahead = seq >= next && seq - next < INDEX_EVERY;

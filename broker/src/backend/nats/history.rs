@@ -15,6 +15,8 @@ use crate::backend::contract::{BackendError, EventsPage, HistoryFrom};
 
 /// How long one batched get may take in all.
 const GET_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most topics `last` takes from the cluster in one request.
+const LAST_MAX: usize = 100_000;
 /// Each backward window is this many times the last.
 const WINDOW_GROWTH: u64 = 4;
 
@@ -183,12 +185,22 @@ impl NatsBackend {
 
     pub async fn last(&self, pattern: &Pattern, limit: usize) -> Result<EventsPage, BackendError> {
         let state = self.stream_state().await?;
+        // JetStream answers in seq order; the page is the first `limit` by topic name, so
+        // every matching subject's newest message is asked for.
         let mut got = self
-            .direct_batch(json!({"multi_last": [self.filter(pattern)], "batch": limit + 1}))
-            .await?;
+            .direct_batch(json!({"multi_last": [self.filter(pattern)], "batch": LAST_MAX}))
+            .await
+            .map_err(|e| match e {
+                BackendError::Unavailable(why) if why.contains("413") => {
+                    BackendError::LimitExceeded(format!(
+                        "more topics match {pattern} than the cluster answers at once ({why}); narrow the pattern"
+                    ))
+                }
+                e => e,
+            })?;
+        got.sort_by(|a, b| a.topic.cmp(&b.topic));
         let more = got.len() > limit;
         got.truncate(limit);
-        got.sort_by(|a, b| a.topic.cmp(&b.topic));
         Ok(EventsPage {
             events: got.into_iter().map(|g| g.body).collect(),
             more,

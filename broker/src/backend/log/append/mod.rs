@@ -178,6 +178,11 @@ impl AppendLog {
         EventCursor::new(self.table.clone(), seq)
     }
 
+    /// A cursor for reading single events by seq (see [`EventCursor::seek`]).
+    pub fn point_cursor(&self, seq: u64) -> EventCursor {
+        EventCursor::for_points(self.table.clone(), seq)
+    }
+
     /// How many segments the log has, and their synced bytes.
     pub fn size(&self) -> (usize, u64) {
         let table = read_table(&self.table);

@@ -23,7 +23,15 @@ pub struct EventCursor {
     table: SegmentTable,
     next_seq: u64,
     open: Option<OpenSegment>,
+    /// Bytes read ahead: large for walks, small for reads here and there.
+    read_ahead: usize,
 }
+
+/// Read-ahead of a cursor that walks the log.
+const WALK_READ_AHEAD: usize = 256 << 10;
+/// Read-ahead of a cursor that reads events here and there (history): a seek costs about
+/// this much reading, not a walk's 256 KiB.
+const POINT_READ_AHEAD: usize = 16 << 10;
 
 impl EventCursor {
     pub(super) fn new(table: SegmentTable, seq: u64) -> EventCursor {
@@ -31,6 +39,15 @@ impl EventCursor {
             table,
             next_seq: seq.max(1),
             open: None,
+            read_ahead: WALK_READ_AHEAD,
+        }
+    }
+
+    /// A cursor for reading single events by seq.
+    pub(super) fn for_points(table: SegmentTable, seq: u64) -> EventCursor {
+        EventCursor {
+            read_ahead: POINT_READ_AHEAD,
+            ..EventCursor::new(table, seq)
         }
     }
 
@@ -207,7 +224,7 @@ impl EventCursor {
             }
             Err(e) => return Err(LogError::io(&path, e)),
         };
-        let mut file = BufReader::with_capacity(256 << 10, file);
+        let mut file = BufReader::with_capacity(self.read_ahead, file);
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| LogError::io(&path, e))?;
         self.open = Some(OpenSegment {
