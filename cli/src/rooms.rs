@@ -47,7 +47,12 @@ struct Stored<'a> {
 }
 
 /// The page a `history` or `last` request gets, printed.
-async fn print_page(conn: &Conn, request: Request, output: Output) -> anyhow::Result<()> {
+async fn print_page(
+    conn: &Conn,
+    request: Request,
+    forwards: bool,
+    output: Output,
+) -> anyhow::Result<()> {
     let (mut sink, mut stream) = connect(conn).await?;
     sink.send(Message::text(request.to_json())).await?;
     let text = loop {
@@ -92,11 +97,14 @@ async fn print_page(conn: &Conn, request: Request, output: Output) -> anyhow::Re
     }
     out.flush()?;
     if page.more && matches!(output, Output::Lines) {
-        match (page.kind, page.events.first()) {
-            ("history", Some(oldest)) => {
+        match (page.kind, forwards, page.events.first(), page.events.last()) {
+            ("history", false, Some(oldest), _) => {
                 eprintln!("(older events: --before {})", oldest.seq)
             }
-            _ => eprintln!("(more topics match: raise --limit)"),
+            ("history", true, _, Some(newest)) => {
+                eprintln!("(newer events: --after {})", newest.seq)
+            }
+            _ => eprintln!("(more match: raise --limit)"),
         }
     }
     Ok(())
@@ -116,7 +124,7 @@ pub async fn history(
         before,
         after,
     };
-    print_page(conn, request, output).await
+    print_page(conn, request, after.is_some(), output).await
 }
 
 pub async fn last(
@@ -130,5 +138,5 @@ pub async fn last(
         pattern,
         limit,
     };
-    print_page(conn, request, output).await
+    print_page(conn, request, false, output).await
 }

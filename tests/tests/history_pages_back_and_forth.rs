@@ -155,7 +155,10 @@ async fn history_pages_through_a_topic(backend: Backend) {
         .reply(json!({"op":"last","id":10,"topic":"room.*","limit":1}))
         .await;
     assert_eq!(seqs_of(&one).len(), 1);
-    assert_eq!(one["events"][0]["topic"], "room.a", "the first by name: {one}");
+    assert_eq!(
+        one["events"][0]["topic"], "room.a",
+        "the first by name: {one}"
+    );
     assert_eq!(one["more"], true);
 
     // Nothing was consumed: a durable consumer created now still starts at seq 1.

@@ -12,7 +12,7 @@ use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::scenarios::{connect, next_text, parse, request};
+use super::scenarios::{connect, next_text, parse, request, stats};
 use super::target::Target;
 use super::{ms_since, progress, BenchArgs, Outcome};
 
@@ -22,9 +22,16 @@ const FRAMES_IN_FLIGHT: usize = 256;
 pub async fn history(target: &Target, prefix: &str, args: &BenchArgs) -> anyhow::Result<Outcome> {
     let events = args.events();
     let topics = args.topics.max(1);
+    let head = |stats: Value| stats["head_seq"].as_u64().unwrap_or(0);
+    let before_load = head(stats(&target.url).await?);
     let loaded_at = Instant::now();
     load(&target.url, prefix, events, topics, args).await?;
     let load_seconds = loaded_at.elapsed().as_secs_f64();
+    // The seqs this run stored (the broker may hold earlier runs' too).
+    let (low, high) = (
+        before_load + 1,
+        head(stats(&target.url).await?).max(before_load + 1),
+    );
 
     let (mut sink, mut stream) = connect(&target.url).await?;
     let queries = args.queries.max(1);
@@ -40,7 +47,7 @@ pub async fn history(target: &Target, prefix: &str, args: &BenchArgs) -> anyhow:
         let topic = format!("{prefix}.{}", rng % topics);
         let mut ask = json!({"op":"history","id":id,"topic":topic,"limit":args.limit});
         if args.anywhere {
-            ask["before"] = json!(1 + (rng >> 20) % events.max(1));
+            ask["before"] = json!(low + (rng >> 20) % (high - low + 1));
         }
         let at = Instant::now();
         let text = request(&mut sink, &mut stream, ask, "history").await?;

@@ -85,7 +85,7 @@ pub(super) async fn request(
 }
 
 /// The broker's `stats` reply.
-async fn stats(url: &str) -> anyhow::Result<Value> {
+pub(super) async fn stats(url: &str) -> anyhow::Result<Value> {
     let (mut sink, mut stream) = connect(url).await?;
     let text = request(
         &mut sink,

@@ -10,6 +10,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 use wharf_protocol::{EventBody, Pattern};
 
+use async_nats::jetstream;
+
 use super::{payload_json, unavailable, NatsBackend};
 use crate::backend::contract::{BackendError, EventsPage, HistoryFrom};
 
@@ -104,24 +106,63 @@ impl NatsBackend {
             .await
     }
 
+    /// The stream's state and how many stored messages match `filter` (one request for
+    /// both: the stream's info with its per-subject counts).
+    async fn state_and_matches(
+        &self,
+        filter: &str,
+    ) -> Result<(jetstream::stream::State, u64), BackendError> {
+        use futures_util::TryStreamExt;
+        self.check_ready()?;
+        let stream = self
+            .js()
+            .get_stream_no_info(&self.settings().stream)
+            .await
+            .map_err(|e| unavailable("cannot reach the stream", e))?;
+        let mut subjects = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| unavailable("cannot read the stream", e))?;
+        let state = subjects.info.state.clone();
+        let mut matching = 0u64;
+        while let Some((_, count)) = subjects
+            .try_next()
+            .await
+            .map_err(|e| unavailable("cannot read the stream", e))?
+        {
+            matching += count as u64;
+        }
+        Ok((state, matching))
+    }
+
     pub async fn history(
         &self,
         pattern: &Pattern,
         limit: usize,
         from: HistoryFrom,
     ) -> Result<EventsPage, BackendError> {
-        let state = self.stream_state().await?;
-        let first = state.first_sequence.max(1);
         let filter = self.filter(pattern);
+        let (state, matching) = self.state_and_matches(&filter).await?;
+        let first = state.first_sequence.max(1);
         let want = limit + 1;
-        let mut got = match from {
-            HistoryFrom::After(after) => self.forward(&filter, after + 1, want).await?,
-            HistoryFrom::Newest | HistoryFrom::Before(_) => {
-                let below = match from {
-                    HistoryFrom::Before(b) => b.min(state.last_sequence + 1),
-                    _ => state.last_sequence + 1,
-                };
-                self.newest_below(&filter, below, first, want).await?
+        let mut got = if matching == 0 {
+            Vec::new()
+        } else {
+            match from {
+                HistoryFrom::After(after) => self.forward(&filter, after + 1, want).await?,
+                HistoryFrom::Newest | HistoryFrom::Before(_) => {
+                    let below = match from {
+                        HistoryFrom::Before(b) => b.min(state.last_sequence + 1),
+                        _ => state.last_sequence + 1,
+                    };
+                    // The first window, from how dense the matching messages are: most
+                    // pages take one.
+                    let span = (state.last_sequence + 1).saturating_sub(first).max(1);
+                    let per_match = span / matching.max(1);
+                    let window = (want as u64).saturating_mul(per_match) * 5 / 4 + 64;
+                    self.newest_below(&filter, below, first, want, window)
+                        .await?
+                }
             }
         };
         let more = got.len() > limit;
@@ -140,18 +181,18 @@ impl NatsBackend {
     }
 
     /// The newest `want` messages matching `filter` with seqs in `first..below`, oldest
-    /// first: windows below `below`, each `WINDOW_GROWTH` times the last, until they hold
-    /// `want` or reach `first`.
+    /// first: windows below `below`, the first `window` seqs wide and each next
+    /// `WINDOW_GROWTH` times the last, until they hold `want` or reach `first`.
     async fn newest_below(
         &self,
         filter: &str,
         below: u64,
         first: u64,
         want: usize,
+        mut window: u64,
     ) -> Result<Vec<Got>, BackendError> {
         let mut found: Vec<Got> = Vec::new();
         let mut hi = below;
-        let mut window = (2 * want as u64).max(64);
         while hi > first && found.len() < want {
             let lo = hi.saturating_sub(window).max(first);
             let mut in_window = Vec::new();
