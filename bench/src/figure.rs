@@ -28,6 +28,26 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// A figure from one line of `--json` output.
+    pub fn from_json(line: &str) -> anyhow::Result<Figure> {
+        let v: Value = serde_json::from_str(line)?;
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        let num = |k: &str| v[k].as_f64();
+        Ok(Figure {
+            system: text("system"),
+            durability: text("durability"),
+            scenario: text("scenario"),
+            rate: num("rate").ok_or_else(|| anyhow::anyhow!("no rate in {line}"))?,
+            p50_ms: num("p50_ms"),
+            p99_ms: num("p99_ms"),
+            rss_peak_mb: num("rss_peak_mb"),
+            wharf_cpu_us: num("wharf_cpu_us"),
+            nats_cpu_us: num("nats_cpu_us"),
+            nats_max_cpu_us: num("nats_max_cpu_us"),
+            client_cpu_us: num("client_cpu_us"),
+        })
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "system": self.system, "durability": self.durability, "scenario": self.scenario,

@@ -13,6 +13,7 @@
 //! same settings (`jetstream-r3-acked`: with every ack confirmed, as a wharf node does). A second table compares them, with the CPU each event costs the wharf
 //! nodes and the NATS servers.
 
+mod chart;
 mod cluster;
 mod figure;
 mod jetstream;
@@ -120,6 +121,14 @@ struct Args {
     /// Print the figures as JSON lines instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also draw the tables as SVG charts into this directory (throughput, latency and RSS;
+    /// `single-*.svg` for the single-machine systems, `cluster-*.svg` for the cluster ones).
+    #[arg(long, value_name = "DIR")]
+    svg_dir: Option<PathBuf>,
+    /// Measure nothing: read the figures of an earlier run (its `--json` lines) from FILE
+    /// and print its tables (and charts, with --svg-dir).
+    #[arg(long, value_name = "FILE")]
+    from_json: Option<PathBuf>,
 }
 
 /// The sizes of one system's run.
@@ -175,6 +184,17 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(file) = &args.from_json {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let figures = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(Figure::from_json)
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("{} is not wharf-compare --json output", file.display()))?;
+        return show(&args, &figures);
+    }
     let load = args.load();
     let runs = if args.quick { 1 } else { args.runs.max(1) };
     // Runs interleaved (every system once, then again): a neighbour's burst on this shared
@@ -206,13 +226,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
             all.extend(found);
         }
     }
-    let figures = figure::medians(all);
+    show(&args, &figure::medians(all))
+}
+
+/// Prints the figures (tables, or JSON lines) and draws the charts when asked.
+fn show(args: &Args, figures: &[Figure]) -> anyhow::Result<()> {
     if args.json {
-        for f in &figures {
+        for f in figures {
             println!("{}", f.to_json());
         }
     } else {
-        print_tables(&args, &figures);
+        print_tables(args, figures);
+    }
+    if let Some(dir) = &args.svg_dir {
+        write_charts(args, figures, dir)?;
+    }
+    Ok(())
+}
+
+/// The single-machine and the cluster systems' charts, each set only when it has figures.
+fn write_charts(args: &Args, figures: &[Figure], dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    let present = |cluster: bool| -> Vec<&str> {
+        args.systems
+            .iter()
+            .map(String::as_str)
+            .filter(|s| CLUSTER_SYSTEMS.contains(s) == cluster)
+            .filter(|s| figures.iter().any(|f| f.system == *s))
+            .collect()
+    };
+    let sets = [
+        ("single-", present(false), "one machine, medians"),
+        ("cluster-", present(true), "3-node NATS cluster, medians"),
+    ];
+    for (prefix, systems, note) in sets {
+        if systems.is_empty() {
+            continue;
+        }
+        for (name, svg) in chart::charts(figures, &systems, &args.scenarios, prefix, note) {
+            let path = dir.join(&name);
+            std::fs::write(&path, svg)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }

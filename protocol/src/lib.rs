@@ -18,8 +18,9 @@ pub mod topic;
 
 pub use error::ErrorCode;
 pub use reply::{
-    format_time_ms, ConsumerInfo, DeadLetter, EventBody, EventFrame, EventsKind, EventsReply,
-    PresenceChange, PresentClient, ReceivedEvent, Reply, Stats, StoredEvent, TopicInfo,
+    format_time_ms, ClusterInfo, ConsumerInfo, DeadLetter, EventBody, EventFrame, EventsKind,
+    EventsReply, PeerInfo, PresenceChange, PresentClient, ReceivedEvent, Reply, Stats, StoredEvent,
+    TopicInfo,
 };
 pub use request::{
     json_nesting_exceeds, now_ms, parse_request, valid_client_id, Id, Mode, NewEvent, Page,

@@ -25,7 +25,8 @@ pub enum Reply {
         duplicate: bool,
     },
     ConsumerInfo(ConsumerInfo),
-    Stats(Stats),
+    /// Boxed: the largest reply by far, and rare.
+    Stats(Box<Stats>),
     /// One page of topics; `next_cursor`, when present, asks for the next one.
     Topics {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +338,14 @@ pub struct ConsumerInfo {
     pub gapped: u64,
     /// Connections attached now.
     pub attached: u64,
+    /// Events handed to its subscribers (redeliveries included): since the broker started
+    /// on the embedded backend, for the consumer's life on the cluster.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Since when nobody has been attached (RFC 3339); absent while someone is. On the
+    /// cluster backend: its last delivery, when no connection of this node holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_since: Option<String>,
 }
 
 /// The answer to `stats`: the broker at a glance.
@@ -356,6 +365,46 @@ pub struct Stats {
     pub topics: u64,
     pub consumers: u64,
     pub connections: u64,
+    /// Totals since this broker (node) started: events stored, event frames sent, events
+    /// acked and dead-lettered. Two `stats` a second apart give the rates.
+    #[serde(default)]
+    pub published_total: u64,
+    #[serde(default)]
+    pub delivered_total: u64,
+    #[serde(default)]
+    pub acked_total: u64,
+    #[serde(default)]
+    pub dead_lettered_total: u64,
+    /// `log` (the embedded log) or `nats` (the cluster backend).
+    #[serde(default)]
+    pub backend: String,
+    /// The cluster backend's NATS state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// What a wharf node on the cluster backend knows of its NATS cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ClusterInfo {
+    /// The NATS server this node is connected to, if any.
+    pub server: Option<String>,
+    pub stream: String,
+    pub replicas: usize,
+    /// The stream's Raft leader.
+    pub leader: Option<String>,
+    /// Every replica of the stream: the leader and its followers.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// One replica of the cluster's stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerInfo {
+    pub name: String,
+    pub leader: bool,
+    /// Whether it is caught up with the leader.
+    pub current: bool,
+    /// Operations it is behind.
+    pub lag: u64,
 }
 
 /// One topic in the answer to `topics`.

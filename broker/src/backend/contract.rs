@@ -136,6 +136,8 @@ pub struct StoreStats {
     pub state_bytes: u64,
     pub topics: u64,
     pub consumers: u64,
+    /// The cluster backend's NATS state.
+    pub cluster: Option<wharf_protocol::ClusterInfo>,
 }
 
 /// Why a backend refused or failed a request; each maps to one wire error code.

@@ -127,6 +127,14 @@ impl Backend {
         }
     }
 
+    /// Its name in `stats`: `log` or `nats`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Log(_) => "log",
+            Backend::Nats(_) => "nats",
+        }
+    }
+
     /// `Ok` when requests can be served; otherwise why not (for `/readyz`).
     pub fn ready(&self) -> Result<(), String> {
         match self {

@@ -42,8 +42,14 @@ impl Session {
                 .ctx
                 .connections
                 .load(std::sync::atomic::Ordering::Relaxed),
+            published_total: metrics::published().total(),
+            delivered_total: metrics::delivered().total(),
+            acked_total: metrics::acked().total(),
+            dead_lettered_total: metrics::dead_lettered().total(),
+            backend: self.ctx.backend.kind().to_owned(),
+            cluster: store.cluster,
         };
-        self.send(Reply::Stats(stats)).await
+        self.send(Reply::Stats(Box::new(stats))).await
     }
 
     pub(super) async fn topics(&mut self, id: Option<Id>, page: Page) -> Result<(), Closed> {

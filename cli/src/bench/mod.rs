@@ -3,6 +3,7 @@
 //! percentiles, the broker's RSS. Figures compare within one run on one machine; they are
 //! never asserted. `bench/` in the workspace runs the same scenarios against NATS and Redis.
 
+mod histogram;
 mod history;
 mod scenarios;
 mod target;
@@ -93,6 +94,9 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also draw the run's latencies as an SVG histogram into FILE.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<std::path::PathBuf>,
 }
 
 /// What one scenario run measured.
@@ -206,6 +210,14 @@ fn report(args: &BenchArgs, mut outcome: Outcome, broker_rss: Option<u64>) -> an
     });
     if let Some(map) = result.as_object_mut() {
         map.extend(std::mem::take(&mut outcome.extra));
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "wharf bench {}: {count} events, latency per event",
+            args.scenario.name()
+        );
+        std::fs::write(path, histogram::latency_svg(latencies, &title))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     if args.json {
         println!("{result}");

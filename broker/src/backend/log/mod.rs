@@ -200,6 +200,11 @@ impl LogBackend {
             dead_lettered: info.dead_lettered,
             gapped: info.gapped,
             attached: info.attached as u64,
+            delivered: info.delivered,
+            inactive_since: info.idle_since.map(|since| {
+                let idle = u64::try_from(since.elapsed().as_millis()).unwrap_or(0);
+                wharf_protocol::format_time_ms(wharf_protocol::now_ms().saturating_sub(idle))
+            }),
         })
     }
 
@@ -231,6 +236,7 @@ impl LogBackend {
             state_bytes: store.state.size_on_disk(),
             topics: store.feed.topics().len() as u64,
             consumers: store.consumers.len() as u64,
+            cluster: None,
         }
     }
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use wharf_protocol::{Pattern, Start, TopicInfo};
+use wharf_protocol::{ClusterInfo, Pattern, PeerInfo, Start, TopicInfo};
 
 use crate::backend::contract::{BackendError, Confirming, NewEvent, Published, StoreStats, Stored};
 use crate::backend::presence::Presence;
@@ -234,7 +234,11 @@ impl NatsBackend {
                 // Each batch answers for itself: one that failed does not fail the others.
                 stored.push(match refused {
                     Some(e) => Stored::Refused(e),
-                    None => Stored::Events(events),
+                    None => {
+                        let new = events.iter().filter(|p| !p.duplicate).count();
+                        metrics::published().increment(new as u64);
+                        Stored::Events(events)
+                    }
                 });
             }
             Ok(stored)
@@ -330,6 +334,7 @@ impl NatsBackend {
                                 duplicate: false,
                             })
                             .collect();
+                        metrics::published().increment(n as u64);
                         Ok(vec![Stored::Events(events)])
                     }
                     _ => Err(BackendError::failed(format!(
@@ -431,7 +436,12 @@ impl NatsBackend {
     }
 
     pub async fn stats(&self) -> Result<StoreStats, BackendError> {
-        let state = self.stream_state().await?;
+        let mut stream = self.stream().await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("cannot read the stream", e))?;
+        let state = &info.state;
         Ok(StoreStats {
             head_seq: state.last_sequence,
             first_seq: state.first_sequence.max(1),
@@ -440,7 +450,39 @@ impl NatsBackend {
             state_bytes: 0,
             topics: state.subjects_count,
             consumers: state.consumer_count as u64,
+            cluster: Some(self.cluster_info(&info.cluster)),
         })
+    }
+
+    /// This node's view of the NATS cluster: its server, the stream's leader and replicas.
+    fn cluster_info(&self, cluster: &Option<jetstream::stream::ClusterInfo>) -> ClusterInfo {
+        let server = self.inner.client.server_info();
+        let leader = cluster.as_ref().and_then(|c| c.leader.clone());
+        let mut peers: Vec<PeerInfo> = Vec::new();
+        if let Some(c) = cluster {
+            if let Some(name) = &c.leader {
+                peers.push(PeerInfo {
+                    name: name.clone(),
+                    leader: true,
+                    current: true,
+                    lag: 0,
+                });
+            }
+            peers.extend(c.replicas.iter().map(|r| PeerInfo {
+                name: r.name.clone(),
+                leader: false,
+                current: r.current && !r.offline,
+                lag: r.lag.unwrap_or(0),
+            }));
+        }
+        ClusterInfo {
+            server: (!server.server_name.is_empty())
+                .then(|| format!("{} ({}:{})", server.server_name, server.host, server.port)),
+            stream: self.settings().stream.clone(),
+            replicas: self.settings().replicas,
+            leader,
+            peers,
+        }
     }
 
     /// The per-consumer series for `/metrics`, for the first `limit` consumers by name.

@@ -513,6 +513,7 @@ async fn info(backend: &NatsBackend, name: &str) -> Result<Option<ConsumerInfo>,
     };
     let local = backend.local_of(name);
     let mode = local.as_ref().map_or(Mode::Exclusive, |l| *lock(&l.mode));
+    let attached = local.as_ref().map_or(0, |l| l.attached() as u64);
     Ok(Some(ConsumerInfo {
         id: None,
         consumer: name.to_owned(),
@@ -545,6 +546,12 @@ async fn info(backend: &NatsBackend, name: &str) -> Result<Option<ConsumerInfo>,
         gapped: local
             .as_ref()
             .map_or(0, |l| l.gapped.load(std::sync::atomic::Ordering::Relaxed)),
-        attached: local.map_or(0, |l| l.attached() as u64),
+        attached,
+        delivered: info.delivered.consumer_sequence,
+        inactive_since: (attached == 0)
+            .then_some(info.delivered.last_active)
+            .flatten()
+            .and_then(|at| u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok())
+            .map(wharf_protocol::format_time_ms),
     }))
 }

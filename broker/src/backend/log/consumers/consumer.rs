@@ -55,6 +55,8 @@ pub(super) struct Inner {
     /// The highest seq delivered for the first time, and the value last saved.
     pub(super) delivered_through: u64,
     pub(super) mark_saved: u64,
+    /// Events handed to its subscribers since the broker started (redeliveries included).
+    pub(super) delivered: u64,
 }
 
 /// The attachment of `generation` in `list`. A function of the list, not of `Inner`, so that
@@ -104,6 +106,9 @@ pub struct Info {
     pub dead_lettered: u64,
     pub gapped: u64,
     pub attached: usize,
+    pub delivered: u64,
+    /// Since when nobody has been attached (`None`: someone is).
+    pub idle_since: Option<Instant>,
 }
 
 /// Why an attach was refused.
@@ -144,6 +149,7 @@ impl Consumer {
                 delivered_through: 0,
                 mark_saved: 0,
                 dead_lettering: BTreeSet::new(),
+                delivered: 0,
             }),
         }
     }
@@ -286,6 +292,8 @@ impl Consumer {
             dead_lettered: inner.state.dead_lettered,
             gapped: inner.state.gapped,
             attached: inner.attachments.len(),
+            delivered: inner.delivered,
+            idle_since: inner.idle_since,
         }
     }
 }

@@ -91,6 +91,7 @@ impl Consumer {
     /// The frame of delivery `count` of `seq` reached the connection's queue: count it.
     pub fn handed_over(&self, seq: u64, count: u32) {
         let mut inner = self.lock();
+        inner.delivered += 1;
         if inner.state.is_acked(seq) {
             return;
         }
