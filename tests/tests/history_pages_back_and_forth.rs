@@ -238,14 +238,14 @@ async fn history_skips_what_retention_removed(backend: Backend) {
 
 wharf_tests::conformance!(
     history_pages_through_a_topic,
-    history_skips_what_retention_removed
+    history_skips_what_retention_removed,
+    history_needs_subscribe_rights
 );
 
 const READER: &str = "reader-token-0123456789";
 
 /// `history`, `last` and `presence` need the rights of a subscribe to their pattern.
-#[tokio::test]
-async fn history_needs_subscribe_rights() {
+async fn history_needs_subscribe_rights(backend: Backend) {
     let (_tmp, data) = data_dir();
     let hash = Command::new(wharf_bin())
         .args(["token", "hash", READER])
@@ -255,7 +255,7 @@ async fn history_needs_subscribe_rights() {
     let config = format!(
         "[auth]\nenabled = true\n[[auth.tokens]]\nname = \"reader\"\nsha256 = \"{hash}\"\npublish = [\">\"]\nsubscribe = [\"room.>\"]\n"
     );
-    let broker = Broker::start(&data, &config);
+    let broker = backend.start(&data, &config);
     let mut c = broker.client().await;
     let ok = c.reply(json!({"op":"auth","id":0,"token":READER})).await;
     assert_eq!(ok["type"], "ok", "{ok}");

@@ -207,7 +207,8 @@ async fn presence_is_bounded_and_checked(backend: Backend) {
 
 wharf_tests::conformance!(
     presence_counts_clients_and_tells_joins_and_leaves,
-    presence_is_bounded_and_checked
+    presence_is_bounded_and_checked,
+    a_jwt_names_the_client
 );
 
 const SECRET: &[u8] = b"a shared secret of at least thirty-two bytes";
@@ -228,7 +229,7 @@ fn jwt(sub: &str) -> String {
     sign_hs256(SECRET, &claims).expect("sign")
 }
 
-fn jwt_broker(dir: &Path) -> Broker {
+fn jwt_broker(backend: Backend, dir: &Path) -> Broker {
     std::fs::create_dir_all(dir).expect("make the test dir");
     let secret = dir.join("jwt.secret");
     std::fs::write(&secret, SECRET).expect("write the secret");
@@ -237,14 +238,13 @@ fn jwt_broker(dir: &Path) -> Broker {
          default_subscribe = [\"room.>\"]\n",
         secret.display().to_string()
     );
-    Broker::start(&dir.join("data"), &config)
+    backend.start(&dir.join("data"), &config)
 }
 
 /// With a JWT the client id is the token's `sub`: a hello naming another is forbidden.
-#[tokio::test]
-async fn a_jwt_names_the_client() {
+async fn a_jwt_names_the_client(backend: Backend) {
     let (_tmp, dir) = data_dir();
-    let broker = jwt_broker(&dir);
+    let broker = jwt_broker(backend, &dir);
     let mut ana = broker.client().await;
     let ok = ana
         .reply(json!({"op":"auth","id":0,"token":jwt("ana")}))
