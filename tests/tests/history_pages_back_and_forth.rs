@@ -280,12 +280,15 @@ async fn history_needs_subscribe_rights(backend: Backend) {
     }
 }
 
+/// A tiny cache: events come from the segments, the newest (not yet indexed) ones too.
+const TINY_CACHE: &str = "cache_events = 8";
+
 /// The per-topic index is part of the view: after a restart, and after the view is rebuilt
 /// from the log, history answers the same.
 #[tokio::test]
 async fn history_survives_restarts_and_a_rebuilt_view() {
     let (_tmp, data) = data_dir();
-    let mut broker = Broker::start(&data, "");
+    let mut broker = Broker::start(&data, TINY_CACHE);
     let mut c = broker.client().await;
     let by_topic = publish_round_robin(&mut c, &["a", "b"], 200).await;
     let ask = json!({"op":"history","id":"h","topic":"a","limit":1000});
@@ -293,13 +296,13 @@ async fn history_survives_restarts_and_a_rebuilt_view() {
     assert_eq!(seqs_of(&before), by_topic[0]);
     drop(c);
     broker.kill9();
-    let mut broker = Broker::start(&data, "");
+    let mut broker = Broker::start(&data, TINY_CACHE);
     let mut c = broker.client().await;
     assert_eq!(seqs_of(&c.reply(ask.clone()).await), by_topic[0]);
     drop(c);
     broker.terminate();
     std::fs::remove_dir_all(data.join("state")).expect("remove the view");
-    let broker = Broker::start(&data, "");
+    let broker = Broker::start(&data, TINY_CACHE);
     let mut c = broker.client().await;
     assert_eq!(seqs_of(&c.reply(ask).await), by_topic[0]);
 }

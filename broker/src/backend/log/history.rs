@@ -12,9 +12,9 @@ use super::state::StateView;
 use super::LogBackend;
 use crate::backend::contract::{BackendError, EventsPage, HistoryFrom};
 
-/// The most events read past what the index covers (it lags the log by at most a few
-/// thousand events; a view writer far behind makes history answer from what is indexed).
-const TAIL_MAX: u64 = 1 << 20;
+/// Events read at a time past what the index covers (it lags the log by a few thousand
+/// events at most, unless the view's writer is far behind).
+const TAIL_BATCH: usize = 4096;
 
 impl LogBackend {
     pub async fn history(
@@ -172,7 +172,8 @@ impl Reader<'_> {
     }
 
     /// Seqs of the events matching `pattern` above `indexed` and below `below` (which the
-    /// index may not hold yet), oldest first.
+    /// index may not hold yet), oldest first. Read a batch at a time, keeping only the
+    /// matching seqs: however far the view lags, memory stays small.
     fn tail(
         &self,
         pattern: &Pattern,
@@ -180,28 +181,38 @@ impl Reader<'_> {
         below: u64,
         first: u64,
     ) -> Result<Vec<u64>, BackendError> {
-        let from = (indexed + 1).max(first).max(below.saturating_sub(TAIL_MAX));
-        if from >= below {
-            return Ok(Vec::new());
-        }
-        let last = below - 1;
-        let want = usize::try_from(below - from).unwrap_or(usize::MAX);
-        let events = match self.feed.cached(from, last, want) {
-            Some(events) if events.first().is_some_and(|ev| ev.seq == from) => events,
-            _ => {
-                let mut cursor = self.log.cursor(from);
-                let mut out = Vec::new();
-                cursor
-                    .read(last, want, &mut out)
-                    .map_err(BackendError::failed)?;
-                out
+        let mut next = (indexed + 1).max(first);
+        let mut out = Vec::new();
+        let mut cursor = None;
+        let mut batch = Vec::new();
+        while next < below {
+            let want = usize::try_from(below - next).unwrap_or(TAIL_BATCH).min(TAIL_BATCH);
+            let last = below - 1;
+            batch.clear();
+            match self.feed.cached(next, last, want) {
+                Some(events) if events.first().is_some_and(|ev| ev.seq == next) => {
+                    batch = events;
+                }
+                _ => {
+                    let cursor = cursor.get_or_insert_with(|| self.log.cursor(next));
+                    cursor.seek(next);
+                    cursor
+                        .read(last, want, &mut batch)
+                        .map_err(BackendError::failed)?;
+                }
             }
-        };
-        Ok(events
-            .iter()
-            .filter(|ev| ev.seq < below && pattern.matches(&ev.topic))
-            .map(|ev| ev.seq)
-            .collect())
+            let Some(newest) = batch.last().map(|ev| ev.seq) else {
+                break;
+            };
+            out.extend(
+                batch
+                    .iter()
+                    .filter(|ev| ev.seq < below && pattern.matches(&ev.topic))
+                    .map(|ev| ev.seq),
+            );
+            next = newest + 1;
+        }
+        Ok(out)
     }
 
     /// The events with these seqs (ascending), from the cache or the segments; one that
