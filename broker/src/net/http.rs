@@ -1,6 +1,6 @@
 //! The front door: every connection starts as HTTP. A WebSocket upgrade on `/ws` goes on to
-//! a session; anything else is answered here: the demo page (`/`), the chat page (`/chat`)
-//! and the browser client (`/wharf.js`), all embedded in the binary; `/healthz`, `/readyz`
+//! a session; anything else is answered here: the demo page (`/`), the chat page (`/chat`),
+//! the console (`/admin`) and the browser client (`/wharf.js`), all embedded in the binary; `/healthz`, `/readyz`
 //! and `/metrics` for operators; `POST /v1/publish/{topic}` for curl, webhooks and cron jobs.
 
 use std::io;
@@ -21,6 +21,8 @@ pub const CLIENT_JS: &str = include_str!("../../../clients/js/wharf.js");
 pub const DEMO_HTML: &str = include_str!("../../../clients/js/demo.html");
 /// The durable chat page (history, presence), served at `/chat`.
 pub const CHAT_HTML: &str = include_str!("../../../clients/js/chat.html");
+/// The operator's console (rates, log, topics, consumers, seek, delete), served at `/admin`.
+pub const ADMIN_HTML: &str = include_str!("../../../clients/js/admin.html");
 
 /// The most a request head may take.
 const MAX_HEAD: usize = 16 * 1024;
@@ -164,7 +166,13 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
     }
     let known = matches!(
         path,
-        "/" | "/index.html" | "/chat" | "/wharf.js" | "/healthz" | "/readyz" | "/metrics"
+        "/" | "/index.html"
+            | "/chat"
+            | "/admin"
+            | "/wharf.js"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics"
     ) || path == wharf_protocol::WS_PATH;
     if !get {
         if !known {
@@ -183,6 +191,7 @@ async fn answer(req: hyper::Request<hyper::body::Incoming>, ctx: &Arc<context::C
     match path {
         "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", DEMO_HTML),
         "/chat" => reply(StatusCode::OK, "text/html; charset=utf-8", CHAT_HTML),
+        "/admin" => reply(StatusCode::OK, "text/html; charset=utf-8", ADMIN_HTML),
         "/wharf.js" => reply(StatusCode::OK, "text/javascript; charset=utf-8", CLIENT_JS),
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" => match ctx.backend.ready() {
