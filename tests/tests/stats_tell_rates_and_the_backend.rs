@@ -13,7 +13,12 @@ async fn stats_count_what_went_through(backend: Backend) {
     let broker = backend.start(&data, "");
     let mut c = broker.client().await;
     let before = c.reply(json!({"op":"stats","id":0})).await;
-    for total in ["published_total", "delivered_total", "acked_total", "dead_lettered_total"] {
+    for total in [
+        "published_total",
+        "delivered_total",
+        "acked_total",
+        "dead_lettered_total",
+    ] {
         assert_eq!(before[total], 0, "{total} of a fresh broker: {before}");
     }
     let mut worker = broker.client().await;
@@ -45,7 +50,11 @@ async fn stats_count_what_went_through(backend: Backend) {
             let cluster = &after["cluster"];
             assert!(cluster["server"].as_str().is_some(), "{after}");
             let peers = cluster["peers"].as_array().expect("peers");
-            assert_eq!(peers.len() as u64, cluster["replicas"].as_u64().unwrap(), "{after}");
+            assert_eq!(
+                peers.len() as u64,
+                cluster["replicas"].as_u64().unwrap(),
+                "{after}"
+            );
             assert_eq!(
                 peers.iter().filter(|p| p["leader"] == true).count(),
                 1,
@@ -66,7 +75,9 @@ async fn stats_count_what_went_through(backend: Backend) {
             .reply(json!({"op":"consumer_info","id":3,"consumer":"workers"}))
             .await;
         if info["attached"] == 0 {
-            let since = info["inactive_since"].as_str().unwrap_or_else(|| panic!("{info}"));
+            let since = info["inactive_since"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{info}"));
             assert!(since.ends_with('Z'), "{info}");
             break;
         }

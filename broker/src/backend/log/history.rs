@@ -186,7 +186,9 @@ impl Reader<'_> {
         let mut cursor = None;
         let mut batch = Vec::new();
         while next < below {
-            let want = usize::try_from(below - next).unwrap_or(TAIL_BATCH).min(TAIL_BATCH);
+            let want = usize::try_from(below - next)
+                .unwrap_or(TAIL_BATCH)
+                .min(TAIL_BATCH);
             let last = below - 1;
             batch.clear();
             match self.feed.cached(next, last, want) {

@@ -1,0 +1,675 @@
+//! The task that owns the WebSocket: sends requests and matches their replies by id, routes
+//! events and notices to subscriptions, and reconnects.
+//!
+//! After a reconnect it says `hello` again, resubscribes every subscription (durable by
+//! name; ephemeral from the seq after the last one delivered), then sends again, in id
+//! order, every request that was not answered and may be: publishes (each carries a
+//! `msg_id`, so the broker stores it once) and reads. Settles and other writes still
+//! unanswered fail with [`Error::Closed`]: what they would have settled is delivered again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wharf_protocol::{ErrorCode, Id, Reply, Request};
+
+use crate::options::{Options, Token};
+use crate::subscription::{Delivery, Incoming, Spec};
+use crate::{id_of, Error};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Where a subscription's first outcome goes: its local id and first `start_seq`.
+pub(crate) type Subscribed = oneshot::Sender<Result<(u64, Option<u64>), Error>>;
+
+/// What a [`crate::Client`] asks of its driver.
+pub(crate) enum Command {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Result<String, Error>>,
+    },
+    Hello {
+        request: Request,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Subscribe {
+        spec: Spec,
+        events: mpsc::UnboundedSender<Incoming>,
+        reply: Subscribed,
+    },
+    Unsubscribe {
+        local: u64,
+    },
+    /// A fresh token for this connection (nobody waits for the reply).
+    Auth(Request),
+    Close,
+}
+
+/// A request sent (or waiting for the connection), by what is to be done with its reply.
+enum Waiting {
+    /// Sent again after a reconnect until answered.
+    Publish(oneshot::Sender<Result<String, Error>>),
+    Read(oneshot::Sender<Result<String, Error>>),
+    /// Fails with `Closed` if the connection drops first.
+    Write(oneshot::Sender<Result<String, Error>>),
+    Hello(Option<oneshot::Sender<Result<(), Error>>>),
+    Subscribe(u64),
+    /// Nobody waits for it (an unsubscribe, a fresh token).
+    Internal,
+}
+
+struct Pending {
+    request: Request,
+    waiting: Waiting,
+}
+
+struct Sub {
+    spec: Spec,
+    events: mpsc::UnboundedSender<Incoming>,
+    /// The broker's id for it on the current connection.
+    server: Option<String>,
+    /// Ephemeral: where to resubscribe from.
+    resume: Option<u64>,
+    /// Waiting for its first `subscribed`.
+    first: Option<Subscribed>,
+}
+
+/// The head of every broker frame.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    id: Option<Id>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    consumer: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EventIn<'a> {
+    sub: String,
+    #[serde(default)]
+    consumer: Option<String>,
+    seq: u64,
+    topic: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    published_at: String,
+    delivery: u32,
+}
+
+struct Driver {
+    options: Options,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// For deliveries to settle through, without keeping the client alive.
+    link: mpsc::WeakUnboundedSender<Command>,
+    next_id: u64,
+    pending: BTreeMap<u64, Pending>,
+    subs: BTreeMap<u64, Sub>,
+    by_server: HashMap<String, u64>,
+    hello: Option<Request>,
+    publishes: usize,
+    next_url: usize,
+}
+
+/// Connects (within `options.connect_timeout`) and starts the driver.
+pub(crate) async fn start(options: Options) -> Result<mpsc::UnboundedSender<Command>, Error> {
+    if options.urls.is_empty() {
+        return Err(Error::Invalid("no broker URL given".into()));
+    }
+    let mut next_url = 0;
+    let deadline = tokio::time::Instant::now() + options.connect_timeout;
+    let mut backoff = options.min_backoff;
+    let ws = loop {
+        let url = &options.urls[next_url % options.urls.len()];
+        next_url += 1;
+        let why = match tokio::time::timeout_at(deadline, open(url, &options.token)).await {
+            Ok(Ok(ws)) => break ws,
+            Ok(Err(why)) => why,
+            Err(_) => format!("{url}: no answer in time"),
+        };
+        if tokio::time::Instant::now() + backoff >= deadline {
+            return Err(Error::Connect(why));
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(options.max_backoff);
+    };
+    let (commands, receiver) = mpsc::unbounded_channel();
+    let driver = Driver {
+        options,
+        commands: receiver,
+        link: commands.downgrade(),
+        next_id: 0,
+        pending: BTreeMap::new(),
+        subs: BTreeMap::new(),
+        by_server: HashMap::new(),
+        hello: None,
+        publishes: 0,
+        next_url,
+    };
+    tokio::spawn(driver.run(ws));
+    Ok(commands)
+}
+
+/// Opens a WebSocket to `url`, with the token as `Authorization: Bearer`.
+async fn open(url: &str, token: &Option<Token>) -> Result<Ws, String> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("invalid url {url}: {e}"))?;
+    let token = match token {
+        None => None,
+        Some(Token::Static(t)) => Some(t.clone()),
+        Some(Token::Fresh(source)) => Some(source().await.map_err(|e| format!("no token: {e}"))?),
+    };
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token holds characters a header cannot carry".to_owned())?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok(ws)
+}
+
+/// `wait` give or take half, so that clients a broker restart dropped together do not
+/// come back together.
+fn jitter(wait: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let r = match getrandom::fill(&mut byte) {
+        Ok(()) => f64::from(byte[0]) / 255.0,
+        Err(_) => 0.5,
+    };
+    wait.mul_f64(0.5 + r)
+}
+
+/// Why the connection's service ended.
+enum Ended {
+    Lost,
+    Closed,
+}
+
+impl Driver {
+    async fn run(mut self, ws: Ws) {
+        let mut ws = Some(ws);
+        loop {
+            let conn = match ws.take() {
+                Some(conn) => conn,
+                None => match self.reconnect().await {
+                    Some(conn) => conn,
+                    None => break,
+                },
+            };
+            let (mut sink, mut stream) = conn.split();
+            if self.resume(&mut sink).await.is_err() {
+                self.lost();
+                continue;
+            }
+            match self.serve(&mut sink, &mut stream).await {
+                Ended::Lost => self.lost(),
+                Ended::Closed => {
+                    let _closing = sink.close().await;
+                    break;
+                }
+            }
+        }
+        self.fail_all();
+    }
+
+    /// Tries the URLs in turn with backoff, serving commands meanwhile (publishes queue);
+    /// `None` once the client is closed.
+    async fn reconnect(&mut self) -> Option<Ws> {
+        let mut backoff = self.options.min_backoff;
+        loop {
+            let url = self.options.urls[self.next_url % self.options.urls.len()].clone();
+            self.next_url += 1;
+            let token = self.options.token.clone();
+            let wait = jitter(backoff);
+            let attempt = async move {
+                tokio::time::sleep(wait).await;
+                open(&url, &token).await
+            };
+            tokio::pin!(attempt);
+            loop {
+                tokio::select! {
+                    opened = &mut attempt => match opened {
+                        Ok(ws) => return Some(ws),
+                        Err(_) => break,
+                    },
+                    command = self.commands.recv() => match command {
+                        None | Some(Command::Close) => return None,
+                        Some(command) => {
+                            // Sent once connected (or refused now: a full queue).
+                            let _later = self.accept(command);
+                        }
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(self.options.max_backoff);
+        }
+    }
+
+    /// Takes a command: registers what it waits for (to be sent when connected).
+    /// Returns the id to send now, if any.
+    fn accept(&mut self, command: Command) -> Option<u64> {
+        let (request, waiting) = match command {
+            Command::Close => return None,
+            Command::Request { request, reply } => {
+                let waiting = match request {
+                    Request::Publish { .. } | Request::PublishBatch { .. } => {
+                        if self.publishes >= self.options.max_queued {
+                            let _told = reply.send(Err(Error::QueueFull(self.publishes)));
+                            return None;
+                        }
+                        self.publishes += 1;
+                        Waiting::Publish(reply)
+                    }
+                    Request::History { .. }
+                    | Request::Last { .. }
+                    | Request::Presence { .. }
+                    | Request::Stats { .. }
+                    | Request::Topics { .. }
+                    | Request::Consumers { .. }
+                    | Request::ConsumerInfo { .. }
+                    | Request::Ping { .. } => Waiting::Read(reply),
+                    Request::Subscribe { .. } | Request::Hello { .. } | Request::Auth { .. } => {
+                        let _told = reply.send(Err(Error::Invalid(
+                            "use Client::subscribe, Client::hello, or Options' token".into(),
+                        )));
+                        return None;
+                    }
+                    _ => Waiting::Write(reply),
+                };
+                (request, waiting)
+            }
+            Command::Hello { request, reply } => {
+                self.hello = Some(request.clone());
+                (request, Waiting::Hello(Some(reply)))
+            }
+            Command::Subscribe {
+                spec,
+                events,
+                reply,
+            } => {
+                self.next_id += 1;
+                let local = self.next_id;
+                let request = spec.request(None);
+                self.subs.insert(
+                    local,
+                    Sub {
+                        spec,
+                        events,
+                        server: None,
+                        resume: None,
+                        first: Some(reply),
+                    },
+                );
+                (request, Waiting::Subscribe(local))
+            }
+            Command::Auth(request) => (request, Waiting::Internal),
+            Command::Unsubscribe { local } => {
+                let sub = self.subs.remove(&local)?;
+                let server = sub.server?;
+                self.by_server.remove(&server);
+                (
+                    Request::Unsubscribe {
+                        id: None,
+                        sub: server,
+                    },
+                    Waiting::Internal,
+                )
+            }
+        };
+        Some(self.register(request, waiting))
+    }
+
+    fn register(&mut self, mut request: Request, waiting: Waiting) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        set_id(&mut request, id_of(id));
+        self.pending.insert(id, Pending { request, waiting });
+        id
+    }
+
+    async fn send(
+        &mut self,
+        sink: &mut SplitSink<Ws, Message>,
+        id: u64,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        match self.pending.get(&id) {
+            Some(p) => sink.send(Message::text(p.request.to_json())).await,
+            None => Ok(()),
+        }
+    }
+
+    /// On a new connection: hello, every subscription again, then what was not answered.
+    async fn resume(
+        &mut self,
+        sink: &mut SplitSink<Ws, Message>,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        let unanswered: Vec<u64> = self.pending.keys().copied().collect();
+        if let Some(hello) = self.hello.clone() {
+            // A hello still waiting is among the unanswered; one answered before is said again.
+            let waiting = self
+                .pending
+                .values()
+                .any(|p| matches!(p.waiting, Waiting::Hello(_)));
+            if !waiting {
+                let id = self.register(hello, Waiting::Hello(None));
+                self.send(sink, id).await?;
+            }
+        }
+        let locals: Vec<u64> = self
+            .subs
+            .iter()
+            .filter(|(local, _)| {
+                !self
+                    .pending
+                    .values()
+                    .any(|p| matches!(p.waiting, Waiting::Subscribe(l) if l == **local))
+            })
+            .map(|(local, _)| *local)
+            .collect();
+        for local in locals {
+            let Some(sub) = self.subs.get(&local) else {
+                continue;
+            };
+            let request = sub.spec.request(sub.resume);
+            let id = self.register(request, Waiting::Subscribe(local));
+            self.send(sink, id).await?;
+        }
+        for id in unanswered {
+            self.send(sink, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn serve(
+        &mut self,
+        sink: &mut SplitSink<Ws, Message>,
+        stream: &mut SplitStream<Ws>,
+    ) -> Ended {
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Close) => return Ended::Closed,
+                    Some(command) => {
+                        if let Some(id) = self.accept(command) {
+                            if self.send(sink, id).await.is_err() {
+                                return Ended::Lost;
+                            }
+                        }
+                    }
+                },
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(id) = self.frame(text.as_str()) {
+                            if self.send(sink, id).await.is_err() {
+                                return Ended::Lost;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ended::Lost,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+
+    /// One broker frame. Returns a request to send because of it (a fresh token).
+    fn frame(&mut self, text: &str) -> Option<u64> {
+        let Ok(head) = serde_json::from_str::<Head>(text) else {
+            return None;
+        };
+        match head.kind {
+            "event" => {
+                self.event(text);
+                None
+            }
+            "gap" => {
+                // For every subscription of that consumer.
+                let reply: Option<Reply> = serde_json::from_str(text).ok();
+                if let (Some(reply), Some(consumer)) = (reply, head.consumer) {
+                    for sub in self.subs.values() {
+                        if sub.spec.consumer.as_deref() == Some(&consumer) {
+                            let _gone = sub.events.send(Incoming::Notice(reply.clone()));
+                        }
+                    }
+                }
+                None
+            }
+            "lost" | "join" | "leave" | "unsubscribed" => {
+                let local = head.sub.and_then(|s| self.by_server.get(&s).copied())?;
+                let reply: Reply = serde_json::from_str(text).ok()?;
+                if head.kind == "unsubscribed" {
+                    // The broker ended it: it is not made again.
+                    if let Some(sub) = self.subs.remove(&local) {
+                        let _gone = sub.events.send(Incoming::Notice(reply));
+                    }
+                } else if let Some(sub) = self.subs.get(&local) {
+                    let _gone = sub.events.send(Incoming::Notice(reply));
+                }
+                None
+            }
+            "token_expiring" => self.fresh_token(),
+            _ => {
+                let id = head.id.as_ref().and_then(Id::as_u64)?;
+                let pending = self.pending.remove(&id)?;
+                self.answered(pending, head.kind, text);
+                None
+            }
+        }
+    }
+
+    fn event(&mut self, text: &str) {
+        let Ok(ev) = serde_json::from_str::<EventIn>(text) else {
+            return;
+        };
+        let Some(&local) = self.by_server.get(&ev.sub) else {
+            return;
+        };
+        let Some(sub) = self.subs.get_mut(&local) else {
+            return;
+        };
+        if sub.spec.consumer.is_none() {
+            sub.resume = Some(ev.seq + 1);
+        }
+        let delivery = Delivery {
+            seq: ev.seq,
+            topic: ev.topic,
+            payload: ev.payload.to_owned(),
+            published_at: ev.published_at,
+            delivery: ev.delivery,
+            consumer: ev.consumer,
+            link: self.link.clone(),
+        };
+        let _gone = sub.events.send(Incoming::Event(delivery));
+    }
+
+    /// A token is about to expire: with a token source, a fresh one goes in an `auth`.
+    fn fresh_token(&mut self) -> Option<u64> {
+        let Some(Token::Fresh(source)) = self.options.token.clone() else {
+            return None;
+        };
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            if let (Ok(token), Some(commands)) = (source().await, link.upgrade()) {
+                let _sent = commands.send(Command::Auth(Request::Auth { id: None, token }));
+            }
+        });
+        None
+    }
+
+    fn answered(&mut self, pending: Pending, kind: &str, text: &str) {
+        let refused = || -> Error {
+            match serde_json::from_str::<Reply>(text) {
+                Ok(Reply::Error { code, message, .. }) => Error::Refused { code, message },
+                _ => Error::Protocol(format!("unreadable error frame: {text}")),
+            }
+        };
+        let result = if kind == "error" {
+            Err(refused())
+        } else {
+            Ok(text.to_owned())
+        };
+        match pending.waiting {
+            Waiting::Publish(reply) => {
+                self.publishes = self.publishes.saturating_sub(1);
+                let _told = reply.send(result);
+            }
+            Waiting::Read(reply) | Waiting::Write(reply) => {
+                let _told = reply.send(result);
+            }
+            Waiting::Hello(reply) => {
+                if result.is_err() {
+                    self.hello = None;
+                }
+                if let Some(reply) = reply {
+                    let _told = reply.send(result.map(drop));
+                }
+            }
+            Waiting::Subscribe(local) => self.subscribed(local, result),
+            Waiting::Internal => {}
+        }
+    }
+
+    fn subscribed(&mut self, local: u64, result: Result<String, Error>) {
+        let reply = result.and_then(|text| {
+            serde_json::from_str::<Reply>(&text).map_err(|e| Error::Protocol(e.to_string()))
+        });
+        let Some(sub) = self.subs.get_mut(&local) else {
+            return;
+        };
+        match reply {
+            Ok(Reply::Subscribed {
+                sub: server,
+                start_seq,
+                ..
+            }) => {
+                if sub.spec.consumer.is_none() && sub.resume.is_none() {
+                    sub.resume = start_seq;
+                }
+                sub.server = Some(server.clone());
+                self.by_server.insert(server, local);
+                if let Some(first) = sub.first.take() {
+                    let _told = first.send(Ok((local, start_seq)));
+                }
+            }
+            other => {
+                let error = match other {
+                    Err(e) => e,
+                    Ok(reply) => Error::Protocol(format!("unexpected reply {}", reply.to_json())),
+                };
+                if let Some(sub) = self.subs.remove(&local) {
+                    match sub.first {
+                        Some(first) => {
+                            let _told = first.send(Err(error));
+                        }
+                        None => {
+                            let (code, message) = match error {
+                                Error::Refused { code, message } => (code, message),
+                                other => (ErrorCode::Internal, other.to_string()),
+                            };
+                            let notice = Reply::error(None, code, message);
+                            let _gone = sub.events.send(Incoming::Notice(notice));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection dropped: writes waiting for a reply fail; everything else waits for
+    /// the next connection.
+    fn lost(&mut self) {
+        self.by_server.clear();
+        for sub in self.subs.values_mut() {
+            sub.server = None;
+        }
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            let resend = matches!(
+                self.pending.get(&id).map(|p| &p.waiting),
+                Some(Waiting::Publish(_) | Waiting::Read(_) | Waiting::Hello(Some(_)))
+            );
+            if resend {
+                continue;
+            }
+            if let Some(p) = self.pending.remove(&id) {
+                if let Waiting::Write(reply) = p.waiting {
+                    let _told = reply.send(Err(Error::Closed));
+                }
+            }
+        }
+    }
+
+    fn fail_all(&mut self) {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            match p.waiting {
+                Waiting::Publish(reply) | Waiting::Read(reply) | Waiting::Write(reply) => {
+                    let _told = reply.send(Err(Error::Closed));
+                }
+                Waiting::Hello(Some(reply)) => {
+                    let _told = reply.send(Err(Error::Closed));
+                }
+                _ => {}
+            }
+        }
+        for (_, sub) in std::mem::take(&mut self.subs) {
+            if let Some(first) = sub.first {
+                let _told = first.send(Err(Error::Closed));
+            }
+        }
+    }
+}
+
+/// Sets a request's `id`.
+fn set_id(request: &mut Request, new: Id) {
+    match request {
+        Request::Publish { id, .. }
+        | Request::PublishBatch { id, .. }
+        | Request::Subscribe { id, .. }
+        | Request::Ack { id, .. }
+        | Request::Nack { id, .. }
+        | Request::Term { id, .. }
+        | Request::Progress { id, .. }
+        | Request::Seek { id, .. }
+        | Request::ConsumerInfo { id, .. }
+        | Request::DeleteConsumer { id, .. }
+        | Request::Unsubscribe { id, .. }
+        | Request::Ping { id }
+        | Request::Auth { id, .. }
+        | Request::Stats { id }
+        | Request::Topics { id, .. }
+        | Request::Consumers { id, .. }
+        | Request::History { id, .. }
+        | Request::Last { id, .. }
+        | Request::Hello { id, .. }
+        | Request::Presence { id, .. } => *id = Some(new),
+    }
+}
+
+/// Sends `request` through the driver behind `link` and waits for its reply's text.
+pub(crate) async fn request_through(
+    link: &mpsc::WeakUnboundedSender<Command>,
+    request: Request,
+) -> Result<String, Error> {
+    let commands = link.upgrade().ok_or(Error::Closed)?;
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(Command::Request { request, reply })
+        .map_err(|_| Error::Closed)?;
+    drop(commands);
+    answer.await.map_err(|_| Error::Closed)?
+}

@@ -1,0 +1,401 @@
+//! Subscriptions: what to subscribe to ([`Subscribe`]), and what comes of it
+//! ([`Subscription`], a stream of [`Incoming`] events and notices).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use wharf_protocol::{Mode, Pattern, Reply, Request, Start, SubscribeOptions};
+
+use crate::driver::{request_through, Command};
+use crate::{Client, Error};
+
+/// A subscription to make: durable (a named consumer that outlives connections) or
+/// ephemeral (live, from a point on).
+///
+/// ```
+/// use wharf_client::Subscribe;
+/// let durable = Subscribe::durable("billing", ["orders.>"]).max_in_flight(100).auto_ack();
+/// let live = Subscribe::ephemeral(["room.lobby"]).presence().join_leave();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Subscribe {
+    patterns: Vec<String>,
+    consumer: Option<String>,
+    start: Option<Start>,
+    options: SubscribeOptions,
+    presence: bool,
+    join_leave: bool,
+    auto_ack: bool,
+}
+
+/// A checked [`Subscribe`], as the driver keeps it to subscribe again after a reconnect.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    pub patterns: Vec<Pattern>,
+    pub consumer: Option<String>,
+    pub start: Option<Start>,
+    pub options: SubscribeOptions,
+    pub presence: bool,
+    pub join_leave: bool,
+    pub auto_ack: bool,
+}
+
+impl Spec {
+    /// The subscribe request; an ephemeral subscription resumes at `resume` when known.
+    pub(crate) fn request(&self, resume: Option<u64>) -> Request {
+        let start = match (&self.consumer, resume) {
+            (None, Some(seq)) => Some(Start::Seq(seq)),
+            _ => self.start,
+        };
+        Request::Subscribe {
+            id: None,
+            topics: self.patterns.clone(),
+            consumer: self.consumer.clone(),
+            start,
+            options: self.options.clone(),
+            presence: self.presence,
+            join_leave: self.join_leave,
+        }
+    }
+}
+
+impl Subscribe {
+    /// A durable consumer `name` over `patterns` (created at the first subscribe).
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::durable("billing", ["orders.>", "refunds.>"]);
+    /// ```
+    pub fn durable<P: Into<String>>(
+        name: &str,
+        patterns: impl IntoIterator<Item = P>,
+    ) -> Subscribe {
+        Subscribe {
+            consumer: Some(name.to_owned()),
+            ..Subscribe::ephemeral(patterns)
+        }
+    }
+
+    /// A live subscription from now (see [`Subscribe::start`]).
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::ephemeral(["prices.*"]);
+    /// ```
+    pub fn ephemeral<P: Into<String>>(patterns: impl IntoIterator<Item = P>) -> Subscribe {
+        Subscribe {
+            patterns: patterns.into_iter().map(Into::into).collect(),
+            consumer: None,
+            start: None,
+            options: SubscribeOptions::default(),
+            presence: false,
+            join_leave: false,
+            auto_ack: false,
+        }
+    }
+
+    /// Where to begin: `all`, `new`, a seq or a time (a durable consumer: only when made).
+    ///
+    /// ```
+    /// use wharf_protocol::Start;
+    /// let s = wharf_client::Subscribe::ephemeral(["logs.>"]).start(Start::Seq(120));
+    /// ```
+    pub fn start(mut self, start: Start) -> Subscribe {
+        self.start = Some(start);
+        self
+    }
+
+    /// Share the consumer with other shared subscribers (each event to one of them).
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::durable("workers", ["jobs.>"]).shared();
+    /// ```
+    pub fn shared(mut self) -> Subscribe {
+        self.options.mode = Some(Mode::Shared);
+        self
+    }
+
+    /// At most `n` delivered and unsettled events at once.
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::durable("workers", ["jobs.>"]).max_in_flight(10);
+    /// ```
+    pub fn max_in_flight(mut self, n: u32) -> Subscribe {
+        self.options.max_in_flight = Some(n);
+        self
+    }
+
+    /// Redeliver what is not settled within `wait`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let s = wharf_client::Subscribe::durable("w", ["jobs.>"]).ack_wait(Duration::from_secs(5));
+    /// ```
+    pub fn ack_wait(mut self, wait: Duration) -> Subscribe {
+        self.options.ack_wait_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Dead-letter an event after `n` deliveries.
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::durable("w", ["jobs.>"]).max_deliver(5);
+    /// ```
+    pub fn max_deliver(mut self, n: u32) -> Subscribe {
+        self.options.max_deliver = Some(n);
+        self
+    }
+
+    /// Make this connection's client present in the (exact) topics.
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::ephemeral(["room.lobby"]).presence();
+    /// ```
+    pub fn presence(mut self) -> Subscribe {
+        self.presence = true;
+        self
+    }
+
+    /// Receive joins and leaves in the (exact) topics.
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::ephemeral(["room.lobby"]).join_leave();
+    /// ```
+    pub fn join_leave(mut self) -> Subscribe {
+        self.join_leave = true;
+        self
+    }
+
+    /// Ack each event of a durable subscription when the next one is taken (or the
+    /// subscription dropped): at least once, without calling [`Delivery::ack`].
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::durable("audit", ["orders.>"]).auto_ack();
+    /// ```
+    pub fn auto_ack(mut self) -> Subscribe {
+        self.auto_ack = true;
+        self
+    }
+
+    pub(crate) fn into_spec(self) -> Result<Spec, Error> {
+        if self.patterns.is_empty() {
+            return Err(Error::Invalid("subscribe to at least one pattern".into()));
+        }
+        let patterns = self
+            .patterns
+            .iter()
+            .map(|p| Pattern::parse(p).map_err(|e| Error::Invalid(e.0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Spec {
+            patterns,
+            consumer: self.consumer,
+            start: self.start,
+            options: self.options,
+            presence: self.presence,
+            join_leave: self.join_leave,
+            auto_ack: self.auto_ack,
+        })
+    }
+}
+
+/// One event delivered to a subscription.
+#[derive(Debug)]
+pub struct Delivery {
+    pub seq: u64,
+    pub topic: String,
+    /// The publisher's JSON, byte for byte.
+    pub payload: Box<RawValue>,
+    /// RFC 3339, milliseconds.
+    pub published_at: String,
+    /// 1 on first delivery; more on redeliveries.
+    pub delivery: u32,
+    /// The durable consumer; `None` for an ephemeral subscription.
+    pub consumer: Option<String>,
+    /// The client's driver, without keeping the client alive.
+    pub(crate) link: mpsc::WeakUnboundedSender<Command>,
+}
+
+impl Delivery {
+    async fn settle(&self, request: impl FnOnce(String) -> Request) -> Result<(), Error> {
+        let Some(consumer) = &self.consumer else {
+            return Err(Error::Invalid(
+                "an ephemeral subscription's events are not settled".into(),
+            ));
+        };
+        let text = request_through(&self.link, request(consumer.clone())).await?;
+        match serde_json::from_str::<Reply>(&text) {
+            Ok(Reply::Ok { .. }) => Ok(()),
+            _ => Err(Error::Protocol(format!("unexpected reply: {text}"))),
+        }
+    }
+
+    /// Settles the event for good; returns once the ack is durable.
+    ///
+    /// ```no_run
+    /// # async fn demo(d: wharf_client::Delivery) -> Result<(), wharf_client::Error> {
+    /// d.ack().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn ack(&self) -> Result<(), Error> {
+        let seqs = vec![self.seq];
+        self.settle(|consumer| Request::Ack {
+            id: None,
+            consumer,
+            seqs,
+        })
+        .await
+    }
+
+    /// Gives the event back: delivered again after `delay`.
+    ///
+    /// ```no_run
+    /// # async fn demo(d: wharf_client::Delivery) -> Result<(), wharf_client::Error> {
+    /// d.nack(std::time::Duration::from_secs(1)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn nack(&self, delay: Duration) -> Result<(), Error> {
+        let seqs = vec![self.seq];
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.settle(|consumer| Request::Nack {
+            id: None,
+            consumer,
+            seqs,
+            delay_ms,
+        })
+        .await
+    }
+
+    /// Settles the event as given up: never delivered again.
+    ///
+    /// ```no_run
+    /// # async fn demo(d: wharf_client::Delivery) -> Result<(), wharf_client::Error> {
+    /// d.term().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn term(&self) -> Result<(), Error> {
+        let seqs = vec![self.seq];
+        self.settle(|consumer| Request::Term {
+            id: None,
+            consumer,
+            seqs,
+        })
+        .await
+    }
+
+    /// Starts the event's ack wait over (work that takes longer).
+    ///
+    /// ```no_run
+    /// # async fn demo(d: wharf_client::Delivery) -> Result<(), wharf_client::Error> {
+    /// d.progress().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn progress(&self) -> Result<(), Error> {
+        let seqs = vec![self.seq];
+        self.settle(|consumer| Request::Progress {
+            id: None,
+            consumer,
+            seqs,
+        })
+        .await
+    }
+}
+
+/// What a subscription receives.
+#[derive(Debug)]
+pub enum Incoming {
+    Event(Delivery),
+    /// A notice for this subscription: `gap`, `lost`, `join`, `leave`, or `unsubscribed`
+    /// (the broker ended it: taken over, deleted, forbidden; nothing more comes).
+    Notice(Reply),
+}
+
+/// Events and notices of one subscription, in the order the broker sent them; resubscribed
+/// after every reconnect. Dropping it unsubscribes.
+pub struct Subscription {
+    client: Client,
+    local: u64,
+    start_seq: Option<u64>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    auto_ack: bool,
+    /// Auto-ack: the last event handed out, acked when the next is taken.
+    unacked: Option<(String, u64)>,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        client: Client,
+        local: u64,
+        start_seq: Option<u64>,
+        incoming: mpsc::UnboundedReceiver<Incoming>,
+        auto_ack: bool,
+    ) -> Subscription {
+        Subscription {
+            client,
+            local,
+            start_seq,
+            incoming,
+            auto_ack,
+            unacked: None,
+        }
+    }
+
+    /// The first seq the subscription could deliver when it was made.
+    ///
+    /// ```no_run
+    /// # fn demo(s: wharf_client::Subscription) {
+    /// println!("from seq {:?}", s.start_seq());
+    /// # }
+    /// ```
+    pub fn start_seq(&self) -> Option<u64> {
+        self.start_seq
+    }
+
+    fn ack_taken(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some((consumer, seq)) = self.unacked.take() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                // Not acked now means delivered again: at least once either way.
+                let _redelivered_if_lost = client
+                    .settle(Request::Ack {
+                        id: None,
+                        consumer,
+                        seqs: vec![seq],
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Incoming;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        let polled = self.incoming.poll_recv(cx);
+        if let Poll::Ready(item) = &polled {
+            if self.auto_ack {
+                self.ack_taken();
+                if let Some(Incoming::Event(d)) = item {
+                    self.unacked = d.consumer.clone().map(|c| (c, d.seq));
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.ack_taken();
+        self.client.unsubscribe(self.local);
+    }
+}
