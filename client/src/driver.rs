@@ -3,9 +3,10 @@
 //!
 //! After a reconnect it says `hello` again, resubscribes every subscription (durable by
 //! name; ephemeral from the seq after the last one delivered), then sends again, in id
-//! order, every request that was not answered and may be: publishes (each carries a
-//! `msg_id`, so the broker stores it once) and reads. Settles and other writes still
-//! unanswered fail with [`Error::Closed`]: what they would have settled is delivered again.
+//! order, every request that was not answered and may be: publishes with a `msg_id` (the
+//! broker stores each once) and reads. Settles, other writes, and publishes without a
+//! `msg_id` still unanswered fail with [`Error::Closed`] (an unsettled event is delivered
+//! again; such a publish may or may not have been stored).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -599,16 +600,25 @@ impl Driver {
         }
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
-            let resend = matches!(
-                self.pending.get(&id).map(|p| &p.waiting),
-                Some(Waiting::Publish(_) | Waiting::Read(_) | Waiting::Hello(Some(_)))
-            );
+            let resend = self.pending.get(&id).is_some_and(|p| match &p.waiting {
+                // Sent again only with msg_ids: the broker then stores each once.
+                Waiting::Publish(_) => has_msg_ids(&p.request),
+                Waiting::Read(_) | Waiting::Hello(Some(_)) => true,
+                _ => false,
+            });
             if resend {
                 continue;
             }
             if let Some(p) = self.pending.remove(&id) {
-                if let Waiting::Write(reply) = p.waiting {
-                    let _told = reply.send(Err(Error::Closed));
+                match p.waiting {
+                    Waiting::Write(reply) => {
+                        let _told = reply.send(Err(Error::Closed));
+                    }
+                    Waiting::Publish(reply) => {
+                        self.publishes = self.publishes.saturating_sub(1);
+                        let _told = reply.send(Err(Error::Closed));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -631,6 +641,15 @@ impl Driver {
                 let _told = first.send(Err(Error::Closed));
             }
         }
+    }
+}
+
+/// Whether every event of a publish carries a msg_id (so sending it again is safe).
+fn has_msg_ids(request: &Request) -> bool {
+    match request {
+        Request::Publish { event, .. } => event.msg_id.is_some(),
+        Request::PublishBatch { events, .. } => events.iter().all(|e| e.msg_id.is_some()),
+        _ => false,
     }
 }
 
