@@ -338,7 +338,7 @@ impl Driver {
     fn register(&mut self, mut request: Request, waiting: Waiting) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        set_id(&mut request, id_of(id));
+        request.set_id(Some(id_of(id)));
         self.pending.insert(id, Pending { request, waiting });
         id
     }
@@ -650,32 +650,6 @@ fn has_msg_ids(request: &Request) -> bool {
         Request::Publish { event, .. } => event.msg_id.is_some(),
         Request::PublishBatch { events, .. } => events.iter().all(|e| e.msg_id.is_some()),
         _ => false,
-    }
-}
-
-/// Sets a request's `id`.
-fn set_id(request: &mut Request, new: Id) {
-    match request {
-        Request::Publish { id, .. }
-        | Request::PublishBatch { id, .. }
-        | Request::Subscribe { id, .. }
-        | Request::Ack { id, .. }
-        | Request::Nack { id, .. }
-        | Request::Term { id, .. }
-        | Request::Progress { id, .. }
-        | Request::Seek { id, .. }
-        | Request::ConsumerInfo { id, .. }
-        | Request::DeleteConsumer { id, .. }
-        | Request::Unsubscribe { id, .. }
-        | Request::Ping { id }
-        | Request::Auth { id, .. }
-        | Request::Stats { id }
-        | Request::Topics { id, .. }
-        | Request::Consumers { id, .. }
-        | Request::History { id, .. }
-        | Request::Last { id, .. }
-        | Request::Hello { id, .. }
-        | Request::Presence { id, .. } => *id = Some(new),
     }
 }
 

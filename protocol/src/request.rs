@@ -340,9 +340,11 @@ fn all_as_str<T: std::fmt::Display, S: Serializer>(v: &[T], s: S) -> Result<S::O
     s.collect_seq(v.iter().map(|t| t.to_string()))
 }
 
-impl Request {
-    pub fn id(&self) -> Option<&Id> {
-        match self {
+/// A request's `id` field, borrowed as the request is (one list of the variants for reading
+/// and for setting it).
+macro_rules! id_field {
+    ($request:expr) => {
+        match $request {
             Request::Publish { id, .. }
             | Request::PublishBatch { id, .. }
             | Request::Subscribe { id, .. }
@@ -362,8 +364,19 @@ impl Request {
             | Request::History { id, .. }
             | Request::Last { id, .. }
             | Request::Hello { id, .. }
-            | Request::Presence { id, .. } => id.as_ref(),
+            | Request::Presence { id, .. } => id,
         }
+    };
+}
+
+impl Request {
+    pub fn id(&self) -> Option<&Id> {
+        id_field!(self).as_ref()
+    }
+
+    /// Sets the id its reply will echo (a client numbering its requests).
+    pub fn set_id(&mut self, id: Option<Id>) {
+        *id_field!(self) = id;
     }
 
     pub fn to_json(&self) -> String {

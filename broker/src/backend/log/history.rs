@@ -23,38 +23,32 @@ impl LogBackend {
         limit: usize,
         from: HistoryFrom,
     ) -> Result<EventsPage, BackendError> {
-        let (store, pattern) = (self.store.clone(), pattern.clone());
-        run_blocking(move || {
-            let reader = Reader {
-                feed: &store.feed,
-                view: &store.state,
-                log: &store.log,
-            };
-            reader.history(&pattern, limit, from)
-        })
-        .await
+        let pattern = pattern.clone();
+        self.read(move |reader| reader.history(&pattern, limit, from))
+            .await
     }
 
     pub async fn last(&self, pattern: &Pattern, limit: usize) -> Result<EventsPage, BackendError> {
-        let (store, pattern) = (self.store.clone(), pattern.clone());
-        run_blocking(move || {
-            let reader = Reader {
+        let pattern = pattern.clone();
+        self.read(move |reader| reader.last(&pattern, limit)).await
+    }
+
+    /// Runs `read` on a blocking thread (sled and the segment files block).
+    async fn read(
+        &self,
+        read: impl FnOnce(&Reader) -> Result<EventsPage, BackendError> + Send + 'static,
+    ) -> Result<EventsPage, BackendError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            read(&Reader {
                 feed: &store.feed,
                 view: &store.state,
                 log: &store.log,
-            };
-            reader.last(&pattern, limit)
+            })
         })
         .await
-    }
-}
-
-async fn run_blocking(
-    f: impl FnOnce() -> Result<EventsPage, BackendError> + Send + 'static,
-) -> Result<EventsPage, BackendError> {
-    tokio::task::spawn_blocking(f)
-        .await
         .map_err(|e| BackendError::failed(format!("history reader task: {e}")))?
+    }
 }
 
 struct Reader<'a> {
