@@ -243,14 +243,42 @@ impl Page {
 
     /// Presses Enter on whatever has the focus, as a keyboard user would.
     async fn press_enter(&mut self) {
+        self.press("Enter", 13, Some("\r")).await;
+    }
+
+    async fn press(&mut self, name: &str, code: u32, text: Option<&str>) {
         for kind in ["keyDown", "keyUp"] {
-            let mut key = json!({"type": kind, "key": "Enter", "code": "Enter",
-                "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13});
-            if kind == "keyDown" {
-                key["text"] = json!("\r");
+            let mut key = json!({"type": kind, "key": name, "code": name,
+                "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code});
+            if let (Some(text), "keyDown") = (text, kind) {
+                key["text"] = json!(text);
             }
             self.call("Input.dispatchKeyEvent", key, true).await;
         }
+    }
+
+    /// What Tab reaches, in order, from the top of the page until the focus leaves it: each
+    /// control's accessible name (its aria-label, its label, or its text).
+    async fn tab_order(&mut self) -> Vec<String> {
+        self.eval("document.activeElement?.blur(); window.scrollTo(0, 0); true")
+            .await;
+        let mut order = Vec::new();
+        for _ in 0..60 {
+            self.press("Tab", 9, None).await;
+            let name = self
+                .eval(
+                    "(() => { const el = document.activeElement;
+                       if (!el || el === document.body) return null;
+                       return el.getAttribute('aria-label') || el.labels?.[0]?.textContent.trim()
+                         || el.textContent.trim(); })()",
+                )
+                .await;
+            match name.as_str() {
+                Some(name) => order.push(name.to_owned()),
+                None => break,
+            }
+        }
+        order
     }
 
     /// A screenshot of the whole page, saved next to the test binaries as `name`.
@@ -497,6 +525,28 @@ async fn the_console_follows_cli_traffic_and_seeks_a_consumer(backend: Backend) 
     let topics = console.eval("window.wharfAdmin.topics()").await;
     assert_eq!(topics, json!(["console.orders"]));
 
+    // Every control is reached with Tab, in the order the page shows them (disabled pagers
+    // skipped).
+    assert_eq!(
+        console.tab_order().await,
+        [
+            "consumer",
+            "attached",
+            "in flight",
+            "lag",
+            "delivered",
+            "dead-lettered",
+            "inactive since",
+            "Seek watchers",
+            "Dead letters of watchers",
+            "Delete watchers",
+            "Recent events of console.orders",
+            "Topic or pattern",
+            "Page size",
+            "Show the newest",
+        ]
+    );
+
     // The CLI subscriber prints and acks every one: the lag falls to 0, deliveries show.
     let (subscriber, events) = cli_subscriber(&url, "console.>", "watchers");
     let first = printed(&events, N as usize, WAIT);
@@ -549,6 +599,27 @@ async fn the_console_follows_cli_traffic_and_seeks_a_consumer(backend: Backend) 
     console
         .eval("document.querySelector('tr[data-consumer=watchers] button[aria-label=\"Seek watchers\"]').focus()")
         .await;
+    // The refreshes (every second) leave the focus where the keyboard user put it.
+    let samples = console
+        .eval("Number(document.getElementById('rates-now').dataset.samples)")
+        .await
+        .as_u64()
+        .unwrap();
+    console
+        .wait_for(
+            &format!(
+                "Number(document.getElementById('rates-now').dataset.samples) >= {}",
+                samples + 2
+            ),
+            WAIT,
+        )
+        .await;
+    assert_eq!(
+        console
+            .eval("document.activeElement.getAttribute('aria-label')")
+            .await,
+        json!("Seek watchers")
+    );
     console.press_enter().await;
     console
         .wait_for(
