@@ -50,6 +50,8 @@ pub struct Outbound {
     bytes: Arc<Semaphore>,
     byte_budget: u32,
     evict: mpsc::Sender<String>,
+    /// Subscriptions the backend ended, for the session to let go of (their presence).
+    ended: mpsc::UnboundedSender<Arc<str>>,
     slow_limit: Duration,
 }
 
@@ -77,6 +79,7 @@ impl Outbound {
         frames: mpsc::Sender<Queued>,
         byte_budget: usize,
         evict: mpsc::Sender<String>,
+        ended: mpsc::UnboundedSender<Arc<str>>,
         slow_limit: Duration,
     ) -> Outbound {
         let byte_budget = u32::try_from(byte_budget).unwrap_or(u32::MAX).max(1);
@@ -85,8 +88,22 @@ impl Outbound {
             bytes: Arc::new(Semaphore::new(byte_budget as usize)),
             byte_budget,
             evict,
+            ended,
             slow_limit,
         }
+    }
+
+    /// The backend ended subscription `sub` (taken over, deleted): the subscriber is told
+    /// (`unsubscribed` with `reason`; never waited on: the old connection of a takeover is
+    /// often half dead), and so is the session, which lets go of what the subscription
+    /// held (its presence and join/leave notices).
+    pub fn unsubscribed(&self, sub: &str, reason: &str) {
+        let notice = Reply::Unsubscribed {
+            sub: sub.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let _best_effort = self.try_send(Frame::reply(&notice));
+        let _session_gone = self.ended.send(Arc::from(sub));
     }
 
     /// The bytes a frame takes from the budget; a frame larger than the whole budget takes

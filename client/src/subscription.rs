@@ -168,8 +168,9 @@ impl Subscribe {
         self
     }
 
-    /// Ack each event of a durable subscription when the next one is taken (or the
-    /// subscription dropped): at least once, without calling [`Delivery::ack`].
+    /// Ack each event of a durable subscription when the next one is taken: at least once,
+    /// without calling [`Delivery::ack`] (the last event taken before the subscription is
+    /// dropped is not acked, and comes again).
     ///
     /// ```
     /// let s = wharf_client::Subscribe::durable("audit", ["orders.>"]).auto_ack();
@@ -395,7 +396,7 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.ack_taken();
+        // The event in hand is not acked: the loop may have ended because it failed on it.
         self.client.unsubscribe(self.local);
     }
 }

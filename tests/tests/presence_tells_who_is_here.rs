@@ -205,7 +205,68 @@ async fn presence_is_bounded_and_checked(backend: Backend) {
     enter(&mut c, "room.x", true, false).await;
 }
 
+/// A subscription the broker ends (taken over, its consumer deleted) takes its presence
+/// with it, while its connection stays open.
+async fn a_subscription_the_broker_ends_leaves(backend: Backend) {
+    let (_tmp, data) = data_dir();
+    let broker = backend.start(&data, "");
+    let mut watcher = broker.client().await;
+    enter(&mut watcher, "room.x", false, true).await;
+    let mut ana = broker.client().await;
+    hello(&mut ana, "ana", json!({})).await;
+    let sub = ana
+        .reply(
+            json!({"op":"subscribe","id":"s","topic":"room.x","consumer":"desk","presence":true}),
+        )
+        .await;
+    assert_eq!(sub["type"], "subscribed", "{sub}");
+    assert_eq!(
+        next_change(&mut watcher).await,
+        ("join".into(), "ana".into())
+    );
+
+    // bo takes the consumer over: ana's subscription ends, and ana leaves.
+    let mut bo = broker.client().await;
+    hello(&mut bo, "bo", json!({})).await;
+    let taken = bo
+        .reply(
+            json!({"op":"subscribe","id":"s","topic":"room.x","consumer":"desk","presence":true}),
+        )
+        .await;
+    assert_eq!(taken["type"], "subscribed", "{taken}");
+    let mut changes = vec![
+        next_change(&mut watcher).await,
+        next_change(&mut watcher).await,
+    ];
+    changes.sort();
+    assert_eq!(
+        changes,
+        [("join".into(), "bo".into()), ("leave".into(), "ana".into())]
+    );
+    let notice = ana.recv().await;
+    assert_eq!(notice["reason"], "taken_over", "{notice}");
+
+    // The consumer is deleted: bo's subscription ends, and bo leaves.
+    let deleted = watcher
+        .reply(json!({"op":"delete_consumer","id":"d","consumer":"desk"}))
+        .await;
+    assert_eq!(deleted["type"], "ok", "{deleted}");
+    assert_eq!(
+        next_change(&mut watcher).await,
+        ("leave".into(), "bo".into())
+    );
+    assert_eq!(present(&mut watcher, "room.x").await, pairs(&[]));
+    let notice = bo.recv().await;
+    assert_eq!(notice["reason"], "deleted", "{notice}");
+    // Both connections are still open.
+    for c in [&mut ana, &mut bo] {
+        let pong = c.reply(json!({"op":"ping","id":"p"})).await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+    }
+}
+
 wharf_tests::conformance!(
+    a_subscription_the_broker_ends_leaves,
     presence_counts_clients_and_tells_joins_and_leaves,
     presence_is_bounded_and_checked,
     a_jwt_names_the_client

@@ -41,6 +41,8 @@ pub struct NodeClient {
 /// Presence in every topic; cheap to share.
 pub struct Presence {
     max_per_topic: usize,
+    /// Whether changes are tracked for sharing with other nodes (the cluster backend).
+    shared: bool,
     rooms: Mutex<HashMap<String, Room>>,
     /// Topics whose local part changed since the cluster backend last shared them.
     changed: Mutex<HashSet<String>>,
@@ -102,8 +104,12 @@ impl Room {
             } else {
                 Reply::Leave(change)
             };
-            // A watcher whose queue is full for long is cut off as slow anyway.
-            let _best_effort = watcher.outbound.try_send(Frame::reply(&reply));
+            // A notice lost would leave the watcher's list wrong for good: a connection
+            // whose queue is full is closed as a slow consumer instead (it reconnects and
+            // reads `presence` again).
+            if watcher.outbound.try_send(Frame::reply(&reply)).is_err() {
+                watcher.outbound.evict_slow();
+            }
         }
     }
 }
@@ -143,9 +149,11 @@ impl Drop for Watching {
 }
 
 impl Presence {
-    pub fn new(max_per_topic: usize) -> Arc<Presence> {
+    /// `shared`: the cluster backend shares this node's part (see [`Presence::changed`]).
+    pub fn new(max_per_topic: usize, shared: bool) -> Arc<Presence> {
         Arc::new(Presence {
             max_per_topic,
+            shared,
             rooms: Mutex::default(),
             changed: Mutex::default(),
             changes: Notify::new(),
@@ -159,6 +167,9 @@ impl Presence {
     }
 
     fn mark_changed(&self, topic: &str) {
+        if !self.shared {
+            return;
+        }
         let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
         changed.insert(topic.to_owned());
         self.changes.notify_one();
@@ -361,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_client_counts_once_however_many_connections_it_has() {
-        let presence = Presence::new(10);
+        let presence = Presence::new(10, false);
         let a1 = presence.join("room", &member("ana", 1)).unwrap();
         let a2 = presence.join("room", &member("ana", 2)).unwrap();
         let list = presence.list("room");
@@ -375,7 +386,7 @@ mod tests {
 
     #[test]
     fn remote_reports_add_to_local_ones_and_go_with_their_node() {
-        let presence = Presence::new(10);
+        let presence = Presence::new(10, false);
         let _a = presence.join("room", &member("ana", 1)).unwrap();
         let report = |client: &str| NodeClient {
             client: client.into(),
@@ -395,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_full_topic_refuses_a_new_client_but_not_another_connection() {
-        let presence = Presence::new(1);
+        let presence = Presence::new(1, false);
         let _a = presence.join("room", &member("ana", 1)).unwrap();
         assert!(presence.join("room", &member("bo", 2)).is_err());
         assert!(presence.join("room", &member("ana", 3)).is_ok());

@@ -75,7 +75,7 @@ struct Held {
     /// The durable consumer's name; `None` for an ephemeral subscription.
     consumer: Option<String>,
     /// Its presence and join/leave notices; dropping it leaves.
-    rooms: Rooms,
+    _rooms: Rooms,
 }
 
 pub struct Session {
@@ -84,6 +84,8 @@ pub struct Session {
     outbound: Outbound,
     /// Close requests from this connection's delivery tasks (slow consumer).
     evict: mpsc::Receiver<String>,
+    /// Subscriptions the backend ended (taken over, deleted): let go of what they hold.
+    ended: mpsc::UnboundedReceiver<Arc<str>>,
     subs: HashMap<Arc<str>, Held>,
     /// Subscribes accepted whose subscription has not started yet (its turn in reply order
     /// has not come): they count against the limit, so pipelining cannot exceed it.
@@ -119,6 +121,8 @@ pub struct Session {
     /// The client id a `hello` gave, and its info (presence).
     client: Option<String>,
     info: serde_json::Value,
+    /// Subscriptions holding presence, accepted or started (see `rooms::Counted`).
+    present_subs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Session {
@@ -132,12 +136,14 @@ impl Session {
         let (sink, mut stream) = ws.split();
         let (tx, rx) = mpsc::channel(ctx.config.outbound_queue);
         let (evict_tx, evict_rx) = mpsc::channel(1);
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let (close_tx, close_rx) = oneshot::channel();
         let writer = tokio::spawn(write_frames(sink, rx, close_rx));
         let outbound = Outbound::new(
             tx,
             ctx.config.outbound_queue_bytes,
             evict_tx,
+            ended_tx,
             ctx.config.slow_consumer_timeout,
         );
         let auth = ctx.auth();
@@ -148,6 +154,7 @@ impl Session {
             ctx,
             outbound,
             evict: evict_rx,
+            ended: ended_rx,
             subs: HashMap::new(),
             accepted_subs: 0,
             next_sub: 0,
@@ -167,6 +174,7 @@ impl Session {
             closing: None,
             client: None,
             info: serde_json::Value::Object(Default::default()),
+            present_subs: Arc::default(),
         };
         session.arm_expiry();
         let close = session.serve(&mut stream, &mut shutdown).await;
@@ -231,6 +239,11 @@ impl Session {
                 Some(reason) = self.evict.recv() => {
                     tracing::info!(session = self.id, reason, "closing a slow consumer");
                     return Some(close_frame(CloseCode::Again, &reason));
+                }
+                Some(sub) = self.ended.recv() => {
+                    if let Some(held) = self.subs.remove(&sub) {
+                        self.end(held);
+                    }
                 }
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     if Box::pin(self.complete(done)).await.is_err() {

@@ -16,22 +16,36 @@ pub(super) struct Rooms {
     present: Vec<Present>,
     join_leave: bool,
     watching: Vec<Watching>,
+    /// Counts this subscription among the connection's present ones while it lives.
+    _counted: Option<Counted>,
 }
 
-impl Rooms {
-    pub(super) fn holds_presence(&self) -> bool {
-        !self.present.is_empty()
+/// One of a connection's subscriptions that hold presence (accepted or started): a `hello`
+/// may not rename the client while any does.
+pub(super) struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Counted {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Counted {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 impl Session {
-    /// Who this connection is in presence: its `hello`, or its JWT's subject, or its
-    /// connection number.
+    /// Who this connection is in presence: its JWT's subject (which nothing overrides), or
+    /// its `hello`, or its connection number.
     fn member(&self) -> Member {
         let client = self
-            .client
-            .clone()
-            .or_else(|| self.principal.as_ref().and_then(|p| p.subject.clone()))
+            .principal
+            .as_ref()
+            .and_then(|p| p.subject.clone())
+            .or_else(|| self.client.clone())
             .unwrap_or_else(|| format!("conn-{}", self.id));
         Member {
             client,
@@ -53,6 +67,7 @@ impl Session {
             ..Rooms::default()
         };
         if presence {
+            rooms._counted = Some(Counted::new(&self.present_subs));
             let member = self.member();
             for topic in topics {
                 let present = self.ctx.backend.presence().join(topic.as_str(), &member)?;
@@ -88,7 +103,8 @@ impl Session {
         client: Option<String>,
         info: Option<Value>,
     ) -> Result<(), Closed> {
-        if self.subs.values().any(|held| held.rooms.holds_presence()) {
+        // Subscribes with presence that are accepted and not started yet count too.
+        if self.present_subs.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             let message = "say hello before subscribing with presence";
             return self
                 .send(Reply::error(id, ErrorCode::BadRequest, message))

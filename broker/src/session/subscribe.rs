@@ -215,7 +215,7 @@ impl Session {
             subscription,
             patterns,
             consumer,
-            rooms,
+            _rooms: rooms,
         };
         self.subs.insert(sub, held);
     }

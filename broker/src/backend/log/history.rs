@@ -106,6 +106,8 @@ impl Reader<'_> {
                 seqs.dedup();
                 seqs
             }
+            // Past the head nothing can come (and `after + 1` must not wrap).
+            HistoryFrom::After(after) if after >= head => Vec::new(),
             HistoryFrom::After(after) => {
                 let mut seqs = Vec::new();
                 if after < indexed {

@@ -94,7 +94,7 @@ impl LogBackend {
         Ok(LogBackend {
             store: Arc::new(Store::open(config)?),
             config: Arc::new(config.clone()),
-            presence: Presence::new(config.max_presence_per_topic),
+            presence: Presence::new(config.max_presence_per_topic, false),
             creating: Arc::default(),
         })
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 
-use wharf_protocol::{Mode, Pattern, Reply};
+use wharf_protocol::{Mode, Pattern};
 
 use super::append::Record;
 use super::consumers::{Attached, Consumer, ModeConflict};
@@ -13,7 +13,6 @@ use super::{mode_name, Creating, LogBackend};
 use crate::backend::contract::{
     confirmed, BackendError, Confirming, ConsumerSpec, DeliveryOptions, Quota, Subscriber,
 };
-use crate::outbound::Frame;
 
 /// One consumer creation in flight, in `LogBackend::creating` until dropped.
 struct CreatingConsumer {
@@ -248,12 +247,7 @@ impl LogBackend {
                 to = to.session,
                 "consumer taken over"
             );
-            let notice = Reply::Unsubscribed {
-                sub: old.sub.to_string(),
-                reason: "taken_over".into(),
-            };
-            // The old connection is often half-dead; never wait on it.
-            let _best_effort = old.outbound.try_send(Frame::reply(&notice));
+            old.outbound.unsubscribed(&old.sub, "taken_over");
         }
         let (_, from) = consumer.start();
         Ok(Attaching {

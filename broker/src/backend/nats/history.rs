@@ -149,6 +149,7 @@ impl NatsBackend {
             Vec::new()
         } else {
             match from {
+                HistoryFrom::After(after) if after >= state.last_sequence => Vec::new(),
                 HistoryFrom::After(after) => self.forward(&filter, after + 1, want).await?,
                 HistoryFrom::Newest | HistoryFrom::Before(_) => {
                     let below = match from {
@@ -159,7 +160,7 @@ impl NatsBackend {
                     // pages take one.
                     let span = (state.last_sequence + 1).saturating_sub(first).max(1);
                     let per_match = span / matching.max(1);
-                    let window = (want as u64).saturating_mul(per_match) * 5 / 4 + 64;
+                    let window = (want as u64).saturating_mul(per_match).saturating_mul(5) / 4 + 64;
                     self.newest_below(&filter, below, first, want, window)
                         .await?
                 }

@@ -124,11 +124,7 @@ impl LocalConsumer {
             );
             old.stop();
             self.release(Some(old.generation));
-            let notice = Reply::Unsubscribed {
-                sub: old.sub.to_string(),
-                reason: "taken_over".into(),
-            };
-            let _best_effort = old.outbound.try_send(Frame::reply(&notice));
+            old.outbound.unsubscribed(&old.sub, "taken_over");
         }
         Ok(generation)
     }
@@ -213,11 +209,7 @@ impl LocalConsumer {
         );
         gone.stop();
         self.release(Some(generation));
-        let notice = Reply::Unsubscribed {
-            sub: gone.sub.to_string(),
-            reason: "taken_over".into(),
-        };
-        let _best_effort = gone.outbound.try_send(Frame::reply(&notice));
+        gone.outbound.unsubscribed(&gone.sub, "taken_over");
     }
 
     /// Ends every attachment on this node (the consumer is deleted, or the node stops);
@@ -227,11 +219,7 @@ impl LocalConsumer {
         for a in gone {
             a.stop();
             if let Some(reason) = reason {
-                let notice = Reply::Unsubscribed {
-                    sub: a.sub.to_string(),
-                    reason: reason.into(),
-                };
-                let _best_effort = a.outbound.try_send(Frame::reply(&notice));
+                a.outbound.unsubscribed(&a.sub, reason);
             }
         }
         self.release(None);

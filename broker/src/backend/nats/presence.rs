@@ -103,14 +103,17 @@ impl NatsBackend {
             tokio::select! {
                 topics = self.inner.presence.changed() => {
                     tokio::time::sleep(GATHER).await;
-                    for topic in topics {
-                        self.share(&kv, &topic).await;
-                    }
+                    futures_util::stream::iter(topics.iter())
+                        .for_each_concurrent(64, |topic| self.share(&kv, topic))
+                        .await;
                 }
                 _ = refresh.tick() => {
-                    for topic in self.inner.presence.local_topics() {
-                        self.share(&kv, &topic).await;
-                    }
+                    // Concurrently: thousands of topics one after another could take longer
+                    // than the others wait before expiring this node's clients.
+                    let topics = self.inner.presence.local_topics();
+                    futures_util::stream::iter(topics.iter())
+                        .for_each_concurrent(64, |topic| self.share(&kv, topic))
+                        .await;
                 }
                 _ = sweep.tick() => {
                     let now = Instant::now();

@@ -115,7 +115,7 @@ impl NatsBackend {
             next_id: AtomicU64::new(0),
             local: Mutex::default(),
             holders: tokio::sync::OnceCell::new(),
-            presence: Presence::new(config.max_presence_per_topic),
+            presence: Presence::new(config.max_presence_per_topic, true),
         });
         let backend = NatsBackend { inner };
         backend.ensure_stream_at_start().await?;

@@ -4,9 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::outbound::Frame;
-use wharf_protocol::Reply;
-
 use crate::backend::log::append::{CommitSink, Event, Position, Record, Settle};
 use crate::backend::log::consumers::{Changes, Consumers};
 use crate::backend::log::state::{ConsumerState, IndexBatch, ViewSender, ViewUpdate};
@@ -115,11 +112,7 @@ impl CommitSink for Committer {
             events.extend(rec.into_events().into_iter().map(Arc::new));
         }
         for gone in changes.evicted.drain(..) {
-            let notice = Reply::Unsubscribed {
-                sub: gone.sub.to_string(),
-                reason: "deleted".into(),
-            };
-            let _best_effort = gone.outbound.try_send(Frame::reply(&notice));
+            gone.outbound.unsubscribed(&gone.sub, "deleted");
         }
         if let Some(last) = events.last() {
             self.head = last.seq;
