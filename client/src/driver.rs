@@ -294,10 +294,7 @@ impl Driver {
                 };
                 (request, waiting)
             }
-            Command::Hello { request, reply } => {
-                self.hello = Some(request.clone());
-                (request, Waiting::Hello(Some(reply)))
-            }
+            Command::Hello { request, reply } => (request, Waiting::Hello(Some(reply))),
             Command::Subscribe {
                 spec,
                 events,
@@ -359,18 +356,29 @@ impl Driver {
         &mut self,
         sink: &mut SplitSink<Ws, Message>,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        let unanswered: Vec<u64> = self.pending.keys().copied().collect();
-        if let Some(hello) = self.hello.clone() {
-            // A hello still waiting is among the unanswered; one answered before is said again.
-            let waiting = self
-                .pending
-                .values()
-                .any(|p| matches!(p.waiting, Waiting::Hello(_)));
-            if !waiting {
+        // A hello goes before the subscriptions (the broker refuses one after presence):
+        // a new one still waiting for its reply, or else the last one accepted.
+        let waiting_hello: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| matches!(p.waiting, Waiting::Hello(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &waiting_hello {
+            self.send(sink, *id).await?;
+        }
+        if waiting_hello.is_empty() {
+            if let Some(hello) = self.hello.clone() {
                 let id = self.register(hello, Waiting::Hello(None));
                 self.send(sink, id).await?;
             }
         }
+        let unanswered: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !matches!(p.waiting, Waiting::Hello(_)))
+            .map(|(id, _)| *id)
+            .collect();
         let locals: Vec<u64> = self
             .subs
             .iter()
@@ -467,8 +475,7 @@ impl Driver {
             _ => {
                 let id = head.id.as_ref().and_then(Id::as_u64)?;
                 let pending = self.pending.remove(&id)?;
-                self.answered(pending, head.kind, text);
-                None
+                self.answered(pending, head.kind, text)
             }
         }
     }
@@ -512,7 +519,8 @@ impl Driver {
         None
     }
 
-    fn answered(&mut self, pending: Pending, kind: &str, text: &str) {
+    /// Resolves what waited for a reply; returns a request to send because of it.
+    fn answered(&mut self, pending: Pending, kind: &str, text: &str) -> Option<u64> {
         let refused = || -> Error {
             match serde_json::from_str::<Reply>(text) {
                 Ok(Reply::Error { code, message, .. }) => Error::Refused { code, message },
@@ -533,25 +541,44 @@ impl Driver {
                 let _told = reply.send(result);
             }
             Waiting::Hello(reply) => {
-                if result.is_err() {
-                    self.hello = None;
+                // The hello said again after a reconnect is the last accepted one; a new
+                // one the broker refused does not replace it.
+                if result.is_ok() {
+                    self.hello = Some(pending.request);
                 }
                 if let Some(reply) = reply {
                     let _told = reply.send(result.map(drop));
                 }
             }
-            Waiting::Subscribe(local) => self.subscribed(local, result),
+            Waiting::Subscribe(local) => return self.subscribed(local, result),
             Waiting::Internal => {}
         }
+        None
     }
 
-    fn subscribed(&mut self, local: u64, result: Result<String, Error>) {
+    /// A subscribe's reply. A subscription nobody holds any more (dropped while it was being
+    /// made again, or its first subscribe was given up) is unsubscribed at once: the
+    /// broker would otherwise keep it (and its presence, and a durable consumer's in-flight
+    /// slots). Returns that unsubscribe, to send.
+    fn subscribed(&mut self, local: u64, result: Result<String, Error>) -> Option<u64> {
         let reply = result.and_then(|text| {
             serde_json::from_str::<Reply>(&text).map_err(|e| Error::Protocol(e.to_string()))
         });
-        let Some(sub) = self.subs.get_mut(&local) else {
-            return;
+        let server = match &reply {
+            Ok(Reply::Subscribed { sub, .. }) => Some(sub.clone()),
+            _ => None,
         };
+        let abandoned = match self.subs.get_mut(&local) {
+            None => true,
+            Some(sub) => sub.first.as_ref().is_some_and(|first| first.is_closed()),
+        };
+        if abandoned {
+            self.subs.remove(&local);
+            return server.map(|sub| {
+                self.register(Request::Unsubscribe { id: None, sub }, Waiting::Internal)
+            });
+        }
+        let sub = self.subs.get_mut(&local)?;
         match reply {
             Ok(Reply::Subscribed {
                 sub: server,
@@ -589,6 +616,7 @@ impl Driver {
                 }
             }
         }
+        None
     }
 
     /// The connection dropped: writes waiting for a reply fail; everything else waits for

@@ -23,8 +23,8 @@ pub use reply::{
     TopicInfo,
 };
 pub use request::{
-    json_nesting_exceeds, now_ms, parse_request, valid_client_id, Id, Mode, NewEvent, Page,
-    Request, RequestError, Start, SubscribeOptions, MAX_CLIENT_ID_BYTES, MAX_MSG_ID_BYTES,
+    frame_id, json_nesting_exceeds, now_ms, parse_request, valid_client_id, Id, Mode, NewEvent,
+    Page, Request, RequestError, Start, SubscribeOptions, MAX_CLIENT_ID_BYTES, MAX_MSG_ID_BYTES,
 };
 pub use topic::{validate_consumer, Pattern, PatternIndex, Topic, TopicError};
 

@@ -892,6 +892,17 @@ fn seq_value(v: &Value, name: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("field `{name}` must hold positive integer seqs"))
 }
 
+/// The `id` of a frame that is not read otherwise (one over the size limit): its reply
+/// still echoes it, so a client can tell which request was refused.
+pub fn frame_id(text: &str) -> Option<Id> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: Option<Id>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok()?.id
+}
+
 /// Milliseconds since the Unix epoch, now.
 /// Whether JSON text nests arrays and objects more than `max` deep. One pass over the bytes,
 /// no recursion and no allocation, so it is safe on any input; strings (with their escapes)

@@ -140,6 +140,12 @@ async fn a_broker_sigkill_loses_and_skips_nothing() {
         .subscribe(Subscribe::durable("audit", ["jobs.>"]))
         .await
         .expect("subscribe");
+    // Said again, and made again, after the restart: present under the same name.
+    consumer.hello("auditor", json!({})).await.expect("hello");
+    let _present = consumer
+        .subscribe(Subscribe::ephemeral(["room.audit"]).presence())
+        .await
+        .expect("presence");
 
     const N: u64 = 200;
     // The second half is published after the kill: while the broker is down, then back.
@@ -191,6 +197,12 @@ async fn a_broker_sigkill_loses_and_skips_nothing() {
         }
     }
     let confirmed = published.await.expect("publisher task");
+    let here = consumer.presence("room.audit").await.expect("presence");
+    assert_eq!(
+        here.iter().map(|c| c.client.as_str()).collect::<Vec<_>>(),
+        ["auditor"],
+        "the hello and the presence subscription came back with the connection"
+    );
     let _back = restarted.expect("restarted").await.expect("restart task");
     assert_eq!(
         confirmed.len(),

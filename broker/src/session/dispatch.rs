@@ -25,8 +25,9 @@ impl Session {
         self.flush_queued().await?;
         if text.len() > limit {
             let message = format!("frame is {} bytes, the limit is {limit}", text.len());
+            let id = wharf_protocol::frame_id(text);
             return self
-                .send(Reply::error(None, ErrorCode::TooLarge, message))
+                .send(Reply::error(id, ErrorCode::TooLarge, message))
                 .await;
         }
         let request = match request {
