@@ -60,6 +60,9 @@ const MAX_BURST: usize = 256;
 /// client that pipelines without end is slowed by TCP, and the memory (and, on the cluster
 /// backend, the publishes awaiting JetStream's ack) one connection holds stays bounded.
 const MAX_UNANSWERED: usize = 4096;
+/// `history` and `last` reads one connection may have running at once (the rest wait their
+/// turn): a page may hold `history_max_limit` events.
+const MAX_READS: usize = 4;
 /// Refused `auth` ops a connection may make before it is closed: guessing tokens takes a
 /// new connection every few tries.
 const MAX_FAILED_AUTHS: u32 = 3;
@@ -123,6 +126,8 @@ pub struct Session {
     info: serde_json::Value,
     /// Subscriptions holding presence, accepted or started (see `rooms::Counted`).
     present_subs: Arc<std::sync::atomic::AtomicUsize>,
+    /// `history` and `last` reads this connection may have running at once.
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Session {
@@ -175,6 +180,7 @@ impl Session {
             client: None,
             info: serde_json::Value::Object(Default::default()),
             present_subs: Arc::default(),
+            reads: Arc::new(tokio::sync::Semaphore::new(MAX_READS)),
         };
         session.arm_expiry();
         let close = session.serve(&mut stream, &mut shutdown).await;

@@ -158,8 +158,11 @@ impl Session {
             }
         };
         let backend = self.ctx.backend.clone();
+        let reads = self.reads.clone();
         self.pending.push_back(
             async move {
+                // A few at a time per connection: each may hold a page of events.
+                let _turn = reads.acquire_owned().await;
                 let page = match kind {
                     EventsKind::History => backend.history(&pattern, limit, from).await,
                     EventsKind::Last => backend.last(&pattern, limit).await,

@@ -51,6 +51,49 @@ impl LogBackend {
     }
 }
 
+/// Which matching seqs `tail` keeps.
+#[derive(Clone, Copy)]
+enum Keep {
+    Newest(usize),
+    Oldest(usize),
+}
+
+/// The newest `want` seqs offered, in a min-heap.
+struct Newest {
+    want: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<u64>>,
+}
+
+impl Newest {
+    fn new(want: usize) -> Newest {
+        Newest {
+            want,
+            heap: std::collections::BinaryHeap::with_capacity(want + 1),
+        }
+    }
+
+    fn offer(&mut self, seq: u64) {
+        self.heap.push(std::cmp::Reverse(seq));
+        if self.heap.len() > self.want {
+            self.heap.pop();
+        }
+    }
+
+    /// Whether the heap is full of seqs newer than `seq` (so `seq` and older ones cannot
+    /// get in).
+    fn beats_all(&self, seq: u64) -> bool {
+        self.heap.len() >= self.want && self.heap.peek().is_some_and(|m| m.0 > seq)
+    }
+
+    /// Newest first, without repeats.
+    fn descending(self) -> Vec<u64> {
+        let mut seqs: Vec<u64> = self.heap.into_iter().map(|r| r.0).collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        seqs.dedup();
+        seqs
+    }
+}
+
 struct Reader<'a> {
     feed: &'a Feed,
     view: &'a StateView,
@@ -93,18 +136,28 @@ impl Reader<'_> {
                     HistoryFrom::Before(b) => b.min(head + 1),
                     _ => head + 1,
                 };
-                let mut seqs = self.tail(pattern, indexed, below, first)?;
-                seqs.reverse();
-                for (topic, _) in &topics {
-                    let more = self
+                // The newest `want` seqs, in a min-heap: never more than that in memory,
+                // however many topics match.
+                let mut newest = Newest::new(want);
+                for seq in self.tail(pattern, indexed, below, first, Keep::Newest(want))? {
+                    newest.offer(seq);
+                }
+                let mut topics = topics;
+                topics.sort_unstable_by_key(|t| std::cmp::Reverse(t.1));
+                for (topic, last) in &topics {
+                    // Topics by their newest seq: once one cannot beat the heap, none can.
+                    if newest.beats_all(*last.min(&below.saturating_sub(1))) {
+                        break;
+                    }
+                    let found = self
                         .view
                         .seqs_before(topic, below.min(indexed + 1), want)
                         .map_err(BackendError::failed)?;
-                    seqs.extend(more.into_iter().filter(|&s| s >= first));
+                    for seq in found.into_iter().filter(|&s| s >= first) {
+                        newest.offer(seq);
+                    }
                 }
-                seqs.sort_unstable_by(|a, b| b.cmp(a));
-                seqs.dedup();
-                seqs
+                newest.descending()
             }
             // Past the head nothing can come (and `after + 1` must not wrap).
             HistoryFrom::After(after) if after >= head => Vec::new(),
@@ -117,13 +170,15 @@ impl Reader<'_> {
                             .seqs_after(topic, after.max(first.saturating_sub(1)), want)
                             .map_err(BackendError::failed)?;
                         seqs.extend(more.into_iter().filter(|&s| s <= indexed && s >= first));
+                        // The oldest `want` so far: never more than twice that in memory.
+                        seqs.sort_unstable();
+                        seqs.truncate(want);
                     }
-                    seqs.sort_unstable();
-                    seqs.truncate(want);
                 }
                 if seqs.len() < want {
-                    let tail = self.tail(pattern, indexed.max(after), head + 1, first)?;
-                    seqs.extend(tail.into_iter().take(want - seqs.len()));
+                    let keep = Keep::Oldest(want - seqs.len());
+                    let tail = self.tail(pattern, indexed.max(after), head + 1, first, keep)?;
+                    seqs.extend(tail);
                 }
                 seqs
             }
@@ -168,17 +223,18 @@ impl Reader<'_> {
     }
 
     /// Seqs of the events matching `pattern` above `indexed` and below `below` (which the
-    /// index may not hold yet), oldest first. Read a batch at a time, keeping only the
-    /// matching seqs: however far the view lags, memory stays small.
+    /// index may not hold yet), oldest first; only the newest or oldest `keep` of them.
+    /// Read a batch at a time: however far the view lags, memory stays small.
     fn tail(
         &self,
         pattern: &Pattern,
         indexed: u64,
         below: u64,
         first: u64,
+        keep: Keep,
     ) -> Result<Vec<u64>, BackendError> {
         let mut next = (indexed + 1).max(first);
-        let mut out = Vec::new();
+        let mut out = std::collections::VecDeque::new();
         let mut cursor = None;
         let mut batch = Vec::new();
         while next < below {
@@ -202,15 +258,21 @@ impl Reader<'_> {
             let Some(newest) = batch.last().map(|ev| ev.seq) else {
                 break;
             };
-            out.extend(
-                batch
-                    .iter()
-                    .filter(|ev| ev.seq < below && pattern.matches(&ev.topic))
-                    .map(|ev| ev.seq),
-            );
+            for ev in &batch {
+                if ev.seq < below && pattern.matches(&ev.topic) {
+                    out.push_back(ev.seq);
+                    match keep {
+                        Keep::Newest(n) if out.len() > n => {
+                            out.pop_front();
+                        }
+                        Keep::Oldest(n) if out.len() >= n => return Ok(out.into()),
+                        _ => {}
+                    }
+                }
+            }
             next = newest + 1;
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     /// The events with these seqs (ascending), from the cache or the segments; one that

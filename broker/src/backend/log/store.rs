@@ -39,6 +39,35 @@ pub struct Store {
     _lock: File,
 }
 
+/// The per-topic index entries a start-up replay makes: of the events after the view's
+/// position, or (`whole`: a view without an index) of every event, saved in parts as the
+/// scan goes.
+struct IndexBuild<'a> {
+    view: &'a StateView,
+    whole: bool,
+    entries: Vec<(String, u64)>,
+    failed: Option<StateError>,
+}
+
+/// Entries kept in memory before a part is saved.
+const INDEX_PART: usize = 65_536;
+
+impl IndexBuild<'_> {
+    fn add(&mut self, events: &[append::Event], after_view: bool) {
+        if !(after_view || self.whole) || self.failed.is_some() {
+            return;
+        }
+        self.entries
+            .extend(events.iter().map(|ev| (ev.topic.clone(), ev.seq)));
+        if self.whole && self.entries.len() >= INDEX_PART {
+            if let Err(e) = self.view.save_index_part(&self.entries) {
+                self.failed = Some(e);
+            }
+            self.entries.clear();
+        }
+    }
+}
+
 /// Replays the log into `consumers` from `applied` on, collecting what changed. Returns the
 /// recovery and whether `applied` was found in the log: at a record's end, or at the start
 /// of a segment (a view saved while the newest segment was still empty).
@@ -49,7 +78,7 @@ fn replay(
     consumers: &Consumers,
     changes: &mut Changes,
     topics: &mut Topics,
-    index: &mut Vec<(String, u64)>,
+    index: &mut IndexBuild,
 ) -> Result<(Recovery, bool), LogError> {
     let mut found = applied.is_none();
     topics.clear();
@@ -70,11 +99,12 @@ fn replay(
                 Some(a) if pos <= a => {
                     found |= pos == a;
                     exact_at.set(pos == a);
+                    index.add(rec.events(), false);
                 }
                 _ => {
                     exact_at.set(true);
                     consumers.apply(rec, changes);
-                    index.extend(rec.events().iter().map(|ev| (ev.topic.clone(), ev.seq)));
+                    index.add(rec.events(), true);
                 }
             }
             Ok(())
@@ -186,7 +216,21 @@ fn recover_view(
     let dedup_since_ms = wharf_protocol::now_ms().saturating_sub(window_ms);
     let mut changes = Changes::default();
     let mut topics = Topics::default();
-    let mut index = Vec::new();
+    // A view made before there was an index gets one built from the whole log, in place:
+    // its consumers and delivery counts stay.
+    let whole = match applied {
+        None => true,
+        Some(_) => !view.has_index()?,
+    };
+    if whole {
+        view.clear_index()?;
+    }
+    let mut index = IndexBuild {
+        view: &view,
+        whole,
+        entries: Vec::new(),
+        failed: None,
+    };
     let (recovery, found) = replay(
         log_dir,
         dedup_since_ms,
@@ -196,6 +240,7 @@ fn recover_view(
         &mut topics,
         &mut index,
     )?;
+    let (index, index_failed) = (index.entries, index.failed);
     let stale = if !found {
         Some(format!(
             "it reflects log position {applied:?}, which the log does not have"
@@ -211,11 +256,7 @@ fn recover_view(
                     path.display()
                 )
             })
-            .or_else(|| {
-                let indexed = view.has_index().unwrap_or(false);
-                (applied.is_some() && !indexed)
-                    .then(|| "it has no per-topic index (an older wharf made it)".to_owned())
-            })
+            .or_else(|| index_failed.map(|e| format!("its per-topic index cannot be saved: {e}")))
     };
     let Some(why) = stale else {
         return Ok(Recovered {
@@ -231,7 +272,12 @@ fn recover_view(
     let view = rebuild_view(state_dir, config, &why)?;
     let consumers = Consumers::default();
     let mut changes = Changes::default();
-    let mut index = Vec::new();
+    let mut build = IndexBuild {
+        view: &view,
+        whole: true,
+        entries: Vec::new(),
+        failed: None,
+    };
     let (recovery, _) = replay(
         log_dir,
         dedup_since_ms,
@@ -239,8 +285,12 @@ fn recover_view(
         &consumers,
         &mut changes,
         &mut topics,
-        &mut index,
+        &mut build,
     )?;
+    if let Some(e) = build.failed {
+        return Err(e.into());
+    }
+    let index = build.entries;
     Ok(Recovered {
         view,
         consumers,

@@ -17,8 +17,6 @@ use crate::backend::contract::{BackendError, EventsPage, HistoryFrom};
 
 /// How long one batched get may take in all.
 const GET_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most topics `last` takes from the cluster in one request.
-const LAST_MAX: usize = 100_000;
 /// Each backward window is this many times the last.
 const WINDOW_GROWTH: u64 = 4;
 
@@ -106,12 +104,12 @@ impl NatsBackend {
             .await
     }
 
-    /// The stream's state and how many stored messages match `filter` (one request for
-    /// both: the stream's info with its per-subject counts).
-    async fn state_and_matches(
+    /// The stream's state and its subjects matching `filter` with their message counts,
+    /// sorted by subject (one request: the stream's info with per-subject counts).
+    async fn subject_counts(
         &self,
         filter: &str,
-    ) -> Result<(jetstream::stream::State, u64), BackendError> {
+    ) -> Result<(jetstream::stream::State, Vec<(String, u64)>), BackendError> {
         use futures_util::TryStreamExt;
         self.check_ready()?;
         let stream = self
@@ -119,20 +117,39 @@ impl NatsBackend {
             .get_stream_no_info(&self.settings().stream)
             .await
             .map_err(|e| unavailable("cannot reach the stream", e))?;
-        let mut subjects = stream
+        let mut listed = stream
             .info_with_subjects(filter)
             .await
             .map_err(|e| unavailable("cannot read the stream", e))?;
-        let state = subjects.info.state.clone();
-        let mut matching = 0u64;
-        while let Some((_, count)) = subjects
+        let state = listed.info.state.clone();
+        let mut subjects = Vec::new();
+        while let Some((subject, count)) = listed
             .try_next()
             .await
             .map_err(|e| unavailable("cannot read the stream", e))?
         {
-            matching += count as u64;
+            subjects.push((subject, count as u64));
         }
-        Ok((state, matching))
+        subjects.sort_unstable();
+        Ok((state, subjects))
+    }
+
+    /// The stream's state and how many stored messages match `filter`.
+    async fn state_and_matches(
+        &self,
+        filter: &str,
+    ) -> Result<(jetstream::stream::State, u64), BackendError> {
+        let (state, subjects) = self.subject_counts(filter).await?;
+        Ok((state, subjects.iter().map(|(_, n)| n).sum()))
+    }
+
+    /// The stream's state and its subjects matching `filter`, by name.
+    async fn subjects(
+        &self,
+        filter: &str,
+    ) -> Result<(jetstream::stream::State, Vec<String>), BackendError> {
+        let (state, subjects) = self.subject_counts(filter).await?;
+        Ok((state, subjects.into_iter().map(|(s, _)| s).collect()))
     }
 
     pub async fn history(
@@ -196,9 +213,11 @@ impl NatsBackend {
         let mut hi = below;
         while hi > first && found.len() < want {
             let lo = hi.saturating_sub(window).max(first);
-            let mut in_window = Vec::new();
+            // The newest of what matches in lo..hi, in batches: at most the `want` still
+            // missing are kept, however dense the window.
+            let room = want - found.len();
+            let mut in_window = std::collections::VecDeque::with_capacity(room.min(1024));
             let mut next = lo;
-            // Everything matching in lo..hi, in batches.
             loop {
                 let batch = self.forward(filter, next, 1000).await?;
                 let full = batch.len() == 1000;
@@ -209,14 +228,18 @@ impl NatsBackend {
                         break;
                     }
                     next = g.seq + 1;
-                    in_window.push(g);
+                    in_window.push_back(g);
+                    if in_window.len() > room {
+                        in_window.pop_front();
+                    }
                 }
                 if past || !full {
                     break;
                 }
             }
-            in_window.append(&mut found);
-            found = in_window;
+            let mut older: Vec<Got> = in_window.into();
+            older.append(&mut found);
+            found = older;
             hi = lo;
             window = window.saturating_mul(WINDOW_GROWTH);
         }
@@ -226,23 +249,21 @@ impl NatsBackend {
     }
 
     pub async fn last(&self, pattern: &Pattern, limit: usize) -> Result<EventsPage, BackendError> {
-        let state = self.stream_state().await?;
-        // JetStream answers in seq order; the page is the first `limit` by topic name, so
-        // every matching subject's newest message is asked for.
-        let mut got = self
-            .direct_batch(json!({"multi_last": [self.filter(pattern)], "batch": LAST_MAX}))
-            .await
-            .map_err(|e| match e {
-                BackendError::Unavailable(why) if why.contains("413") => {
-                    BackendError::LimitExceeded(format!(
-                        "more topics match {pattern} than the cluster answers at once ({why}); narrow the pattern"
-                    ))
-                }
-                e => e,
-            })?;
+        // The matching subjects by name (the stream's per-subject counts), the first
+        // `limit` of them, then the newest message of just those: no more payloads than
+        // the page holds.
+        let filter = self.filter(pattern);
+        let (state, subjects) = self.subjects(&filter).await?;
+        let more = subjects.len() > limit;
+        let wanted: Vec<String> = subjects.into_iter().take(limit).collect();
+        let mut got = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let batch = wanted.len();
+            self.direct_batch(json!({"multi_last": wanted, "batch": batch}))
+                .await?
+        };
         got.sort_by(|a, b| a.topic.cmp(&b.topic));
-        let more = got.len() > limit;
-        got.truncate(limit);
         Ok(EventsPage {
             events: got.into_iter().map(|g| g.body).collect(),
             more,

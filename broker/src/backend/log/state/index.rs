@@ -29,6 +29,17 @@ pub enum IndexBatch {
     Seqs(Vec<(String, u64)>),
 }
 
+impl IndexBatch {
+    /// Keeps the topics and seqs only: an update retried after a failed save must not hold
+    /// its events' payloads meanwhile.
+    pub fn shed_payloads(&mut self) {
+        if let IndexBatch::Events(events) = self {
+            let seqs = events.iter().map(|ev| (ev.topic.clone(), ev.seq)).collect();
+            *self = IndexBatch::Seqs(seqs);
+        }
+    }
+}
+
 impl Default for IndexBatch {
     fn default() -> IndexBatch {
         IndexBatch::Seqs(Vec::new())
@@ -50,7 +61,8 @@ fn key(topic: &str, first: u64) -> Vec<u8> {
 }
 
 impl StateView {
-    /// Adds the updates' events to `batch`, one value per topic and [`CHUNK`].
+    /// Adds the updates' events to `batch`, one value per topic and [`CHUNK`], and marks
+    /// the view as indexed.
     pub(super) fn index_into(
         &self,
         batch: &mut sled::Batch,
@@ -71,6 +83,16 @@ impl StateView {
                 }
             }
         }
+        self.chunks_into(batch, by_topic)?;
+        batch.insert(INDEX_KEY, &[1u8][..]);
+        Ok(())
+    }
+
+    fn chunks_into(
+        &self,
+        batch: &mut sled::Batch,
+        by_topic: BTreeMap<&str, Vec<u64>>,
+    ) -> Result<(), StateError> {
         for (topic, seqs) in by_topic {
             for chunk in seqs.chunks(CHUNK) {
                 let mut gaps = Vec::with_capacity(chunk.len());
@@ -82,8 +104,31 @@ impl StateView {
                 batch.insert(key(topic, chunk[0]), self.encode(&gaps)?);
             }
         }
-        batch.insert(INDEX_KEY, &[1u8][..]);
         Ok(())
+    }
+
+    /// Saves part of an index being built from the whole log (a view that had none): in
+    /// parts, so that a long log never sits in memory whole. The view is not marked as
+    /// indexed until its position is saved with the rest ([`StateView::save`]).
+    pub fn save_index_part(&self, entries: &[(String, u64)]) -> Result<(), StateError> {
+        let mut by_topic: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for (topic, seq) in entries {
+            by_topic.entry(topic.as_str()).or_default().push(*seq);
+        }
+        let mut batch = sled::Batch::default();
+        self.chunks_into(&mut batch, by_topic)?;
+        self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
+    }
+
+    /// Removes every index entry (before building the index again from the whole log: a
+    /// build cut short may have left entries for seqs a torn tail took away since).
+    pub fn clear_index(&self) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for k in self.db.scan_prefix([INDEX, 0]).keys() {
+            batch.remove(k.map_err(|e| self.sled_err(e))?);
+        }
+        batch.remove(INDEX_KEY);
+        self.db.apply_batch(batch).map_err(|e| self.sled_err(e))
     }
 
     /// Whether the view has an index (a view made by an older wharf has not).

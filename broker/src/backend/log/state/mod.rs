@@ -115,6 +115,9 @@ impl PendingUpdates {
         match save(&self.updates) {
             Ok(()) => self.updates.clear(),
             Err(e) if self.updates.len() < MAX_RETRIED => {
+                for update in &mut self.updates {
+                    update.index.shed_payloads();
+                }
                 tracing::error!(error = %e, pending = self.updates.len(), "state view update failed; retrying with the next one");
             }
             Err(e) => {
@@ -471,6 +474,14 @@ mod tests {
         assert_eq!(view.seqs_after("t", 3, 10).unwrap(), vec![9]);
         assert_eq!(view.seqs_after("t", 0, 1).unwrap(), vec![3]);
         assert_eq!(view.seqs_after("u", 5, 10).unwrap(), Vec::<u64>::new());
+        // Built again from the whole log: cleared, saved in parts, marked only with the rest.
+        view.clear_index().unwrap();
+        assert!(!view.has_index().unwrap());
+        assert_eq!(view.seqs_before("t", 100, 10).unwrap(), Vec::<u64>::new());
+        view.save_index_part(&[("t".into(), 3), ("t".into(), 9)])
+            .unwrap();
+        assert!(!view.has_index().unwrap(), "a part does not mark the view");
+        assert_eq!(view.seqs_before("t", 100, 10).unwrap(), vec![9, 3]);
         assert_eq!(view.consumers().unwrap()["c-1"], s);
         let d = view.deliveries().unwrap();
         assert_eq!(d["c-1"].iter().collect::<Vec<_>>(), vec![(&5, &1)]);
