@@ -339,7 +339,8 @@ pub struct ConsumerInfo {
     /// Connections attached now.
     pub attached: u64,
     /// Events handed to its subscribers (redeliveries included): since the broker started
-    /// on the embedded backend, for the consumer's life on the cluster.
+    /// on the embedded backend; on the cluster since its last seek (which makes the
+    /// JetStream consumer again).
     #[serde(default)]
     pub delivered: u64,
     /// Since when nobody has been attached (RFC 3339); absent while someone is. On the
