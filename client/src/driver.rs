@@ -22,37 +22,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wharf_protocol::{ErrorCode, Id, Reply, Request};
 
+use crate::link::{Command, Delivery, Incoming, Spec, Subscribed};
 use crate::options::{Options, Token};
-use crate::subscription::{Delivery, Incoming, Spec};
 use crate::{id_of, Error};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Where a subscription's first outcome goes: its local id and first `start_seq`.
-pub(crate) type Subscribed = oneshot::Sender<Result<(u64, Option<u64>), Error>>;
-
-/// What a [`crate::Client`] asks of its driver.
-pub(crate) enum Command {
-    Request {
-        request: Request,
-        reply: oneshot::Sender<Result<String, Error>>,
-    },
-    Hello {
-        request: Request,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    Subscribe {
-        spec: Spec,
-        events: mpsc::UnboundedSender<Incoming>,
-        reply: Subscribed,
-    },
-    Unsubscribe {
-        local: u64,
-    },
-    /// A fresh token for this connection (nobody waits for the reply).
-    Auth(Request),
-    Close,
-}
 
 /// A request sent (or waiting for the connection), by what is to be done with its reply.
 enum Waiting {
@@ -679,18 +653,4 @@ fn has_msg_ids(request: &Request) -> bool {
         Request::PublishBatch { events, .. } => events.iter().all(|e| e.msg_id.is_some()),
         _ => false,
     }
-}
-
-/// Sends `request` through the driver behind `link` and waits for its reply's text.
-pub(crate) async fn request_through(
-    link: &mpsc::WeakUnboundedSender<Command>,
-    request: Request,
-) -> Result<String, Error> {
-    let commands = link.upgrade().ok_or(Error::Closed)?;
-    let (reply, answer) = oneshot::channel();
-    commands
-        .send(Command::Request { request, reply })
-        .map_err(|_| Error::Closed)?;
-    drop(commands);
-    answer.await.map_err(|_| Error::Closed)?
 }

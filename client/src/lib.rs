@@ -5,7 +5,8 @@
 //!
 //! * [`Client`] (this file) is the handle an application holds: publish, subscribe, read
 //!   (`history`, `last`, `presence`), name itself (`hello`), or send any [`Request`].
-//! * `driver` owns the WebSocket. It reconnects with backoff and jitter across the URLs it
+//! * `link` is what passes between the handles and the driver (commands, the checked
+//!   subscribe, what a subscription receives); `driver` owns the WebSocket. It reconnects with backoff and jitter across the URLs it
 //!   was given, and after each reconnect says `hello` again, resubscribes (a durable
 //!   consumer by name: the broker redelivers what was not acked; an ephemeral subscription
 //!   from the seq after the last one it delivered), then sends again every publish not
@@ -37,6 +38,7 @@
 
 mod driver;
 mod error;
+mod link;
 mod options;
 mod subscription;
 
@@ -49,11 +51,12 @@ use tokio::sync::{mpsc, oneshot};
 use wharf_protocol::{Id, NewEvent, Pattern, PresentClient, Reply, Request, StoredEvent, Topic};
 
 pub use error::Error;
+pub use link::{Delivery, Incoming};
 pub use options::{Options, Token, TokenSource};
-pub use subscription::{Delivery, Incoming, Subscribe, Subscription};
+pub use subscription::{Subscribe, Subscription};
 pub use wharf_protocol::ErrorCode;
 
-use driver::Command;
+use link::Command;
 
 /// Where a published event was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
-use wharf_protocol::{Mode, Pattern, Reply, Request, Start, SubscribeOptions};
+use wharf_protocol::{Mode, Pattern, Request, Start, SubscribeOptions};
 
-use crate::driver::{request_through, Command};
+use crate::link::{Incoming, Spec};
 use crate::{Client, Error};
 
 /// A subscription to make: durable (a named consumer that outlives connections) or
@@ -30,37 +29,6 @@ pub struct Subscribe {
     presence: bool,
     join_leave: bool,
     auto_ack: bool,
-}
-
-/// A checked [`Subscribe`], as the driver keeps it to subscribe again after a reconnect.
-#[derive(Debug, Clone)]
-pub(crate) struct Spec {
-    pub patterns: Vec<Pattern>,
-    pub consumer: Option<String>,
-    pub start: Option<Start>,
-    pub options: SubscribeOptions,
-    pub presence: bool,
-    pub join_leave: bool,
-    pub auto_ack: bool,
-}
-
-impl Spec {
-    /// The subscribe request; an ephemeral subscription resumes at `resume` when known.
-    pub(crate) fn request(&self, resume: Option<u64>) -> Request {
-        let start = match (&self.consumer, resume) {
-            (None, Some(seq)) => Some(Start::Seq(seq)),
-            _ => self.start,
-        };
-        Request::Subscribe {
-            id: None,
-            topics: self.patterns.clone(),
-            consumer: self.consumer.clone(),
-            start,
-            options: self.options.clone(),
-            presence: self.presence,
-            join_leave: self.join_leave,
-        }
-    }
 }
 
 impl Subscribe {
@@ -199,121 +167,6 @@ impl Subscribe {
             auto_ack: self.auto_ack,
         })
     }
-}
-
-/// One event delivered to a subscription.
-#[derive(Debug)]
-pub struct Delivery {
-    pub seq: u64,
-    pub topic: String,
-    /// The publisher's JSON, byte for byte.
-    pub payload: Box<RawValue>,
-    /// RFC 3339, milliseconds.
-    pub published_at: String,
-    /// 1 on first delivery; more on redeliveries.
-    pub delivery: u32,
-    /// The durable consumer; `None` for an ephemeral subscription.
-    pub consumer: Option<String>,
-    /// The client's driver, without keeping the client alive.
-    pub(crate) link: mpsc::WeakUnboundedSender<Command>,
-}
-
-impl Delivery {
-    async fn settle(&self, request: impl FnOnce(String) -> Request) -> Result<(), Error> {
-        let Some(consumer) = &self.consumer else {
-            return Err(Error::Invalid(
-                "an ephemeral subscription's events are not settled".into(),
-            ));
-        };
-        let text = request_through(&self.link, request(consumer.clone())).await?;
-        match serde_json::from_str::<Reply>(&text) {
-            Ok(Reply::Ok { .. }) => Ok(()),
-            _ => Err(Error::Protocol(format!("unexpected reply: {text}"))),
-        }
-    }
-
-    /// Settles the event for good; returns once the ack is durable.
-    ///
-    /// ```no_run
-    /// # async fn demo(d: wharf_client::Delivery) -> Result<(), wharf_client::Error> {
-    /// d.ack().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn ack(&self) -> Result<(), Error> {
-        let seqs = vec![self.seq];
-        self.settle(|consumer| Request::Ack {
-            id: None,
-            consumer,
-            seqs,
-        })
-        .await
-    }
-
-    /// Gives the event back: delivered again after `delay`.
-    ///
-    /// ```no_run
-    /// # async fn demo(d: wharf_client::Delivery) -> Result<(), wharf_client::Error> {
-    /// d.nack(std::time::Duration::from_secs(1)).await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn nack(&self, delay: Duration) -> Result<(), Error> {
-        let seqs = vec![self.seq];
-        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        self.settle(|consumer| Request::Nack {
-            id: None,
-            consumer,
-            seqs,
-            delay_ms,
-        })
-        .await
-    }
-
-    /// Settles the event as given up: never delivered again.
-    ///
-    /// ```no_run
-    /// # async fn demo(d: wharf_client::Delivery) -> Result<(), wharf_client::Error> {
-    /// d.term().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn term(&self) -> Result<(), Error> {
-        let seqs = vec![self.seq];
-        self.settle(|consumer| Request::Term {
-            id: None,
-            consumer,
-            seqs,
-        })
-        .await
-    }
-
-    /// Starts the event's ack wait over (work that takes longer).
-    ///
-    /// ```no_run
-    /// # async fn demo(d: wharf_client::Delivery) -> Result<(), wharf_client::Error> {
-    /// d.progress().await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn progress(&self) -> Result<(), Error> {
-        let seqs = vec![self.seq];
-        self.settle(|consumer| Request::Progress {
-            id: None,
-            consumer,
-            seqs,
-        })
-        .await
-    }
-}
-
-/// What a subscription receives.
-#[derive(Debug)]
-pub enum Incoming {
-    Event(Delivery),
-    /// A notice for this subscription: `gap`, `lost`, `join`, `leave`, or `unsubscribed`
-    /// (the broker ended it: taken over, deleted, forbidden; nothing more comes).
-    Notice(Reply),
 }
 
 /// Events and notices of one subscription, in the order the broker sent them; resubscribed
