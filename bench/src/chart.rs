@@ -195,28 +195,31 @@ pub fn charts(
             .map(|mb| vec![(0, mb, format!("{mb:.1} MB"))])
             .unwrap_or_default()
     });
-    vec![
+    let sets = [
         (
-            format!("{prefix}throughput.svg"),
-            render(
-                &format!("Throughput, events/s (fan-out: deliveries/s), {note}"),
-                &["rate"],
-                &throughput,
-            ),
+            "throughput",
+            "Throughput, events/s (fan-out: deliveries/s)",
+            &["rate"][..],
+            throughput,
         ),
         (
-            format!("{prefix}latency.svg"),
-            render(
-                &format!("Confirm / end-to-end latency, ms, {note}"),
-                &["p50", "p99"],
-                &latency,
-            ),
+            "latency",
+            "Confirm / end-to-end latency, ms",
+            &["p50", "p99"][..],
+            latency,
         ),
-        (
-            format!("{prefix}rss.svg"),
-            render(&format!("Peak RSS, MB, {note}"), &["RSS"], &rss),
-        ),
-    ]
+        ("rss", "Peak RSS, MB", &["RSS"][..], rss),
+    ];
+    // A chart with nothing to draw (a table without RSS figures) is not written.
+    sets.into_iter()
+        .filter(|(_, _, _, panels)| !panels.is_empty())
+        .map(|(name, title, series, panels)| {
+            (
+                format!("{prefix}{name}.svg"),
+                render(&format!("{title}, {note}"), series, &panels),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
