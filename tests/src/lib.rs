@@ -106,6 +106,7 @@ pub struct Broker {
     exited: Option<ExitStatus>,
 }
 
+pub mod browser;
 pub mod nats;
 
 /// A storage backend: the harness parameter of the conformance suite. A scenario about the

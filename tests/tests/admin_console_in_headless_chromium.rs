@@ -16,56 +16,17 @@
 //! (CI sets it, after installing Chromium).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
+use wharf_tests::browser::{chromium_or_skip, http_get, Browser, Page};
 use wharf_tests::{data_dir, wharf_bin, Backend, WAIT};
 
 /// How many events the CLI publishes while nobody consumes.
 const N: u64 = 30;
-
-fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// Whether the scenario can run here: Chromium is installed (required under
-/// `WHARF_REQUIRE_BROWSER`).
-fn browser_or_skip() -> Option<PathBuf> {
-    let found = chromium();
-    if found.is_none() {
-        assert!(
-            std::env::var("WHARF_REQUIRE_BROWSER").is_err(),
-            "WHARF_REQUIRE_BROWSER is set but Chromium is not installed"
-        );
-        eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
-    }
-    found
-}
-
-/// The browser, killed when the scenario ends, however it ends: its whole process group
-/// (it is started as a group leader), since Chromium's renderer and helper processes outlive
-/// a killed main process and keep what they inherited (sockets, file locks) open.
-struct Browser(Child);
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A CLI process of the scenario, killed (by its PID) when the scenario ends.
 struct Cli(Child);
@@ -77,171 +38,25 @@ impl Drop for Cli {
     }
 }
 
-fn start_browser(chromium: PathBuf, profile: &Path) -> (Browser, String) {
-    let mut browser = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-background-timer-throttling",
-            "--disable-renderer-backgrounding",
-            "--remote-debugging-port=0",
-            "--window-size=1280,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Browser)
-        .expect("start chromium");
-    let stderr = BufReader::new(browser.0.stderr.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(ws) = line.split_whitespace().find(|w| w.starts_with("ws://")) {
-                let _ = tx.send(ws.to_owned());
-            }
-        }
-    });
-    let devtools = rx
-        .recv_timeout(WAIT)
-        .expect("chromium printed its DevTools address");
-    (browser, devtools)
+/// A tab showing the console at `url`; its waits re-check on every change of the page (it
+/// refreshes every second).
+async fn open_console(devtools: &str, url: &str) -> Page {
+    Page::open(devtools, url)
+        .await
+        .probe("window.wharfAdmin.until", SHOWS)
 }
 
-/// A DevTools session on one page.
-struct Page {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    session: String,
-    next_id: u64,
-}
-
-impl Page {
-    /// A new tab, on its own DevTools connection to the browser at `devtools`, showing `url`
-    /// (loaded: its module scripts have run).
-    async fn open(devtools: &str, url: &str) -> Page {
-        let (ws, _) = tokio_tungstenite::connect_async(devtools).await.unwrap();
-        let mut page = Page {
-            ws,
-            session: String::new(),
-            next_id: 0,
-        };
-        let target = page
-            .call("Target.createTarget", json!({"url": "about:blank"}), false)
-            .await;
-        let attached = page
-            .call(
-                "Target.attachToTarget",
-                json!({"targetId": target["targetId"], "flatten": true}),
-                false,
-            )
-            .await;
-        page.session = attached["sessionId"].as_str().unwrap().to_owned();
-        page.call("Page.enable", json!({}), true).await;
-        page.navigate(url).await;
-        page
-    }
-
-    async fn navigate(&mut self, url: &str) {
-        self.call("Page.navigate", json!({"url": url}), true).await;
-        self.event("Page.loadEventFired").await;
-    }
-
-    async fn call(&mut self, method: &str, params: Value, session: bool) -> Value {
-        self.call_within(method, params, session, WAIT).await
-    }
-
-    async fn call_within(
-        &mut self,
-        method: &str,
-        params: Value,
-        session: bool,
-        within: Duration,
-    ) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut msg = json!({"id": id, "method": method, "params": params});
-        if session {
-            msg["sessionId"] = json!(self.session);
-        }
-        self.ws.send(Message::text(msg.to_string())).await.unwrap();
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer to {method} within {within:?}"))
-                .expect("devtools connection open")
-                .expect("devtools frame");
-            let Message::Text(text) = frame else { continue };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
-            }
-        }
-    }
-
-    /// Waits for the DevTools event `method` on this page.
-    async fn event(&mut self, method: &str) -> Value {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no {method} event"))
-                .expect("devtools connection open")
-                .expect("devtools frame");
-            let Message::Text(text) = frame else { continue };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            if v["method"] == method && v["sessionId"] == json!(self.session) {
-                return v["params"].clone();
-            }
-        }
-    }
-
-    /// Evaluates `expr` in the page, awaiting it if it is a promise.
-    async fn eval(&mut self, expr: &str) -> Value {
-        self.eval_within(expr, WAIT).await
-    }
-
-    async fn eval_within(&mut self, expr: &str, within: Duration) -> Value {
-        let r = self
-            .call_within(
-                "Runtime.evaluate",
-                json!({"expression": expr, "awaitPromise": true, "returnByValue": true}),
-                true,
-                within,
-            )
-            .await;
-        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
-        r["result"]["value"].clone()
-    }
-
-    /// Waits until the page's `condition` (a JS expression) holds, re-checked on every change
-    /// of the page (it refreshes every second); fails with what the page shows if it does not
-    /// within `within`.
-    async fn wait_for(&mut self, condition: &str, within: Duration) {
-        let ms = within.as_millis();
-        let held = self
-            .eval_within(
-                &format!("window.wharfAdmin.until(() => ({condition}), {ms})"),
-                within + WAIT,
-            )
-            .await;
-        if held != json!(true) {
-            let shows = self.eval(SHOWS).await;
-            panic!("not within {within:?}: {condition}\nthe page shows: {shows:#}");
-        }
-    }
-
+/// The keyboard, on a DevTools [`Page`].
+trait Keyboard {
     /// Presses Enter on whatever has the focus, as a keyboard user would.
+    async fn press_enter(&mut self);
+    async fn press(&mut self, name: &str, code: u32, text: Option<&str>);
+    /// What Tab reaches, in order, from the top of the page until the focus leaves it: each
+    /// control's accessible name (its aria-label, its label, or its text).
+    async fn tab_order(&mut self) -> Vec<String>;
+}
+
+impl Keyboard for Page {
     async fn press_enter(&mut self) {
         self.press("Enter", 13, Some("\r")).await;
     }
@@ -257,8 +72,6 @@ impl Page {
         }
     }
 
-    /// What Tab reaches, in order, from the top of the page until the focus leaves it: each
-    /// control's accessible name (its aria-label, its label, or its text).
     async fn tab_order(&mut self) -> Vec<String> {
         self.eval("document.activeElement?.blur(); window.scrollTo(0, 0); true")
             .await;
@@ -280,31 +93,6 @@ impl Page {
         }
         order
     }
-
-    /// A screenshot of the whole page, saved next to the test binaries as `name`.
-    async fn screenshot(&mut self, name: &str) {
-        self.call("Page.bringToFront", json!({}), true).await;
-        let metrics = self.call("Page.getLayoutMetrics", json!({}), true).await;
-        let size = &metrics["cssContentSize"];
-        let shot = self
-            .call(
-                "Page.captureScreenshot",
-                json!({"format": "png", "captureBeyondViewport": true, "clip": {
-                    "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}}),
-                true,
-            )
-            .await;
-        let png = base64_decode(shot["data"].as_str().unwrap());
-        assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        let out = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .and_then(|p| p.parent())
-            .unwrap()
-            .join(name);
-        std::fs::write(&out, png).unwrap();
-        eprintln!("screenshot: {}", out.display());
-    }
 }
 
 /// What the page shows, for a failure message.
@@ -316,18 +104,6 @@ const SHOWS: &str =
      error: document.getElementById('error').textContent, \
      tokenError: document.getElementById('token-error').textContent, \
      tokenForm: !document.getElementById('token-form').hidden})";
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
 
 /// Runs a `wharf` client command against `url`; returns its stdout.
 fn cli(url: &str, args: &[&str], stdin: &str) -> String {
@@ -395,7 +171,7 @@ fn seqs(events: &[Value]) -> BTreeSet<u64> {
 }
 
 async fn the_console_follows_cli_traffic_and_seeks_a_consumer(backend: Backend) {
-    let Some(chromium) = browser_or_skip() else {
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let (tmp, _) = data_dir();
@@ -421,8 +197,9 @@ async fn the_console_follows_cli_traffic_and_seeks_a_consumer(backend: Backend) 
         "",
     );
 
-    let (_browser, devtools) = start_browser(chromium, &tmp.path().join("chromium-profile"));
-    let mut console = Page::open(&devtools, &format!("http://{addr}/admin")).await;
+    let browser = Browser::start(&chromium, &tmp.path().join("chromium-profile"), (1280, 900));
+    let devtools = browser.devtools.clone();
+    let mut console = open_console(&devtools, &format!("http://{addr}/admin")).await;
     assert_eq!(
         console.eval("window.wharfAdmin.ready").await,
         json!(true),
@@ -722,7 +499,7 @@ async fn the_console_follows_cli_traffic_and_seeks_a_consumer(backend: Backend) 
         .wait_for("window.wharfAdmin.events().length === 20", WAIT)
         .await;
     console
-        .screenshot(match backend {
+        .screenshot_full_page(match backend {
             Backend::Log => "admin-console.png",
             Backend::Nats => "admin-console-nats.png",
         })
@@ -808,7 +585,7 @@ const APP_TOKEN: &str = "console-app-0123456789ab";
 
 #[tokio::test]
 async fn with_auth_on_the_console_asks_for_an_admin_token_and_keeps_it_in_the_tab() {
-    let Some(chromium) = browser_or_skip() else {
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let (tmp, _) = data_dir();
@@ -825,8 +602,9 @@ async fn with_auth_on_the_console_asks_for_an_admin_token_and_keeps_it_in_the_ta
     let addr = broker.http_addr();
     let admin_url = format!("http://{addr}/admin");
 
-    let (_browser, devtools) = start_browser(chromium, &tmp.path().join("chromium-profile"));
-    let mut console = Page::open(&devtools, &admin_url).await;
+    let browser = Browser::start(&chromium, &tmp.path().join("chromium-profile"), (1280, 900));
+    let devtools = browser.devtools.clone();
+    let mut console = open_console(&devtools, &admin_url).await;
     assert_eq!(
         console.eval("window.wharfAdmin.ready").await,
         json!(false),
@@ -902,32 +680,6 @@ async fn with_auth_on_the_console_asks_for_an_admin_token_and_keeps_it_in_the_ta
             .await,
         Value::Null
     );
-}
-
-/// Standard base64 (the screenshot), without pulling in a crate for one call.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in text.bytes().filter_map(value) {
-        acc = (acc << 6) | c;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 wharf_tests::conformance!(the_console_follows_cli_traffic_and_seeks_a_consumer);

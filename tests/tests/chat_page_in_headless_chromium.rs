@@ -14,169 +14,29 @@
 //! Without Chromium installed the test says so and passes, unless `WHARF_REQUIRE_BROWSER=1`
 //! (CI sets it, after installing Chromium).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
-use wharf_tests::{data_dir, wharf_bin, Backend, Broker, WAIT};
+use wharf_tests::browser::{
+    chromium_or_skip, cli_publish, http_get, start_nodes, stored, Browser, Page,
+};
+use wharf_tests::{data_dir, Backend, WAIT};
 
 /// How long a page may take to notice a dead network and to come back after it returns: the
 /// page's heartbeat (a ping after 4 s of silence, 4 s for its answer) and its longest
 /// reconnect delay (4 s), with room for a loaded machine.
 const RECONNECT_WAIT: Duration = Duration::from_secs(25);
 
-fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// The browser, killed when the scenario ends, however it ends: its whole process group
-/// (it is started as a group leader), since Chromium's renderer and helper processes outlive
-/// a killed main process and keep what they inherited (sockets, file locks) open.
-struct Browser(std::process::Child);
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A DevTools session on one page.
-struct Page {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    target: Value,
-    session: String,
-    next_id: u64,
-}
-
-impl Page {
-    /// A new tab, on its own DevTools connection to the browser at `devtools`, showing `url`
-    /// (loaded: its module scripts have run).
-    async fn open(devtools: &str, url: &str) -> Page {
-        let (ws, _) = tokio_tungstenite::connect_async(devtools).await.unwrap();
-        let mut page = Page {
-            ws,
-            target: Value::Null,
-            session: String::new(),
-            next_id: 0,
-        };
-        let target = page
-            .call("Target.createTarget", json!({"url": "about:blank"}), false)
-            .await;
-        page.target = target["targetId"].clone();
-        let attached = page
-            .call(
-                "Target.attachToTarget",
-                json!({"targetId": page.target, "flatten": true}),
-                false,
-            )
-            .await;
-        page.session = attached["sessionId"].as_str().unwrap().to_owned();
-        page.call("Page.enable", json!({}), true).await;
-        page.call("Network.enable", json!({}), true).await;
-        page.call("Page.navigate", json!({"url": url}), true).await;
-        page.event("Page.loadEventFired").await;
-        page
-    }
-
-    async fn call(&mut self, method: &str, params: Value, session: bool) -> Value {
-        self.call_within(method, params, session, WAIT).await
-    }
-
-    async fn call_within(
-        &mut self,
-        method: &str,
-        params: Value,
-        session: bool,
-        within: Duration,
-    ) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut msg = json!({"id": id, "method": method, "params": params});
-        if session {
-            msg["sessionId"] = json!(self.session);
-        }
-        self.ws.send(Message::text(msg.to_string())).await.unwrap();
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer to {method} within {within:?}"))
-                .expect("devtools connection open")
-                .expect("devtools frame");
-            let Message::Text(text) = frame else { continue };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
-            }
-        }
-    }
-
-    /// Waits for the DevTools event `method` on this page.
-    async fn event(&mut self, method: &str) -> Value {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no {method} event"))
-                .expect("devtools connection open")
-                .expect("devtools frame");
-            let Message::Text(text) = frame else { continue };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            if v["method"] == method && v["sessionId"] == json!(self.session) {
-                return v["params"].clone();
-            }
-        }
-    }
-
-    /// Evaluates `expr` in the page, awaiting it if it is a promise.
-    async fn eval(&mut self, expr: &str) -> Value {
-        self.eval_within(expr, WAIT).await
-    }
-
-    async fn eval_within(&mut self, expr: &str, within: Duration) -> Value {
-        let r = self
-            .call_within(
-                "Runtime.evaluate",
-                json!({"expression": expr, "awaitPromise": true, "returnByValue": true}),
-                true,
-                within,
-            )
-            .await;
-        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
-        r["result"]["value"].clone()
-    }
-
-    /// Waits until the page's `condition` (a JS expression) holds, re-checked on every change
-    /// of the page; fails with what the page shows if it does not within `within`.
-    async fn wait_for(&mut self, condition: &str, within: Duration) {
-        let ms = within.as_millis();
-        let held = self
-            .eval_within(
-                &format!("window.wharfChat.until(() => ({condition}), {ms})"),
-                within + WAIT,
-            )
-            .await;
-        if held != json!(true) {
-            let shows = self.eval(SHOWS).await;
-            panic!("not within {within:?}: {condition}\nthe page shows: {shows:#}");
-        }
-    }
-
+/// The chat page's own helpers, on a DevTools [`Page`].
+trait Chat {
     /// The messages shown: (seq, from, text), top to bottom.
+    async fn messages(&mut self) -> Vec<(u64, String, String)>;
+    async fn online(&mut self) -> Value;
+    /// Types `text` into the message box and submits the form, as a user would.
+    async fn type_message(&mut self, text: &str);
+}
+
+impl Chat for Page {
     async fn messages(&mut self) -> Vec<(u64, String, String)> {
         let shown = self.eval("window.wharfChat.messages()").await;
         shown
@@ -197,7 +57,6 @@ impl Page {
         self.eval("window.wharfChat.online()").await
     }
 
-    /// Types `text` into the message box and submits the form, as a user would.
     async fn type_message(&mut self, text: &str) {
         let expr = format!(
             "document.getElementById('text').value = {}; \
@@ -207,15 +66,13 @@ impl Page {
         );
         assert_eq!(self.eval(&expr).await, json!(true), "{text} was not sent");
     }
+}
 
-    async fn network(&mut self, offline: bool) {
-        self.call(
-            "Network.emulateNetworkConditions",
-            json!({"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}),
-            true,
-        )
-        .await;
-    }
+/// A tab showing the chat page at `url`; its waits re-check on every change of the page.
+async fn open_chat(devtools: &str, url: &str) -> Page {
+    Page::open_with_network(devtools, url)
+        .await
+        .probe("window.wharfChat.until", SHOWS)
 }
 
 /// Everything the page shows, for a failure message.
@@ -223,47 +80,10 @@ const SHOWS: &str = "({state: window.wharfChat.state(), messages: window.wharfCh
      outbox: window.wharfChat.outbox(), online: window.wharfChat.online(), \
      error: document.getElementById('join-error').textContent})";
 
-fn cli_publish(url: &str, topic: &str, payload: &str) {
-    let out = Command::new(wharf_bin())
-        .args(["publish", "--url", url, topic, payload])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
 /// What the broker stores in `topic` (its `history`, the newest 50): (seq, from, text).
-async fn stored(url: &str, topic: &str) -> Vec<(u64, String, String)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let request = json!({"op": "history", "id": 1, "topic": topic, "limit": 50});
-    ws.send(Message::text(request.to_string())).await.unwrap();
-    let reply = loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a history reply")
-            .expect("connection open")
-            .expect("frame");
-        let Message::Text(text) = frame else { continue };
-        let v: Value = serde_json::from_str(text.as_str()).unwrap();
-        if v["id"] == 1 {
-            break v;
-        }
-    };
-    assert_eq!(reply["type"], "history", "{reply}");
-    reply["events"]
-        .as_array()
-        .unwrap()
+async fn stored_messages(url: &str, topic: &str) -> Vec<(u64, String, String)> {
+    stored(url, topic, 50)
+        .await
         .iter()
         .map(|e| {
             (
@@ -275,69 +95,6 @@ async fn stored(url: &str, topic: &str) -> Vec<(u64, String, String)> {
         .collect()
 }
 
-/// The wharf nodes of the scenario: the one broker on the embedded backend; on the cluster
-/// backend two nodes (each on its own data dir) serving one stream.
-fn start_nodes(backend: Backend, tmp: &Path) -> Vec<Broker> {
-    match backend {
-        Backend::Log => vec![backend.start(&tmp.join("data"), "")],
-        Backend::Nats => {
-            let (a_data, b_data) = (tmp.join("a"), tmp.join("b"));
-            // Both on the stream named after A's data dir.
-            let config = wharf_tests::nats::broker_config(&a_data);
-            // One after the other: A makes the stream, B finds it.
-            [a_data, b_data]
-                .iter()
-                .map(|data| {
-                    let node = Broker::start(data, &config);
-                    node.wait_ready();
-                    node
-                })
-                .collect()
-        }
-    }
-}
-
-fn start_browser(chromium: PathBuf, profile: &Path) -> (Browser, String) {
-    let mut browser = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // The page behind the other keeps running at full speed (its timers drive the
-            // heartbeat and the reconnects).
-            "--disable-background-timer-throttling",
-            "--disable-renderer-backgrounding",
-            "--remote-debugging-port=0",
-            "--window-size=1200,800",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Browser)
-        .expect("start chromium");
-    let stderr = BufReader::new(browser.0.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(ws) = line.split_whitespace().find(|w| w.starts_with("ws://")) {
-                let _ = tx.send(ws.to_owned());
-            }
-        }
-    });
-    let devtools = rx
-        .recv_timeout(WAIT)
-        .expect("chromium printed its DevTools address");
-    (browser, devtools)
-}
-
 fn texts(messages: &[(u64, String, String)]) -> Vec<&str> {
     messages.iter().map(|(_, _, t)| t.as_str()).collect()
 }
@@ -345,12 +102,7 @@ fn texts(messages: &[(u64, String, String)]) -> Vec<&str> {
 async fn two_users_chat_and_one_comes_back_from_offline_to_every_message_once_in_order(
     backend: Backend,
 ) {
-    let Some(chromium) = chromium() else {
-        assert!(
-            std::env::var("WHARF_REQUIRE_BROWSER").is_err(),
-            "WHARF_REQUIRE_BROWSER is set but Chromium is not installed"
-        );
-        eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let (tmp, _) = data_dir();
@@ -381,8 +133,9 @@ async fn two_users_chat_and_one_comes_back_from_offline_to_every_message_once_in
         r#"{"text":"be kind","from":"bot"}"#,
     );
 
-    let (_browser, devtools) = start_browser(chromium, &tmp.path().join("chromium-profile"));
-    let mut ana = Page::open(
+    let browser = Browser::start(&chromium, &tmp.path().join("chromium-profile"), (1200, 800));
+    let devtools = browser.devtools.clone();
+    let mut ana = open_chat(
         &devtools,
         &format!("http://{}/chat?name=ana&room=lobby", first.http_addr()),
     )
@@ -399,7 +152,7 @@ async fn two_users_chat_and_one_comes_back_from_offline_to_every_message_once_in
             (3, "bot".to_owned(), "be kind".to_owned()),
         ]
     );
-    let mut ben = Page::open(
+    let mut ben = open_chat(
         &devtools,
         &format!("http://{}/chat?name=ben&room=lobby", last.http_addr()),
     )
@@ -463,7 +216,7 @@ async fn two_users_chat_and_one_comes_back_from_offline_to_every_message_once_in
         RECONNECT_WAIT,
     )
     .await;
-    let expected = stored(&last.url, "chat.lobby").await;
+    let expected = stored_messages(&last.url, "chat.lobby").await;
     let mut sorted = texts(&expected);
     sorted.sort_unstable();
     assert_eq!(
@@ -499,19 +252,7 @@ async fn two_users_chat_and_one_comes_back_from_offline_to_every_message_once_in
     ben.wait_for(both, WAIT).await;
 
     // While Ana's tab is the one in front (a tab behind another is not painted).
-    ana.call("Page.bringToFront", json!({}), true).await;
-    let shot = ana
-        .call("Page.captureScreenshot", json!({"format": "png"}), true)
-        .await;
-    let png = base64_decode(shot["data"].as_str().unwrap());
-    let out = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|p| p.parent())
-        .unwrap()
-        .join("chat-page.png");
-    std::fs::write(&out, png).unwrap();
-    eprintln!("screenshot: {}", out.display());
+    ana.screenshot("chat-page.png").await;
 
     // Ben closes his tab: he leaves Ana's list.
     let target = ben.target.clone();
@@ -525,32 +266,6 @@ async fn two_users_chat_and_one_comes_back_from_offline_to_every_message_once_in
             .await,
         json!("1")
     );
-}
-
-/// Standard base64 (the screenshot), without pulling in a crate for one call.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in text.bytes().filter_map(value) {
-        acc = (acc << 6) | c;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 wharf_tests::conformance!(

@@ -11,176 +11,12 @@
 //! Without Chromium installed the test says so and passes, unless `WHARF_REQUIRE_BROWSER=1`
 //! (CI sets it, after installing Chromium).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
-use wharf_tests::{data_dir, wharf_bin, Backend, Broker, WAIT};
-
-fn chromium() -> Option<PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// The browser, killed when the scenario ends, however it ends: its whole process group
-/// (it is started as a group leader), since Chromium's renderer and helper processes outlive
-/// a killed main process and keep what they inherited (sockets, file locks) open.
-struct Browser(std::process::Child);
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A DevTools session on one page.
-struct Page {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    session: String,
-    next_id: u64,
-}
-
-impl Page {
-    /// A new tab, on its own DevTools connection to the browser at `devtools`, showing `url`
-    /// (loaded: its module scripts have run).
-    async fn open(devtools: &str, url: &str) -> Page {
-        let (ws, _) = tokio_tungstenite::connect_async(devtools).await.unwrap();
-        let mut page = Page {
-            ws,
-            session: String::new(),
-            next_id: 0,
-        };
-        let target = page
-            .call("Target.createTarget", json!({"url": "about:blank"}), false)
-            .await;
-        let attached = page
-            .call(
-                "Target.attachToTarget",
-                json!({"targetId": target["targetId"], "flatten": true}),
-                false,
-            )
-            .await;
-        page.session = attached["sessionId"].as_str().unwrap().to_owned();
-        page.call("Page.enable", json!({}), true).await;
-        page.call("Page.navigate", json!({"url": url}), true).await;
-        page.event("Page.loadEventFired").await;
-        page
-    }
-
-    async fn call(&mut self, method: &str, params: Value, session: bool) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut msg = json!({"id": id, "method": method, "params": params});
-        if session {
-            msg["sessionId"] = json!(self.session);
-        }
-        self.ws.send(Message::text(msg.to_string())).await.unwrap();
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer to {method}"))
-                .expect("devtools connection open")
-                .expect("devtools frame");
-            let Message::Text(text) = frame else { continue };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
-            }
-        }
-    }
-
-    /// Waits for the DevTools event `method` on this page.
-    async fn event(&mut self, method: &str) -> Value {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no {method} event"))
-                .expect("devtools connection open")
-                .expect("devtools frame");
-            let Message::Text(text) = frame else { continue };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
-            if v["method"] == method && v["sessionId"] == json!(self.session) {
-                return v["params"].clone();
-            }
-        }
-    }
-
-    /// Evaluates `expr` in the page, awaiting it if it is a promise.
-    async fn eval(&mut self, expr: &str) -> Value {
-        let r = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expr, "awaitPromise": true, "returnByValue": true}),
-                true,
-            )
-            .await;
-        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
-        r["result"]["value"].clone()
-    }
-}
-
-fn cli_publish(url: &str, topic: &str, payload: &str) {
-    let out = Command::new(wharf_bin())
-        .args(["publish", "--url", url, topic, payload])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-/// The wharf nodes of the scenario: the one broker on the embedded backend; on the cluster
-/// backend two nodes (each on its own data dir) serving one stream.
-fn start_nodes(backend: Backend, tmp: &Path) -> Vec<Broker> {
-    match backend {
-        Backend::Log => vec![backend.start(&tmp.join("data"), "")],
-        Backend::Nats => {
-            let (a_data, b_data) = (tmp.join("a"), tmp.join("b"));
-            // Both on the stream named after A's data dir.
-            let config = wharf_tests::nats::broker_config(&a_data);
-            // One after the other: A makes the stream, B finds it.
-            [a_data, b_data]
-                .iter()
-                .map(|data| {
-                    let node = Broker::start(data, &config);
-                    node.wait_ready();
-                    node
-                })
-                .collect()
-        }
-    }
-}
+use serde_json::json;
+use wharf_tests::browser::{chromium_or_skip, cli_publish, http_get, start_nodes, Browser, Page};
+use wharf_tests::{data_dir, Backend};
 
 async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(backend: Backend) {
-    let Some(chromium) = chromium() else {
-        assert!(
-            std::env::var("WHARF_REQUIRE_BROWSER").is_err(),
-            "WHARF_REQUIRE_BROWSER is set but Chromium is not installed"
-        );
-        eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let (tmp, _) = data_dir();
@@ -198,43 +34,8 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
     let module = http_get(&addr, "/wharf.js");
     assert!(module.contains("text/javascript") && module.contains("export class WharfClient"));
 
-    let profile = tmp.path().join("chromium-profile");
-    let mut browser = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // The first page keeps running at full speed behind the second (cluster backend).
-            "--disable-background-timer-throttling",
-            "--disable-renderer-backgrounding",
-            "--remote-debugging-port=0",
-            "--window-size=1200,800",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(Browser)
-        .expect("start chromium");
-    let stderr = BufReader::new(browser.0.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Some(ws) = line.split_whitespace().find(|w| w.starts_with("ws://")) {
-                let _ = tx.send(ws.to_owned());
-            }
-        }
-    });
-    let devtools = rx
-        .recv_timeout(WAIT)
-        .expect("chromium printed its DevTools address");
+    let browser = Browser::start(&chromium, &tmp.path().join("chromium-profile"), (1200, 800));
+    let devtools = browser.devtools.clone();
     let mut page = Page::open(&devtools, &format!("http://{addr}/?consumer=browser-test")).await;
 
     // The module has loaded (module scripts run before the load event); wait until it is
@@ -273,18 +74,7 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
     assert_eq!(board, json!(["p1:delivered", "p2:pickup"]));
 
     // While it is the tab in front (a tab behind another is not painted).
-    let shot = page
-        .call("Page.captureScreenshot", json!({"format": "png"}), true)
-        .await;
-    let png = base64_decode(shot["data"].as_str().unwrap());
-    let out = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|p| p.parent())
-        .unwrap()
-        .join("demo-page.png");
-    std::fs::write(&out, png).unwrap();
-    eprintln!("screenshot: {}", out.display());
+    page.screenshot("demo-page.png").await;
 
     if nodes.len() > 1 {
         // A second page, from node B, for a consumer of its own (new: it starts at the first
@@ -308,32 +98,6 @@ async fn the_demo_page_shows_missed_events_once_in_order_after_going_online(back
             .await;
         assert_eq!(board, json!(["p1:delivered", "p2:pickup", "p3:pickup"]));
     }
-}
-
-/// Standard base64 (the screenshot), without pulling in a crate for one call.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in text.bytes().filter_map(value) {
-        acc = (acc << 6) | c;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 wharf_tests::conformance!(the_demo_page_shows_missed_events_once_in_order_after_going_online);
