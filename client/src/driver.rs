@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -24,7 +24,7 @@ use wharf_protocol::{ErrorCode, Id, Reply, Request};
 
 use crate::link::{Command, Delivery, Incoming, Spec, Subscribed};
 use crate::options::{Options, Token};
-use crate::{id_of, Error};
+use crate::{id_of, Error, State};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -84,6 +84,8 @@ struct EventIn<'a> {
 }
 
 struct Driver {
+    /// Where the connection stands, for [`crate::Client::state`].
+    state: watch::Sender<State>,
     options: Options,
     commands: mpsc::UnboundedReceiver<Command>,
     /// For deliveries to settle through, without keeping the client alive.
@@ -98,18 +100,20 @@ struct Driver {
 }
 
 /// Connects (within `options.connect_timeout`) and starts the driver.
-pub(crate) async fn start(options: Options) -> Result<mpsc::UnboundedSender<Command>, Error> {
+pub(crate) async fn start(
+    options: Options,
+) -> Result<(mpsc::UnboundedSender<Command>, watch::Receiver<State>), Error> {
     if options.urls.is_empty() {
         return Err(Error::Invalid("no broker URL given".into()));
     }
     let mut next_url = 0;
     let deadline = tokio::time::Instant::now() + options.connect_timeout;
     let mut backoff = options.min_backoff;
-    let ws = loop {
+    let (ws, url) = loop {
         let url = &options.urls[next_url % options.urls.len()];
         next_url += 1;
         let why = match tokio::time::timeout_at(deadline, open(url, &options.token)).await {
-            Ok(Ok(ws)) => break ws,
+            Ok(Ok(ws)) => break (ws, url.clone()),
             Ok(Err(why)) => why,
             Err(_) => format!("{url}: no answer in time"),
         };
@@ -120,7 +124,9 @@ pub(crate) async fn start(options: Options) -> Result<mpsc::UnboundedSender<Comm
         backoff = (backoff * 2).min(options.max_backoff);
     };
     let (commands, receiver) = mpsc::unbounded_channel();
+    let (state, watching) = watch::channel(State::Connected { url });
     let driver = Driver {
+        state,
         options,
         commands: receiver,
         link: commands.downgrade(),
@@ -133,7 +139,7 @@ pub(crate) async fn start(options: Options) -> Result<mpsc::UnboundedSender<Comm
         next_url,
     };
     tokio::spawn(driver.run(ws));
-    Ok(commands)
+    Ok((commands, watching))
 }
 
 /// Opens a WebSocket to `url`, with the token as `Authorization: Bearer`.
@@ -171,7 +177,8 @@ fn jitter(wait: Duration) -> Duration {
 
 /// Why the connection's service ended.
 enum Ended {
-    Lost,
+    /// The connection failed, for this reason.
+    Lost(String),
     Closed,
 }
 
@@ -182,29 +189,33 @@ impl Driver {
             let conn = match ws.take() {
                 Some(conn) => conn,
                 None => match self.reconnect().await {
-                    Some(conn) => conn,
+                    Some((conn, url)) => {
+                        self.state.send_replace(State::Connected { url });
+                        conn
+                    }
                     None => break,
                 },
             };
             let (mut sink, mut stream) = conn.split();
             if self.resume(&mut sink).await.is_err() {
-                self.lost();
+                self.lost("the connection failed as it was resumed");
                 continue;
             }
             match self.serve(&mut sink, &mut stream).await {
-                Ended::Lost => self.lost(),
+                Ended::Lost(why) => self.lost(&why),
                 Ended::Closed => {
                     let _closing = sink.close().await;
                     break;
                 }
             }
         }
+        self.state.send_replace(State::Closed);
         self.fail_all();
     }
 
     /// Tries the URLs in turn with backoff, serving commands meanwhile (publishes queue);
     /// `None` once the client is closed.
-    async fn reconnect(&mut self) -> Option<Ws> {
+    async fn reconnect(&mut self) -> Option<(Ws, String)> {
         let mut backoff = self.options.min_backoff;
         loop {
             let url = self.options.urls[self.next_url % self.options.urls.len()].clone();
@@ -213,7 +224,7 @@ impl Driver {
             let wait = jitter(backoff);
             let attempt = async move {
                 tokio::time::sleep(wait).await;
-                open(&url, &token).await
+                open(&url, &token).await.map(|ws| (ws, url))
             };
             tokio::pin!(attempt);
             loop {
@@ -389,8 +400,8 @@ impl Driver {
                     None | Some(Command::Close) => return Ended::Closed,
                     Some(command) => {
                         if let Some(id) = self.accept(command) {
-                            if self.send(sink, id).await.is_err() {
-                                return Ended::Lost;
+                            if let Err(e) = self.send(sink, id).await {
+                                return Ended::Lost(e.to_string());
                             }
                         }
                     }
@@ -398,12 +409,17 @@ impl Driver {
                 frame = stream.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(id) = self.frame(text.as_str()) {
-                            if self.send(sink, id).await.is_err() {
-                                return Ended::Lost;
+                            if let Err(e) = self.send(sink, id).await {
+                                return Ended::Lost(e.to_string());
                             }
                         }
                     }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ended::Lost,
+                    Some(Ok(Message::Close(frame))) => {
+                        let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                        return Ended::Lost(format!("the broker closed the connection: {reason}"));
+                    }
+                    Some(Err(e)) => return Ended::Lost(e.to_string()),
+                    None => return Ended::Lost("the connection ended".into()),
                     Some(Ok(_)) => {}
                 },
             }
@@ -595,7 +611,10 @@ impl Driver {
 
     /// The connection dropped: writes waiting for a reply fail; everything else waits for
     /// the next connection.
-    fn lost(&mut self) {
+    fn lost(&mut self, why: &str) {
+        self.state.send_replace(State::Reconnecting {
+            reason: why.to_owned(),
+        });
         self.by_server.clear();
         for sub in self.subs.values_mut() {
             sub.server = None;

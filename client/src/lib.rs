@@ -89,6 +89,18 @@ pub enum Paging {
     After(u64),
 }
 
+/// Where a client's connection stands (see [`Client::state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Connected to this URL.
+    Connected { url: String },
+    /// The connection was lost, for this reason; the client is reconnecting (publishes
+    /// queue meanwhile).
+    Reconnecting { reason: String },
+    /// The client was closed.
+    Closed,
+}
+
 /// A connection to a wharf broker that survives the broker's restarts; cheap to clone.
 /// Dropping the last clone closes it.
 #[derive(Clone)]
@@ -98,6 +110,7 @@ pub struct Client {
 
 struct Inner {
     commands: mpsc::UnboundedSender<Command>,
+    state: tokio::sync::watch::Receiver<State>,
     /// Prefix of the msg_ids this client gives publishes: random per client.
     msg_prefix: String,
     next_msg: AtomicU64,
@@ -124,14 +137,32 @@ impl Client {
     /// # }
     /// ```
     pub async fn connect(options: Options) -> Result<Client, Error> {
-        let commands = driver::start(options).await?;
+        let (commands, state) = driver::start(options).await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 commands,
+                state,
                 msg_prefix: random_prefix(),
                 next_msg: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Where the connection stands, now and as it changes (a UI shows "reconnecting…").
+    ///
+    /// ```no_run
+    /// # async fn demo(client: wharf_client::Client) {
+    /// use wharf_client::State;
+    /// let mut state = client.state();
+    /// while state.changed().await.is_ok() {
+    ///     if let State::Reconnecting { reason } = &*state.borrow() {
+    ///         eprintln!("reconnecting: {reason}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn state(&self) -> tokio::sync::watch::Receiver<State> {
+        self.inner.state.clone()
     }
 
     fn send(&self, command: Command) -> Result<(), Error> {

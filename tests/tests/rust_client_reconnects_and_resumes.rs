@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
-use wharf_client::{Client, ErrorCode, Incoming, Options, Paging, Subscribe};
+use wharf_client::{Client, ErrorCode, Incoming, Options, Paging, State, Subscribe};
 use wharf_tests::{data_dir, Backend, Broker};
 
 async fn next_event(sub: &mut wharf_client::Subscription) -> wharf_client::Delivery {
@@ -168,6 +168,20 @@ async fn a_broker_sigkill_loses_and_skips_nothing() {
         confirmed
     });
 
+    // The client tells when it lost the connection (and why), and when it is back.
+    let mut state = consumer.state();
+    assert!(matches!(&*state.borrow(), State::Connected { url: u } if *u == url));
+    let saw_loss = tokio::spawn(async move {
+        let lost = state
+            .wait_for(|s| matches!(s, State::Reconnecting { .. }))
+            .await
+            .map(|s| s.clone());
+        let back = state
+            .wait_for(|s| matches!(s, State::Connected { .. }))
+            .await
+            .map(|s| s.clone());
+        (lost.ok(), back.ok())
+    });
     let mut received: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut acked = std::collections::BTreeSet::new();
     let mut killed = false;
@@ -197,6 +211,12 @@ async fn a_broker_sigkill_loses_and_skips_nothing() {
         }
     }
     let confirmed = published.await.expect("publisher task");
+    let (lost, back) = saw_loss.await.expect("state watcher");
+    assert!(
+        matches!(&lost, Some(State::Reconnecting { reason }) if !reason.is_empty()),
+        "{lost:?}"
+    );
+    assert_eq!(back, Some(State::Connected { url: url.clone() }));
     let here = consumer.presence("room.audit").await.expect("presence");
     assert_eq!(
         here.iter().map(|c| c.client.as_str()).collect::<Vec<_>>(),
