@@ -28,6 +28,25 @@ export interface ClientOptions {
   handlerRetryDelay?: number;
   /** The longest such delay, ms (default 60000). */
   maxHandlerRetryDelay?: number;
+  /** A persistent outbox: `true` (database `wharf-outbox`) or an IndexedDB database name.
+   * Every publish is stored there before it is sent and removed once the broker confirms it;
+   * a new client on the same outbox (after a reload or a crash) sends what is left first.
+   * Without IndexedDB (Node) the constructor throws `no_indexeddb` unless `indexedDB` is given. */
+  outbox?: boolean | string;
+  /** An IndexedDB implementation, where there is no global one (Node: fake-indexeddb, say). */
+  indexedDB?: unknown;
+  /** The broker's `dedup_window`, ms (default 120000): outbox entries loaded older than this
+   * are reported with `outbox-stale`. */
+  dedupWindow?: number;
+}
+
+/** A publish waiting in the outbox (or, without one, in memory) for the broker's confirmation. */
+export interface OutboxEntry {
+  topic: string;
+  payload: unknown;
+  msgId: string;
+  /** When it was published (entered the outbox), ms since the epoch. */
+  storedAt: number;
 }
 
 export type Start = 'all' | 'new' | number | string;
@@ -150,7 +169,18 @@ export class WharfClient {
   on(event: 'gap' | 'lost' | 'unsubscribed' | 'token_expiring', fn: (frame: Record<string, unknown>) => void): () => void;
   /** For every subscription with `joinLeave`. */
   on(event: 'join' | 'leave', fn: (change: PresenceChange) => void): () => void;
-  /** Resolves to the seq once the broker has the event on disk. */
+  /** An entry a previous page left in the outbox, confirmed by the broker (`duplicate` when it
+   * had been stored before, its confirmation lost). */
+  on(event: 'outbox-published', fn: (entry: OutboxEntry & { seq: number; duplicate: boolean }) => void): () => void;
+  /** An entry a previous page left in the outbox, refused by the broker (removed from it). */
+  on(event: 'outbox-failed', fn: (entry: OutboxEntry & { error: WharfError }) => void): () => void;
+  /** Entries loaded from the outbox older than `dedupWindow`: one that reached the broker
+   * before, its confirmation lost, is stored again. */
+  on(event: 'outbox-stale', fn: (entries: OutboxEntry[]) => void): () => void;
+  /** The publishes waiting for confirmation, in order, with their age in ms. */
+  pending(): Promise<Array<OutboxEntry & { age: number }>>;
+  /** Resolves to the seq once the broker has the event on disk (with an outbox: stored there
+   * first; rejects with `outbox_failed` if it cannot be). */
   publish(topic: string, payload: unknown, options?: { msgId?: string }): Promise<number>;
   subscribe<T = unknown>(
     patterns: string | string[],

@@ -16,6 +16,10 @@
 // it, `hello` names the client for presence (and is said again first thing after every
 // reconnect), a subscription with `presence: true` makes it present in its topics, one with
 // `joinLeave: true` is told who comes and goes, and `presence(topic)` lists who is there.
+//
+// With `new WharfClient(url, { outbox: 'name' })` (browsers: IndexedDB) every publish is stored
+// before it is sent and removed once the broker confirms it; a new client on that outbox (after
+// a reload, a crash) sends what is left first, with the same msg_id.
 
 /** An error from the broker (with its `code`) or from the client (`code` of its own). */
 export class WharfError extends Error {
@@ -38,7 +42,67 @@ const DEFAULTS = {
   // maxHandlerRetryDelay: a failing handler must not spin the broker and the page.
   handlerRetryDelay: 1000,
   maxHandlerRetryDelay: 60000,
+  // A persistent outbox (IndexedDB): `true` or a database name. See `outbox` below.
+  outbox: undefined,
+  indexedDB: undefined,
+  // The broker's dedup_window: outbox entries older than this are reported (`outbox-stale`).
+  dedupWindow: 120000,
 };
+
+/** A request to a promise. */
+function idbDone(request) {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+
+/**
+ * The persistent outbox: one IndexedDB database (`name`) holding one object store of
+ * unconfirmed publishes `{ topic, payload, msgId, storedAt }`, keyed in the order they were
+ * made (autoIncrement).
+ */
+class Outbox {
+  constructor(idb, name) {
+    this.name = name;
+    this.db = new Promise((resolve, reject) => {
+      const open = idb.open(name, 1);
+      open.onupgradeneeded = () => open.result.createObjectStore('outbox', { autoIncrement: true });
+      open.onsuccess = () => resolve(open.result);
+      open.onerror = () => reject(open.error);
+      open.onblocked = () => reject(new WharfError('outbox_failed', `the outbox ${name} is blocked by another version`));
+    });
+  }
+
+  async run(mode, fn) {
+    const db = await this.db;
+    return new Promise((resolve, reject) => {
+      const tx = db.transaction('outbox', mode);
+      let result;
+      Promise.resolve(fn(tx.objectStore('outbox'))).then((r) => { result = r; }, reject);
+      tx.oncomplete = () => resolve(result);
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error ?? new WharfError('outbox_failed', 'the outbox transaction was aborted'));
+    });
+  }
+
+  /** Stores an entry; resolves to its key once the transaction is committed. */
+  add(entry) {
+    return this.run('readwrite', (store) => idbDone(store.add(entry)));
+  }
+
+  remove(key) {
+    return this.run('readwrite', (store) => idbDone(store.delete(key)));
+  }
+
+  /** Every entry, in the order stored: [{ key, topic, payload, msgId, storedAt }]. */
+  entries() {
+    return this.run('readonly', async (store) => {
+      const [keys, values] = await Promise.all([idbDone(store.getAllKeys()), idbDone(store.getAll())]);
+      return keys.map((key, i) => ({ key, ...values[i] }));
+    });
+  }
+}
 
 /** Whether a ws:// URL leaves the machine (a token sent over it can be read on the way). */
 function cleartextRemote(url) {
@@ -106,6 +170,19 @@ export class WharfClient {
         console.warn(`wharf: sending a token over unencrypted ${url}; use wss:// beyond this machine`);
       }
     }
+    // The persistent outbox, if asked for. Without IndexedDB (Node) it is an error: a client
+    // that silently kept publishes in memory only would lose them on exit.
+    this.outbox = null;
+    this.outboxLoaded = true;
+    if (this.options.outbox) {
+      const idb = this.options.indexedDB ?? globalThis.indexedDB;
+      if (!idb || typeof idb.open !== 'function') {
+        throw new WharfError('no_indexeddb', 'options.outbox needs IndexedDB (a browser), or an implementation as options.indexedDB');
+      }
+      const name = this.options.outbox === true ? 'wharf-outbox' : String(this.options.outbox);
+      this.outbox = new Outbox(idb, name);
+      this.outboxLoaded = false;
+    }
     this.state = 'disconnected';
     this.ws = null;
     this.listeners = new Map();
@@ -124,6 +201,57 @@ export class WharfClient {
     this.connectedWaiters = [];
     // The last `hello` ({ frame, error }): said again first thing on every connection.
     this.greeting = null;
+    // Entries a previous page (or process) left in the outbox go first, before any publish
+    // made here.
+    this.outboxReady = this.outbox ? this.loadOutbox() : Promise.resolve();
+  }
+
+  async loadOutbox() {
+    try {
+      const entries = await this.outbox.entries();
+      const now = Date.now();
+      // A publish made here may already be in the outbox when it is read: it is queued once.
+      const here = new Set(this.publishes.map((p) => p.frame.msg_id));
+      const loaded = entries.filter((e) => !here.has(e.msgId)).map((e) => ({
+        frame: { op: 'publish', topic: e.topic, payload: e.payload, msg_id: e.msgId },
+        resolve: () => {},
+        reject: () => {},
+        id: null,
+        key: e.key,
+        entry: { topic: e.topic, payload: e.payload, msgId: e.msgId, storedAt: e.storedAt },
+        loaded: true,
+      }));
+      this.publishes.unshift(...loaded);
+      const stale = loaded.filter((p) => now - p.entry.storedAt > this.options.dedupWindow).map((p) => p.entry);
+      if (stale.length) this.emit('outbox-stale', stale);
+    } catch (e) {
+      this.emit('error', e instanceof WharfError ? e : new WharfError('outbox_failed', `cannot read the outbox: ${e?.message ?? e}`));
+    }
+    this.outboxLoaded = true;
+    if (this.state === 'connected') this.sendQueued();
+  }
+
+  /**
+   * The publishes waiting for the broker's confirmation, in order: `{ topic, payload, msgId,
+   * storedAt, age }` (`storedAt`, ms since the epoch, when it entered the outbox; `age` in ms).
+   * With an outbox this includes what a previous page left there.
+   */
+  async pending() {
+    await this.outboxReady;
+    const now = Date.now();
+    return this.publishes.filter((p) => !p.unsaved).map((p) => {
+      const entry = p.entry ?? { topic: p.frame.topic, payload: p.frame.payload, msgId: p.frame.msg_id, storedAt: p.storedAt };
+      return { ...entry, age: now - entry.storedAt };
+    });
+  }
+
+  /** Sends, in order, every queued publish not yet sent; stops at one still being stored. */
+  sendQueued() {
+    if (!this.outboxLoaded) return;
+    for (const p of [...this.publishes]) {
+      if (p.unsaved) return;
+      this.sendPublish(p);
+    }
   }
 
   /** The URL the client is connected to, or dialling, or (while disconnected) will dial next. */
@@ -133,8 +261,10 @@ export class WharfClient {
 
   /**
    * Listens for `state` (connecting, connected, disconnected, closed), `error`, `gap`, `lost`,
-   * `unsubscribed`, `token_expiring`, and `join` / `leave` (for every subscription with
-   * `joinLeave`).
+   * `unsubscribed`, `token_expiring`, `join` / `leave` (for every subscription with
+   * `joinLeave`), and with an outbox `outbox-published` / `outbox-failed` (an entry a previous
+   * page left, confirmed or refused) and `outbox-stale` (entries loaded older than
+   * `dedupWindow`).
    */
   on(event, fn) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
@@ -163,7 +293,10 @@ export class WharfClient {
     return ready;
   }
 
-  /** Closes for good: pending requests and queued publishes fail with code `closed`. */
+  /**
+   * Closes for good: pending requests and queued publishes fail with code `closed` (with an
+   * outbox, they stay in it for the next client on that outbox).
+   */
   close() {
     this.closed = true;
     clearTimeout(this.reconnectTimer);
@@ -225,7 +358,7 @@ export class WharfClient {
       for (const sub of this.subscriptions) {
         await this.sendSubscribe(sub);
       }
-      for (const p of this.publishes) this.sendPublish(p);
+      this.sendQueued();
       // A `hello` made while this connection was being set up, after the first one went out.
       if (this.greeting !== greeted) greeted = await this.greet(this.greeting);
     } catch (e) {
@@ -238,6 +371,8 @@ export class WharfClient {
     if (ws !== this.ws) return;
     this.attempt = 0;
     this.setState('connected');
+    // What the outbox loaded while this connection was being set up.
+    this.sendQueued();
     for (const w of this.connectedWaiters) w.resolve();
     this.connectedWaiters = [];
   }
@@ -480,27 +615,49 @@ export class WharfClient {
     return { topic: reply.topic, clients: reply.clients, count: reply.count };
   }
 
-  /** Resolves to the seq once the broker has the event on disk. */
+  /**
+   * Resolves to the seq once the broker has the event on disk. With an outbox the event is
+   * first stored there (it rejects with `outbox_failed` if it cannot be), and sent after it.
+   */
   publish(topic, payload, { msgId } = {}) {
     if (this.closed) return Promise.reject(new WharfError('closed', 'the client was closed'));
     const frame = { op: 'publish', topic, payload: payload === undefined ? null : payload, msg_id: msgId ?? randomId() };
     return new Promise((resolve, reject) => {
-      const p = { frame, resolve, reject, id: null };
+      const p = { frame, resolve, reject, id: null, storedAt: Date.now(), key: null, unsaved: Boolean(this.outbox) };
       this.publishes.push(p);
-      if (this.state === 'connected') this.sendPublish(p);
+      if (this.outbox) {
+        this.outbox.add({ topic: frame.topic, payload: frame.payload, msgId: frame.msg_id, storedAt: p.storedAt }).then((key) => {
+          p.key = key;
+          p.unsaved = false;
+        }, (e) => {
+          const i = this.publishes.indexOf(p);
+          if (i >= 0) this.publishes.splice(i, 1);
+          reject(new WharfError('outbox_failed', `cannot store the publish in the outbox: ${e?.message ?? e}`));
+        }).then(() => { if (this.state === 'connected') this.sendQueued(); });
+      } else if (this.state === 'connected') {
+        this.sendQueued();
+      }
     });
   }
 
   sendPublish(p) {
     if (p.id !== null) return;
-    const settle = (fn) => (value) => {
+    const settle = (fn) => async (value) => {
       const i = this.publishes.indexOf(p);
       if (i >= 0) this.publishes.splice(i, 1);
+      // Confirmed (or refused for good): out of the outbox before anyone is told.
+      if (this.outbox && p.key !== null) {
+        await this.outbox.remove(p.key).catch((e) => this.emit('error', new WharfError('outbox_failed', `cannot remove a confirmed publish from the outbox: ${e?.message ?? e}`)));
+      }
       fn(value);
     };
     const sent = this.request(p.frame, { publish: true });
     p.id = this.nextId - 1;
-    sent.then(settle((reply) => p.resolve(reply.seq)), (e) => {
+    sent.then(settle((reply) => {
+      p.resolve(reply.seq);
+      // Its publish promise was a previous page's: say it here.
+      if (p.loaded) this.emit('outbox-published', { ...p.entry, seq: reply.seq, duplicate: Boolean(reply.duplicate) });
+    }), (e) => {
       if (e.code === 'disconnected' || e.code === 'timeout') {
         // Goes out again (now, or after the reconnect); the msg_id keeps it from being
         // stored twice.
@@ -508,7 +665,10 @@ export class WharfClient {
         if (this.state === 'connected' && this.publishes.includes(p)) this.sendPublish(p);
         return;
       }
-      settle(p.reject)(e);
+      settle((err) => {
+        p.reject(err);
+        if (p.loaded) this.emit('outbox-failed', { ...p.entry, error: err });
+      })(e);
     });
   }
 

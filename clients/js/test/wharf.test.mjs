@@ -400,3 +400,13 @@ test('a client given two wharf nodes moves to the other when its node is SIGKILL
     await broker.stop();
   }
 });
+
+test('an outbox without IndexedDB (Node) is refused, never kept in memory silently', () => {
+  assert.ok(globalThis.indexedDB === undefined, 'this Node has no IndexedDB');
+  assert.throws(
+    () => new WharfClient('ws://127.0.0.1:7700/ws', { outbox: 'orders' }),
+    (e) => e instanceof WharfError && e.code === 'no_indexeddb',
+  );
+  // Without the option nothing changes.
+  new WharfClient('ws://127.0.0.1:7700/ws').close();
+});
