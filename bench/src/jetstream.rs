@@ -111,6 +111,29 @@ async fn make_consumer(
     }
 }
 
+/// Sends a message again (same `Nats-Msg-Id`) until JetStream confirms it, for up to 30 s.
+async fn stored_again(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    body: Vec<u8>,
+    first_error: String,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut why = first_error;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match send(js, subject, id, body.clone()).await {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(()),
+                Err(e) => why = e.to_string(),
+            },
+            Err(e) => why = e.to_string(),
+        }
+    }
+    bail!("publish {id} not stored after 30 s: {why}")
+}
+
 /// What a wharf node sends: the message with its own `Nats-Msg-Id`.
 async fn send(
     js: &jetstream::Context,
@@ -149,19 +172,31 @@ async fn publish_all(
             let node = node_id();
             let mut pending = VecDeque::with_capacity(window);
             let mut latencies = Vec::with_capacity(per as usize);
+            let confirm = |i: u64, ack: jetstream::context::PublishAckFuture| {
+                let (js, subject, id) = (js.clone(), subject.clone(), format!("raw-{node}-{i}"));
+                async move {
+                    if let Err(e) = ack.await {
+                        // A connection to a server that has not learnt of the new stream yet
+                        // gets "no responders" at once: sent again with its id, it is
+                        // stored once (as a wharf node does through a leader change).
+                        stored_again(&js, &subject, &id, payload(size, i), e.to_string()).await?;
+                    }
+                    Ok::<_, anyhow::Error>(())
+                }
+            };
             for i in 0..per {
                 if pending.len() >= window {
-                    let (at, ack): (Instant, jetstream::context::PublishAckFuture) =
+                    let (at, n, ack): (Instant, u64, jetstream::context::PublishAckFuture) =
                         pending.pop_front().ok_or_else(|| anyhow!("empty window"))?;
-                    ack.await?;
+                    confirm(n, ack).await?;
                     latencies.push(ms_since(at));
                 }
                 let id = format!("raw-{node}-{i}");
                 let ack = send(&js, &subject, &id, payload(size, i)).await?;
-                pending.push_back((Instant::now(), ack));
+                pending.push_back((Instant::now(), i, ack));
             }
-            for (at, ack) in pending {
-                ack.await?;
+            for (at, n, ack) in pending {
+                confirm(n, ack).await?;
                 latencies.push(ms_since(at));
             }
             Ok(latencies)
