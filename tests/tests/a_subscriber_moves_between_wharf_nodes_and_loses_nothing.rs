@@ -1,6 +1,9 @@
 //! Cluster: two wharf nodes serve one JetStream stream. A durable subscriber on node A takes
 //! some events and acks some, then reconnects to node B: it gets exactly what it had not
-//! acked, again (delivery 2), then what was published meanwhile through node B, in order.
+//! acked, again (delivery 2), and what was published meanwhile through node B (first
+//! deliveries in seq order). A redelivery may come after newer events, as PROTOCOL.md
+//! allows: node A hands back what it held as its connection goes, and node B's first pull
+//! can be quicker.
 
 use serde_json::json;
 use wharf_tests::{deliveries, nats, seqs, Backend};
@@ -39,8 +42,19 @@ async fn a_subscriber_moves_between_wharf_nodes_and_loses_nothing() {
     let mut on_b = b.client().await;
     on_b.subscribe("orders.>", Some("mover")).await;
     let got = on_b.events(5).await;
-    assert_eq!(seqs(&got), vec![4, 5, 6, 7, 8]);
-    assert_eq!(deliveries(&got), vec![2, 2, 1, 1, 1]);
+    let mut by_seq: Vec<(u64, u64)> = seqs(&got).into_iter().zip(deliveries(&got)).collect();
+    let firsts: Vec<u64> = by_seq
+        .iter()
+        .filter(|(_, d)| *d == 1)
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(
+        firsts,
+        vec![6, 7, 8],
+        "first deliveries in order: {by_seq:?}"
+    );
+    by_seq.sort_unstable();
+    assert_eq!(by_seq, vec![(4, 2), (5, 2), (6, 1), (7, 1), (8, 1)]);
     on_b.ack("mover", &[4, 5, 6, 7, 8]).await;
 
     // Node A sees the consumer as node B left it.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wharf_protocol::{Mode, Reply};
 
@@ -148,15 +149,21 @@ impl LocalConsumer {
         if released.is_empty() {
             return;
         }
+        // After the naks of earlier releases: two departures' naks interleaved would hand
+        // their events back out of seq order.
+        let mut releasing = lock(&self.releasing);
+        let earlier: Vec<JoinHandle<()>> =
+            releasing.drain(..).filter(|h| !h.is_finished()).collect();
         let naks = tokio::spawn(async move {
+            for handle in earlier {
+                let _done_or_aborted = handle.await;
+            }
             for f in released {
                 if let Err(e) = f.message.double_ack_with(AckKind::Nak(None)).await {
                     tracing::debug!(error = %e, "nak at detach failed; JetStream's ack wait redelivers it");
                 }
             }
         });
-        let mut releasing = lock(&self.releasing);
-        releasing.retain(|h| !h.is_finished());
         releasing.push(naks);
     }
 
@@ -254,7 +261,14 @@ impl LocalConsumer {
         }
     }
 
+    /// Connections holding the consumer here: attached, or gone and their events not all
+    /// handed back yet (their naks still on the way to JetStream), so that one who sees 0
+    /// knows that what they held is due to the next subscriber, on any node.
     pub(super) fn attached(&self) -> usize {
-        lock(&self.attachments).len()
+        let releasing = lock(&self.releasing)
+            .iter()
+            .filter(|naks| !naks.is_finished())
+            .count();
+        lock(&self.attachments).len() + releasing
     }
 }
