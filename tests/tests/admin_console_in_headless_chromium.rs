@@ -299,6 +299,13 @@ async fn the_console_follows_cli_traffic_and_seeks_a_consumer(backend: Backend) 
         chart.as_u64().unwrap() >= 2,
         "the in-rate line has a rise: {chart}"
     );
+    // The topics table refreshes on its own (on the cluster, from the stream's subjects).
+    console
+        .wait_for(
+            "JSON.stringify(window.wharfAdmin.topics()) === '[\"console.orders\"]'",
+            WAIT,
+        )
+        .await;
     let topics = console.eval("window.wharfAdmin.topics()").await;
     assert_eq!(topics, json!(["console.orders"]));
 
