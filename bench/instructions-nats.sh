@@ -109,21 +109,6 @@ EOF
         awk '{gsub(",", "", $1); sum += $1} END {print sum}'
 }
 
-# The median of three runs.
-median() { # scenario events
-    local a b c
-    a=$(count "$1" "$2"); b=$(count "$1" "$2"); c=$(count "$1" "$2")
-    printf '%s\n%s\n%s\n' "$a" "$b" "$c" | sort -n | sed -n 2p
-}
-p1=$(median publish "$N1"); p2=$(median publish "$N2")
-r1=$(median replay "$N1"); r2=$(median replay "$N2")
-python3 - "$N1" "$N2" "$p1" "$p2" "$r1" "$r2" <<'PY'
-import sys
-n1, n2, p1, p2, r1, r2 = map(int, sys.argv[1:])
-per_publish = (p2 - p1) / (n2 - n1)
-per_replayed = (r2 - r1) / (n2 - n1)
-print(f"| figure (callgrind, release build, backend nats, {n1} and {n2} events) | instructions |")
-print("|---|---|")
-print(f"| per published event (1 in flight) | {per_publish:,.0f} |")
-print(f"| per delivered event (durable replay, acks in batches of 500) | {per_replayed - per_publish:,.0f} |")
-PY
+# shellcheck source=bench/instructions-report.sh
+. bench/instructions-report.sh  # the scripts run from the repository root (cd above)
+report "release build, backend nats" "1 in flight"
