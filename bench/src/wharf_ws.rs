@@ -320,6 +320,11 @@ pub async fn fanout(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Resu
                     got += 1;
                 } else if text.starts_with(r#"{"type":"lost""#) {
                     bail!("a subscriber fell behind and lost events: {text}");
+                } else if text.starts_with(r#"{"type":"error""#)
+                    || text.starts_with(r#"{"type":"unsubscribed""#)
+                {
+                    // Its subscription is over: waiting on would only see heartbeats.
+                    bail!("a subscriber's subscription failed: {text}");
                 }
             }
             Ok::<_, anyhow::Error>(Instant::now())

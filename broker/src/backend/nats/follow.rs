@@ -37,6 +37,14 @@ impl Follower {
             .map_err(|e| unavailable("cannot follow the stream", e))
     }
 
+    /// Makes the first ordered consumer (retried until NATS answers: the subscriber was told
+    /// `subscribed` already, and an error now would leave it waiting for events that never
+    /// come), then delivers.
+    pub(super) async fn start(self, from: u64) {
+        let messages = self.again_from(from).await;
+        self.run(messages, from).await
+    }
+
     /// Delivers until the subscription ends (which aborts this task). An ordered consumer
     /// that reports an error makes itself again; one that ends is made again after the last
     /// event delivered, so a NATS hiccup never silently stops a subscription.

@@ -467,9 +467,10 @@ impl NatsBackend {
             filters: patterns.iter().map(|p| self.filter(p)).collect(),
             to,
         };
-        // The first consumer is made now, so that an error is the subscribe's.
-        let messages = follower.messages_from(from).await?;
-        let task = tokio::spawn(follower.run(messages, from));
+        // Made in the task: a NATS that cannot answer this moment (a fresh stream's replicas
+        // electing a leader) delays the subscription's first event, it does not end it
+        // (the subscriber was told `subscribed` already; the start seq was resolved before).
+        let task = tokio::spawn(follower.start(from));
         Ok(Subscription::Ephemeral(task.abort_handle()))
     }
 }
