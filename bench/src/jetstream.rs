@@ -60,19 +60,34 @@ pub async fn make_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stre
     }
 }
 
+/// Makes the stream, asking again until the cluster answers: a 3-node cluster whose nodes
+/// all say healthy may not have elected its meta leader yet, and a stream request sent then
+/// goes unanswered (CI saw "jetstream request timed out" after 30 s on a fresh cluster).
 async fn create_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
-    js.get_or_create_stream(stream::Config {
-        name: STREAM.to_owned(),
-        subjects: vec![format!("{PREFIX}.>")],
-        storage: stream::StorageType::File,
-        num_replicas: 3,
-        retention: stream::RetentionPolicy::Limits,
-        duplicate_window: Duration::from_secs(120),
-        allow_atomic_publish: true,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow!("cannot create stream {STREAM}: {e}"))
+    let mut asking = js.clone();
+    asking.set_timeout(Duration::from_secs(5));
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let made = asking
+            .get_or_create_stream(stream::Config {
+                name: STREAM.to_owned(),
+                subjects: vec![format!("{PREFIX}.>")],
+                storage: stream::StorageType::File,
+                num_replicas: 3,
+                retention: stream::RetentionPolicy::Limits,
+                duplicate_window: Duration::from_secs(120),
+                allow_atomic_publish: true,
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() >= until => {
+                bail!("cannot create stream {STREAM} within 60 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// A durable consumer with a wharf consumer's settings.
