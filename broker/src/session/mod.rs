@@ -38,6 +38,7 @@ mod admin;
 mod authorize;
 mod dispatch;
 mod publish;
+mod read_gate;
 mod reply;
 mod rooms;
 mod settle;
@@ -45,6 +46,7 @@ mod subscribe;
 mod writer;
 
 use publish::new_event;
+use read_gate::ReadGate;
 use reply::{after_commit, error_reply, Completion};
 use rooms::Rooms;
 use writer::{close_frame, sleep_until_opt, write_frames};
@@ -138,7 +140,8 @@ impl Session {
         principal: Option<Arc<Principal>>,
         mut shutdown: Shutdown,
     ) {
-        let (sink, mut stream) = ws.split();
+        let (sink, stream) = ws.split();
+        let mut stream = ReadGate::new(stream);
         let (tx, rx) = mpsc::channel(ctx.config.outbound_queue);
         let (evict_tx, evict_rx) = mpsc::channel(1);
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
@@ -217,7 +220,7 @@ impl Session {
     /// The read loop; returns the close frame to send, if any.
     async fn serve(
         &mut self,
-        stream: &mut SplitStream<Ws>,
+        stream: &mut ReadGate<SplitStream<Ws>>,
         shutdown: &mut Shutdown,
     ) -> Option<CloseFrame> {
         let interval = self.ctx.config.heartbeat_interval;
