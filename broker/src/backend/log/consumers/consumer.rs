@@ -10,6 +10,7 @@ use tokio::task::AbortHandle;
 use wharf_protocol::{Mode, Pattern};
 
 use super::dead_letter_topic;
+use super::seq_map::SeqMap;
 use crate::backend::contract::DeliveryOptions;
 use crate::backend::log::settled::ConsumerState;
 use crate::outbound::Outbound;
@@ -27,7 +28,8 @@ pub struct Attachment {
     /// Every seq at or below this has been looked at by this attachment's task.
     pub(super) read_upto: u64,
     pub(super) held: usize,
-    pub(super) timers: BTreeSet<(Instant, u64)>,
+    /// Deadlines of this attachment's leases, soonest first.
+    pub(super) timers: SeqMap<(Instant, u64), ()>,
 }
 
 pub(super) struct Lease {
@@ -37,8 +39,8 @@ pub(super) struct Lease {
 
 pub(super) struct Inner {
     pub(super) state: ConsumerState,
-    pub(super) deliveries: BTreeMap<u64, u32>,
-    pub(super) leases: BTreeMap<u64, Lease>,
+    pub(super) deliveries: SeqMap<u64, u32>,
+    pub(super) leases: SeqMap<u64, Lease>,
     pub(super) orphans: BTreeSet<u64>,
     pub(super) attachments: Vec<Attachment>,
     pub(super) mode: Mode,
@@ -137,8 +139,8 @@ impl Consumer {
             dead_topic: dead_letter_topic(name),
             inner: Mutex::new(Inner {
                 state,
-                deliveries,
-                leases: BTreeMap::new(),
+                deliveries: deliveries.into_iter().collect(),
+                leases: SeqMap::new(),
                 orphans: BTreeSet::new(),
                 attachments: Vec::new(),
                 mode: Mode::Exclusive,
@@ -212,7 +214,7 @@ impl Consumer {
             task: None,
             read_upto: floor,
             held: 0,
-            timers: BTreeSet::new(),
+            timers: SeqMap::new(),
         });
         Ok(Attached {
             generation,
@@ -254,7 +256,7 @@ impl Consumer {
                 .leases
                 .iter()
                 .filter(|(_, l)| l.holder == gone.generation)
-                .map(|(&s, _)| s)
+                .map(|(s, _)| s)
                 .collect();
             for seq in held {
                 inner.leases.remove(&seq);

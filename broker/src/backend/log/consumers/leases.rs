@@ -81,7 +81,7 @@ impl Consumer {
             }
             _ => a.held += 1,
         }
-        a.timers.insert((deadline, seq));
+        a.timers.insert((deadline, seq), ());
         if dead {
             return Step::DeadLetter(so_far);
         }
@@ -117,7 +117,7 @@ impl Consumer {
         if let Some(a) = attached(&mut inner.attachments, lease.holder) {
             a.timers.remove(&(lease.deadline, seq));
             lease.deadline = now + retry;
-            a.timers.insert((lease.deadline, seq));
+            a.timers.insert((lease.deadline, seq), ());
             a.kick.notify_one();
         }
     }
@@ -128,7 +128,7 @@ impl Consumer {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let a = attached(&mut inner.attachments, generation)?;
-        while let Some(&(deadline, seq)) = a.timers.first() {
+        while let Some(((deadline, seq), _)) = a.timers.first() {
             if deadline > now {
                 break;
             }
@@ -175,7 +175,7 @@ impl Consumer {
             .attachment(generation)?
             .timers
             .first()
-            .map(|&(d, _)| d)
+            .map(|((d, _), _)| d)
     }
 
     /// The event at `seq` could not be read: give its lease up.
@@ -200,7 +200,7 @@ impl Consumer {
             };
             a.timers.remove(&(lease.deadline, seq));
             lease.deadline = now + delay.unwrap_or(a.options.ack_wait);
-            a.timers.insert((lease.deadline, seq));
+            a.timers.insert((lease.deadline, seq), ());
             a.kick.notify_one();
         }
         Ok(())

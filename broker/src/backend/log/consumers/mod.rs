@@ -24,6 +24,7 @@ pub use crate::backend::contract::{dead_letter_topic, DEAD_LETTER_PREFIX};
 
 mod consumer;
 mod leases;
+mod seq_map;
 mod settling;
 
 pub use consumer::{Attached, Attachment, Consumer, ModeConflict};

@@ -18,15 +18,14 @@ impl Consumer {
         // (a scan of every lease against every acked seq was 7% of replay's instructions).
         let mut acking = seqs.to_vec();
         acking.sort_unstable();
-        let is_open = |s: &&u64| acking.binary_search(s).is_err();
+        let is_open = |s: &u64| acking.binary_search(s).is_err();
         let open = [
             inner.leases.keys().find(is_open),
-            inner.orphans.iter().find(is_open),
+            inner.orphans.iter().copied().find(is_open),
         ]
         .into_iter()
         .flatten()
-        .min()
-        .copied();
+        .min();
         let limit = match open {
             Some(s) => covered.min(s - 1),
             None => covered,
@@ -56,8 +55,8 @@ impl Consumer {
         let above = || seqs.iter().copied().filter(move |&s| s > floor);
         let acked: Vec<(u64, u32)> = inner
             .deliveries
-            .range(..=floor)
-            .map(|(&s, &c)| (s, c))
+            .up_to(floor)
+            .map(|(s, &c)| (s, c))
             .chain(above().filter_map(|s| inner.deliveries.get(&s).map(|&c| (s, c))))
             .collect();
         for (s, _) in &acked {
@@ -72,8 +71,8 @@ impl Consumer {
             .collect();
         let leased: Vec<u64> = inner
             .leases
-            .range(..=floor)
-            .map(|(&s, _)| s)
+            .up_to(floor)
+            .map(|(s, _)| s)
             .chain(inner.orphans.range(..=floor).copied())
             .chain(above().filter(|s| inner.leases.contains_key(s) || inner.orphans.contains(s)))
             .collect();
@@ -95,20 +94,14 @@ impl Consumer {
         let gone: Vec<u64> = inner
             .leases
             .keys()
-            .chain(inner.orphans.iter())
-            .copied()
+            .chain(inner.orphans.iter().copied())
             .filter(|&s| s <= floor)
             .collect();
         for s in gone {
             inner.release(s);
         }
-        let settled: Vec<u64> = inner
-            .deliveries
-            .keys()
-            .copied()
-            .filter(|&s| s <= floor)
-            .collect();
-        inner.deliveries.retain(|&s, _| s > floor);
+        let settled: Vec<u64> = inner.deliveries.keys().filter(|&s| s <= floor).collect();
+        inner.deliveries.retain(|s, _| s > floor);
         inner.epoch += 1;
         // The walks restart; each tells its subscriber of the gap, which stays in the
         // consumer's durable state until one did.
@@ -153,13 +146,8 @@ impl Consumer {
         inner.state.seek(floor);
         inner.leases.clear();
         inner.orphans.clear();
-        let reset: Vec<u64> = inner
-            .deliveries
-            .keys()
-            .copied()
-            .filter(|&s| s > floor)
-            .collect();
-        inner.deliveries.retain(|&s, _| s <= floor);
+        let reset: Vec<u64> = inner.deliveries.keys().filter(|&s| s > floor).collect();
+        inner.deliveries.retain(|s, _| s <= floor);
         inner.loaded_through = inner.loaded_through.min(floor);
         inner.delivered_through = inner.delivered_through.min(floor);
         // Saved again under the new seek count, even if it did not move.
