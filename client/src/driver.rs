@@ -26,6 +26,7 @@ use wharf_protocol::{ErrorCode, Id, Reply, Request};
 use crate::connection::{closed_by_broker, open, Ws};
 use crate::link::{Command, Delivery, Incoming, Spec, Subscribed};
 use crate::options::{Options, Token};
+use crate::outbox::{key_of, Outbox};
 use crate::{id_of, Error, State};
 
 /// Requests written to the socket before one flush, when callers send them faster than
@@ -43,11 +44,16 @@ enum Waiting {
     Subscribe(u64),
     /// Nobody waits for it (an unsubscribe, a fresh token).
     Internal,
+    /// A publish a previous client left in the outbox: sent again after a reconnect until
+    /// answered; nobody waits for it.
+    Replayed,
 }
 
 struct Pending {
     request: Request,
     waiting: Waiting,
+    /// Its key in the outbox, for a publish kept there.
+    kept: Option<String>,
 }
 
 struct Sub {
@@ -102,6 +108,8 @@ struct Driver {
     hello: Option<Request>,
     publishes: usize,
     next_url: usize,
+    /// `Options::outbox`: publishes kept in a file until answered.
+    outbox: Option<Outbox>,
 }
 
 /// Connects (within `options.connect_timeout`) and starts the driver.
@@ -111,6 +119,16 @@ pub(crate) async fn start(
     if options.urls.is_empty() {
         return Err(Error::Invalid("no broker URL given".into()));
     }
+    // Opened (and locked) before connecting: a client that cannot keep its publishes
+    // should not take any.
+    let outbox = match &options.outbox {
+        Some(path) => Some(Outbox::open(path)?),
+        None => None,
+    };
+    let replay = match &outbox {
+        Some(outbox) => outbox.entries()?,
+        None => Vec::new(),
+    };
     let mut next_url = 0;
     let deadline = tokio::time::Instant::now() + options.connect_timeout;
     let mut backoff = options.min_backoff;
@@ -138,7 +156,7 @@ pub(crate) async fn start(
     };
     let (commands, receiver) = mpsc::unbounded_channel();
     let (state, watching) = watch::channel(State::Connected { url });
-    let driver = Driver {
+    let mut driver = Driver {
         state,
         options,
         commands: receiver,
@@ -150,7 +168,15 @@ pub(crate) async fn start(
         hello: None,
         publishes: 0,
         next_url,
+        outbox,
     };
+    // What a previous client left goes first (the lowest ids), in the order it was made.
+    for (key, request) in replay {
+        let id = driver.register(request, Waiting::Replayed);
+        if let Some(p) = driver.pending.get_mut(&id) {
+            p.kept = Some(key);
+        }
+    }
     tokio::spawn(driver.run(ws));
     Ok((commands, watching))
 }
@@ -195,6 +221,8 @@ impl Driver {
             match ended {
                 Ended::Lost(why) if self.options.reconnect => self.lost(&why),
                 Ended::Lost(why) => {
+                    // Unlocked before anyone is told the client ended.
+                    self.outbox = None;
                     self.state.send_replace(State::Disconnected {
                         reason: why.clone(),
                     });
@@ -207,6 +235,8 @@ impl Driver {
                 }
             }
         }
+        // Unlocked (what it holds kept for the next client) before anyone is told.
+        self.outbox = None;
         self.state.send_replace(State::Closed);
         self.fail_all(|| Error::Closed);
     }
@@ -257,8 +287,23 @@ impl Driver {
                             let _told = reply.send(Err(Error::QueueFull(self.publishes)));
                             return None;
                         }
+                        let kept = match (&mut self.outbox, key_of(&request)) {
+                            (Some(outbox), Some(key)) => match outbox.add(&key, &request) {
+                                Ok(()) => Some(key),
+                                Err(e) => {
+                                    // Not kept, so not sent: the caller learns it now.
+                                    let _told = reply.send(Err(e));
+                                    return None;
+                                }
+                            },
+                            _ => None,
+                        };
                         self.publishes += 1;
-                        Waiting::Publish(reply)
+                        let id = self.register(request, Waiting::Publish(reply));
+                        if let Some(p) = self.pending.get_mut(&id) {
+                            p.kept = kept;
+                        }
+                        return Some(id);
                     }
                     Request::History { .. }
                     | Request::Last { .. }
@@ -330,7 +375,14 @@ impl Driver {
         self.next_id += 1;
         let id = self.next_id;
         request.set_id(Some(id_of(id)));
-        self.pending.insert(id, Pending { request, waiting });
+        self.pending.insert(
+            id,
+            Pending {
+                request,
+                waiting,
+                kept: None,
+            },
+        );
         id
     }
 
@@ -579,6 +631,22 @@ impl Driver {
         } else {
             Ok(text.to_owned())
         };
+        if let (Some(outbox), Some(key)) = (&mut self.outbox, &pending.kept) {
+            // Confirmed, or refused for good: out of the outbox. (`unavailable`: the
+            // cluster stored nothing and may later; the entry stays for the next client.)
+            let again = matches!(
+                &result,
+                Err(Error::Refused {
+                    code: ErrorCode::Unavailable,
+                    ..
+                })
+            );
+            if !again {
+                // A `done` that could not be written sends the entry once more next time:
+                // its msg_ids keep it stored once.
+                let _resent_if_lost = outbox.done(key);
+            }
+        }
         match pending.waiting {
             Waiting::Publish(reply) => {
                 self.publishes = self.publishes.saturating_sub(1);
@@ -598,7 +666,7 @@ impl Driver {
                 }
             }
             Waiting::Subscribe(local) => return self.subscribed(local, result),
-            Waiting::Internal => {}
+            Waiting::Internal | Waiting::Replayed => {}
         }
         None
     }
@@ -682,7 +750,7 @@ impl Driver {
             let resend = self.pending.get(&id).is_some_and(|p| match &p.waiting {
                 // Sent again only with msg_ids: the broker then stores each once.
                 Waiting::Publish(_) => has_msg_ids(&p.request),
-                Waiting::Read(_) | Waiting::Hello(Some(_)) => true,
+                Waiting::Read(_) | Waiting::Hello(Some(_)) | Waiting::Replayed => true,
                 _ => false,
             });
             if resend {

@@ -27,6 +27,10 @@ pub enum Error {
     /// An argument the broker would refuse anyway (a bad topic, a payload that is not JSON).
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The outbox file (`Options::outbox`) cannot be used: locked by another client,
+    /// damaged, or a write failed (the publish was then not sent).
+    #[error("outbox: {0}")]
+    Outbox(String),
     /// The broker sent something this client does not understand.
     #[error("protocol: {0}")]
     Protocol(String),

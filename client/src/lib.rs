@@ -44,6 +44,7 @@ mod driver;
 mod error;
 mod link;
 mod options;
+mod outbox;
 mod subscription;
 
 use std::future::Future;
@@ -258,7 +259,8 @@ impl Client {
     /// Publishes `payload` (any serializable value) to `topic`; returns once the broker has
     /// it on stable storage. Each publish carries a `msg_id`, so one sent again after a
     /// reconnect is stored once. While the connection is down, publishes wait (in order)
-    /// in a queue of at most `Options::max_queued`; past it, [`Error::QueueFull`].
+    /// in a queue of at most `Options::max_queued`; past it, [`Error::QueueFull`]. Handed to
+    /// the connection when called (see [`Client::request`]).
     ///
     /// ```no_run
     /// # async fn demo(client: wharf_client::Client) -> Result<(), wharf_client::Error> {
@@ -267,14 +269,15 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn publish<T: Serialize + ?Sized>(
+    pub fn publish<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         payload: &T,
-    ) -> Result<Published, Error> {
-        let payload = serde_json::value::to_raw_value(payload)
-            .map_err(|e| Error::Invalid(format!("the payload is not JSON: {e}")))?;
-        self.publish_raw(topic, payload, None).await
+    ) -> impl Future<Output = Result<Published, Error>> + Send + 'static {
+        let sent = serde_json::value::to_raw_value(payload)
+            .map_err(|e| Error::Invalid(format!("the payload is not JSON: {e}")))
+            .map(|payload| self.publish_raw(topic, payload, None));
+        async move { sent?.await }
     }
 
     /// Publishes a payload that is JSON text already, with the given `msg_id` (or one of
@@ -323,7 +326,8 @@ impl Client {
         })
     }
 
-    /// Publishes events atomically: all stored, in order, or none.
+    /// Publishes events atomically: all stored, in order, or none. Handed to the connection
+    /// when called (see [`Client::request`]).
     ///
     /// ```no_run
     /// # async fn demo(client: wharf_client::Client) -> Result<(), wharf_client::Error> {
@@ -335,31 +339,31 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn publish_batch<T: Serialize>(
+    pub fn publish_batch<T: Serialize>(
         &self,
         events: &[(&str, T)],
-    ) -> Result<Vec<Published>, Error> {
-        let events = events
+    ) -> impl Future<Output = Result<Vec<Published>, Error>> + Send + 'static {
+        let sent = events
             .iter()
             .map(|(topic, payload)| {
                 let payload = serde_json::value::to_raw_value(payload)
                     .map_err(|e| Error::Invalid(format!("the payload is not JSON: {e}")))?;
                 self.new_event(topic, payload, None)
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        match self
-            .request(Request::PublishBatch { id: None, events })
-            .await?
-        {
-            Reply::Published {
-                seqs: Some(seqs),
-                duplicate,
-                ..
-            } => Ok(seqs
-                .into_iter()
-                .map(|seq| Published { seq, duplicate })
-                .collect()),
-            other => Err(unexpected(&other)),
+            .collect::<Result<Vec<_>, _>>()
+            .map(|events| self.request(Request::PublishBatch { id: None, events }));
+        async move {
+            match sent?.await? {
+                Reply::Published {
+                    seqs: Some(seqs),
+                    duplicate,
+                    ..
+                } => Ok(seqs
+                    .into_iter()
+                    .map(|seq| Published { seq, duplicate })
+                    .collect()),
+                other => Err(unexpected(&other)),
+            }
         }
     }
 

@@ -63,6 +63,12 @@ pub struct Options {
     /// Bytes of the socket's read buffer (per connection). Many idle connections in one
     /// process (a load generator) want it small.
     pub read_buffer: usize,
+    /// A file that keeps publishes (those with msg_ids: `publish`, `publish_raw`,
+    /// `publish_batch`) from before they are sent until they are answered, so that they
+    /// survive the process: the next client on the file sends what is left first, with the
+    /// same msg_ids (stored once inside the broker's `dedup_window`). Each publish costs a
+    /// write and an fdatasync. One client per file (a lock on `PATH.lock`).
+    pub outbox: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -85,6 +91,7 @@ impl Options {
             retry_connect: true,
             reconnect: true,
             read_buffer: 128 * 1024,
+            outbox: None,
         }
     }
 
@@ -196,6 +203,18 @@ impl Options {
     /// ```
     pub fn read_buffer(mut self, bytes: usize) -> Options {
         self.read_buffer = bytes;
+        self
+    }
+
+    /// Keeps unanswered publishes in the file at `path` (see
+    /// [`Options::outbox`](Options#structfield.outbox)).
+    ///
+    /// ```
+    /// let options = wharf_client::Options::new("ws://127.0.0.1:7700/ws").outbox("orders.outbox");
+    /// assert!(options.outbox.is_some());
+    /// ```
+    pub fn outbox(mut self, path: impl Into<std::path::PathBuf>) -> Options {
+        self.outbox = Some(path.into());
         self
     }
 }
