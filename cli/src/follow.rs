@@ -1,25 +1,27 @@
 //! `wharf subscribe` and `wharf tail`: print events as they come, ack what was printed, and
 //! (unless `--no-reconnect`) carry on across broker restarts and dropped connections.
 //!
-//! Across a reconnect nothing is skipped: a durable consumer resumes from its acked state on
-//! the broker, and the events printed but not yet confirmed as acked are recognised when they
-//! are delivered again (acked, not printed twice); an ephemeral subscription resumes from
-//! the seq after the last one it printed.
+//! The subscription is `wharf_client`'s, which reconnects and subscribes again by itself:
+//! a durable consumer resumes from its acked state on the broker, an ephemeral subscription
+//! from the seq after the last one it delivered (so, as everything delivered is printed in
+//! order, after the last one printed). What is left here is what printing needs: the events
+//! printed but whose ack was not confirmed when the connection dropped are recognised when
+//! they are delivered again (acked, not printed twice), and one line on stderr says when the
+//! connection is lost and when it is back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use futures_util::future::BoxFuture;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Message;
-use wharf_protocol::{Id, Pattern, Reply, Request, Start, SubscribeOptions};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use wharf_client::{Client, Error, Incoming, State, Subscribe, Subscription};
+use wharf_protocol::{Pattern, Reply, Request, Start, SubscribeOptions};
 
-use crate::client::{connect, Conn, Ws};
+use crate::conn::{refused, Conn};
 
 /// What to follow and how to print it.
 pub struct Follow {
@@ -41,59 +43,76 @@ const ACK_BATCH: usize = 256;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
-/// Why a connection's run ended without finishing.
-enum Stop {
-    /// The connection was lost (or could not be made): a reconnect may carry on.
-    Lost(anyhow::Error),
-    /// The broker refused or ended the subscription: reconnecting would not help.
-    Fatal(anyhow::Error),
-}
+/// An ack sent, with its seqs, and what came of it.
+type AckOutcome = (Vec<u64>, Result<Reply, Error>);
 
-/// What carries over from one connection to the next.
-#[derive(Default)]
+/// What the run keeps between events.
 struct Progress {
     printed: u64,
-    /// Ephemeral: the seq to resume from (the one after the last printed, or the
-    /// subscription's `start_seq` before any).
+    /// Ephemeral: the seq a resume starts from (the one after the last printed, or the
+    /// subscription's `start_seq` before any); for the notice on stderr.
     resume: Option<u64>,
     /// Durable: printed, and the ack not confirmed yet; a redelivery of one of these is
     /// acked without being printed again.
     unacked: BTreeSet<u64>,
-    /// Subscribed at least once: only then is a lost connection worth reconnecting.
-    subscribed: bool,
+    /// Printed, not acked yet.
+    batch: Vec<u64>,
+    /// Acks sent and not answered.
+    acks: FuturesUnordered<BoxFuture<'static, AckOutcome>>,
     /// The connection was lost and not yet restored.
     reconnecting: bool,
 }
 
 pub async fn run(conn: &Conn, follow: Follow) -> anyhow::Result<()> {
-    let mut out = Output::new();
-    let mut closed: BoxFuture<'static, ()> = Box::pin(stdout_closed());
-    let mut progress = Progress::default();
-    let mut delay = FIRST_RETRY_DELAY;
-    loop {
-        match session(conn, &follow, &mut progress, &mut out, &mut closed).await {
-            Ok(()) => return Ok(()),
-            Err(Stop::Fatal(e)) => return Err(e),
-            Err(Stop::Lost(e)) if !follow.reconnect || !progress.subscribed => return Err(e),
-            Err(Stop::Lost(e)) => {
-                if !progress.reconnecting {
-                    progress.reconnecting = true;
-                    delay = FIRST_RETRY_DELAY;
-                    eprintln!(
-                        "wharf: lost {} ({}); reconnecting, then resuming {}",
-                        conn.url(),
-                        crate::one_line(&e),
-                        resume_point(&follow, &progress)
-                    );
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = &mut closed => return Ok(()),
-                }
-                delay = (delay * 2).min(MAX_RETRY_DELAY);
-            }
-        }
+    let options = conn
+        .options()
+        .reconnect(follow.reconnect)
+        .min_backoff(FIRST_RETRY_DELAY)
+        .max_backoff(MAX_RETRY_DELAY);
+    let client = Client::connect(options).await?;
+    let patterns = follow.patterns.iter().map(Pattern::as_str);
+    let mut subscribe = match &follow.consumer {
+        Some(name) => Subscribe::durable(name, patterns).options(follow.options.clone()),
+        None => Subscribe::ephemeral(patterns),
+    };
+    if let Some(start) = follow.start {
+        subscribe = subscribe.start(start);
     }
+    let subscription = client
+        .subscribe(subscribe)
+        .await
+        .map_err(|e| refused("the subscription", e))?;
+    let mut progress = Progress {
+        printed: 0,
+        resume: subscription.start_seq(),
+        unacked: BTreeSet::new(),
+        batch: Vec::new(),
+        acks: FuturesUnordered::new(),
+        reconnecting: false,
+    };
+    let mut out = Output::new();
+    let result = deliver(
+        &client,
+        conn,
+        &follow,
+        subscription,
+        &mut progress,
+        &mut out,
+    )
+    .await;
+    if result.is_ok() {
+        // Done, or stdout closed: what was acked is confirmed before leaving, so that it
+        // is not delivered again. What could not be printed was never acked.
+        let confirm = async {
+            while let Some(outcome) = progress.acks.next().await {
+                confirmed(outcome, &mut progress.unacked)?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        let _in_time = tokio::time::timeout(ACK_CONFIRM_WAIT, confirm).await;
+    }
+    client.close();
+    result
 }
 
 fn resume_point(follow: &Follow, progress: &Progress) -> String {
@@ -104,150 +123,95 @@ fn resume_point(follow: &Follow, progress: &Progress) -> String {
     }
 }
 
-/// One connection: subscribe, then print and ack until done, stdout closes, or the
-/// connection ends.
-async fn session(
+/// Prints and acks until done, stdout closes, or the subscription ends.
+async fn deliver(
+    client: &Client,
     conn: &Conn,
     follow: &Follow,
+    mut subscription: Subscription,
     progress: &mut Progress,
     out: &mut Output,
-    closed: &mut BoxFuture<'static, ()>,
-) -> Result<(), Stop> {
-    let (mut sink, mut stream) = connect(conn).await.map_err(Stop::Lost)?;
-    // A durable consumer resumes from its acked state; `start` only matters when it is new.
-    let start = match &follow.consumer {
-        Some(_) => follow.start,
-        None => progress.resume.map(Start::Seq).or(follow.start),
-    };
-    let request = Request::Subscribe {
-        id: Some(Id::Str("subscribe".into())),
-        topics: follow.patterns.clone(),
-        consumer: follow.consumer.clone(),
-        start,
-        options: follow.options.clone(),
-        presence: false,
-        join_leave: false,
-    };
-    sink.send(Message::text(request.to_json()))
-        .await
-        .map_err(|e| Stop::Lost(e.into()))?;
-    loop {
-        match read(stream.next().await)? {
-            None => continue,
-            Some(Frame::Reply(Reply::Subscribed { start_seq, .. })) => {
-                if follow.consumer.is_none() && progress.resume.is_none() {
-                    progress.resume = start_seq;
-                }
-                break;
-            }
-            Some(Frame::Reply(Reply::Error { code, message, .. })) => {
-                return Err(Stop::Fatal(anyhow!(
-                    "the broker refused the subscription: {code}: {message}"
-                )))
-            }
-            Some(other) => {
-                return Err(Stop::Fatal(anyhow!(
-                    "unexpected reply from the broker: {}",
-                    other.describe()
-                )))
-            }
-        }
-    }
-    progress.subscribed = true;
-    if progress.reconnecting {
-        progress.reconnecting = false;
-        eprintln!("wharf: reconnected to {}", conn.url());
-    }
-    let mut acks = Acks {
-        consumer: follow.consumer.clone(),
-        ..Acks::default()
-    };
-    let result = deliver(
-        follow,
-        progress,
-        out,
-        closed,
-        &mut acks,
-        &mut sink,
-        &mut stream,
-    )
-    .await;
-    if result.is_ok() {
-        // Done, or stdout closed: what was acked is confirmed before leaving, so that it
-        // is not delivered again. What could not be printed was never acked.
-        let confirm = acks.confirm(progress, &mut stream);
-        let _in_time = tokio::time::timeout(ACK_CONFIRM_WAIT, confirm).await;
-        let _closed = sink.close().await;
-    }
-    result
-}
-
-async fn deliver(
-    follow: &Follow,
-    progress: &mut Progress,
-    out: &mut Output,
-    closed: &mut BoxFuture<'static, ()>,
-    acks: &mut Acks,
-    sink: &mut SplitSink<Ws, Message>,
-    stream: &mut SplitStream<Ws>,
-) -> Result<(), Stop> {
+) -> anyhow::Result<()> {
+    let mut closed: BoxFuture<'static, ()> = Box::pin(stdout_closed());
+    let mut state = client.state();
+    let mut watching = true;
     let done = |p: &Progress| follow.count.is_some_and(|n| p.printed >= n);
     loop {
         if done(progress) {
-            acks.settle(out, sink).await?;
+            settle(client, follow, progress, out)?;
             return Ok(());
         }
         // Take what is already here without waiting; before waiting, settle what was printed.
-        let msg = match stream.next().now_or_never() {
-            Some(msg) => msg,
+        let item = match subscription.next().now_or_never() {
+            Some(item) => item,
             None => {
-                if !acks.settle(out, sink).await? {
+                if !settle(client, follow, progress, out)? {
                     return Ok(());
                 }
                 tokio::select! {
-                    msg = stream.next() => msg,
-                    () = &mut *closed => return Ok(()),
+                    item = subscription.next() => item,
+                    Some(outcome) = progress.acks.next(), if !progress.acks.is_empty() => {
+                        confirmed(outcome, &mut progress.unacked)?;
+                        continue;
+                    }
+                    changed = state.changed(), if watching => {
+                        match changed {
+                            Ok(()) => notice(&mut state, conn, follow, progress),
+                            Err(_) => watching = false,
+                        }
+                        continue;
+                    }
+                    () = &mut closed => return Ok(()),
                 }
             }
         };
-        match read(msg)? {
-            None => {}
-            Some(Frame::Event { seq, payload, text }) => {
+        match item {
+            None => {
+                // The client closed for good: without --reconnect, the connection dropped.
+                let why = match &*state.borrow() {
+                    State::Disconnected { reason } => reason.clone(),
+                    _ => "the client closed".to_owned(),
+                };
+                return Err(anyhow!("the connection to {} was lost: {why}", conn.url()));
+            }
+            Some(Incoming::Event(event)) => {
                 // Printed before a reconnect, its ack lost with the connection. (Not told by
                 // `delivery`: after a broker crash the count may start over at 1.)
-                if follow.consumer.is_some() && progress.unacked.contains(&seq) {
-                    acks.batch.push(seq);
+                if follow.consumer.is_some() && progress.unacked.contains(&event.seq) {
+                    progress.batch.push(event.seq);
                     continue;
                 }
-                let line = if follow.raw { raw_line(payload) } else { text };
-                if !out.line(line.as_bytes()).map_err(Stop::Fatal)? {
+                let line = if follow.raw {
+                    raw_line(event.payload.get())
+                } else {
+                    event.to_json()
+                };
+                if !out.line(line.as_bytes())? {
                     return Ok(());
                 }
                 progress.printed += 1;
                 match &follow.consumer {
                     Some(_) => {
-                        progress.unacked.insert(seq);
-                        acks.batch.push(seq);
+                        progress.unacked.insert(event.seq);
+                        progress.batch.push(event.seq);
                     }
-                    None => progress.resume = Some(seq + 1),
+                    None => progress.resume = Some(event.seq + 1),
                 }
-                if (acks.batch.len() >= ACK_BATCH || done(progress))
-                    && !acks.settle(out, sink).await?
+                if (progress.batch.len() >= ACK_BATCH || done(progress))
+                    && !settle(client, follow, progress, out)?
                 {
                     return Ok(());
                 }
             }
-            Some(Frame::Reply(reply)) => match reply {
-                Reply::Ok { id: Some(id) } => acks.confirmed(&id, progress),
+            Some(Incoming::Notice(reply)) => match reply {
+                // A subscribe made again after a reconnect, refused.
                 Reply::Error { code, message, .. } => {
-                    return Err(Stop::Fatal(anyhow!(
-                        "the broker reported an error: {code}: {message}"
-                    )))
+                    return Err(anyhow!(
+                        "the broker refused the subscription: {code}: {message}"
+                    ))
                 }
                 Reply::Unsubscribed { reason, .. } => {
-                    return Err(Stop::Fatal(anyhow!(
-                        "the broker ended the subscription: {reason}"
-                    )))
+                    return Err(anyhow!("the broker ended the subscription: {reason}"))
                 }
                 Reply::Lost { from, to, .. } => {
                     eprintln!("wharf: too slow: events {from} to {to} matching the pattern were skipped (tail --start {from} replays them)");
@@ -261,85 +225,88 @@ async fn deliver(
     }
 }
 
+/// One line on stderr when the connection is lost, one when it is back.
+fn notice(
+    state: &mut watch::Receiver<State>,
+    conn: &Conn,
+    follow: &Follow,
+    progress: &mut Progress,
+) {
+    match &*state.borrow_and_update() {
+        State::Reconnecting { reason } if !progress.reconnecting => {
+            progress.reconnecting = true;
+            eprintln!(
+                "wharf: lost {} ({reason}); reconnecting, then resuming {}",
+                conn.url(),
+                resume_point(follow, progress)
+            );
+        }
+        State::Connected { url } if progress.reconnecting => {
+            progress.reconnecting = false;
+            eprintln!("wharf: reconnected to {url}");
+        }
+        _ => {}
+    }
+}
+
+/// Flushes what was printed, then acks it in one request; `false` when stdout is closed
+/// (nothing is acked then: it may not have reached the reader).
+fn settle(
+    client: &Client,
+    follow: &Follow,
+    progress: &mut Progress,
+    out: &mut Output,
+) -> anyhow::Result<bool> {
+    if !out.flush()? {
+        progress.batch.clear();
+        return Ok(false);
+    }
+    let Some(consumer) = &follow.consumer else {
+        return Ok(true);
+    };
+    if progress.batch.is_empty() {
+        return Ok(true);
+    }
+    let seqs = std::mem::take(&mut progress.batch);
+    let ack = client.request(Request::Ack {
+        id: None,
+        consumer: consumer.clone(),
+        seqs: seqs.clone(),
+    });
+    progress
+        .acks
+        .push(Box::pin(ack.map(|outcome| (seqs, outcome))));
+    Ok(true)
+}
+
+/// An ack's outcome: confirmed, its seqs are settled; cut off by a lost connection, they
+/// come again (and are acked then, not printed); refused, the run ends.
+fn confirmed((seqs, outcome): AckOutcome, unacked: &mut BTreeSet<u64>) -> anyhow::Result<()> {
+    match outcome {
+        Ok(_) => {
+            for seq in seqs {
+                unacked.remove(&seq);
+            }
+            Ok(())
+        }
+        Err(Error::Refused { code, message }) => {
+            Err(anyhow!("the broker reported an error: {code}: {message}"))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 /// A payload as `--raw` prints it: a string as its text, other JSON as sent (on one line).
-fn raw_line(payload: String) -> String {
-    if let Ok(text) = serde_json::from_str::<String>(&payload) {
+fn raw_line(payload: &str) -> String {
+    if let Ok(text) = serde_json::from_str::<String>(payload) {
         return text;
     }
     if payload.contains('\n') {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&payload) {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(payload) {
             return value.to_string();
         }
     }
-    payload
-}
-
-/// A frame from the broker: an event (kept as the broker's text, to print it verbatim) or
-/// any other reply.
-enum Frame {
-    Event {
-        seq: u64,
-        payload: String,
-        text: String,
-    },
-    Reply(Reply),
-}
-
-impl Frame {
-    fn describe(&self) -> String {
-        match self {
-            Frame::Event { text, .. } => text.clone(),
-            Frame::Reply(reply) => reply.to_json(),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct EventFields<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    seq: Option<u64>,
-    #[serde(borrow)]
-    payload: Option<&'a RawValue>,
-}
-
-/// A broker frame; `None` for control frames. A lost connection is [`Stop::Lost`].
-fn read(
-    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-) -> Result<Option<Frame>, Stop> {
-    match msg {
-        None => Err(Stop::Lost(anyhow!("the broker closed the connection"))),
-        Some(Err(e)) => Err(Stop::Lost(
-            anyhow::Error::new(e).context("connection to the broker failed"),
-        )),
-        Some(Ok(Message::Text(text))) => {
-            let text = text.as_str();
-            let fields = serde_json::from_str::<EventFields>(text);
-            if let Ok(EventFields {
-                kind: "event",
-                seq: Some(seq),
-                payload: Some(payload),
-            }) = fields
-            {
-                return Ok(Some(Frame::Event {
-                    seq,
-                    payload: payload.get().to_owned(),
-                    text: text.to_owned(),
-                }));
-            }
-            serde_json::from_str(text)
-                .map(|reply| Some(Frame::Reply(reply)))
-                .with_context(|| format!("unexpected frame from the broker: {text}"))
-                .map_err(Stop::Fatal)
-        }
-        Some(Ok(Message::Close(frame))) => {
-            let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-            Err(Stop::Lost(anyhow!(
-                "the broker closed the connection: {reason}"
-            )))
-        }
-        Some(Ok(_)) => Ok(None),
-    }
+    payload.to_owned()
 }
 
 /// Printed events, buffered. A closed stdout (its reader, such as `head`, exited) is the
@@ -404,68 +371,4 @@ async fn stdout_closed() {
         }
     }
     std::future::pending::<()>().await
-}
-
-/// Printed events waiting for their ack, and ack frames waiting for their `ok`.
-#[derive(Default)]
-struct Acks {
-    /// The durable consumer; none for `tail` and ephemeral subscriptions.
-    consumer: Option<String>,
-    batch: Vec<u64>,
-    /// Ack frames sent and not confirmed, by request id, with their seqs.
-    unconfirmed: BTreeMap<u64, Vec<u64>>,
-    next_id: u64,
-}
-
-impl Acks {
-    /// Flushes what was printed, then acks it in one request; `false` when stdout is
-    /// closed (nothing is acked then: it may not have reached the reader).
-    async fn settle(
-        &mut self,
-        out: &mut Output,
-        sink: &mut SplitSink<Ws, Message>,
-    ) -> Result<bool, Stop> {
-        if !out.flush().map_err(Stop::Fatal)? {
-            self.batch.clear();
-            return Ok(false);
-        }
-        let Some(name) = &self.consumer else {
-            return Ok(true);
-        };
-        if self.batch.is_empty() {
-            return Ok(true);
-        }
-        self.next_id += 1;
-        let seqs = std::mem::take(&mut self.batch);
-        let ack = Request::Ack {
-            id: Some(Id::Uint(self.next_id)),
-            consumer: name.clone(),
-            seqs: seqs.clone(),
-        };
-        sink.send(Message::text(ack.to_json()))
-            .await
-            .map_err(|e| Stop::Lost(e.into()))?;
-        self.unconfirmed.insert(self.next_id, seqs);
-        Ok(true)
-    }
-
-    fn confirmed(&mut self, id: &Id, progress: &mut Progress) {
-        if let Some(seqs) = id.as_u64().and_then(|n| self.unconfirmed.remove(&n)) {
-            for seq in seqs {
-                progress.unacked.remove(&seq);
-            }
-        }
-    }
-
-    /// Reads until every ack sent is confirmed (events that arrive meanwhile are left
-    /// unacked).
-    async fn confirm(&mut self, progress: &mut Progress, stream: &mut SplitStream<Ws>) {
-        while !self.unconfirmed.is_empty() {
-            match read(stream.next().await) {
-                Ok(Some(Frame::Reply(Reply::Ok { id: Some(id) }))) => self.confirmed(&id, progress),
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    }
 }

@@ -1,9 +1,11 @@
 //! `wharf`: run a broker (`serve`), publish events (`publish`) and tail a topic (`subscribe`).
 //! The client commands speak only the wire protocol, like any other client.
 
+mod admin;
 mod bench;
-mod client;
+mod conn;
 mod follow;
+mod publish;
 mod rooms;
 
 use std::net::SocketAddr;
@@ -37,7 +39,7 @@ const MIN_TOKEN_BYTES: usize = 16;
 )]
 struct Cli {
     #[command(flatten)]
-    conn: client::Conn,
+    conn: conn::Conn,
     #[command(subcommand)]
     command: Command,
 }
@@ -532,15 +534,15 @@ fn main() -> ExitCode {
                 };
                 serve(config, overrides, check_config).await
             }
-            Command::Stats { json } => client::stats(&conn, json).await,
-            Command::Topics { json } => client::topics(&conn, json).await,
-            Command::Consumers { json } => client::consumers(&conn, json).await,
+            Command::Stats { json } => admin::stats(&conn, json).await,
+            Command::Topics { json } => admin::topics(&conn, json).await,
+            Command::Consumers { json } => admin::consumers(&conn, json).await,
             Command::Consumer {
                 action: ConsumerAction::Info { name, json },
-            } => client::consumer_info(&conn, &name, json).await,
+            } => admin::consumer_info(&conn, &name, json).await,
             Command::Consumer {
                 action: ConsumerAction::Delete { name },
-            } => client::consumer_delete(&conn, &name).await,
+            } => admin::consumer_delete(&conn, &name).await,
             Command::Tail { follow, start } => {
                 let options = SubscribeOptions::default();
                 follow::run(&conn, follow.into_follow(None, start, options)).await
@@ -561,7 +563,7 @@ fn main() -> ExitCode {
                 topic,
                 payload,
                 msg_id_prefix,
-            } => client::publish(&conn, &topic, payload, msg_id_prefix).await,
+            } => publish::publish(&conn, &topic, payload, msg_id_prefix).await,
             Command::Subscribe {
                 follow,
                 consumer,
@@ -576,7 +578,7 @@ fn main() -> ExitCode {
                 }
                 follow::run(&conn, follow.into_follow(consumer, start, options)).await
             }
-            Command::Get { seq, json } => client::get(&conn, seq, json).await,
+            Command::Get { seq, json } => admin::get(&conn, seq, json).await,
             Command::History {
                 pattern,
                 page,
@@ -600,7 +602,7 @@ fn main() -> ExitCode {
                     },
             } => {
                 let options = options.into_options()?;
-                client::consumer_add(&conn, &name, patterns, start, options, json).await
+                admin::consumer_add(&conn, &name, patterns, start, options, json).await
             }
             Command::Consumer {
                 action:
@@ -620,7 +622,7 @@ fn main() -> ExitCode {
                     (None, None) if new => Start::New,
                     (None, None) => anyhow::bail!("give --seq, --time, --all or --new"),
                 };
-                client::consumer_seek(&conn, &name, start, json).await
+                admin::consumer_seek(&conn, &name, start, json).await
             }
         }
     });

@@ -3,14 +3,10 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Context};
-use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Message;
-use wharf_protocol::{Id, Pattern, Request};
+use wharf_client::{Page, Paging};
+use wharf_protocol::Pattern;
 
-use crate::client::{connect, Conn};
+use crate::conn::Conn;
 
 /// How the events are printed.
 #[derive(Clone, Copy)]
@@ -23,56 +19,15 @@ pub enum Output {
     Raw,
 }
 
-#[derive(Deserialize)]
-struct Page<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(default, borrow)]
-    events: Vec<Stored<'a>>,
-    #[serde(default)]
-    more: bool,
-    #[serde(default)]
-    code: Option<&'a str>,
-    #[serde(default)]
-    message: Option<String>,
+/// Which request a page answers, for the hint about the next one.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    History { forwards: bool },
+    Last,
 }
 
-#[derive(Deserialize)]
-struct Stored<'a> {
-    seq: u64,
-    topic: &'a str,
-    published_at: &'a str,
-    #[serde(borrow)]
-    payload: &'a RawValue,
-}
-
-/// The page a `history` or `last` request gets, printed.
-async fn print_page(
-    conn: &Conn,
-    request: Request,
-    forwards: bool,
-    output: Output,
-) -> anyhow::Result<()> {
-    let (mut sink, mut stream) = connect(conn).await?;
-    sink.send(Message::text(request.to_json())).await?;
-    let text = loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(text))) => break text,
-            Some(Ok(Message::Close(_))) | None => bail!("the broker closed the connection"),
-            Some(Err(e)) => return Err(e).context("connection to the broker failed"),
-            Some(Ok(_)) => {}
-        }
-    };
-    let _closed = sink.close().await;
-    let page: Page = serde_json::from_str(text.as_str())
-        .with_context(|| format!("unexpected reply from the broker: {}", text.as_str()))?;
-    if page.kind == "error" {
-        bail!(
-            "the broker refused: {}: {}",
-            page.code.unwrap_or("error"),
-            page.message.unwrap_or_default()
-        )
-    }
+/// A `history` or `last` page, printed.
+fn print_page(page: &Page, kind: Kind, output: Output) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for e in &page.events {
         match output {
@@ -88,8 +43,8 @@ async fn print_page(
                 out,
                 r#"{{"seq":{},"topic":{},"published_at":{},"payload":{}}}"#,
                 e.seq,
-                serde_json::to_string(e.topic)?,
-                serde_json::to_string(e.published_at)?,
+                serde_json::to_string(&e.topic)?,
+                serde_json::to_string(&e.published_at)?,
                 e.payload.get()
             )?,
             Output::Raw => writeln!(out, "{}", e.payload.get())?,
@@ -97,11 +52,11 @@ async fn print_page(
     }
     out.flush()?;
     if page.more && matches!(output, Output::Lines) {
-        match (page.kind, forwards, page.events.first(), page.events.last()) {
-            ("history", false, Some(oldest), _) => {
+        match (kind, page.events.first(), page.events.last()) {
+            (Kind::History { forwards: false }, Some(oldest), _) => {
                 eprintln!("(older events: --before {})", oldest.seq)
             }
-            ("history", true, _, Some(newest)) => {
+            (Kind::History { forwards: true }, _, Some(newest)) => {
                 eprintln!("(newer events: --after {})", newest.seq)
             }
             _ => eprintln!("(more match: raise --limit)"),
@@ -117,14 +72,15 @@ pub async fn history(
     (before, after): (Option<u64>, Option<u64>),
     output: Output,
 ) -> anyhow::Result<()> {
-    let request = Request::History {
-        id: Some(Id::Uint(1)),
-        pattern,
-        limit,
-        before,
-        after,
+    let from = match (before, after) {
+        (Some(seq), _) => Paging::Before(seq),
+        (None, Some(seq)) => Paging::After(seq),
+        (None, None) => Paging::Newest,
     };
-    print_page(conn, request, after.is_some(), output).await
+    let client = conn.client().await?;
+    let page = client.history(pattern.as_str(), limit, from).await?;
+    let forwards = after.is_some();
+    print_page(&page, Kind::History { forwards }, output)
 }
 
 pub async fn last(
@@ -133,10 +89,7 @@ pub async fn last(
     limit: Option<u32>,
     output: Output,
 ) -> anyhow::Result<()> {
-    let request = Request::Last {
-        id: Some(Id::Uint(1)),
-        pattern,
-        limit,
-    };
-    print_page(conn, request, false, output).await
+    let client = conn.client().await?;
+    let page = client.last(pattern.as_str(), limit).await?;
+    print_page(&page, Kind::Last, output)
 }

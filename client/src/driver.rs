@@ -7,26 +7,31 @@
 //! broker stores each once) and reads. Settles, other writes, and publishes without a
 //! `msg_id` still unanswered fail with [`Error::Closed`] (an unsettled event is delivered
 //! again; such a publish may or may not have been stored).
+//!
+//! With `Options::reconnect` off it serves one connection: when that drops, everything still
+//! waiting fails with [`Error::Disconnected`] and the driver ends.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wharf_protocol::{ErrorCode, Id, Reply, Request};
 
+use crate::connection::{closed_by_broker, open, Ws};
 use crate::link::{Command, Delivery, Incoming, Spec, Subscribed};
 use crate::options::{Options, Token};
+use crate::outbox::{key_of, Outbox};
 use crate::{id_of, Error, State};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// Requests written to the socket before one flush, when callers send them faster than
+/// the socket takes them (pipelined publishes leave in few writes).
+const FEED_BATCH: usize = 256;
 
 /// A request sent (or waiting for the connection), by what is to be done with its reply.
 enum Waiting {
@@ -39,18 +44,23 @@ enum Waiting {
     Subscribe(u64),
     /// Nobody waits for it (an unsubscribe, a fresh token).
     Internal,
+    /// A publish a previous client left in the outbox: sent again after a reconnect until
+    /// answered; nobody waits for it.
+    Replayed,
 }
 
 struct Pending {
     request: Request,
     waiting: Waiting,
+    /// Its key in the outbox, for a publish kept there.
+    kept: Option<String>,
 }
 
 struct Sub {
     spec: Spec,
     events: mpsc::UnboundedSender<Incoming>,
-    /// The broker's id for it on the current connection.
-    server: Option<String>,
+    /// The broker's id for it on the current connection (shared with its deliveries).
+    server: Option<Arc<str>>,
     /// Ephemeral: where to resubscribe from.
     resume: Option<u64>,
     /// Waiting for its first `subscribed`.
@@ -72,7 +82,8 @@ struct Head<'a> {
 
 #[derive(Deserialize)]
 struct EventIn<'a> {
-    sub: String,
+    #[serde(borrow)]
+    sub: std::borrow::Cow<'a, str>,
     #[serde(default)]
     consumer: Option<String>,
     seq: u64,
@@ -93,10 +104,12 @@ struct Driver {
     next_id: u64,
     pending: BTreeMap<u64, Pending>,
     subs: BTreeMap<u64, Sub>,
-    by_server: HashMap<String, u64>,
+    by_server: HashMap<Arc<str>, u64>,
     hello: Option<Request>,
     publishes: usize,
     next_url: usize,
+    /// `Options::outbox`: publishes kept in a file until answered.
+    outbox: Option<Outbox>,
 }
 
 /// Connects (within `options.connect_timeout`) and starts the driver.
@@ -106,17 +119,35 @@ pub(crate) async fn start(
     if options.urls.is_empty() {
         return Err(Error::Invalid("no broker URL given".into()));
     }
+    // Opened (and locked) before connecting: a client that cannot keep its publishes
+    // should not take any.
+    let outbox = match &options.outbox {
+        Some(path) => Some(Outbox::open(path)?),
+        None => None,
+    };
+    let replay = match &outbox {
+        Some(outbox) => outbox.entries()?,
+        None => Vec::new(),
+    };
     let mut next_url = 0;
     let deadline = tokio::time::Instant::now() + options.connect_timeout;
     let mut backoff = options.min_backoff;
     let (ws, url) = loop {
         let url = &options.urls[next_url % options.urls.len()];
         next_url += 1;
-        let why = match tokio::time::timeout_at(deadline, open(url, &options.token)).await {
+        let opening = open(url, &options.token, options.read_buffer);
+        let why = match tokio::time::timeout_at(deadline, opening).await {
             Ok(Ok(ws)) => break (ws, url.clone()),
             Ok(Err(why)) => why,
             Err(_) => format!("{url}: no answer in time"),
         };
+        if !options.retry_connect {
+            // Each URL once, without waiting.
+            if next_url >= options.urls.len() {
+                return Err(Error::Connect(why));
+            }
+            continue;
+        }
         if tokio::time::Instant::now() + backoff >= deadline {
             return Err(Error::Connect(why));
         }
@@ -125,7 +156,7 @@ pub(crate) async fn start(
     };
     let (commands, receiver) = mpsc::unbounded_channel();
     let (state, watching) = watch::channel(State::Connected { url });
-    let driver = Driver {
+    let mut driver = Driver {
         state,
         options,
         commands: receiver,
@@ -137,31 +168,17 @@ pub(crate) async fn start(
         hello: None,
         publishes: 0,
         next_url,
+        outbox,
     };
+    // What a previous client left goes first (the lowest ids), in the order it was made.
+    for (key, request) in replay {
+        let id = driver.register(request, Waiting::Replayed);
+        if let Some(p) = driver.pending.get_mut(&id) {
+            p.kept = Some(key);
+        }
+    }
     tokio::spawn(driver.run(ws));
     Ok((commands, watching))
-}
-
-/// Opens a WebSocket to `url`, with the token as `Authorization: Bearer`.
-async fn open(url: &str, token: &Option<Token>) -> Result<Ws, String> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| format!("invalid url {url}: {e}"))?;
-    let token = match token {
-        None => None,
-        Some(Token::Static(t)) => Some(t.clone()),
-        Some(Token::Fresh(source)) => Some(source().await.map_err(|e| format!("no token: {e}"))?),
-    };
-    if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "the token holds characters a header cannot carry".to_owned())?;
-        request.headers_mut().insert("authorization", value);
-    }
-    let (ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    Ok(ws)
 }
 
 /// `wait` give or take half, so that clients a broker restart dropped together do not
@@ -197,20 +214,31 @@ impl Driver {
                 },
             };
             let (mut sink, mut stream) = conn.split();
-            if self.resume(&mut sink).await.is_err() {
-                self.lost("the connection failed as it was resumed");
-                continue;
-            }
-            match self.serve(&mut sink, &mut stream).await {
-                Ended::Lost(why) => self.lost(&why),
+            let ended = match self.resume(&mut sink).await {
+                Ok(()) => self.serve(&mut sink, &mut stream).await,
+                Err(e) => Ended::Lost(format!("the connection failed as it was resumed: {e}")),
+            };
+            match ended {
+                Ended::Lost(why) if self.options.reconnect => self.lost(&why),
+                Ended::Lost(why) => {
+                    // Unlocked before anyone is told the client ended.
+                    self.outbox = None;
+                    self.state.send_replace(State::Disconnected {
+                        reason: why.clone(),
+                    });
+                    self.fail_all(|| Error::Disconnected(why.clone()));
+                    return;
+                }
                 Ended::Closed => {
                     let _closing = sink.close().await;
                     break;
                 }
             }
         }
+        // Unlocked (what it holds kept for the next client) before anyone is told.
+        self.outbox = None;
         self.state.send_replace(State::Closed);
-        self.fail_all();
+        self.fail_all(|| Error::Closed);
     }
 
     /// Tries the URLs in turn with backoff, serving commands meanwhile (publishes queue);
@@ -221,10 +249,11 @@ impl Driver {
             let url = self.options.urls[self.next_url % self.options.urls.len()].clone();
             self.next_url += 1;
             let token = self.options.token.clone();
+            let read_buffer = self.options.read_buffer;
             let wait = jitter(backoff);
             let attempt = async move {
                 tokio::time::sleep(wait).await;
-                open(&url, &token).await.map(|ws| (ws, url))
+                open(&url, &token, read_buffer).await.map(|ws| (ws, url))
             };
             tokio::pin!(attempt);
             loop {
@@ -258,8 +287,23 @@ impl Driver {
                             let _told = reply.send(Err(Error::QueueFull(self.publishes)));
                             return None;
                         }
+                        let kept = match (&mut self.outbox, key_of(&request)) {
+                            (Some(outbox), Some(key)) => match outbox.add(&key, &request) {
+                                Ok(()) => Some(key),
+                                Err(e) => {
+                                    // Not kept, so not sent: the caller learns it now.
+                                    let _told = reply.send(Err(e));
+                                    return None;
+                                }
+                            },
+                            _ => None,
+                        };
                         self.publishes += 1;
-                        Waiting::Publish(reply)
+                        let id = self.register(request, Waiting::Publish(reply));
+                        if let Some(p) = self.pending.get_mut(&id) {
+                            p.kept = kept;
+                        }
+                        return Some(id);
                     }
                     Request::History { .. }
                     | Request::Last { .. }
@@ -301,16 +345,26 @@ impl Driver {
                 (request, Waiting::Subscribe(local))
             }
             Command::Auth(request) => (request, Waiting::Internal),
-            Command::Unsubscribe { local } => {
-                let sub = self.subs.remove(&local)?;
-                let server = sub.server?;
+            Command::Unsubscribe { local, reply } => {
+                let server = self.subs.remove(&local).and_then(|sub| sub.server);
+                let Some(server) = server else {
+                    // Not subscribed on this connection: nothing to undo on the broker.
+                    if let Some(reply) = reply {
+                        let _told = reply.send(Ok(String::new()));
+                    }
+                    return None;
+                };
                 self.by_server.remove(&server);
+                let waiting = match reply {
+                    Some(reply) => Waiting::Write(reply),
+                    None => Waiting::Internal,
+                };
                 (
                     Request::Unsubscribe {
                         id: None,
-                        sub: server,
+                        sub: server.to_string(),
                     },
-                    Waiting::Internal,
+                    waiting,
                 )
             }
         };
@@ -321,7 +375,14 @@ impl Driver {
         self.next_id += 1;
         let id = self.next_id;
         request.set_id(Some(id_of(id)));
-        self.pending.insert(id, Pending { request, waiting });
+        self.pending.insert(
+            id,
+            Pending {
+                request,
+                waiting,
+                kept: None,
+            },
+        );
         id
     }
 
@@ -330,10 +391,55 @@ impl Driver {
         sink: &mut SplitSink<Ws, Message>,
         id: u64,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.feed(sink, id).await?;
+        sink.flush().await
+    }
+
+    /// Writes a request without flushing.
+    async fn feed(
+        &mut self,
+        sink: &mut SplitSink<Ws, Message>,
+        id: u64,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         match self.pending.get(&id) {
-            Some(p) => sink.send(Message::text(p.request.to_json())).await,
+            Some(p) => sink.feed(Message::text(p.request.to_json())).await,
             None => Ok(()),
         }
+    }
+
+    /// A command, and those already queued behind it (at most [`FEED_BATCH`]), written
+    /// with one flush. `false` once the client is closed.
+    async fn commands(
+        &mut self,
+        first: Command,
+        sink: &mut SplitSink<Ws, Message>,
+    ) -> Result<bool, tokio_tungstenite::tungstenite::Error> {
+        let mut command = first;
+        let mut open = true;
+        let mut fed = 0;
+        loop {
+            if matches!(command, Command::Close) {
+                open = false;
+                break;
+            }
+            if let Some(id) = self.accept(command) {
+                self.feed(sink, id).await?;
+            }
+            fed += 1;
+            if fed >= FEED_BATCH {
+                break;
+            }
+            match self.commands.try_recv() {
+                Ok(next) => command = next,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        sink.flush().await?;
+        Ok(open)
     }
 
     /// On a new connection: hello, every subscription again, then what was not answered.
@@ -350,12 +456,12 @@ impl Driver {
             .map(|(id, _)| *id)
             .collect();
         for id in &waiting_hello {
-            self.send(sink, *id).await?;
+            self.feed(sink, *id).await?;
         }
         if waiting_hello.is_empty() {
             if let Some(hello) = self.hello.clone() {
                 let id = self.register(hello, Waiting::Hello(None));
-                self.send(sink, id).await?;
+                self.feed(sink, id).await?;
             }
         }
         let unanswered: Vec<u64> = self
@@ -381,12 +487,12 @@ impl Driver {
             };
             let request = sub.spec.request(sub.resume);
             let id = self.register(request, Waiting::Subscribe(local));
-            self.send(sink, id).await?;
+            self.feed(sink, id).await?;
         }
         for id in unanswered {
-            self.send(sink, id).await?;
+            self.feed(sink, id).await?;
         }
-        Ok(())
+        sink.flush().await
     }
 
     async fn serve(
@@ -397,14 +503,12 @@ impl Driver {
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
-                    None | Some(Command::Close) => return Ended::Closed,
-                    Some(command) => {
-                        if let Some(id) = self.accept(command) {
-                            if let Err(e) = self.send(sink, id).await {
-                                return Ended::Lost(e.to_string());
-                            }
-                        }
-                    }
+                    None => return Ended::Closed,
+                    Some(command) => match self.commands(command, sink).await {
+                        Ok(true) => {}
+                        Ok(false) => return Ended::Closed,
+                        Err(e) => return Ended::Lost(e.to_string()),
+                    },
                 },
                 frame = stream.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
@@ -415,8 +519,7 @@ impl Driver {
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                        return Ended::Lost(format!("the broker closed the connection: {reason}"));
+                        return Ended::Lost(closed_by_broker(frame.as_ref().map(|f| f.reason.as_str())));
                     }
                     Some(Err(e)) => return Ended::Lost(e.to_string()),
                     None => return Ended::Lost("the connection ended".into()),
@@ -449,7 +552,9 @@ impl Driver {
                 None
             }
             "lost" | "join" | "leave" | "unsubscribed" => {
-                let local = head.sub.and_then(|s| self.by_server.get(&s).copied())?;
+                let local = head
+                    .sub
+                    .and_then(|s| self.by_server.get(s.as_str()).copied())?;
                 let reply: Reply = serde_json::from_str(text).ok()?;
                 if head.kind == "unsubscribed" {
                     // The broker ended it: it is not made again.
@@ -474,7 +579,7 @@ impl Driver {
         let Ok(ev) = serde_json::from_str::<EventIn>(text) else {
             return;
         };
-        let Some(&local) = self.by_server.get(&ev.sub) else {
+        let Some(&local) = self.by_server.get(&*ev.sub) else {
             return;
         };
         let Some(sub) = self.subs.get_mut(&local) else {
@@ -483,7 +588,11 @@ impl Driver {
         if sub.spec.consumer.is_none() {
             sub.resume = Some(ev.seq + 1);
         }
+        let Some(server) = sub.server.clone() else {
+            return;
+        };
         let delivery = Delivery {
+            sub: server,
             seq: ev.seq,
             topic: ev.topic,
             payload: ev.payload.to_owned(),
@@ -522,6 +631,22 @@ impl Driver {
         } else {
             Ok(text.to_owned())
         };
+        if let (Some(outbox), Some(key)) = (&mut self.outbox, &pending.kept) {
+            // Confirmed, or refused for good: out of the outbox. (`unavailable`: the
+            // cluster stored nothing and may later; the entry stays for the next client.)
+            let again = matches!(
+                &result,
+                Err(Error::Refused {
+                    code: ErrorCode::Unavailable,
+                    ..
+                })
+            );
+            if !again {
+                // A `done` that could not be written sends the entry once more next time:
+                // its msg_ids keep it stored once.
+                let _resent_if_lost = outbox.done(key);
+            }
+        }
         match pending.waiting {
             Waiting::Publish(reply) => {
                 self.publishes = self.publishes.saturating_sub(1);
@@ -541,7 +666,7 @@ impl Driver {
                 }
             }
             Waiting::Subscribe(local) => return self.subscribed(local, result),
-            Waiting::Internal => {}
+            Waiting::Internal | Waiting::Replayed => {}
         }
         None
     }
@@ -578,6 +703,7 @@ impl Driver {
                 if sub.spec.consumer.is_none() && sub.resume.is_none() {
                     sub.resume = start_seq;
                 }
+                let server: Arc<str> = server.into();
                 sub.server = Some(server.clone());
                 self.by_server.insert(server, local);
                 if let Some(first) = sub.first.take() {
@@ -624,7 +750,7 @@ impl Driver {
             let resend = self.pending.get(&id).is_some_and(|p| match &p.waiting {
                 // Sent again only with msg_ids: the broker then stores each once.
                 Waiting::Publish(_) => has_msg_ids(&p.request),
-                Waiting::Read(_) | Waiting::Hello(Some(_)) => true,
+                Waiting::Read(_) | Waiting::Hello(Some(_)) | Waiting::Replayed => true,
                 _ => false,
             });
             if resend {
@@ -645,21 +771,45 @@ impl Driver {
         }
     }
 
-    fn fail_all(&mut self) {
+    /// The driver ends: everything still waiting fails with `error()`, and every
+    /// subscription's stream ends.
+    fn fail_all(&mut self, error: impl Fn() -> Error) {
         for (_, p) in std::mem::take(&mut self.pending) {
             match p.waiting {
                 Waiting::Publish(reply) | Waiting::Read(reply) | Waiting::Write(reply) => {
-                    let _told = reply.send(Err(Error::Closed));
+                    let _told = reply.send(Err(error()));
                 }
                 Waiting::Hello(Some(reply)) => {
-                    let _told = reply.send(Err(Error::Closed));
+                    let _told = reply.send(Err(error()));
                 }
                 _ => {}
             }
         }
         for (_, sub) in std::mem::take(&mut self.subs) {
             if let Some(first) = sub.first {
-                let _told = first.send(Err(Error::Closed));
+                let _told = first.send(Err(error()));
+            }
+        }
+        // Commands sent after this point find the channel closed (`Error::Closed`); those
+        // already in it are answered now.
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Request { reply, .. } => {
+                    let _told = reply.send(Err(error()));
+                }
+                Command::Hello { reply, .. } => {
+                    let _told = reply.send(Err(error()));
+                }
+                Command::Subscribe { reply, .. } => {
+                    let _told = reply.send(Err(error()));
+                }
+                Command::Unsubscribe {
+                    reply: Some(reply), ..
+                } => {
+                    let _told = reply.send(Ok(String::new()));
+                }
+                _ => {}
             }
         }
     }

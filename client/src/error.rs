@@ -13,8 +13,13 @@ pub enum Error {
     /// is not sent again (an ack: its events are delivered again).
     #[error("the connection is closed")]
     Closed,
-    /// No broker could be reached within `Options::connect_timeout`.
-    #[error("cannot connect: {0}")]
+    /// The connection dropped and `Options::reconnect` is off: the client is closed. A
+    /// request that was waiting for its reply may or may not have been done.
+    #[error("the connection to the broker was lost: {0}")]
+    Disconnected(String),
+    /// No broker could be reached within `Options::connect_timeout` (or, without
+    /// `Options::retry_connect`, at the first try): the URL tried last and why.
+    #[error("cannot connect to {0}")]
     Connect(String),
     /// Publishes waiting for the connection reached `Options::max_queued`.
     #[error("{0} publishes are waiting for the connection already (Options::max_queued)")]
@@ -22,6 +27,10 @@ pub enum Error {
     /// An argument the broker would refuse anyway (a bad topic, a payload that is not JSON).
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The outbox file (`Options::outbox`) cannot be used: locked by another client,
+    /// damaged, or a write failed (the publish was then not sent).
+    #[error("outbox: {0}")]
+    Outbox(String),
     /// The broker sent something this client does not understand.
     #[error("protocol: {0}")]
     Protocol(String),

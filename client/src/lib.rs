@@ -15,6 +15,9 @@
 //!   (each a [`Delivery`] with `ack`, `nack`, `term`, `progress`) and notices (gaps, lost
 //!   events, the end of the subscription, presence joins and leaves).
 //! * [`Error`] carries the wire's [`ErrorCode`] when the broker refused something.
+//! * [`Connection`] (`connection`) is the layer below, for code that measures the broker
+//!   (`wharf bench`): one socket with the same URL and token handling, frames in and out as
+//!   text, nothing done for the caller.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), wharf_client::Error> {
@@ -36,20 +39,24 @@
 //! # }
 //! ```
 
+mod connection;
 mod driver;
 mod error;
 mod link;
 mod options;
+mod outbox;
 mod subscription;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
-use wharf_protocol::{Id, NewEvent, Pattern, PresentClient, Reply, Request, StoredEvent, Topic};
+use wharf_protocol::{Id, NewEvent, Pattern, PresentClient, Reply, Request, Topic};
 
+pub use connection::{Connection, Receiver, Sender, Text};
 pub use error::Error;
 pub use link::{Delivery, Incoming};
 pub use options::{Options, Token, TokenSource};
@@ -68,13 +75,41 @@ pub struct Published {
 }
 
 /// A page of stored events (`history`, `last`), oldest first.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Page {
-    pub events: Vec<StoredEvent>,
+    pub events: Vec<Stored>,
     /// More events (or, for `last`, topics) match beyond this page.
     pub more: bool,
     /// The oldest seq the broker still holds.
     pub first_seq: u64,
+}
+
+/// A stored event as `history` and `last` return it.
+///
+/// ```
+/// let e: wharf_client::Stored = serde_json::from_str(
+///     r#"{"seq":3,"topic":"room.a","payload":{"b":1,"a":2},"published_at":"2026-11-29T08:00:00.000Z"}"#,
+/// )
+/// .unwrap();
+/// assert_eq!(e.payload.get(), r#"{"b":1,"a":2}"#);
+/// ```
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Stored {
+    pub seq: u64,
+    pub topic: String,
+    /// The publisher's JSON, byte for byte (parse it with `serde_json::from_str(payload.get())`).
+    pub payload: Box<RawValue>,
+    /// RFC 3339, milliseconds.
+    pub published_at: String,
+}
+
+impl PartialEq for Stored {
+    fn eq(&self, other: &Stored) -> bool {
+        self.seq == other.seq
+            && self.topic == other.topic
+            && self.payload.get() == other.payload.get()
+            && self.published_at == other.published_at
+    }
 }
 
 /// Which end of the matching events a `history` page is taken from.
@@ -99,6 +134,9 @@ pub enum State {
     Reconnecting { reason: String },
     /// The client was closed.
     Closed,
+    /// The connection was lost and `Options::reconnect` is off: the client is closed for
+    /// good, for this reason.
+    Disconnected { reason: String },
 }
 
 /// A connection to a wharf broker that survives the broker's restarts; cheap to clone.
@@ -174,6 +212,10 @@ impl Client {
     /// that changes something (other than a publish) fails with [`Error::Closed`] when the
     /// connection drops before its reply.
     ///
+    /// The request is handed to the connection when this is called, not when the future is
+    /// first polled: requests made one after another go out in that order (and the broker
+    /// answers in it) however their futures are awaited, so many can be in flight at once.
+    ///
     /// ```no_run
     /// # async fn demo(client: wharf_client::Client) -> Result<(), wharf_client::Error> {
     /// use wharf_protocol::{Reply, Request};
@@ -183,16 +225,29 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn request(&self, request: Request) -> Result<Reply, Error> {
-        let text = self.request_text(request).await?;
-        serde_json::from_str(&text).map_err(|e| Error::Protocol(format!("{e}: {text}")))
+    pub fn request(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Reply, Error>> + Send + 'static {
+        let answer = self.request_text(request);
+        async move {
+            let text = answer.await?;
+            serde_json::from_str(&text).map_err(|e| Error::Protocol(format!("{e}: {text}")))
+        }
     }
 
-    /// [`Client::request`], returning the reply's JSON text as the broker sent it.
-    async fn request_text(&self, request: Request) -> Result<String, Error> {
+    /// [`Client::request`], returning the reply's JSON text as the broker sent it. Sent
+    /// now; the future waits for the reply.
+    fn request_text(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<String, Error>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Request { request, reply })?;
-        answer.await.map_err(|_| Error::Closed)?
+        let sent = self.send(Command::Request { request, reply });
+        async move {
+            sent?;
+            answer.await.map_err(|_| Error::Closed)?
+        }
     }
 
     /// The msg_id of this client's `n`th publish.
@@ -204,7 +259,8 @@ impl Client {
     /// Publishes `payload` (any serializable value) to `topic`; returns once the broker has
     /// it on stable storage. Each publish carries a `msg_id`, so one sent again after a
     /// reconnect is stored once. While the connection is down, publishes wait (in order)
-    /// in a queue of at most `Options::max_queued`; past it, [`Error::QueueFull`].
+    /// in a queue of at most `Options::max_queued`; past it, [`Error::QueueFull`]. Handed to
+    /// the connection when called (see [`Client::request`]).
     ///
     /// ```no_run
     /// # async fn demo(client: wharf_client::Client) -> Result<(), wharf_client::Error> {
@@ -213,18 +269,20 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn publish<T: Serialize + ?Sized>(
+    pub fn publish<T: Serialize + ?Sized>(
         &self,
         topic: &str,
         payload: &T,
-    ) -> Result<Published, Error> {
-        let payload = serde_json::value::to_raw_value(payload)
-            .map_err(|e| Error::Invalid(format!("the payload is not JSON: {e}")))?;
-        self.publish_raw(topic, payload, None).await
+    ) -> impl Future<Output = Result<Published, Error>> + Send + 'static {
+        let sent = serde_json::value::to_raw_value(payload)
+            .map_err(|e| Error::Invalid(format!("the payload is not JSON: {e}")))
+            .map(|payload| self.publish_raw(topic, payload, None));
+        async move { sent?.await }
     }
 
     /// Publishes a payload that is JSON text already, with the given `msg_id` (or one of
-    /// this client's).
+    /// this client's). Handed to the connection when called (see [`Client::request`]), so
+    /// publishes made in a loop and awaited together are stored in the order they were made.
     ///
     /// ```no_run
     /// # async fn demo(client: wharf_client::Client) -> Result<(), wharf_client::Error> {
@@ -233,21 +291,24 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn publish_raw(
+    pub fn publish_raw(
         &self,
         topic: &str,
         payload: Box<RawValue>,
         msg_id: Option<String>,
-    ) -> Result<Published, Error> {
-        let event = self.new_event(topic, payload, msg_id)?;
-        let reply = self.request(Request::Publish { id: None, event }).await?;
-        match reply {
-            Reply::Published {
-                seq: Some(seq),
-                duplicate,
-                ..
-            } => Ok(Published { seq, duplicate }),
-            other => Err(unexpected(&other)),
+    ) -> impl Future<Output = Result<Published, Error>> + Send + 'static {
+        let sent = self
+            .new_event(topic, payload, msg_id)
+            .map(|event| self.request(Request::Publish { id: None, event }));
+        async move {
+            match sent?.await? {
+                Reply::Published {
+                    seq: Some(seq),
+                    duplicate,
+                    ..
+                } => Ok(Published { seq, duplicate }),
+                other => Err(unexpected(&other)),
+            }
         }
     }
 
@@ -265,7 +326,8 @@ impl Client {
         })
     }
 
-    /// Publishes events atomically: all stored, in order, or none.
+    /// Publishes events atomically: all stored, in order, or none. Handed to the connection
+    /// when called (see [`Client::request`]).
     ///
     /// ```no_run
     /// # async fn demo(client: wharf_client::Client) -> Result<(), wharf_client::Error> {
@@ -277,31 +339,31 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn publish_batch<T: Serialize>(
+    pub fn publish_batch<T: Serialize>(
         &self,
         events: &[(&str, T)],
-    ) -> Result<Vec<Published>, Error> {
-        let events = events
+    ) -> impl Future<Output = Result<Vec<Published>, Error>> + Send + 'static {
+        let sent = events
             .iter()
             .map(|(topic, payload)| {
                 let payload = serde_json::value::to_raw_value(payload)
                     .map_err(|e| Error::Invalid(format!("the payload is not JSON: {e}")))?;
                 self.new_event(topic, payload, None)
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        match self
-            .request(Request::PublishBatch { id: None, events })
-            .await?
-        {
-            Reply::Published {
-                seqs: Some(seqs),
-                duplicate,
-                ..
-            } => Ok(seqs
-                .into_iter()
-                .map(|seq| Published { seq, duplicate })
-                .collect()),
-            other => Err(unexpected(&other)),
+            .collect::<Result<Vec<_>, _>>()
+            .map(|events| self.request(Request::PublishBatch { id: None, events }));
+        async move {
+            match sent?.await? {
+                Reply::Published {
+                    seqs: Some(seqs),
+                    duplicate,
+                    ..
+                } => Ok(seqs
+                    .into_iter()
+                    .map(|seq| Published { seq, duplicate })
+                    .collect()),
+                other => Err(unexpected(&other)),
+            }
         }
     }
 
@@ -365,14 +427,15 @@ impl Client {
             Paging::After(seq) => (None, Some(seq)),
         };
         page(
-            self.request(Request::History {
-                id: None,
-                pattern,
-                limit,
-                before,
-                after,
-            })
-            .await?,
+            &self
+                .request_text(Request::History {
+                    id: None,
+                    pattern,
+                    limit,
+                    before,
+                    after,
+                })
+                .await?,
         )
     }
 
@@ -389,12 +452,13 @@ impl Client {
     pub async fn last(&self, pattern: &str, limit: Option<u32>) -> Result<Page, Error> {
         let pattern = Pattern::parse(pattern).map_err(|e| Error::Invalid(e.0))?;
         page(
-            self.request(Request::Last {
-                id: None,
-                pattern,
-                limit,
-            })
-            .await?,
+            &self
+                .request_text(Request::Last {
+                    id: None,
+                    pattern,
+                    limit,
+                })
+                .await?,
         )
     }
 
@@ -453,30 +517,32 @@ impl Client {
         }
     }
 
-    pub(crate) fn unsubscribe(&self, local: u64) {
-        let _gone = self.inner.commands.send(Command::Unsubscribe { local });
+    /// Ends a subscription on the broker; `reply` learns when it has.
+    pub(crate) fn unsubscribe(
+        &self,
+        local: u64,
+        reply: Option<oneshot::Sender<Result<String, Error>>>,
+    ) {
+        let _gone = self
+            .inner
+            .commands
+            .send(Command::Unsubscribe { local, reply });
     }
 }
 
-fn page(reply: Reply) -> Result<Page, Error> {
-    match reply {
-        Reply::History {
-            events,
-            more,
-            first_seq,
-            ..
-        }
-        | Reply::Last {
-            events,
-            more,
-            first_seq,
-            ..
-        } => Ok(Page {
-            events,
-            more,
-            first_seq,
-        }),
-        other => Err(unexpected(&other)),
+/// A `history` or `last` reply, read from its text: the payloads stay as they were stored
+/// (a [`Reply`] would parse them into values).
+fn page(text: &str) -> Result<Page, Error> {
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+    }
+    match serde_json::from_str::<Head>(text) {
+        Ok(Head {
+            kind: "history" | "last",
+        }) => serde_json::from_str(text).map_err(|e| Error::Protocol(format!("{e}: {text}"))),
+        _ => Err(Error::Protocol(format!("unexpected reply: {text}"))),
     }
 }
 

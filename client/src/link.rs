@@ -2,6 +2,7 @@
 //! subscribe the driver keeps ([`Spec`]), and what a subscription receives ([`Incoming`],
 //! [`Delivery`], which settles through the driver without keeping the client alive).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -28,8 +29,10 @@ pub(crate) enum Command {
         events: mpsc::UnboundedSender<Incoming>,
         reply: Subscribed,
     },
+    /// `reply`, when given, learns when the broker has ended it.
     Unsubscribe {
         local: u64,
+        reply: Option<oneshot::Sender<Result<String, Error>>>,
     },
     /// A fresh token for this connection (nobody waits for the reply).
     Auth(Request),
@@ -80,11 +83,48 @@ pub struct Delivery {
     pub delivery: u32,
     /// The durable consumer; `None` for an ephemeral subscription.
     pub consumer: Option<String>,
+    /// The broker's id of the subscription on the connection it came through.
+    pub(crate) sub: Arc<str>,
     /// The client's driver, without keeping the client alive.
     pub(crate) link: mpsc::WeakUnboundedSender<Command>,
 }
 
 impl Delivery {
+    /// The event as the broker's `event` frame (docs/PROTOCOL.md), field for field in the
+    /// broker's order, the payload byte for byte: to print, log or forward the event as it
+    /// came (`wharf subscribe` prints this). Made when asked, so deliveries that are never
+    /// shown cost nothing for it.
+    ///
+    /// ```no_run
+    /// # fn demo(d: wharf_client::Delivery) {
+    /// // {"type":"event","sub":"s1","consumer":"billing","seq":7,"topic":"orders.created",
+    /// //  "payload":{"id":7},"published_at":"2026-11-29T08:00:00.000Z","delivery":1}
+    /// println!("{}", d.to_json());
+    /// # }
+    /// ```
+    pub fn to_json(&self) -> String {
+        let payload = self.payload.get();
+        let mut out = String::with_capacity(120 + payload.len() + self.topic.len());
+        out.push_str(r#"{"type":"event","sub":"#);
+        push_quoted(&mut out, &self.sub);
+        if let Some(consumer) = &self.consumer {
+            out.push_str(r#","consumer":"#);
+            push_quoted(&mut out, consumer);
+        }
+        out.push_str(r#","seq":"#);
+        out.push_str(&self.seq.to_string());
+        out.push_str(r#","topic":"#);
+        push_quoted(&mut out, &self.topic);
+        out.push_str(r#","payload":"#);
+        out.push_str(payload);
+        out.push_str(r#","published_at":"#);
+        push_quoted(&mut out, &self.published_at);
+        out.push_str(r#","delivery":"#);
+        out.push_str(&self.delivery.to_string());
+        out.push('}');
+        out
+    }
+
     async fn settle(&self, request: impl FnOnce(String) -> Request) -> Result<(), Error> {
         let Some(consumer) = &self.consumer else {
             return Err(Error::Invalid(
@@ -194,4 +234,13 @@ pub(crate) async fn request_through(
         .map_err(|_| Error::Closed)?;
     drop(commands);
     answer.await.map_err(|_| Error::Closed)?
+}
+
+/// Appends `s` as a JSON string (as the broker quotes: serde_json's escapes).
+fn push_quoted(out: &mut String, s: &str) {
+    match serde_json::to_string(s) {
+        Ok(quoted) => out.push_str(&quoted),
+        // A str always serializes; keep the frame JSON if it somehow did not.
+        Err(_) => out.push_str("null"),
+    }
 }

@@ -50,14 +50,35 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Publishes that may wait for the connection (and for their confirmation) at once.
     pub max_queued: usize,
+    /// Whether [`crate::Client::connect`] tries again (with backoff, for `connect_timeout`)
+    /// until a broker answers. Off, it tries each URL once and fails at once: a
+    /// command-line tool reports a broker that is not there instead of hanging.
+    pub retry_connect: bool,
+    /// Whether a lost connection is made again. Off, the client closes for good when it
+    /// drops: calls waiting for a reply fail with [`crate::Error::Disconnected`] (a publish
+    /// among them may or may not be stored), subscriptions end, and the state becomes
+    /// [`crate::State::Disconnected`]. For a tool that must say where it stopped rather
+    /// than carry on.
+    pub reconnect: bool,
+    /// Bytes of the socket's read buffer (per connection). Many idle connections in one
+    /// process (a load generator) want it small.
+    pub read_buffer: usize,
+    /// A file that keeps publishes (those with msg_ids: `publish`, `publish_raw`,
+    /// `publish_batch`) from before they are sent until they are answered, so that they
+    /// survive the process: the next client on the file sends what is left first, with the
+    /// same msg_ids (stored once inside the broker's `dedup_window`). Each publish costs a
+    /// write and an fdatasync. One client per file (a lock on `PATH.lock`).
+    pub outbox: Option<std::path::PathBuf>,
 }
 
 impl Options {
-    /// One URL, no token, backoff 100 ms to 5 s, 10 s to connect, 10,000 queued publishes.
+    /// One URL, no token, backoff 100 ms to 5 s, 10 s to connect, 10,000 queued publishes,
+    /// reconnecting for ever, a 128 KiB read buffer.
     ///
     /// ```
     /// let options = wharf_client::Options::new("ws://127.0.0.1:7700/ws");
     /// assert_eq!(options.max_queued, 10_000);
+    /// assert!(options.reconnect);
     /// ```
     pub fn new(url: impl Into<String>) -> Options {
         Options {
@@ -67,6 +88,10 @@ impl Options {
             max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             max_queued: 10_000,
+            retry_connect: true,
+            reconnect: true,
+            read_buffer: 128 * 1024,
+            outbox: None,
         }
     }
 
@@ -128,6 +153,68 @@ impl Options {
     /// ```
     pub fn max_backoff(mut self, wait: Duration) -> Options {
         self.max_backoff = wait;
+        self
+    }
+
+    /// The shortest wait between reconnect attempts (the first one waits about this long).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let options = wharf_client::Options::new("ws://h/ws").min_backoff(Duration::from_millis(50));
+    /// assert_eq!(options.min_backoff, Duration::from_millis(50));
+    /// ```
+    pub fn min_backoff(mut self, wait: Duration) -> Options {
+        self.min_backoff = wait;
+        self
+    }
+
+    /// Whether [`crate::Client::connect`] retries until `connect_timeout` (see
+    /// [`Options::retry_connect`](Options#structfield.retry_connect)).
+    ///
+    /// ```
+    /// let options = wharf_client::Options::new("ws://127.0.0.1:7700/ws").retry_connect(false);
+    /// assert!(!options.retry_connect);
+    /// ```
+    pub fn retry_connect(mut self, retry: bool) -> Options {
+        self.retry_connect = retry;
+        self
+    }
+
+    /// Whether a lost connection is made again (see
+    /// [`Options::reconnect`](Options#structfield.reconnect)).
+    ///
+    /// ```
+    /// // One connection, failing fast: what a command-line tool wants.
+    /// let options = wharf_client::Options::new("ws://127.0.0.1:7700/ws")
+    ///     .retry_connect(false)
+    ///     .reconnect(false);
+    /// assert!(!options.reconnect);
+    /// ```
+    pub fn reconnect(mut self, reconnect: bool) -> Options {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// The socket's read buffer, in bytes.
+    ///
+    /// ```
+    /// let options = wharf_client::Options::new("ws://127.0.0.1:7700/ws").read_buffer(4096);
+    /// assert_eq!(options.read_buffer, 4096);
+    /// ```
+    pub fn read_buffer(mut self, bytes: usize) -> Options {
+        self.read_buffer = bytes;
+        self
+    }
+
+    /// Keeps unanswered publishes in the file at `path` (see
+    /// [`Options::outbox`](Options#structfield.outbox)).
+    ///
+    /// ```
+    /// let options = wharf_client::Options::new("ws://127.0.0.1:7700/ws").outbox("orders.outbox");
+    /// assert!(options.outbox.is_some());
+    /// ```
+    pub fn outbox(mut self, path: impl Into<std::path::PathBuf>) -> Options {
+        self.outbox = Some(path.into());
         self
     }
 }

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use wharf_protocol::{Mode, Pattern, Request, Start, SubscribeOptions};
 
 use crate::link::{Incoming, Spec};
@@ -116,6 +116,20 @@ impl Subscribe {
         self
     }
 
+    /// Every setting of a durable subscription at once, as the protocol has them (mode, ack
+    /// wait, max deliver, max in flight): for a caller that has them as [`SubscribeOptions`]
+    /// already.
+    ///
+    /// ```
+    /// use wharf_protocol::{Mode, SubscribeOptions};
+    /// let options = SubscribeOptions { mode: Some(Mode::Exclusive), ..SubscribeOptions::default() };
+    /// let s = wharf_client::Subscribe::durable("w", ["jobs.>"]).options(options);
+    /// ```
+    pub fn options(mut self, options: SubscribeOptions) -> Subscribe {
+        self.options = options;
+        self
+    }
+
     /// Make this connection's client present in the (exact) topics.
     ///
     /// ```
@@ -137,7 +151,7 @@ impl Subscribe {
     }
 
     /// Ack each event of a durable subscription when the next one is taken: at least once,
-    /// without calling [`Delivery::ack`] (the last event taken before the subscription is
+    /// without calling [`Delivery::ack`](crate::Delivery::ack) (the last event taken before the subscription is
     /// dropped is not acked, and comes again).
     ///
     /// ```
@@ -179,6 +193,8 @@ pub struct Subscription {
     auto_ack: bool,
     /// Auto-ack: the last event handed out, acked when the next is taken.
     unacked: Option<(String, u64)>,
+    /// Unsubscribed already (by [`Subscription::unsubscribe`]).
+    ended: bool,
 }
 
 impl Subscription {
@@ -196,6 +212,28 @@ impl Subscription {
             incoming,
             auto_ack,
             unacked: None,
+            ended: false,
+        }
+    }
+
+    /// Ends the subscription and waits until the broker has (dropping it ends it too,
+    /// without waiting). A durable consumer stays, with what it settled; what was delivered
+    /// and not settled is delivered again to its next subscriber.
+    ///
+    /// ```no_run
+    /// # async fn demo(s: wharf_client::Subscription) -> Result<(), wharf_client::Error> {
+    /// s.unsubscribe().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn unsubscribe(mut self) -> Result<(), Error> {
+        self.ended = true;
+        let (reply, answer) = oneshot::channel();
+        self.client.unsubscribe(self.local, Some(reply));
+        match answer.await {
+            // A connection that dropped took the subscription with it.
+            Err(_) | Ok(Err(Error::Closed | Error::Disconnected(_))) | Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
         }
     }
 
@@ -250,6 +288,8 @@ impl Stream for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         // The event in hand is not acked: the loop may have ended because it failed on it.
-        self.client.unsubscribe(self.local);
+        if !self.ended {
+            self.client.unsubscribe(self.local, None);
+        }
     }
 }

@@ -8,9 +8,7 @@
 
 use std::time::Instant;
 
-use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 use super::scenarios::{connect, next_text, parse, request, stats};
 use super::target::Target;
@@ -118,7 +116,7 @@ async fn load(
                             .collect();
                         json!({"op":"publish_batch","events":batch})
                     };
-                    sink.feed(Message::text(frame.to_string())).await?;
+                    sink.feed(frame.to_string()).await?;
                     sent += 1;
                 }
                 sink.flush().await?;

@@ -1,25 +1,22 @@
-//! The scenarios. Each is what a real client does over the public protocol; the client side
-//! reads frames with a borrowed, partial parse so that it costs the broker's machine as
-//! little as the peers' clients do.
+//! The scenarios. Each is what a real client does over the public protocol, on
+//! `wharf_client`'s low-level [`Connection`]: frames written as text and read back without
+//! a copy, with a borrowed, partial parse, and no driver task or channels in between, so
+//! that the client costs the broker's machine as little as the peers' clients do.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wharf_client::{Connection, Options, Text};
 
 use super::target::Target;
 use super::{ms_since, progress, BenchArgs, Outcome};
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-type Sink = SplitSink<Ws, Message>;
-type Stream = SplitStream<Ws>;
+type Sink = wharf_client::Sender;
+type Stream = wharf_client::Receiver;
 
 /// How long a run waits for the broker before calling it stalled.
 const STALL: Duration = Duration::from_secs(30);
@@ -39,12 +36,8 @@ pub(super) fn parse(text: &str) -> anyhow::Result<Frame<'_>> {
     serde_json::from_str(text).map_err(|e| anyhow!("unreadable frame {text:?}: {e}"))
 }
 
-async fn connect_with(url: &str, read_buffer: usize) -> anyhow::Result<Ws> {
-    let config = WebSocketConfig::default().read_buffer_size(read_buffer);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map_err(|e| anyhow!("cannot connect to {url}: {e}"))?;
-    Ok(ws)
+async fn connect_with(url: &str, read_buffer: usize) -> anyhow::Result<Connection> {
+    Ok(Connection::open(&Options::new(url).read_buffer(read_buffer)).await?)
 }
 
 pub(super) async fn connect(url: &str) -> anyhow::Result<(Sink, Stream)> {
@@ -52,15 +45,10 @@ pub(super) async fn connect(url: &str) -> anyhow::Result<(Sink, Stream)> {
 }
 
 /// The next text frame, or an error if the connection ends or stays silent too long.
-pub(super) async fn next_text(stream: &mut Stream) -> anyhow::Result<String> {
-    loop {
-        match tokio::time::timeout(STALL, stream.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_owned()),
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => bail!("connection failed: {e}"),
-            Ok(None) => bail!("the broker closed the connection"),
-            Err(_) => bail!("no frame from the broker for {} s", STALL.as_secs()),
-        }
+pub(super) async fn next_text(stream: &mut Stream) -> anyhow::Result<Text> {
+    match tokio::time::timeout(STALL, stream.next()).await {
+        Ok(frame) => Ok(frame?),
+        Err(_) => bail!("no frame from the broker for {} s", STALL.as_secs()),
     }
 }
 
@@ -70,8 +58,8 @@ pub(super) async fn request(
     stream: &mut Stream,
     frame: Value,
     want: &str,
-) -> anyhow::Result<String> {
-    sink.send(Message::text(frame.to_string())).await?;
+) -> anyhow::Result<Text> {
+    sink.send(frame.to_string()).await?;
     loop {
         let text = next_text(stream).await?;
         let kind = parse(&text)?.kind.to_owned();
@@ -130,8 +118,7 @@ async fn publish_all(
             let (mut sent, mut done) = (0u64, 0u64);
             while done < per {
                 while sent < per && sent - done < in_flight {
-                    sink.feed(Message::text(publish_frame(&topic, sent, &pad)))
-                        .await?;
+                    sink.feed(publish_frame(&topic, sent, &pad)).await?;
                     sent_at.push_back(Instant::now());
                     sent += 1;
                 }
@@ -222,7 +209,7 @@ pub async fn replay(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
     let (mut sink, mut stream) = connect(&target.url).await?;
     let sub =
         json!({"op":"subscribe","id":0,"topic":topic,"consumer":consumer,"max_in_flight":10000});
-    sink.send(Message::text(sub.to_string())).await?;
+    sink.send(sub.to_string()).await?;
     let mut got = 0u64;
     let mut batch = Vec::with_capacity(args.ack_batch);
     while got < events {
@@ -236,7 +223,7 @@ pub async fn replay(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
                 if batch.len() >= args.ack_batch.max(1) || got == events {
                     let ack = json!({"op":"ack","consumer":consumer,"seqs":&batch});
                     batch.clear();
-                    sink.send(Message::text(ack.to_string())).await?;
+                    sink.send(ack.to_string()).await?;
                 }
             }
             "error" => bail!("replay refused: {text}"),
@@ -286,7 +273,7 @@ pub async fn latency(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::
             counter.inc(1);
             let seq = frame.seq.unwrap_or(0);
             let ack = format!(r#"{{"op":"ack","consumer":"{consumer}","seq":{seq}}}"#);
-            sub_sink.send(Message::text(ack)).await?;
+            sub_sink.send(ack).await?;
         }
         Ok::<_, anyhow::Error>(latencies)
     });
@@ -310,7 +297,7 @@ pub async fn latency(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::
             r#"{{"op":"publish","id":{i},"topic":"{topic}","payload":{{"t":{:.3},"pad":"{pad}"}}}}"#,
             now_ms_f64()
         );
-        sink.send(Message::text(frame)).await?;
+        sink.send(frame).await?;
     }
     let latencies = receiver.await??;
     confirms.await??;
@@ -374,8 +361,7 @@ pub async fn fanout(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
     let (mut sent, mut done) = (0u64, 0u64);
     while done < events {
         while sent < events && sent - done < args.in_flight.max(1) {
-            sink.feed(Message::text(publish_frame(topic, sent, &pad)))
-                .await?;
+            sink.feed(publish_frame(topic, sent, &pad)).await?;
             sent += 1;
         }
         sink.flush().await?;
