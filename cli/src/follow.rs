@@ -35,6 +35,8 @@ pub struct Follow {
     pub options: SubscribeOptions,
 }
 
+/// Events per frame the broker may send (`batch`).
+const FRAME_BATCH: u32 = 256;
 /// How long a subscriber that is ending waits for its last acks to be confirmed.
 const ACK_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// Acks sent in one frame at most.
@@ -78,6 +80,8 @@ pub async fn run(conn: &Conn, follow: Follow) -> anyhow::Result<()> {
     if let Some(start) = follow.start {
         subscribe = subscribe.start(start);
     }
+    // A backlog comes in fewer frames; what is printed is the same, one event a line.
+    subscribe = subscribe.batch(FRAME_BATCH);
     let subscription = client
         .subscribe(subscribe)
         .await

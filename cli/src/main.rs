@@ -84,6 +84,7 @@ impl DurableOptions {
             ack_wait_ms,
             max_deliver: self.max_deliver,
             max_in_flight: self.max_in_flight,
+            batch: None,
         })
     }
 }

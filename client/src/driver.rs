@@ -86,6 +86,30 @@ struct EventIn<'a> {
     sub: std::borrow::Cow<'a, str>,
     #[serde(default)]
     consumer: Option<String>,
+    // Not `#[serde(flatten)]` with an `ItemIn`: flattening buffers the fields, and a
+    // borrowed `RawValue` cannot come through that buffer.
+    seq: u64,
+    topic: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    published_at: String,
+    delivery: u32,
+}
+
+/// A subscription's `events` frame (it asked for `batch`).
+#[derive(Deserialize)]
+struct EventsIn<'a> {
+    #[serde(borrow)]
+    sub: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    consumer: Option<String>,
+    #[serde(borrow)]
+    events: Vec<ItemIn<'a>>,
+}
+
+/// One event, alone in its frame or in an `events` frame.
+#[derive(Deserialize)]
+struct ItemIn<'a> {
     seq: u64,
     topic: String,
     #[serde(borrow)]
@@ -536,7 +560,24 @@ impl Driver {
         };
         match head.kind {
             "event" => {
-                self.event(text);
+                if let Ok(ev) = serde_json::from_str::<EventIn>(text) {
+                    let item = ItemIn {
+                        seq: ev.seq,
+                        topic: ev.topic,
+                        payload: ev.payload,
+                        published_at: ev.published_at,
+                        delivery: ev.delivery,
+                    };
+                    self.event(&ev.sub, ev.consumer, item);
+                }
+                None
+            }
+            "events" => {
+                if let Ok(frame) = serde_json::from_str::<EventsIn>(text) {
+                    for item in frame.events {
+                        self.event(&frame.sub, frame.consumer.clone(), item);
+                    }
+                }
                 None
             }
             "gap" => {
@@ -575,11 +616,8 @@ impl Driver {
         }
     }
 
-    fn event(&mut self, text: &str) {
-        let Ok(ev) = serde_json::from_str::<EventIn>(text) else {
-            return;
-        };
-        let Some(&local) = self.by_server.get(&*ev.sub) else {
+    fn event(&mut self, server_sub: &str, consumer: Option<String>, ev: ItemIn) {
+        let Some(&local) = self.by_server.get(server_sub) else {
             return;
         };
         let Some(sub) = self.subs.get_mut(&local) else {
@@ -598,7 +636,7 @@ impl Driver {
             payload: ev.payload.to_owned(),
             published_at: ev.published_at,
             delivery: ev.delivery,
-            consumer: ev.consumer,
+            consumer,
             link: self.link.clone(),
         };
         let _gone = sub.events.send(Incoming::Event(delivery));

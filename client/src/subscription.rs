@@ -130,6 +130,18 @@ impl Subscribe {
         self
     }
 
+    /// Up to `n` events per frame from the broker (1 to 1000), of what is ready when it
+    /// sends: a backlog comes in fewer frames, for less work on both sides. The stream
+    /// still yields one [`Delivery`](crate::Delivery) at a time.
+    ///
+    /// ```
+    /// let s = wharf_client::Subscribe::durable("billing", ["orders.>"]).batch(256);
+    /// ```
+    pub fn batch(mut self, n: u32) -> Subscribe {
+        self.options.batch = Some(n);
+        self
+    }
+
     /// Make this connection's client present in the (exact) topics.
     ///
     /// ```

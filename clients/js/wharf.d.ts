@@ -59,6 +59,8 @@ export interface SubscribeOptions {
   mode?: 'exclusive' | 'shared';
   ackWaitMs?: number;
   maxInFlight?: number;
+  /** Up to this many events per frame from the broker (of what is ready); handlers still get one at a time. */
+  batch?: number;
   maxDeliver?: number;
   /** Ack each event when its handler returns without throwing (default true). */
   autoAck?: boolean;

@@ -472,6 +472,18 @@ export class WharfClient {
         if (sub) sub.chain = sub.chain.then(() => this.deliver(sub, frame));
         return undefined;
       }
+      case 'events': {
+        // A subscription that asked for `batch`: each event is handed over as if it had
+        // come in a frame of its own.
+        const sub = this.bySub.get(frame.sub);
+        if (!sub) return undefined;
+        for (const ev of frame.events) {
+          const one = { type: 'event', sub: frame.sub, ...ev };
+          if (frame.consumer !== undefined) one.consumer = frame.consumer;
+          sub.chain = sub.chain.then(() => this.deliver(sub, one));
+        }
+        return undefined;
+      }
       case 'gap': return this.emit('gap', frame);
       case 'token_expiring': {
         this.emit('token_expiring', frame);
@@ -674,7 +686,9 @@ export class WharfClient {
 
   /**
    * Subscribes `onEvent` to a pattern or a list of patterns. Options: consumer (durable),
-   * start, mode, ackWaitMs, maxInFlight, maxDeliver, autoAck (default true); presence (this
+   * start, mode, ackWaitMs, maxInFlight, maxDeliver, autoAck (default true); batch (up to
+   * that many events per frame from the broker, of what is ready: fewer frames for a
+   * backlog; `onEvent` still gets one event at a time); presence (this
    * client is present in the topics while subscribed), joinLeave (with onJoin, onLeave:
    * called with `{ type, sub, topic, client, info }` as clients come and go after the
    * subscribe, in arrival order with the events; its own arrival is not told, read `presence`
@@ -732,6 +746,7 @@ export class WharfClient {
     } else if (o.start !== undefined) {
       frame.start = o.start;
     }
+    if (o.batch) frame.batch = o.batch;
     if (o.presence) frame.presence = true;
     if (o.joinLeave) frame.join_leave = true;
     await this.request(frame, {

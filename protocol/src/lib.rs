@@ -18,13 +18,14 @@ pub mod topic;
 
 pub use error::ErrorCode;
 pub use reply::{
-    format_time_ms, ClusterInfo, ConsumerInfo, DeadLetter, EventBody, EventFrame, EventsKind,
-    EventsReply, PeerInfo, PresenceChange, PresentClient, ReceivedEvent, Reply, Stats, StoredEvent,
-    TopicInfo,
+    format_time_ms, BatchedEvent, ClusterInfo, ConsumerInfo, DeadLetter, EventBatch, EventBody,
+    EventFrame, EventsKind, EventsReply, PeerInfo, PresenceChange, PresentClient, ReceivedEvent,
+    Reply, Stats, StoredEvent, TopicInfo,
 };
 pub use request::{
     frame_id, json_nesting_exceeds, now_ms, parse_request, valid_client_id, Id, Mode, NewEvent,
-    Page, Request, RequestError, Start, SubscribeOptions, MAX_CLIENT_ID_BYTES, MAX_MSG_ID_BYTES,
+    Page, Request, RequestError, Start, SubscribeOptions, MAX_BATCH, MAX_CLIENT_ID_BYTES,
+    MAX_MSG_ID_BYTES,
 };
 pub use topic::{validate_consumer, Pattern, PatternIndex, Topic, TopicError};
 

@@ -86,6 +86,14 @@ pub enum Reply {
     },
     /// An event as a client reads it; the broker writes events with [`EventFrame`].
     Event(ReceivedEvent),
+    /// Several events of one subscription that asked for `batch`, in seq order as single
+    /// frames would have come; the broker writes it with [`EventBatch`].
+    Events {
+        sub: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consumer: Option<String>,
+        events: Vec<BatchedEvent>,
+    },
     /// Stored events matching a pattern, oldest first; the broker writes it with
     /// [`EventsReply`]. `more`: more match beyond the page; `first_seq`: the oldest seq stored.
     History {
@@ -222,6 +230,71 @@ impl EventFrame<'_> {
         out.push_str(itoa::Buffer::new().format(self.delivery));
         out.push('}');
         out
+    }
+
+    /// The same event as an `events` frame of one, for a subscription that asked for
+    /// `batch` when no other event is ready to share its frame.
+    pub fn to_json_batched(&self) -> String {
+        let mut batch = EventBatch::new(self.sub, self.consumer);
+        batch.push(self.body, self.delivery);
+        batch.finish()
+    }
+}
+
+/// Several events delivered to one subscription in one frame, for a subscription that asked
+/// for `batch`: `{"type":"events","sub":…,"consumer":…,"events":[{seq, topic, payload,
+/// published_at, delivery}, …]}`, each element an event frame without its `type`, `sub` and
+/// `consumer`. Built from the same shared [`EventBody`]s as single event frames.
+#[derive(Debug)]
+pub struct EventBatch {
+    out: String,
+    count: usize,
+}
+
+impl EventBatch {
+    pub fn new(sub: &str, consumer: Option<&str>) -> EventBatch {
+        let mut out = String::with_capacity(4096);
+        out.push_str(r#"{"type":"events","sub":"#);
+        push_quoted(&mut out, sub);
+        if let Some(consumer) = consumer {
+            out.push_str(r#","consumer":"#);
+            push_quoted(&mut out, consumer);
+        }
+        out.push_str(r#","events":["#);
+        EventBatch { out, count: 0 }
+    }
+
+    pub fn push(&mut self, body: &EventBody, delivery: u32) {
+        if self.count > 0 {
+            self.out.push(',');
+        }
+        self.out.push('{');
+        // The body starts with the comma that follows `sub` in a single event frame.
+        self.out
+            .push_str(body.0.strip_prefix(',').unwrap_or(&body.0));
+        self.out.push_str(r#","delivery":"#);
+        self.out.push_str(itoa::Buffer::new().format(delivery));
+        self.out.push('}');
+        self.count += 1;
+    }
+
+    /// Events pushed so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The frame's length so far, in bytes.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn finish(mut self) -> String {
+        self.out.push_str("]}");
+        self.out
     }
 }
 
@@ -447,6 +520,16 @@ impl DeadLetter<'_> {
     }
 }
 
+/// One event of an `events` frame: an event frame without `type`, `sub` and `consumer`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchedEvent {
+    pub seq: u64,
+    pub topic: String,
+    pub payload: serde_json::Value,
+    pub published_at: String,
+    pub delivery: u32,
+}
+
 /// One event as a client reads it. (Raw JSON cannot pass through serde's internally tagged
 /// enums, so clients get the payload as a parsed value.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -579,5 +662,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_event_batch_reads_back_as_its_events_in_order() {
+        let a = EventBody::new(9, "a.b", r#"{"k":[1,"x"]}"#, 1500);
+        let b = EventBody::new(10, "a.\"c", "7", 1501);
+        let mut batch = EventBatch::new("s1", Some("c"));
+        batch.push(&a, 1);
+        batch.push(&b, 3);
+        assert_eq!(batch.count(), 2);
+        let back: Reply = serde_json::from_str(&batch.finish()).unwrap();
+        let Reply::Events {
+            sub,
+            consumer,
+            events,
+        } = back
+        else {
+            panic!("not an events frame");
+        };
+        assert_eq!((sub.as_str(), consumer.as_deref()), ("s1", Some("c")));
+        let seen: Vec<(u64, &str, u32)> = events
+            .iter()
+            .map(|e| (e.seq, e.topic.as_str(), e.delivery))
+            .collect();
+        assert_eq!(seen, [(9, "a.b", 1), (10, "a.\"c", 3)]);
+        assert_eq!(events[0].payload, serde_json::json!({"k":[1,"x"]}));
+        assert_eq!(events[1].published_at, "1970-01-01T00:00:01.501Z");
+        let empty = EventBatch::new("s", None).finish();
+        assert!(
+            matches!(serde_json::from_str(&empty), Ok(Reply::Events { events, consumer: None, .. }) if events.is_empty())
+        );
     }
 }

@@ -93,7 +93,8 @@ pub enum Mode {
     Shared,
 }
 
-/// Per-subscription settings of a durable consumer; `None` means the broker's default.
+/// Per-subscription settings; `None` means the broker's default. All but `batch` are a
+/// durable consumer's and need one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SubscribeOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,7 +105,14 @@ pub struct SubscribeOptions {
     pub max_deliver: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+    /// Up to this many events per frame (`{"type":"events"}`), from what is ready to go:
+    /// the broker never waits to fill a frame. `None` or 1: one `event` frame each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
 }
+
+/// The most events a subscription may ask for in one frame.
+pub const MAX_BATCH: u32 = 1000;
 
 /// One event of a publish or a publish_batch.
 #[derive(Debug, Clone, Serialize)]
@@ -423,6 +431,7 @@ struct RawFrame {
     ack_wait_ms: Option<Value>,
     max_deliver: Option<Value>,
     max_in_flight: Option<Value>,
+    batch: Option<Value>,
     delay_ms: Option<Value>,
     token: Option<Value>,
     limit: Option<Value>,
@@ -596,8 +605,20 @@ fn parse_general(text: &str) -> Result<Request, RequestError> {
                 ack_wait_ms: positive(&raw.ack_wait_ms, "ack_wait_ms").map_err(bad)?,
                 max_deliver: count(&raw.max_deliver, "max_deliver", 0).map_err(bad)?,
                 max_in_flight: count(&raw.max_in_flight, "max_in_flight", 1).map_err(bad)?,
+                batch: match count(&raw.batch, "batch", 1).map_err(bad)? {
+                    Some(n) if n > MAX_BATCH => {
+                        return Err(bad(format!(
+                            "field `batch` must be an integer from 1 to {MAX_BATCH}"
+                        )))
+                    }
+                    n => n,
+                },
             };
-            if consumer.is_none() && options != SubscribeOptions::default() {
+            let durable_only = SubscribeOptions {
+                batch: None,
+                ..options.clone()
+            };
+            if consumer.is_none() && durable_only != SubscribeOptions::default() {
                 return Err(bad(
                     "mode, ack_wait_ms, max_deliver and max_in_flight need a `consumer`".into(),
                 ));
@@ -966,6 +987,30 @@ mod tests {
 
     fn err(text: &str) -> RequestError {
         parse_request(text).unwrap_err()
+    }
+
+    #[test]
+    fn batch_is_from_1_to_max_and_needs_no_consumer() {
+        let batch = |text: &str| match parse_request(text) {
+            Ok(Request::Subscribe { options, .. }) => options.batch,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(batch(r#"{"op":"subscribe","topic":"a"}"#), None);
+        assert_eq!(
+            batch(r#"{"op":"subscribe","topic":"a","batch":64}"#),
+            Some(64)
+        );
+        assert_eq!(
+            batch(r#"{"op":"subscribe","topic":"a","consumer":"c","batch":1000}"#),
+            Some(1000)
+        );
+        for bad in ["0", "1001", "-1", "\"8\"", "1.5"] {
+            let e = err(&format!(
+                r#"{{"op":"subscribe","topic":"a","batch":{bad}}}"#
+            ));
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+            assert!(e.message.contains("batch"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -608,8 +608,12 @@ impl Client {
                 .expect("no reply in time");
             if let Some(Ok(Message::Text(t))) = msg {
                 let v: Value = serde_json::from_str(t.as_str()).expect("broker sent JSON");
-                // Pushes (events, presence joins and leaves) wait for `recv`.
-                if matches!(v["type"].as_str(), Some("event" | "join" | "leave")) {
+                // Pushes (events, batches of them, presence joins and leaves) wait for
+                // `recv`.
+                if matches!(
+                    v["type"].as_str(),
+                    Some("event" | "events" | "join" | "leave")
+                ) {
                     self.stash.push_back(v);
                     continue;
                 }

@@ -90,6 +90,8 @@ pub struct Quota<'a> {
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
     pub ack_wait: Duration,
+    /// Events per frame at most (1: plain `event` frames).
+    pub batch: usize,
     pub max_in_flight: usize,
     /// 0 means unlimited.
     pub max_deliver: u32,
@@ -103,6 +105,9 @@ pub struct Subscriber {
     /// The subscription's id on that connection.
     pub sub: Arc<str>,
     pub outbound: Outbound,
+    /// Events per frame at most, of what is ready (1: one `event` frame each). A backend may
+    /// always send fewer.
+    pub batch: usize,
 }
 
 /// Which matching events a `history` page holds.

@@ -19,6 +19,7 @@ pub(super) enum Completion {
         sub: Arc<str>,
         patterns: Vec<Pattern>,
         from: u64,
+        batch: usize,
         rooms: Rooms,
     },
     /// The consumer exists (now): attach this connection to it.
@@ -149,8 +150,12 @@ impl Session {
                 sub,
                 patterns,
                 from,
+                batch,
                 rooms,
-            } => self.start_ephemeral(id, sub, patterns, from, rooms).await,
+            } => {
+                self.start_ephemeral(id, sub, patterns, from, batch, rooms)
+                    .await
+            }
             Completion::Attach {
                 id,
                 sub,

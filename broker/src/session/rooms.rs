@@ -87,6 +87,7 @@ impl Session {
                 session: self.id,
                 sub: sub.clone(),
                 outbound: self.outbound.clone(),
+                batch: 1,
             };
             let watching = self
                 .ctx

@@ -9,17 +9,19 @@ impl Session {
         Arc::from(format!("{}-{}", self.id, self.next_sub))
     }
 
-    fn subscriber(&self, sub: &Arc<str>) -> Subscriber {
+    fn subscriber(&self, sub: &Arc<str>, batch: usize) -> Subscriber {
         Subscriber {
             session: self.id,
             sub: sub.clone(),
             outbound: self.outbound.clone(),
+            batch,
         }
     }
 
     pub(super) fn options(&self, asked: &SubscribeOptions) -> DeliveryOptions {
         let config = &self.ctx.config;
         DeliveryOptions {
+            batch: batch_of(asked),
             ack_wait: asked
                 .ack_wait_ms
                 .map(Duration::from_millis)
@@ -59,7 +61,11 @@ impl Session {
                 self.subscribe_durable(id, patterns, name, start, asked, rooms)
                     .await
             }
-            None => self.subscribe_ephemeral(id, patterns, start, rooms).await,
+            None => {
+                let batch = batch_of(&asked);
+                self.subscribe_ephemeral(id, patterns, start, batch, rooms)
+                    .await
+            }
         }
     }
 
@@ -118,6 +124,7 @@ impl Session {
         id: Option<Id>,
         patterns: Vec<Pattern>,
         start: Option<Start>,
+        batch: usize,
         rooms: Rooms,
     ) -> Result<(), Closed> {
         let from = match self
@@ -135,6 +142,7 @@ impl Session {
             sub,
             patterns,
             from,
+            batch,
             rooms,
         };
         // Its turn comes after the replies to earlier requests, so no event overtakes them.
@@ -149,6 +157,7 @@ impl Session {
         sub: Arc<str>,
         patterns: Vec<Pattern>,
         from: u64,
+        batch: usize,
         mut rooms: Rooms,
     ) -> Result<(), Closed> {
         self.send_now(Reply::Subscribed {
@@ -161,7 +170,7 @@ impl Session {
         // Right behind the reply in the queue, before anything slower: a client that saw
         // `subscribed` is told of every join and leave after it.
         self.watch_rooms(&mut rooms, &sub, &patterns);
-        let to = self.subscriber(&sub);
+        let to = self.subscriber(&sub, batch);
         match self.ctx.backend.follow(patterns.clone(), from, to).await {
             Ok(subscription) => {
                 self.hold(sub, subscription, patterns, None, rooms);
@@ -184,7 +193,7 @@ impl Session {
         options: DeliveryOptions,
         mut rooms: Rooms,
     ) -> Result<(), Closed> {
-        let to = self.subscriber(&sub);
+        let to = self.subscriber(&sub, options.batch);
         let backend = &self.ctx.backend;
         let attaching = match backend.attach(&name, &patterns, mode, options, to).await {
             Ok(attaching) => attaching,
@@ -219,4 +228,9 @@ impl Session {
         };
         self.subs.insert(sub, held);
     }
+}
+
+/// Events per frame a subscribe asked for (1: plain `event` frames).
+fn batch_of(asked: &SubscribeOptions) -> usize {
+    asked.batch.map_or(1, |n| n as usize)
 }

@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// Acks per ack frame in the replay scenario.
     #[arg(long, default_value_t = 500)]
     ack_batch: usize,
+    /// Events per frame the replay and fanout subscribers ask for (`batch`; 1: one event
+    /// frame each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    batch: u32,
     /// Topics the history scenario spreads its events over.
     #[arg(long, default_value_t = 1000)]
     topics: u64,

@@ -32,6 +32,32 @@ pub(super) struct Frame<'a> {
     payload: Option<&'a RawValue>,
 }
 
+/// An `events` frame, as far as the scenarios look at it.
+#[derive(Deserialize)]
+struct Events {
+    events: Vec<Seq>,
+}
+
+#[derive(Deserialize)]
+struct Seq {
+    seq: u64,
+}
+
+/// The seqs of the events a frame carries: one for an `event` frame, the list of an
+/// `events` frame (a subscription that asked for `batch`), none for anything else.
+fn event_seqs(text: &str) -> anyhow::Result<Vec<u64>> {
+    if text.starts_with(r#"{"type":"events""#) {
+        let frame: Events =
+            serde_json::from_str(text).map_err(|e| anyhow!("unreadable frame {text:?}: {e}"))?;
+        return Ok(frame.events.into_iter().map(|e| e.seq).collect());
+    }
+    let frame = parse(text)?;
+    Ok(match (frame.kind, frame.seq) {
+        ("event", Some(seq)) => vec![seq],
+        _ => Vec::new(),
+    })
+}
+
 pub(super) fn parse(text: &str) -> anyhow::Result<Frame<'_>> {
     serde_json::from_str(text).map_err(|e| anyhow!("unreadable frame {text:?}: {e}"))
 }
@@ -207,27 +233,28 @@ pub async fn replay(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
     let watch = target.watch_rss();
     let started = Instant::now();
     let (mut sink, mut stream) = connect(&target.url).await?;
-    let sub =
+    let mut sub =
         json!({"op":"subscribe","id":0,"topic":topic,"consumer":consumer,"max_in_flight":10000});
+    if args.batch > 1 {
+        sub["batch"] = json!(args.batch);
+    }
     sink.send(sub.to_string()).await?;
     let mut got = 0u64;
     let mut batch = Vec::with_capacity(args.ack_batch);
     while got < events {
         let text = next_text(&mut stream).await?;
-        let frame = parse(&text)?;
-        match frame.kind {
-            "event" => {
-                got += 1;
-                bar.inc(1);
-                batch.push(frame.seq.unwrap_or(0));
-                if batch.len() >= args.ack_batch.max(1) || got == events {
-                    let ack = json!({"op":"ack","consumer":consumer,"seqs":&batch});
-                    batch.clear();
-                    sink.send(ack.to_string()).await?;
-                }
+        if text.starts_with(r#"{"type":"error""#) {
+            bail!("replay refused: {text}");
+        }
+        for seq in event_seqs(&text)? {
+            got += 1;
+            bar.inc(1);
+            batch.push(seq);
+            if batch.len() >= args.ack_batch.max(1) || got == events {
+                let ack = json!({"op":"ack","consumer":consumer,"seqs":&batch});
+                batch.clear();
+                sink.send(ack.to_string()).await?;
             }
-            "error" => bail!("replay refused: {text}"),
-            _ => {}
         }
     }
     out.seconds = started.elapsed().as_secs_f64();
@@ -236,6 +263,7 @@ pub async fn replay(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
     out.extra
         .insert("replay_rss_peak_mb".into(), json!(super::mb(watch.peak())));
     out.extra.insert("ack_batch".into(), json!(args.ack_batch));
+    out.extra.insert("batch".into(), json!(args.batch));
     Ok(out)
 }
 
@@ -322,16 +350,20 @@ pub async fn fanout(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
     let bar = progress(args, events * n, "fanout");
     let mut subs = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let (url, topic, ready, bar) = (
+        let (url, topic, ready, bar, batch) = (
             target.url.clone(),
             topic.to_owned(),
             ready.clone(),
             bar.clone(),
+            args.batch,
         );
         subs.push(tokio::spawn(async move {
             let subscribed = async {
                 let (mut sink, mut stream) = connect(&url).await?;
-                let sub = json!({"op":"subscribe","id":0,"topic":topic,"start":"new"});
+                let mut sub = json!({"op":"subscribe","id":0,"topic":topic,"start":"new"});
+                if batch > 1 {
+                    sub["batch"] = json!(batch);
+                }
                 request(&mut sink, &mut stream, sub, "subscribed").await?;
                 Ok::<_, anyhow::Error>((sink, stream))
             }
@@ -342,11 +374,15 @@ pub async fn fanout(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
             while got < events {
                 let text = next_text(&mut stream).await?;
                 // Event frames start with their type; the rest is not parsed.
-                if text.starts_with(r#"{"type":"event""#) {
+                if text.starts_with(r#"{"type":"event","#) {
                     got += 1;
                     if got.is_multiple_of(64) {
                         bar.inc(64);
                     }
+                } else if text.starts_with(r#"{"type":"events""#) {
+                    let n = event_seqs(&text)?.len() as u64;
+                    bar.inc(n);
+                    got += n;
                 } else if text.starts_with(r#"{"type":"lost""#) {
                     bail!("a subscriber fell behind and lost events: {text}");
                 }
@@ -384,6 +420,7 @@ pub async fn fanout(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
         ..Outcome::default()
     };
     out.extra.insert("subscribers".into(), json!(n));
+    out.extra.insert("batch".into(), json!(args.batch));
     out.extra.insert("deliveries".into(), json!(deliveries));
     out.extra.insert(
         "deliveries_per_s".into(),

@@ -75,6 +75,29 @@ test('publish resolves to the seq and a durable subscriber gets events in order,
   }
 });
 
+test('with batch, a backlog comes several events to a frame and each is handed over and acked once', async () => {
+  const broker = await Broker.start();
+  const publisher = clientOn(broker, 1);
+  const client = clientOn(broker, 0);
+  try {
+    await publisher.connect();
+    const seqs = await Promise.all(Array.from({ length: 40 }, (_, i) => publisher.publish('batch.a', { i })));
+    await client.connect();
+    const got = collector(ackFirst);
+    await client.subscribe('batch.>', { consumer: 'js-batch', batch: 16 }, got.onEvent);
+    await got.wait(40);
+    assert.deepEqual(got.events.map((e) => e.seq), seqs);
+    assert.ok(got.events.every((e) => e.delivery === 1 && e.consumer === 'js-batch'));
+    assert.deepEqual(got.events[7].payload, { i: 7 });
+    const info = await client.request({ op: 'consumer_info', consumer: 'js-batch' });
+    assert.equal(info.ack_pending, 0);
+  } finally {
+    client.close();
+    publisher.close();
+    await broker.stop();
+  }
+});
+
 test('a handler that throws nacks: the event comes again after a backoff, then is acked', async () => {
   const broker = await Broker.start();
   const client = clientOn(broker, 0, { handlerRetryDelay: 200 });

@@ -96,6 +96,16 @@ async def test_publish_returns_the_seq_and_a_durable_subscriber_gets_events_in_o
         assert later.events[0].delivery == 1
 
 
+async def test_with_batch_a_backlog_is_yielded_one_event_at_a_time_each_once(broker: Broker) -> None:
+    async with client_on(broker, 0) as client, client_on(broker, 1) as publisher:
+        seqs = [await publisher.publish("batch.a", {"i": i}) for i in range(30)]
+        got = Collector(client.subscribe("batch.>", consumer="py-batch", batch=8))
+        await got.wait(30)
+        assert got.seqs() == seqs
+        assert all(e.delivery == 1 and e.consumer == "py-batch" for e in got.events)
+        assert got.events[4].payload == {"i": 4}
+
+
 async def test_explicit_nack_term_and_progress(broker: Broker) -> None:
     async with client_on(broker, 0) as client:
         sub = await client.subscribe("jobs", consumer="py-nack", auto_ack=False)

@@ -255,6 +255,8 @@ class Subscription:
             frame["start"] = self.last_seq + 1
         elif o.get("start") is not None:
             frame["start"] = o["start"]
+        if o.get("batch"):
+            frame["batch"] = o["batch"]
         if o.get("presence"):
             frame["presence"] = True
         if o.get("join_leave"):
@@ -803,6 +805,15 @@ class Client:
             sub = self._by_sub.get(frame.get("sub"))
             if sub is not None:
                 sub._push_event(frame)
+        elif kind == "events":
+            # A subscription that asked for ``batch``: each event as if in a frame of its own.
+            sub = self._by_sub.get(frame.get("sub"))
+            if sub is not None:
+                for item in frame.get("events") or []:
+                    one = dict(item, type="event", sub=frame.get("sub"))
+                    if "consumer" in frame:
+                        one["consumer"] = frame["consumer"]
+                    sub._push_event(one)
         elif kind in ("join", "leave"):
             sub = self._by_sub.get(frame.get("sub"))
             if sub is not None:
@@ -1039,13 +1050,15 @@ class Client:
         auto_ack: bool = True,
         presence: bool = False,
         join_leave: bool = False,
+        batch: Optional[int] = None,
     ) -> Subscription:
         """A subscription to a pattern or a list of them: durable with ``consumer`` (it comes
         back after a reconnect and receives everything not settled, in seq order), ephemeral
         without (after a reconnect it resumes from the last seq it saw + 1). ``start``: ``"all"``,
         ``"new"``, a seq or an RFC 3339 time. ``presence``: this client is present in the
         (exact) topics while subscribed; ``join_leave``: the iteration also yields
-        :class:`PresenceChange` items as clients come and go.
+        :class:`PresenceChange` items as clients come and go. ``batch``: up to that many events
+        per frame from the broker (of what is ready); the iteration still yields one at a time.
 
         ``async for event in client.subscribe("orders.>", consumer="billing"): ...``
         """
@@ -1053,7 +1066,7 @@ class Client:
         options = {
             "consumer": consumer, "start": start, "mode": mode, "ack_wait_ms": ack_wait_ms,
             "max_in_flight": max_in_flight, "max_deliver": max_deliver, "auto_ack": auto_ack,
-            "presence": presence, "join_leave": join_leave,
+            "presence": presence, "join_leave": join_leave, "batch": batch,
         }
         return Subscription(self, pats, options)
 

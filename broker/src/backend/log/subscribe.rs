@@ -109,6 +109,7 @@ impl Attaching {
             kick: attached.kick,
             sub: self.to.sub.clone(),
             outbound: self.to.outbound.clone(),
+            batch: self.to.batch,
             source: EventSource::new(
                 store.feed.clone(),
                 store.log.clone(),
@@ -263,7 +264,7 @@ impl LogBackend {
     pub fn follow(&self, patterns: Vec<Pattern>, from: u64, to: Subscriber) -> Subscription {
         let store = &self.store;
         let source = EventSource::new(store.feed.clone(), store.log.clone(), from, patterns);
-        let task = tokio::spawn(run_ephemeral(to.sub, to.outbound, source));
+        let task = tokio::spawn(run_ephemeral(to.sub, to.outbound, source, to.batch));
         Subscription::Ephemeral(task.abort_handle())
     }
 }

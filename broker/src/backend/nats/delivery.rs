@@ -253,7 +253,13 @@ impl Delivery {
                 extended: now,
             },
         );
-        match self.outbound.deliver(Frame::Json(frame.to_json())).await {
+        // Messages come one at a time from the pull: a batch is always of one here.
+        let json = if self.options.batch > 1 {
+            frame.to_json_batched()
+        } else {
+            frame.to_json()
+        };
+        match self.outbound.deliver(Frame::Json(json)).await {
             Delivered::Sent => {
                 metrics::delivered().increment(1);
                 true

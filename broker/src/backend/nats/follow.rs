@@ -76,7 +76,13 @@ impl Follower {
                 body: &body,
                 delivery: 1,
             };
-            match self.to.outbound.deliver(Frame::Json(frame.to_json())).await {
+            // Messages come one at a time from the ordered consumer: a batch is of one here.
+            let json = if self.to.batch > 1 {
+                frame.to_json_batched()
+            } else {
+                frame.to_json()
+            };
+            match self.to.outbound.deliver(Frame::Json(json)).await {
                 Delivered::Sent => metrics::delivered().increment(1),
                 Delivered::Closed => return,
                 Delivered::TooSlow => match self.skip_from(seq).await {

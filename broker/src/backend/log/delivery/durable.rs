@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::outbound::Frame;
 use tokio::sync::Notify;
-use wharf_protocol::{format_time_ms, now_ms, DeadLetter, Reply};
+use wharf_protocol::{format_time_ms, now_ms, DeadLetter, EventBatch, Reply};
 
 use crate::backend::log::append::{AppendLog, Event, Record, Settle};
 use crate::backend::log::consumers::{dead_letter_topic, Consumer, Step, DEAD_LETTER_PREFIX};
@@ -15,7 +15,7 @@ use crate::backend::log::state::StateView;
 use crate::metrics;
 use crate::outbound::{Delivered, Outbound};
 
-use super::{event_frame, sleep_until_opt, EventSource};
+use super::{batch_full, body_of, event_frame, sleep_until_opt, EventSource};
 
 /// What a durable delivery task needs.
 pub struct DurableDelivery {
@@ -25,6 +25,8 @@ pub struct DurableDelivery {
     pub kick: Arc<Notify>,
     pub sub: Arc<str>,
     pub outbound: Outbound,
+    /// Events per frame at most (1: plain `event` frames).
+    pub batch: usize,
     pub source: EventSource,
     pub state: StateView,
     pub log: AppendLog,
@@ -96,7 +98,13 @@ impl DurableDelivery {
                 if !matches!(step, Step::Restart | Step::Detached) {
                     backlog.pop_front();
                 }
-                match self.act(step, &ev).await {
+                let flow = match step {
+                    Step::Deliver(count) if self.batch > 1 => {
+                        self.deliver_ready(&ev, count, &mut backlog, now).await
+                    }
+                    step => self.act(step, &ev).await,
+                };
+                match flow {
                     Flow::Continue => {}
                     Flow::Stop => return,
                     Flow::Restart => {
@@ -144,24 +152,10 @@ impl DurableDelivery {
             Step::Detached => Flow::Stop,
             Step::Restart => Flow::Restart,
             Step::Deliver(count) => {
-                metrics::delivered().increment(1);
-                if count > 1 {
-                    metrics::redelivered().increment(1);
-                }
-                let name = &self.consumer.name;
-                let frame = event_frame(&self.sub, Some(name), ev, count);
+                let frame = event_frame(&self.sub, Some(&self.consumer.name), ev, count);
                 match self.outbound.deliver(frame).await {
                     Delivered::Sent => {
-                        self.consumer.handed_over(ev.seq, count);
-                        if count > 1 {
-                            // A sled insert is blocking I/O: off the runtime's workers.
-                            let (state, name, seq) = (self.state.clone(), name.clone(), ev.seq);
-                            tokio::task::spawn_blocking(move || {
-                                if let Err(e) = state.set_delivery(&name, seq, count) {
-                                    tracing::warn!(consumer = name, error = %e, "delivery count not saved");
-                                }
-                            });
-                        }
+                        self.handed_over(ev.seq, count);
                         Flow::Continue
                     }
                     Delivered::Closed => Flow::Stop,
@@ -176,6 +170,76 @@ impl DurableDelivery {
                 self.dead_letter(ev, deliveries).await;
                 Flow::Continue
             }
+        }
+    }
+
+    /// Delivers `first` (leased as delivery `count`) together with what else of the backlog
+    /// is ready to go, up to `batch` events in one `events` frame. It stops at the first event
+    /// that cannot go now (no room, a seek, a dead letter), which the walk then handles.
+    async fn deliver_ready(
+        &mut self,
+        first: &Event,
+        count: u32,
+        backlog: &mut VecDeque<Arc<Event>>,
+        now: Instant,
+    ) -> Flow {
+        let mut frame = EventBatch::new(&self.sub, Some(&self.consumer.name));
+        frame.push(body_of(first), count);
+        let mut sent = vec![(first.seq, count)];
+        let mut dead = None;
+        while !batch_full(&frame, self.batch) {
+            let Some(ev) = backlog.front() else {
+                break;
+            };
+            let step = self
+                .consumer
+                .step(self.generation, self.epoch, ev.seq, &ev.topic, now);
+            match step {
+                Step::Skip => {}
+                Step::Deliver(count) => {
+                    frame.push(body_of(ev), count);
+                    sent.push((ev.seq, count));
+                }
+                Step::DeadLetter(deliveries) => dead = Some((ev.clone(), deliveries)),
+                // Asked about again by the walk, after this frame.
+                Step::NoRoom | Step::Restart | Step::Detached => break,
+            }
+            backlog.pop_front();
+            if dead.is_some() {
+                break;
+            }
+        }
+        match self.outbound.deliver(Frame::Json(frame.finish())).await {
+            Delivered::Sent => {}
+            Delivered::Closed => return Flow::Stop,
+            Delivered::TooSlow => {
+                self.outbound.evict_slow();
+                return Flow::Stop;
+            }
+        }
+        for (seq, count) in sent {
+            self.handed_over(seq, count);
+        }
+        if let Some((ev, deliveries)) = dead {
+            self.dead_letter(&ev, deliveries).await;
+        }
+        Flow::Continue
+    }
+
+    /// Delivery `count` of `seq` reached the connection's queue: count it, and save the
+    /// count of a redelivery (first deliveries are covered by the delivered-through mark).
+    fn handed_over(&self, seq: u64, count: u32) {
+        metrics::delivered().increment(1);
+        self.consumer.handed_over(seq, count);
+        if count > 1 {
+            metrics::redelivered().increment(1);
+            // A sled insert is blocking I/O: off the runtime's workers.
+            let (state, name) = (self.state.clone(), self.consumer.name.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = state.set_delivery(&name, seq, count) {
+                    tracing::warn!(consumer = name, error = %e, "delivery count not saved");
+                }
+            });
         }
     }
 

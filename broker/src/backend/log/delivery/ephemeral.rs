@@ -3,32 +3,53 @@
 use std::sync::Arc;
 
 use crate::outbound::Frame;
-use wharf_protocol::Reply;
+use wharf_protocol::{EventBatch, Reply};
 
 use crate::metrics;
 use crate::outbound::{Delivered, Outbound, Unsent};
 
-use super::{event_frame, EventSource};
+use super::{batch_full, body_of, event_frame, EventSource};
 
 /// Live delivery to a subscription without a consumer: at-most-once, nothing stored. A
 /// subscriber too slow to take what is due skips ahead to the newest event and is told which
 /// seqs it missed (`lost`), so it can replay them with `start` if it wants them.
-pub async fn run_ephemeral(sub: Arc<str>, outbound: Outbound, mut source: EventSource) {
+/// With `batch` above 1, what is ready goes out up to `batch` events per frame.
+pub async fn run_ephemeral(
+    sub: Arc<str>,
+    outbound: Outbound,
+    mut source: EventSource,
+    batch: usize,
+) {
     loop {
-        let batch = match source.next_batch().await {
-            Ok(Some(batch)) => batch,
+        let ready = match source.next_batch().await {
+            Ok(Some(ready)) => ready,
             Ok(None) => return,
             Err(e) => {
                 tracing::error!(sub = &*sub, error = %e, "cannot read the log for delivery");
                 return;
             }
         };
-        for ev in &batch {
-            match outbound.deliver(event_frame(&sub, None, ev, 1)).await {
-                Delivered::Sent => metrics::delivered().increment(1),
+        let mut rest = &ready[..];
+        while let Some(first) = rest.first() {
+            let (frame, count) = if batch > 1 {
+                let mut frame = EventBatch::new(&sub, None);
+                for ev in rest {
+                    frame.push(body_of(ev), 1);
+                    if batch_full(&frame, batch) {
+                        break;
+                    }
+                }
+                let count = frame.count();
+                (Frame::Json(frame.finish()), count)
+            } else {
+                (event_frame(&sub, None, first, 1), 1)
+            };
+            rest = &rest[count..];
+            match outbound.deliver(frame).await {
+                Delivered::Sent => metrics::delivered().increment(count as u64),
                 Delivered::Closed => return,
                 Delivered::TooSlow => {
-                    let from = ev.seq;
+                    let from = first.seq;
                     loop {
                         let to = source.skip_to_head();
                         let notice = Reply::Lost {

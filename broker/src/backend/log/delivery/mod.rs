@@ -18,7 +18,7 @@ mod source;
 use std::time::Instant;
 
 use crate::outbound::Frame;
-use wharf_protocol::{EventBody, EventFrame};
+use wharf_protocol::{EventBatch, EventBody, EventFrame};
 
 use crate::backend::log::append::Event;
 
@@ -28,10 +28,23 @@ pub use ephemeral::run_ephemeral;
 pub use feed::{Feed, Topics};
 pub use source::EventSource;
 
+/// An `events` frame stops growing at this size, whatever `batch` allows: a frame is
+/// written whole, and a client's frame limit is usually a few MiB.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The event's frame body, encoded once and shared by every subscription it goes to.
+fn body_of(ev: &Event) -> &EventBody {
+    ev.frame_body
+        .get_or_init(|| EventBody::new(ev.seq, &ev.topic, &ev.payload, ev.time_ms))
+}
+
+/// Whether an `events` frame being filled for a subscription that asked for `batch` is full.
+fn batch_full(frame: &EventBatch, batch: usize) -> bool {
+    frame.count() >= batch || frame.len() >= BATCH_BYTES
+}
+
 fn event_frame(sub: &str, consumer: Option<&str>, ev: &Event, delivery: u32) -> Frame {
-    let body = ev
-        .frame_body
-        .get_or_init(|| EventBody::new(ev.seq, &ev.topic, &ev.payload, ev.time_ms));
+    let body = body_of(ev);
     let frame = EventFrame {
         sub,
         consumer,
