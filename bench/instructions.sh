@@ -11,6 +11,7 @@
 # difference in events, so start-up and shutdown cancel out.
 #   bench/instructions.sh            # 1000 and 3000 events
 #   N1=2000 N2=6000 bench/instructions.sh
+#   BATCH=64 bench/instructions.sh   # the replay subscriber asks for 64 events a frame
 # (The writer's and the state view's functions are matched whatever their module path:
 # from the architecture rework until 2026-11-29 the patterns named the paths from before
 # it, `wharf_broker::log::writer::Writer::run` in writer.rs, and missed both threads now in
@@ -21,6 +22,9 @@ shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 N1=${N1:-1000}
 N2=${N2:-3000}
+# BATCH=64: the replaying subscriber asks for up to 64 events a frame (`batch`); 1, the
+# default, is one event frame each.
+BATCH=${BATCH:-1}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 # WHARF=/path/to/wharf measures that build instead of building one.
 if [ -z "${WHARF:-}" ]; then
@@ -42,7 +46,9 @@ count() { # scenario events
         curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
         sleep 0.1
     done
-    "$WHARF" bench "$1" --url "ws://127.0.0.1:$port/ws" --events "$2" --connections 1 --in-flight 1 --json >"$dir/bench.json"
+    local batch=()
+    [ "$1" = replay ] && [ "$BATCH" -gt 1 ] && batch=(--batch "$BATCH")
+    "$WHARF" bench "$1" --url "ws://127.0.0.1:$port/ws" --events "$2" --connections 1 --in-flight 1 "${batch[@]}" --json >"$dir/bench.json"
     kill -TERM "$pid"
     wait "$pid" || true
     # Only the broker's own threads: tokio's (workers and blocking pool), the log writer and

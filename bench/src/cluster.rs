@@ -357,6 +357,7 @@ pub struct Probe {
 /// CPU seconds per measured unit (event, or delivery for fan-out), in microseconds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuCost {
+    // (For a `Probe::single`, `wharf_us` is the server's: see `server_us`.)
     /// The wharf nodes together.
     pub wharf_us: f64,
     /// The three NATS servers together.
@@ -367,7 +368,20 @@ pub struct CpuCost {
     pub client_us: f64,
 }
 
+impl CpuCost {
+    /// The server's cost, for a [`Probe::single`].
+    pub fn server_us(&self) -> f64 {
+        self.wharf_us
+    }
+}
+
 impl Probe {
+    /// A probe of one server process (a single-node system) and this process: the server's
+    /// cost is [`CpuCost::server_us`].
+    pub fn single(server: u32) -> Probe {
+        Probe::new(vec![server], Vec::new())
+    }
+
     pub fn new(wharf: Vec<u32>, nats: Vec<u32>) -> Probe {
         Probe {
             wharf,

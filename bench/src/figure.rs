@@ -23,8 +23,11 @@ pub struct Figure {
     pub nats_cpu_us: Option<f64>,
     /// Cluster systems: CPU time per event of the busiest NATS server (the stream leader).
     pub nats_max_cpu_us: Option<f64>,
-    /// Cluster systems: CPU time per event of the load generator (wharf-compare's clients).
+    /// CPU time per event of the load generator: wharf-compare's clients, or for the wharf
+    /// system the `wharf bench` process.
     pub client_cpu_us: Option<f64>,
+    /// Single-server systems: CPU time per event (per delivery for fan-out) of the server.
+    pub server_cpu_us: Option<f64>,
 }
 
 impl Figure {
@@ -45,6 +48,7 @@ impl Figure {
             nats_cpu_us: num("nats_cpu_us"),
             nats_max_cpu_us: num("nats_max_cpu_us"),
             client_cpu_us: num("client_cpu_us"),
+            server_cpu_us: num("server_cpu_us"),
         })
     }
 
@@ -54,7 +58,7 @@ impl Figure {
             "rate": self.rate, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
             "rss_peak_mb": self.rss_peak_mb, "wharf_cpu_us": self.wharf_cpu_us,
             "nats_cpu_us": self.nats_cpu_us, "nats_max_cpu_us": self.nats_max_cpu_us,
-            "client_cpu_us": self.client_cpu_us,
+            "client_cpu_us": self.client_cpu_us, "server_cpu_us": self.server_cpu_us,
         })
     }
 }
@@ -89,6 +93,7 @@ pub fn medians(figures: Vec<Figure>) -> Vec<Figure> {
             nats_cpu_us: of(|g| g.nats_cpu_us),
             nats_max_cpu_us: of(|g| g.nats_max_cpu_us),
             client_cpu_us: of(|g| g.client_cpu_us),
+            server_cpu_us: of(|g| g.server_cpu_us),
             ..f.clone()
         });
     }

@@ -88,6 +88,14 @@ struct Args {
     subscribers: u64,
     #[arg(long, default_value_t = 500)]
     ack_batch: usize,
+    /// Events per frame wharf's replay subscriber asks for (`batch`); NATS fetches and Redis
+    /// reads 1,000 at a time.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    batch: u32,
+    /// Events per frame wharf's fan-out subscribers ask for (1: one event frame each, as the
+    /// peers' pub/sub pushes each message).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    fanout_batch: u32,
     /// Events for NATS with sync_interval: always, which fsyncs each message and is slow.
     #[arg(long, default_value_t = 20_000)]
     always_events: u64,
@@ -349,6 +357,12 @@ fn run_wharf(args: &Args, load: &Load) -> anyhow::Result<Vec<Figure>> {
             .args(["--rate", &load.rate.to_string()])
             .args(["--subscribers", &load.subscribers.to_string()])
             .args(["--ack-batch", &load.ack_batch.to_string()])
+            .args(match (scenario, args.batch, args.fanout_batch) {
+                ("replay", n, _) | ("fanout", _, n) if n > 1 => {
+                    vec!["--batch".to_owned(), n.to_string()]
+                }
+                _ => Vec::new(),
+            })
             .env_remove("WHARF_URL")
             .output()
             .with_context(|| {
@@ -390,6 +404,8 @@ fn run_wharf(args: &Args, load: &Load) -> anyhow::Result<Vec<Figure>> {
             p50_ms: if timed { lat["p50"].as_f64() } else { None },
             p99_ms: if timed { lat["p99"].as_f64() } else { None },
             rss_peak_mb: rss,
+            server_cpu_us: r["broker_cpu_us"].as_f64(),
+            client_cpu_us: r["client_cpu_us"].as_f64(),
             ..Figure::default()
         });
     }
@@ -404,21 +420,26 @@ enum Client {
 }
 
 impl Client {
-    /// The scenario's rate and latencies (none where it measures none).
+    /// The scenario's rate and latencies (none where it measures none). `probe` is started
+    /// when the measured part begins (for replay, after the backlog is stored).
     async fn measure(
         self,
         addr: &str,
         scenario: &str,
         load: &Load,
+        probe: &Probe,
     ) -> anyhow::Result<(f64, Vec<f64>)> {
         let rate = load.rate as f64;
+        if scenario != "replay" {
+            probe.begin();
+        }
         Ok(match (self, scenario) {
             (Client::Nats, "publish") => nats::publish(addr, load).await?,
-            (Client::Nats, "replay") => (nats::replay(addr, load).await?, Vec::new()),
+            (Client::Nats, "replay") => (nats::replay(addr, load, probe).await?, Vec::new()),
             (Client::Nats, "latency") => (rate, nats::latency(addr, load).await?),
             (Client::Nats, _) => (nats::fanout(addr, load).await?, Vec::new()),
             (Client::Redis, "publish") => redis::publish(addr, load).await?,
-            (Client::Redis, "replay") => (redis::replay(addr, load).await?, Vec::new()),
+            (Client::Redis, "replay") => (redis::replay(addr, load, probe).await?, Vec::new()),
             (Client::Redis, "latency") => (rate, redis::latency(addr, load).await?),
             (Client::Redis, _) => (redis::fanout(addr, load).await?, Vec::new()),
         })
@@ -444,7 +465,15 @@ async fn run_peer(args: &Args, load: &Load, run: PeerRun<'_>) -> anyhow::Result<
         // A fresh server per scenario, as for wharf.
         let (server, addr, _config) = (run.start)()?;
         let watch = RssWatch::new(server.pid());
-        let (rate, latencies) = run.client.measure(&addr, scenario, load).await?;
+        let probe = Probe::single(server.pid());
+        let (rate, latencies) = run.client.measure(&addr, scenario, load, &probe).await?;
+        let units = match scenario {
+            "publish" => load.events,
+            "replay" => load.backlog,
+            "latency" => load.latency_events,
+            _ => load.fanout_events * load.subscribers,
+        };
+        let cost = probe.cost(units);
         let (p50_ms, p99_ms) = percentiles(latencies);
         out.push(Figure {
             system: run.system.into(),
@@ -459,6 +488,8 @@ async fn run_peer(args: &Args, load: &Load, run: PeerRun<'_>) -> anyhow::Result<
             p50_ms,
             p99_ms,
             rss_peak_mb: Some(watch.peak_mb()),
+            server_cpu_us: cost.map(|c| c.server_us()),
+            client_cpu_us: cost.map(|c| c.client_us),
             ..Figure::default()
         });
     }
@@ -635,6 +666,7 @@ async fn run_cluster(args: &Args, load: &Load, system: &str) -> anyhow::Result<V
             nats_cpu_us: cost.map(|c| c.nats_us),
             nats_max_cpu_us: cost.map(|c| c.nats_max_us),
             client_cpu_us: cost.map(|c| c.client_us),
+            server_cpu_us: None,
         });
         drop(watches);
         drop(nodes);
@@ -679,6 +711,23 @@ fn print_tables(args: &Args, figures: &[Figure]) {
         );
         println!();
         print_table(args, figures, &single, &["wharf"], &[], false);
+        println!();
+        println!("CPU time per event (per delivery for fan-out), from /proc and getrusage, while the scenario was measured (the client is `wharf bench` for wharf, wharf-compare for the peers):");
+        println!();
+        println!("| system | scenario | server | client |\n|---|---|---|---|");
+        let us = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2} µs"));
+        for f in figures
+            .iter()
+            .filter(|f| single.contains(&f.system.as_str()))
+        {
+            println!(
+                "| {} | {} | {} | {} |",
+                f.system,
+                f.scenario,
+                us(f.server_cpu_us),
+                us(f.client_cpu_us)
+            );
+        }
     }
     if !clustered.is_empty() {
         let small = cluster_load(args, &load);

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 
+use crate::cluster::Probe;
 use crate::figure::{across_connections, ms_since, now_ms, payload, sent_ms, timed_payload};
 use crate::Load;
 
@@ -79,7 +80,7 @@ pub async fn publish(addr: &str, load: &Load) -> anyhow::Result<(f64, Vec<f64>)>
 
 /// A durable pull consumer (AckPolicy::All) made before the backlog, then reading it all and
 /// acking every `ack_batch`-th message (which acks everything before it).
-pub async fn replay(addr: &str, load: &Load) -> anyhow::Result<f64> {
+pub async fn replay(addr: &str, load: &Load, probe: &Probe) -> anyhow::Result<f64> {
     let js = context(addr).await?;
     let stream = make_stream(&js, "rep").await?;
     let consumer = stream
@@ -91,6 +92,7 @@ pub async fn replay(addr: &str, load: &Load) -> anyhow::Result<f64> {
         })
         .await?;
     publish_all(addr, "rep.x", load, load.backlog).await?;
+    probe.begin();
     let started = Instant::now();
     let mut messages = consumer
         .stream()

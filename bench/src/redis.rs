@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
+use crate::cluster::Probe;
 use crate::figure::{across_connections, ms_since, now_ms, payload, sent_ms, timed_payload};
 use crate::Load;
 
@@ -140,10 +141,11 @@ async fn make_group(conn: &mut MultiplexedConnection, key: &str) -> anyhow::Resu
 }
 
 /// A consumer group made before the backlog; XREADGROUP 1000 at a time, XACK in batches.
-pub async fn replay(url: &str, load: &Load) -> anyhow::Result<f64> {
+pub async fn replay(url: &str, load: &Load, probe: &Probe) -> anyhow::Result<f64> {
     let mut conn = connection(url).await?;
     make_group(&mut conn, "rep").await?;
     publish_all(url, "rep", load, load.backlog).await?;
+    probe.begin();
     let started = Instant::now();
     let (mut got, mut batch) = (0u64, Vec::with_capacity(load.ack_batch));
     while got < load.backlog {

@@ -196,6 +196,7 @@ async fn disk_figures(
 pub async fn publish(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::Result<Outcome> {
     let events = args.events();
     let bar = progress(args, events, "publish");
+    let cpu = target.cpu_mark();
     let started = Instant::now();
     let latencies = publish_all(&target.url, topic, args, events, &bar).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -206,6 +207,7 @@ pub async fn publish(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::
         latencies,
         ..Outcome::default()
     };
+    target.cpu_since(cpu, out.count, &mut out.extra);
     out.extra
         .insert("connections".into(), json!(args.connections()));
     out.extra.insert("in_flight".into(), json!(args.in_flight));
@@ -231,6 +233,7 @@ pub async fn replay(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
 
     let bar = progress(args, events, "replay");
     let watch = target.watch_rss();
+    let cpu = target.cpu_mark();
     let started = Instant::now();
     let (mut sink, mut stream) = connect(&target.url).await?;
     let mut sub =
@@ -259,6 +262,7 @@ pub async fn replay(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
     }
     out.seconds = started.elapsed().as_secs_f64();
     out.count = got;
+    target.cpu_since(cpu, got, &mut out.extra);
     bar.finish_and_clear();
     out.extra
         .insert("replay_rss_peak_mb".into(), json!(super::mb(watch.peak())));
@@ -318,6 +322,7 @@ pub async fn latency(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let pad = "x".repeat(args.size.saturating_sub(40));
+    let cpu = target.cpu_mark();
     let started = Instant::now();
     for i in 0..events {
         tick.tick().await;
@@ -336,6 +341,7 @@ pub async fn latency(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::
         latencies,
         ..Outcome::default()
     };
+    target.cpu_since(cpu, out.count, &mut out.extra);
     out.extra.insert("rate".into(), json!(args.rate));
     Ok(out)
 }
@@ -393,6 +399,7 @@ pub async fn fanout(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
     ready.wait().await;
     let (mut sink, mut stream) = connect(&target.url).await?;
     let pad = pad(args.size);
+    let cpu = target.cpu_mark();
     let started = Instant::now();
     let (mut sent, mut done) = (0u64, 0u64);
     while done < events {
@@ -419,6 +426,8 @@ pub async fn fanout(target: &Target, topic: &str, args: &BenchArgs) -> anyhow::R
         seconds,
         ..Outcome::default()
     };
+    // Per delivery, as the rate is.
+    target.cpu_since(cpu, deliveries, &mut out.extra);
     out.extra.insert("subscribers".into(), json!(n));
     out.extra.insert("batch".into(), json!(args.batch));
     out.extra.insert("deliveries".into(), json!(deliveries));

@@ -158,3 +158,69 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// CPU time (user + system, seconds) used so far by this process (the client) and by the
+/// broker: a scenario takes one when its measured part starts and reports the difference per
+/// event, so that the load generator's own cost is on the record next to the broker's (both
+/// share the machine's cores).
+#[derive(Clone, Copy)]
+pub struct CpuMark {
+    client: f64,
+    broker: Option<f64>,
+}
+
+impl Target {
+    pub fn cpu_mark(&self) -> CpuMark {
+        CpuMark {
+            client: own_cpu_seconds(),
+            broker: self.pid.and_then(cpu_seconds_of),
+        }
+    }
+
+    /// Microseconds of CPU per unit since `mark` (`client_cpu_us`, `broker_cpu_us`).
+    pub fn cpu_since(
+        &self,
+        mark: CpuMark,
+        units: u64,
+        extra: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
+        let per = |seconds: f64| seconds.max(0.0) * 1e6 / units.max(1) as f64;
+        extra.insert(
+            "client_cpu_us".into(),
+            per(own_cpu_seconds() - mark.client).into(),
+        );
+        if let (Some(before), Some(now)) = (mark.broker, self.pid.and_then(cpu_seconds_of)) {
+            extra.insert("broker_cpu_us".into(), per(now - before).into());
+        }
+    }
+}
+
+/// This process's CPU time so far, every thread.
+fn own_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return 0.0;
+        }
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Another process's CPU time so far, from /proc (Linux only).
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields after it start past the last ')';
+    // utime and stime are the 12th and 13th of those.
+    let mut after = stat
+        .get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: f64 = after.next()?.parse().ok()?;
+    let stime: f64 = after.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) / ticks as f64)
+}
