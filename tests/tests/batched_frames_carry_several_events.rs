@@ -1,6 +1,6 @@
 //! A subscription that asks for `batch` gets `events` frames: every event once, in seq
 //! order, with the fields of a single event frame, never more than `batch` to a frame; acks
-//! name seqs as always. On the embedded backend a backlog fills the frames; on the cluster
+//! name seqs as always, and a redelivery comes in an `events` frame too. On the embedded backend a backlog fills the frames; on the cluster
 //! each frame carries one event (messages come one at a time from NATS).
 
 use serde_json::{json, Value};
@@ -68,6 +68,14 @@ async fn a_backlog_comes_in_frames_of_at_most_batch(backend: Backend) {
             "a backlog of {EVENTS} came one event per frame"
         );
     }
+    // A redelivery comes in an events frame too.
+    let nacked = durable
+        .reply(json!({"op":"nack","id":"n","consumer":"c","seq":5}))
+        .await;
+    assert_eq!(nacked["type"], "ok", "{nacked}");
+    let (again, _) = batched(&mut durable, &sub, 1, 64).await;
+    assert_eq!(seqs(&again), vec![5]);
+    assert_eq!(again[0]["delivery"], 2);
     let all: Vec<u64> = (1..=EVENTS).collect();
     durable.ack("c", &all).await;
     assert_eq!(durable.info("c").await["ack_pending"], 0);

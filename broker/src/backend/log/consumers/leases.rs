@@ -88,11 +88,13 @@ impl Consumer {
         Step::Deliver(so_far.saturating_add(1))
     }
 
-    /// The frame of delivery `count` of `seq` reached the connection's queue: count it.
-    pub fn handed_over(&self, seq: u64, count: u32) {
+    /// The frame of delivery `count` of `seq`, leased in `epoch`, reached the connection's
+    /// queue: count it. A seek since then started the counts over: the old count is not
+    /// brought back.
+    pub fn handed_over(&self, seq: u64, count: u32, epoch: u64) {
         let mut inner = self.lock();
         inner.delivered += 1;
-        if inner.state.is_acked(seq) {
+        if inner.epoch != epoch || inner.state.is_acked(seq) {
             return;
         }
         let known = inner.deliveries.get(&seq).copied().unwrap_or(0);

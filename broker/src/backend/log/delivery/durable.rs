@@ -152,7 +152,15 @@ impl DurableDelivery {
             Step::Detached => Flow::Stop,
             Step::Restart => Flow::Restart,
             Step::Deliver(count) => {
-                let frame = event_frame(&self.sub, Some(&self.consumer.name), ev, count);
+                let frame = if self.batch > 1 {
+                    // A redelivery, or an event with nothing ready behind it: a subscription
+                    // that asked for batch gets `events` frames only.
+                    let mut one = EventBatch::new(&self.sub, Some(&self.consumer.name));
+                    one.push(body_of(ev), count);
+                    Frame::Json(one.finish())
+                } else {
+                    event_frame(&self.sub, Some(&self.consumer.name), ev, count)
+                };
                 match self.outbound.deliver(frame).await {
                     Delivered::Sent => {
                         self.handed_over(ev.seq, count);
@@ -175,7 +183,9 @@ impl DurableDelivery {
 
     /// Delivers `first` (leased as delivery `count`) together with what else of the backlog
     /// is ready to go, up to `batch` events in one `events` frame. It stops at the first event
-    /// that cannot go now (no room, a seek, a dead letter), which the walk then handles.
+    /// that cannot go now: no room (the walk asks again), a dead letter (moved before the
+    /// frame goes), a seek or the end of the attachment (the frame is dropped: what it held
+    /// is no longer this walk's to deliver).
     async fn deliver_ready(
         &mut self,
         first: &Event,
@@ -186,9 +196,8 @@ impl DurableDelivery {
         let mut frame = EventBatch::new(&self.sub, Some(&self.consumer.name));
         frame.push(body_of(first), count);
         let mut sent = vec![(first.seq, count)];
-        let mut dead = None;
         while !batch_full(&frame, self.batch) {
-            let Some(ev) = backlog.front() else {
+            let Some(ev) = backlog.front().cloned() else {
                 break;
             };
             let step = self
@@ -197,17 +206,22 @@ impl DurableDelivery {
             match step {
                 Step::Skip => {}
                 Step::Deliver(count) => {
-                    frame.push(body_of(ev), count);
+                    frame.push(body_of(&ev), count);
                     sent.push((ev.seq, count));
                 }
-                Step::DeadLetter(deliveries) => dead = Some((ev.clone(), deliveries)),
+                Step::DeadLetter(deliveries) => {
+                    backlog.pop_front();
+                    // Marked as being dead-lettered by `step`: moved now, whatever becomes
+                    // of the frame, so that the mark is always cleared.
+                    self.dead_letter(&ev, deliveries).await;
+                    break;
+                }
                 // Asked about again by the walk, after this frame.
-                Step::NoRoom | Step::Restart | Step::Detached => break,
+                Step::NoRoom => break,
+                Step::Restart => return Flow::Restart,
+                Step::Detached => return Flow::Stop,
             }
             backlog.pop_front();
-            if dead.is_some() {
-                break;
-            }
         }
         match self.outbound.deliver(Frame::Json(frame.finish())).await {
             Delivered::Sent => {}
@@ -220,9 +234,6 @@ impl DurableDelivery {
         for (seq, count) in sent {
             self.handed_over(seq, count);
         }
-        if let Some((ev, deliveries)) = dead {
-            self.dead_letter(&ev, deliveries).await;
-        }
         Flow::Continue
     }
 
@@ -230,7 +241,7 @@ impl DurableDelivery {
     /// count of a redelivery (first deliveries are covered by the delivered-through mark).
     fn handed_over(&self, seq: u64, count: u32) {
         metrics::delivered().increment(1);
-        self.consumer.handed_over(seq, count);
+        self.consumer.handed_over(seq, count, self.epoch);
         if count > 1 {
             metrics::redelivered().increment(1);
             // A sled insert is blocking I/O: off the runtime's workers.
