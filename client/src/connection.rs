@@ -138,8 +138,9 @@ fn lost(e: impl std::fmt::Display) -> Error {
 }
 
 impl Connection {
-    /// Connects to the first of `options.urls` that answers, each tried once, with
-    /// `options.token` and `options.read_buffer` (the other options are the driver's).
+    /// Connects to the first of `options.urls` that answers, each tried once (for at most
+    /// `options.connect_timeout`), with `options.token` and `options.read_buffer` (the other
+    /// options are the driver's).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), wharf_client::Error> {
@@ -151,7 +152,12 @@ impl Connection {
     pub async fn open(options: &Options) -> Result<Connection, Error> {
         let mut why = "no broker URL given".to_owned();
         for url in &options.urls {
-            match open(url, &options.token, options.read_buffer).await {
+            // An address that drops packets would otherwise hold this until the OS gives up.
+            let opening = open(url, &options.token, options.read_buffer);
+            let opened = tokio::time::timeout(options.connect_timeout, opening)
+                .await
+                .unwrap_or_else(|_| Err(format!("{url}: no answer in time")));
+            match opened {
                 Ok(ws) => {
                     let (sink, stream) = ws.split();
                     return Ok(Connection {

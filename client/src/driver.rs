@@ -150,7 +150,7 @@ pub(crate) async fn start(
         None => None,
     };
     let replay = match &outbox {
-        Some(outbox) => outbox.entries()?,
+        Some(outbox) => outbox.entries(),
         None => Vec::new(),
     };
     let mut next_url = 0;
@@ -670,12 +670,17 @@ impl Driver {
             Ok(text.to_owned())
         };
         if let (Some(outbox), Some(key)) = (&mut self.outbox, &pending.kept) {
-            // Confirmed, or refused for good: out of the outbox. (`unavailable`: the
-            // cluster stored nothing and may later; the entry stays for the next client.)
+            // Confirmed, or refused for good: out of the outbox. A refusal that says
+            // nothing was stored for now (`unavailable`: no quorum; `internal`: a full
+            // disk; `limit_exceeded`: the dedup table; `unauthorized`) leaves the entry for
+            // the next client.
             let again = matches!(
                 &result,
                 Err(Error::Refused {
-                    code: ErrorCode::Unavailable,
+                    code: ErrorCode::Unavailable
+                        | ErrorCode::Internal
+                        | ErrorCode::LimitExceeded
+                        | ErrorCode::Unauthorized,
                     ..
                 })
             );

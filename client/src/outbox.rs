@@ -182,20 +182,14 @@ impl Outbox {
     }
 
     /// What a previous client left, in the order it was published: key and request.
-    /// An entry whose frame is not a publish any more is reported, not sent.
-    pub(crate) fn entries(&self) -> Result<Vec<(String, Request)>, Error> {
+    /// An entry whose frame does not read as a request (another client's format) is not
+    /// sent and stays in the file: neither it nor the client is lost over it.
+    pub(crate) fn entries(&self) -> Vec<(String, Request)> {
         self.pending
             .values()
-            .map(|(key, frame, _)| {
-                wharf_protocol::parse_request(frame)
-                    .map(|request| (key.clone(), request))
-                    .map_err(|e| {
-                        Error::Outbox(format!(
-                            "{}: the entry {key} is not a request: {}",
-                            self.path.display(),
-                            e.message
-                        ))
-                    })
+            .filter_map(|(key, frame, _)| {
+                let request = wharf_protocol::parse_request(frame).ok()?;
+                Some((key.clone(), request))
             })
             .collect()
     }

@@ -126,7 +126,9 @@ impl Subscribe {
     /// let s = wharf_client::Subscribe::durable("w", ["jobs.>"]).options(options);
     /// ```
     pub fn options(mut self, options: SubscribeOptions) -> Subscribe {
-        self.options = options;
+        // A `batch` given before stays unless these options name one.
+        let batch = options.batch.or(self.options.batch);
+        self.options = SubscribeOptions { batch, ..options };
         self
     }
 
@@ -303,5 +305,27 @@ impl Drop for Subscription {
         if !self.ended {
             self.client.unsubscribe(self.local, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_given_after_batch_keep_it_unless_they_name_one() {
+        let kept = Subscribe::durable("c", ["a.>"])
+            .batch(8)
+            .options(SubscribeOptions::default());
+        assert_eq!(kept.into_spec().ok().and_then(|s| s.options.batch), Some(8));
+        let named = SubscribeOptions {
+            batch: Some(2),
+            ..SubscribeOptions::default()
+        };
+        let replaced = Subscribe::durable("c", ["a.>"]).batch(8).options(named);
+        assert_eq!(
+            replaced.into_spec().ok().and_then(|s| s.options.batch),
+            Some(2)
+        );
     }
 }
