@@ -181,7 +181,6 @@ pub struct EventBody(String);
 impl EventBody {
     /// `time_ms` is the publish time, ms since the Unix epoch (`published_at` in RFC 3339).
     pub fn new(seq: u64, topic: &str, payload: &str, time_ms: u64) -> EventBody {
-        use std::fmt::Write;
         let mut out = String::with_capacity(80 + payload.len() + topic.len());
         out.push_str(r#","seq":"#);
         out.push_str(itoa::Buffer::new().format(seq));
@@ -190,9 +189,7 @@ impl EventBody {
         out.push_str(r#","payload":"#);
         out.push_str(payload);
         out.push_str(r#","published_at":""#);
-        let at = UNIX_EPOCH + Duration::from_millis(time_ms);
-        // Writing to a String cannot fail.
-        let _infallible = write!(out, "{}", humantime::format_rfc3339_millis(at));
+        push_time(&mut out, time_ms);
         out.push('"');
         EventBody(out)
     }
@@ -545,6 +542,28 @@ pub struct ReceivedEvent {
 }
 
 /// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds, as `published_at` is sent.
+/// Appends `time_ms` in RFC 3339 with milliseconds. Events published together share their
+/// millisecond (a replay at 800k events/s reads hundreds per ms), so each thread keeps the
+/// last one formatted: the formatting was about a quarter of building an event's body.
+fn push_time(out: &mut String, time_ms: u64) {
+    use std::cell::RefCell;
+    use std::fmt::Write;
+    thread_local! {
+        static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != time_ms {
+            last.1.clear();
+            let at = UNIX_EPOCH + Duration::from_millis(time_ms);
+            // Writing to a String cannot fail.
+            let _infallible = write!(last.1, "{}", humantime::format_rfc3339_millis(at));
+            last.0 = time_ms;
+        }
+        out.push_str(&last.1);
+    });
+}
+
 pub fn format_time_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
@@ -693,5 +712,24 @@ mod tests {
         assert!(
             matches!(serde_json::from_str(&empty), Ok(Reply::Events { events, consumer: None, .. }) if events.is_empty())
         );
+    }
+
+    #[test]
+    fn each_body_has_its_own_time_whatever_came_before() {
+        let at = |ms: u64| {
+            let body = EventBody::new(1, "t", "1", ms);
+            let v: serde_json::Value =
+                serde_json::from_str(&format!("{{{}}}", &body.0[1..])).unwrap();
+            v["published_at"].as_str().unwrap().to_owned()
+        };
+        for (ms, want) in [
+            (1500, "1970-01-01T00:00:01.500Z"),
+            (1500, "1970-01-01T00:00:01.500Z"),
+            (2501, "1970-01-01T00:00:02.501Z"),
+            (1500, "1970-01-01T00:00:01.500Z"),
+            (0, "1970-01-01T00:00:00.000Z"),
+        ] {
+            assert_eq!(at(ms), want);
+        }
     }
 }

@@ -72,6 +72,26 @@ impl Inner {
         attached(&mut self.attachments, generation)
     }
 
+    /// The holders of these settled leases make room for them; each holder is woken once
+    /// (a settle of 500 acks woke the same task 500 times).
+    pub(super) fn let_go(&mut self, released: Vec<(u64, Lease)>) {
+        let mut woken: Vec<u64> = Vec::new();
+        for (seq, lease) in released {
+            if let Some(a) = self.attachment(lease.holder) {
+                a.timers.remove(&(lease.deadline, seq));
+                a.held = a.held.saturating_sub(1);
+                if !woken.contains(&lease.holder) {
+                    woken.push(lease.holder);
+                }
+            }
+        }
+        for generation in woken {
+            if let Some(a) = self.attachment(generation) {
+                a.kick.notify_one();
+            }
+        }
+    }
+
     pub(super) fn release(&mut self, seq: u64) {
         self.orphans.remove(&seq);
         if let Some(lease) = self.leases.remove(&seq) {

@@ -135,14 +135,6 @@ impl<K: Ord + Copy, V> SeqMap<K, V> {
         self.iter().map(|(_, v)| v)
     }
 
-    /// Entries with keys at or below `last`, in key order.
-    pub fn up_to(&self, last: K) -> impl Iterator<Item = (K, &V)> {
-        self.slots
-            .iter()
-            .take_while(move |(k, _)| *k <= last)
-            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
-    }
-
     pub fn first(&self) -> Option<(K, &V)> {
         // The front is never a hole (`trim`).
         self.slots
@@ -217,9 +209,6 @@ mod tests {
                 let want: Vec<(u16, u8)> = model.iter().map(|(k, v)| (*k, *v)).collect();
                 prop_assert_eq!(got, want);
                 prop_assert_eq!(map.first().map(|(k, v)| (k, *v)), model.first_key_value().map(|(k, v)| (*k, *v)));
-                let upto: Vec<u16> = map.up_to(150).map(|(k, _)| k).collect();
-                let want: Vec<u16> = model.range(..=150).map(|(k, _)| *k).collect();
-                prop_assert_eq!(upto, want);
                 for k in [0u16, 75, 150, 299] {
                     prop_assert_eq!(map.get(&k), model.get(&k));
                 }

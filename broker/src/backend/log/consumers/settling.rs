@@ -53,14 +53,16 @@ impl Consumer {
         // other acked seq was settled, and dropped from these maps, by an earlier record).
         let floor = inner.state.floor;
         let above = || seqs.iter().copied().filter(move |&s| s > floor);
-        let acked: Vec<(u64, u32)> = inner
-            .deliveries
-            .up_to(floor)
-            .map(|(s, &c)| (s, c))
-            .chain(above().filter_map(|s| inner.deliveries.get(&s).map(|&c| (s, c))))
-            .collect();
-        for (s, _) in &acked {
-            inner.deliveries.remove(s);
+        // Acks come mostly in order: what the floor covers leaves the fronts of the ordered
+        // maps, the rest is looked up one by one.
+        let mut acked: Vec<(u64, u32)> = Vec::new();
+        while inner.deliveries.first().is_some_and(|(s, _)| s <= floor) {
+            acked.extend(inner.deliveries.pop_first());
+        }
+        for s in above() {
+            if let Some(c) = inner.deliveries.remove(&s) {
+                acked.push((s, c));
+            }
         }
         // Only counts that may be in sled: redeliveries, and what was loaded from it.
         let loaded = inner.loaded_through;
@@ -69,16 +71,22 @@ impl Consumer {
             .filter(|&(s, c)| c >= 2 || s <= loaded)
             .map(|(s, _)| s)
             .collect();
-        let leased: Vec<u64> = inner
-            .leases
-            .up_to(floor)
-            .map(|(s, _)| s)
-            .chain(inner.orphans.range(..=floor).copied())
-            .chain(above().filter(|s| inner.leases.contains_key(s) || inner.orphans.contains(s)))
-            .collect();
-        for s in leased {
-            inner.release(s);
+        let mut released = Vec::new();
+        while inner.leases.first().is_some_and(|(s, _)| s <= floor) {
+            released.extend(inner.leases.pop_first());
         }
+        for s in above() {
+            if let Some(lease) = inner.leases.remove(&s) {
+                released.push((s, lease));
+            }
+        }
+        while inner.orphans.first().is_some_and(|&s| s <= floor) {
+            inner.orphans.pop_first();
+        }
+        for s in above() {
+            inner.orphans.remove(&s);
+        }
+        inner.let_go(released);
         settled
     }
 
