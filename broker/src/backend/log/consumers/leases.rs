@@ -92,9 +92,24 @@ impl Consumer {
     /// queue: count it. A seek since then started the counts over: the old count is not
     /// brought back.
     pub fn handed_over(&self, seq: u64, count: u32, epoch: u64) {
-        let mut inner = self.lock();
-        inner.delivered += 1;
-        if inner.epoch != epoch || inner.state.is_acked(seq) {
+        self.handed_over_all(&[(seq, count)], epoch);
+    }
+
+    /// [`Consumer::handed_over`] for every `(seq, count)` of one frame, under one lock.
+    pub fn handed_over_all(&self, delivered: &[(u64, u32)], epoch: u64) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.delivered += delivered.len() as u64;
+        if inner.epoch != epoch {
+            return;
+        }
+        for &(seq, count) in delivered {
+            Self::count_delivery(inner, seq, count);
+        }
+    }
+
+    fn count_delivery(inner: &mut Inner, seq: u64, count: u32) {
+        if inner.state.is_acked(seq) {
             return;
         }
         let known = inner.deliveries.get(&seq).copied().unwrap_or(0);

@@ -231,8 +231,12 @@ impl DurableDelivery {
                 return Flow::Stop;
             }
         }
+        metrics::delivered().increment(sent.len() as u64);
+        self.consumer.handed_over_all(&sent, self.epoch);
         for (seq, count) in sent {
-            self.handed_over(seq, count);
+            if count > 1 {
+                self.redelivered(seq, count);
+            }
         }
         Flow::Continue
     }
@@ -243,15 +247,20 @@ impl DurableDelivery {
         metrics::delivered().increment(1);
         self.consumer.handed_over(seq, count, self.epoch);
         if count > 1 {
-            metrics::redelivered().increment(1);
-            // A sled insert is blocking I/O: off the runtime's workers.
-            let (state, name) = (self.state.clone(), self.consumer.name.clone());
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = state.set_delivery(&name, seq, count) {
-                    tracing::warn!(consumer = name, error = %e, "delivery count not saved");
-                }
-            });
+            self.redelivered(seq, count);
         }
+    }
+
+    /// A redelivery reached the connection: counted, and its count saved.
+    fn redelivered(&self, seq: u64, count: u32) {
+        metrics::redelivered().increment(1);
+        // A sled insert is blocking I/O: off the runtime's workers.
+        let (state, name) = (self.state.clone(), self.consumer.name.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = state.set_delivery(&name, seq, count) {
+                tracing::warn!(consumer = name, error = %e, "delivery count not saved");
+            }
+        });
     }
 
     /// Moves an event that was delivered `max_deliver` times to `dead.<consumer>` and settles
