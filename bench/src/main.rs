@@ -430,18 +430,19 @@ impl Client {
         probe: &Probe,
     ) -> anyhow::Result<(f64, Vec<f64>)> {
         let rate = load.rate as f64;
-        if scenario != "replay" {
+        // Replay and fan-out begin it themselves, once their set-up is done.
+        if !matches!(scenario, "replay" | "fanout") {
             probe.begin();
         }
         Ok(match (self, scenario) {
             (Client::Nats, "publish") => nats::publish(addr, load).await?,
             (Client::Nats, "replay") => (nats::replay(addr, load, probe).await?, Vec::new()),
             (Client::Nats, "latency") => (rate, nats::latency(addr, load).await?),
-            (Client::Nats, _) => (nats::fanout(addr, load).await?, Vec::new()),
+            (Client::Nats, _) => (nats::fanout(addr, load, probe).await?, Vec::new()),
             (Client::Redis, "publish") => redis::publish(addr, load).await?,
             (Client::Redis, "replay") => (redis::replay(addr, load, probe).await?, Vec::new()),
             (Client::Redis, "latency") => (rate, redis::latency(addr, load).await?),
-            (Client::Redis, _) => (redis::fanout(addr, load).await?, Vec::new()),
+            (Client::Redis, _) => (redis::fanout(addr, load, probe).await?, Vec::new()),
         })
     }
 }

@@ -670,20 +670,23 @@ impl Driver {
             Ok(text.to_owned())
         };
         if let (Some(outbox), Some(key)) = (&mut self.outbox, &pending.kept) {
-            // Confirmed, or refused for good: out of the outbox. A refusal that says
-            // nothing was stored for now (`unavailable`: no quorum; `internal`: a full
-            // disk; `limit_exceeded`: the dedup table; `unauthorized`) leaves the entry for
-            // the next client.
-            let again = matches!(
-                &result,
-                Err(Error::Refused {
-                    code: ErrorCode::Unavailable
-                        | ErrorCode::Internal
-                        | ErrorCode::LimitExceeded
-                        | ErrorCode::Unauthorized,
-                    ..
-                })
-            );
+            // Answered: out of the outbox, as the caller is told (a caller told of a
+            // refusal may publish again, under a new msg_id: a kept entry would then be
+            // stored twice). An entry a previous client left has nobody to tell: a
+            // refusal that says nothing was stored for now (`unavailable`: no quorum;
+            // `internal`: a full disk; `limit_exceeded`: the dedup table; `unauthorized`)
+            // leaves it for the next client.
+            let again = matches!(pending.waiting, Waiting::Replayed)
+                && matches!(
+                    &result,
+                    Err(Error::Refused {
+                        code: ErrorCode::Unavailable
+                            | ErrorCode::Internal
+                            | ErrorCode::LimitExceeded
+                            | ErrorCode::Unauthorized,
+                        ..
+                    })
+                );
             if !again {
                 // A `done` that could not be written sends the entry once more next time:
                 // its msg_ids keep it stored once.

@@ -118,7 +118,8 @@ impl Subscribe {
 
     /// Every setting of a durable subscription at once, as the protocol has them (mode, ack
     /// wait, max deliver, max in flight): for a caller that has them as [`SubscribeOptions`]
-    /// already.
+    /// already. They replace what `mode`, `ack_wait`, `max_deliver` and `max_in_flight` set
+    /// before; a [`Subscribe::batch`] given before stays unless `options.batch` names one.
     ///
     /// ```
     /// use wharf_protocol::{Mode, SubscribeOptions};

@@ -541,7 +541,6 @@ pub struct ReceivedEvent {
     pub delivery: u32,
 }
 
-/// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds, as `published_at` is sent.
 /// Appends `time_ms` in RFC 3339 with milliseconds. Events published together share their
 /// millisecond (a replay at 800k events/s reads hundreds per ms), so each thread keeps the
 /// last one formatted: the formatting was about a quarter of building an event's body.
@@ -564,6 +563,7 @@ fn push_time(out: &mut String, time_ms: u64) {
     });
 }
 
+/// Formats ms since the Unix epoch as RFC 3339 UTC with milliseconds, as `published_at` is sent.
 pub fn format_time_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
