@@ -2,28 +2,24 @@
 //! publish frame, acks of `ack_batch` seqs in one frame, `max_in_flight` 10,000 for the
 //! replay), over one or more wharf nodes, with the load split across them. Frames are read
 //! with a borrowed, partial parse, as `wharf bench` does, so that the client costs the
-//! shared machine little.
+//! shared machine little. Connections are `wharf_client`'s low-level [`Connection`], as in
+//! `wharf bench`: the repository has one WebSocket client.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wharf_client::{Connection, Options};
 
 use crate::cluster::Probe;
 use crate::figure::{ms_since, now_ms};
 use crate::{Load, Measured};
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-type Sink = SplitSink<Ws, Message>;
-type Stream = SplitStream<Ws>;
+type Sink = wharf_client::Sender;
+type Stream = wharf_client::Receiver;
 
 /// How long a run waits for a node before calling it stalled.
 const STALL: Duration = Duration::from_secs(60);
@@ -43,22 +39,18 @@ fn parse(text: &str) -> anyhow::Result<Frame<'_>> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<(Sink, Stream)> {
-    let config = WebSocketConfig::default().read_buffer_size(64 * 1024);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    let options = Options::new(url).read_buffer(64 * 1024);
+    let connection = Connection::open(&options)
         .await
         .map_err(|e| anyhow!("cannot connect to {url}: {e}"))?;
-    Ok(ws.split())
+    Ok(connection.split())
 }
 
 async fn next_text(stream: &mut Stream) -> anyhow::Result<String> {
-    loop {
-        match tokio::time::timeout(STALL, stream.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Ok(t.as_str().to_owned()),
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => bail!("connection failed: {e}"),
-            Ok(None) => bail!("the wharf node closed the connection"),
-            Err(_) => bail!("no frame from the wharf node for {} s", STALL.as_secs()),
-        }
+    match tokio::time::timeout(STALL, stream.next()).await {
+        Ok(Ok(text)) => Ok(text.as_str().to_owned()),
+        Ok(Err(e)) => bail!("the connection to the wharf node failed: {e}"),
+        Err(_) => bail!("no frame from the wharf node for {} s", STALL.as_secs()),
     }
 }
 
@@ -69,7 +61,7 @@ async fn request(
     frame: Value,
     want: &str,
 ) -> anyhow::Result<()> {
-    sink.send(Message::text(frame.to_string())).await?;
+    sink.send(frame.to_string()).await?;
     loop {
         let text = next_text(stream).await?;
         let kind = parse(&text)?.kind;
@@ -118,8 +110,7 @@ async fn publish_all(
             let (mut sent, mut done) = (0u64, 0u64);
             while done < per {
                 while sent < per && sent - done < in_flight {
-                    sink.feed(Message::text(publish_frame(&topic, sent, &pad)))
-                        .await?;
+                    sink.feed(publish_frame(&topic, sent, &pad)).await?;
                     sent_at.push_back(Instant::now());
                     sent += 1;
                 }
@@ -186,7 +177,7 @@ pub async fn replay(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Resu
         tasks.push(tokio::spawn(async move {
             let (mut sink, mut stream) = connect(&url).await?;
             let sub = json!({"op":"subscribe","id":0,"topic":topic,"consumer":consumer,"max_in_flight":10000});
-            sink.send(Message::text(sub.to_string())).await?;
+            sink.send(sub.to_string()).await?;
             let mut got = 0u64;
             let mut batch = Vec::with_capacity(ack_batch);
             while got < share {
@@ -205,7 +196,7 @@ pub async fn replay(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Resu
                         } else if batch.len() >= ack_batch {
                             let ack = json!({"op":"ack","consumer":consumer,"seqs":&batch});
                             batch.clear();
-                            sink.send(Message::text(ack.to_string())).await?;
+                            sink.send(ack.to_string()).await?;
                         }
                     }
                     "error" => bail!("replay refused: {text}"),
@@ -255,7 +246,7 @@ pub async fn latency(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Res
             latencies.push(now_ms() - sent);
             let seq = frame.seq.unwrap_or(0);
             let ack = format!(r#"{{"op":"ack","consumer":"{consumer}","seq":{seq}}}"#);
-            sub_sink.send(Message::text(ack)).await?;
+            sub_sink.send(ack).await?;
         }
         Ok::<_, anyhow::Error>(latencies)
     });
@@ -279,7 +270,7 @@ pub async fn latency(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Res
             r#"{{"op":"publish","id":{i},"topic":"lat.x","payload":{{"t":{:.3},"pad":"{pad}"}}}}"#,
             now_ms()
         );
-        sink.send(Message::text(frame)).await?;
+        sink.send(frame).await?;
     }
     let latencies = receiver.await??;
     confirms.await??;
@@ -339,8 +330,7 @@ pub async fn fanout(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Resu
     let (mut sent, mut done) = (0u64, 0u64);
     while done < events {
         while sent < events && sent - done < load.in_flight as u64 {
-            sink.feed(Message::text(publish_frame("fan.x", sent, &pad)))
-                .await?;
+            sink.feed(publish_frame("fan.x", sent, &pad)).await?;
             sent += 1;
         }
         sink.flush().await?;

@@ -65,6 +65,10 @@ struct Inner {
     /// This node's id, for the msg ids it gives publishes that came without one.
     node: String,
     next_id: AtomicU64,
+    /// The highest seq JetStream confirmed to this node's publishes: `start: "new"` is never
+    /// at or below it, even when the stream's info lags behind an ack (CI saw a subscribe
+    /// with `new` right after a confirmed publish get that publish).
+    confirmed_through: AtomicU64,
     /// Consumers with subscribers on this node: their messages in flight here.
     local: Mutex<HashMap<String, Arc<LocalConsumer>>>,
     /// The key-value bucket of exclusive holders (one key per consumer), made on first use.
@@ -216,6 +220,7 @@ impl NatsBackend {
         }
         let js = self.js().clone();
         let deadline = self.settings().publish_timeout;
+        let backend = self.clone();
         Ok(Box::pin(async move {
             // One deadline for the whole call: its events were sent together.
             let until = tokio::time::Instant::now() + deadline;
@@ -225,7 +230,10 @@ impl NatsBackend {
                 let mut refused = None;
                 for pending in batch {
                     match pending.confirm(&js, until).await {
-                        Ok(published) => events.push(published),
+                        Ok(published) => {
+                            backend.confirmed(published.seq);
+                            events.push(published);
+                        }
                         Err(e) => {
                             refused.get_or_insert(e);
                         }
@@ -287,6 +295,7 @@ impl NatsBackend {
             sent.map_err(|e| not_sent(&e))?;
         }
         let timeout = self.settings().publish_timeout;
+        let backend = self.clone();
         Ok(Box::pin(async move {
             use futures_util::StreamExt;
             let refused = |why: String| {
@@ -328,6 +337,7 @@ impl NatsBackend {
                 let first = last.and_then(|last| (last + 1).checked_sub(n as u64));
                 return match (ours, first, last) {
                     (true, Some(first), Some(last)) if first > 0 => {
+                        backend.confirmed(last);
                         let events = (first..=last)
                             .map(|seq| Published {
                                 seq,
@@ -362,11 +372,20 @@ impl NatsBackend {
         Ok(info.state.clone())
     }
 
+    fn confirmed(&self, seq: u64) {
+        self.inner
+            .confirmed_through
+            .fetch_max(seq, Ordering::Relaxed);
+    }
+
     /// The first seq `start` points at.
     pub async fn resolve_start(&self, start: Start) -> Result<u64, BackendError> {
         let state = self.stream_state().await?;
         let first = state.first_sequence.max(1);
-        let next = state.last_sequence + 1;
+        let next = state
+            .last_sequence
+            .max(self.inner.confirmed_through.load(Ordering::Relaxed))
+            + 1;
         Ok(match start {
             Start::All => first,
             Start::New => next,

@@ -113,6 +113,7 @@ impl NatsBackend {
             not_ready: Mutex::new(Some("the stream is not set up yet".into())),
             node,
             next_id: AtomicU64::new(0),
+            confirmed_through: AtomicU64::new(0),
             local: Mutex::default(),
             holders: tokio::sync::OnceCell::new(),
             presence: Presence::new(config.max_presence_per_topic, true),
