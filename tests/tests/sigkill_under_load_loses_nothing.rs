@@ -102,7 +102,13 @@ async fn consumer(
         return;
     };
     let (mut sink, mut stream) = ws.split();
-    let sub = json!({"op":"subscribe","id":"sub","topic":pattern,"consumer":name,"start":"all"});
+    let mut sub =
+        json!({"op":"subscribe","id":"sub","topic":pattern,"consumer":name,"start":"all"});
+    // One consumer takes its events several to a frame (`batch`): both delivery paths are
+    // crashed into.
+    if name == "only-a" {
+        sub["batch"] = json!(16);
+    }
     if sink.send(Message::text(sub.to_string())).await.is_err() {
         return;
     }
@@ -117,18 +123,24 @@ async fn consumer(
         };
         if let Some(Message::Text(t)) = &msg {
             let v: Value = serde_json::from_str(t.as_str()).expect("JSON frame");
+            let mut record = |ev: &Value| {
+                let seq = ev["seq"].as_u64().unwrap();
+                let id = ev["payload"]["id"].as_u64().unwrap_or(u64::MAX);
+                history
+                    .lock()
+                    .unwrap()
+                    .delivered
+                    .entry(name)
+                    .or_default()
+                    .push((seq, id, run));
+                batch.push(seq);
+            };
             match v["type"].as_str() {
-                Some("event") => {
-                    let seq = v["seq"].as_u64().unwrap();
-                    let id = v["payload"]["id"].as_u64().unwrap_or(u64::MAX);
-                    history
-                        .lock()
-                        .unwrap()
-                        .delivered
-                        .entry(name)
-                        .or_default()
-                        .push((seq, id, run));
-                    batch.push(seq);
+                Some("event") => record(&v),
+                Some("events") => {
+                    for ev in v["events"].as_array().expect("an events array") {
+                        record(ev);
+                    }
                 }
                 Some("ok") => {
                     let n = v["id"].as_u64().unwrap();
