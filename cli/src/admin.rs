@@ -17,13 +17,14 @@ async fn ask(client: &Client, request: Request) -> anyhow::Result<Reply> {
     Ok(client.request(request).await?)
 }
 
-/// Every page of a `topics` or `consumers` listing, following `next_cursor` until the
-/// broker has no more.
-async fn pages(
+/// The `items` of every page of a `topics` or `consumers` listing, following
+/// `next_cursor` until the broker has no more.
+async fn pages<T>(
     client: &Client,
     request: impl Fn(wharf_protocol::Page) -> Request,
-) -> anyhow::Result<Vec<Reply>> {
-    let mut pages = Vec::new();
+    items: impl Fn(Reply) -> Vec<T>,
+) -> anyhow::Result<Vec<T>> {
+    let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
         let page = wharf_protocol::Page {
@@ -37,9 +38,9 @@ async fn pages(
             }
             other => bail!("unexpected reply from the broker: {}", other.to_json()),
         };
-        pages.push(reply);
+        all.extend(items(reply));
         if cursor.is_none() {
-            return Ok(pages);
+            return Ok(all);
         }
     }
 }
@@ -117,14 +118,15 @@ pub async fn stats(conn: &Conn, json: bool) -> anyhow::Result<()> {
 
 pub async fn topics(conn: &Conn, json: bool) -> anyhow::Result<()> {
     let client = conn.client().await?;
-    let topics: Vec<_> = pages(&client, |page| Request::Topics { id: None, page })
-        .await?
-        .into_iter()
-        .flat_map(|page| match page {
+    let topics = pages(
+        &client,
+        |page| Request::Topics { id: None, page },
+        |reply| match reply {
             Reply::Topics { topics, .. } => topics,
             _ => Vec::new(),
-        })
-        .collect();
+        },
+    )
+    .await?;
     if json {
         return print_json(Reply::Topics {
             id: None,
@@ -174,14 +176,15 @@ const CONSUMER_HEADER: [&str; 9] = [
 
 pub async fn consumers(conn: &Conn, json: bool) -> anyhow::Result<()> {
     let client = conn.client().await?;
-    let consumers: Vec<_> = pages(&client, |page| Request::Consumers { id: None, page })
-        .await?
-        .into_iter()
-        .flat_map(|page| match page {
+    let consumers = pages(
+        &client,
+        |page| Request::Consumers { id: None, page },
+        |reply| match reply {
             Reply::Consumers { consumers, .. } => consumers,
             _ => Vec::new(),
-        })
-        .collect();
+        },
+    )
+    .await?;
     if json {
         return print_json(Reply::Consumers {
             id: None,

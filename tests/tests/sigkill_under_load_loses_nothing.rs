@@ -123,18 +123,7 @@ async fn consumer(
         };
         if let Some(Message::Text(t)) = &msg {
             let v: Value = serde_json::from_str(t.as_str()).expect("JSON frame");
-            let mut record = |ev: &Value| {
-                let seq = ev["seq"].as_u64().unwrap();
-                let id = ev["payload"]["id"].as_u64().unwrap_or(u64::MAX);
-                history
-                    .lock()
-                    .unwrap()
-                    .delivered
-                    .entry(name)
-                    .or_default()
-                    .push((seq, id, run));
-                batch.push(seq);
-            };
+            let mut record = |ev: &Value| batch.push(delivered(&history, name, ev, run));
             match v["type"].as_str() {
                 Some("event") => record(&v),
                 Some("events") => {
@@ -165,6 +154,20 @@ async fn consumer(
             }
         }
     }
+}
+
+/// Records a delivery of `ev` to consumer `name` in `run`; returns its seq.
+fn delivered(history: &Mutex<History>, name: &'static str, ev: &Value, run: u32) -> u64 {
+    let seq = ev["seq"].as_u64().unwrap();
+    let id = ev["payload"]["id"].as_u64().unwrap_or(u64::MAX);
+    history
+        .lock()
+        .unwrap()
+        .delivered
+        .entry(name)
+        .or_default()
+        .push((seq, id, run));
+    seq
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,15 +254,7 @@ async fn sigkill_under_load_loses_nothing_confirmed() {
         let mut c: Client = broker.client().await;
         c.subscribe(pattern, Some(name)).await;
         while let Some(ev) = c.recv_within(Duration::from_millis(500)).await {
-            let seq = ev["seq"].as_u64().unwrap();
-            let id = ev["payload"]["id"].as_u64().unwrap_or(u64::MAX);
-            history
-                .lock()
-                .unwrap()
-                .delivered
-                .entry(name)
-                .or_default()
-                .push((seq, id, final_run));
+            let seq = delivered(&history, name, &ev, final_run);
             // No id: no reply to tell apart from the events.
             c.send(json!({"op":"ack","consumer":name,"seq":seq})).await;
         }
