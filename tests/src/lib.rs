@@ -108,6 +108,7 @@ pub struct Broker {
 
 pub mod browser;
 pub mod nats;
+pub mod nats_proxy;
 
 /// A storage backend: the harness parameter of the conformance suite. A scenario about the
 /// wire contract (not about segment files, sled or the local disk) is an `async fn(Backend)`
@@ -374,8 +375,23 @@ pub fn segment_bases(data: &Path) -> Vec<u64> {
     bases
 }
 
+/// Lines of a broker's log shown when a test fails while it runs.
+const LOG_TAIL_ON_FAILURE: usize = 80;
+
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A failing test shows what the broker was doing (CI keeps nothing else).
+        if std::thread::panicking() {
+            if let Ok(lines) = self.stderr.0.lock() {
+                let from = lines.len().saturating_sub(LOG_TAIL_ON_FAILURE);
+                eprintln!(
+                    "--- the last {} lines of the log of the broker at {} ---\n{}",
+                    lines.len() - from,
+                    self.url,
+                    lines[from..].join("\n")
+                );
+            }
+        }
         if self.exited.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

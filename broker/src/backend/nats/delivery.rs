@@ -189,10 +189,11 @@ impl Delivery {
 
     pub(super) async fn consumer(&self) -> Result<consumer::Consumer<pull::Config>, BackendError> {
         let stream = self.backend.stream().await?;
-        stream
-            .get_consumer(&durable(&self.local.name))
-            .await
-            .map_err(|e| unavailable("cannot reach the consumer", e))
+        let (what, durable) = ("cannot reach the consumer", durable(&self.local.name));
+        self.backend
+            .asked(what, || stream.get_consumer(&durable))
+            .await?
+            .map_err(|e| unavailable(what, e))
     }
 
     /// Tells the subscribers a gap when the stream's oldest event is above the consumer's

@@ -21,16 +21,21 @@ pub(super) struct Follower {
 impl Follower {
     pub(super) async fn messages_from(&self, start: u64) -> Result<pull::Ordered, BackendError> {
         let stream = self.backend.stream().await?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subjects: self.filters.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable("cannot follow the stream", e))?;
+        let what = "cannot follow the stream";
+        // One made by a try whose answer was lost expires unused (ordered consumers are
+        // ephemeral).
+        let config = pull::OrderedConfig {
+            filter_subjects: self.filters.clone(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        };
+        let consumer = self
+            .backend
+            .asked(what, || stream.create_consumer(config.clone()))
+            .await?
+            .map_err(|e| unavailable(what, e))?;
         consumer
             .messages()
             .await

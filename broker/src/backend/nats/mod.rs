@@ -47,6 +47,12 @@ const MAX_ATOMIC_BATCH: usize = 1000;
 /// it, to be sent again out of order).
 pub(super) const MAX_UNACKED_PUBLISHES: usize = 1 << 24;
 
+/// How long one try of a JetStream API request that is safe to repeat waits for its answer
+/// before asking again: a cluster can lose the answer while its Raft groups are busy
+/// (nats-server#8350: a consumer create times out, yet the consumer was made), and one lost
+/// answer must not hold a client's request for all of `nats.publish_timeout`.
+pub(super) const API_TRY: Duration = Duration::from_secs(2);
+
 /// The cluster backend, cheap to clone.
 #[derive(Clone)]
 pub struct NatsBackend {
@@ -357,19 +363,47 @@ impl NatsBackend {
 
     async fn stream(&self) -> Result<jetstream::stream::Stream, BackendError> {
         self.check_ready()?;
-        self.js()
-            .get_stream(&self.settings().stream)
-            .await
+        let name = &self.settings().stream;
+        self.asked("cannot reach the stream", || self.js().get_stream(name))
+            .await?
             .map_err(|e| unavailable("cannot reach the stream", e))
     }
 
+    /// `request`'s answer, asked again each [`API_TRY`] that it does not come, for at most
+    /// `nats.publish_timeout` in all; only for requests that are safe to repeat.
+    pub(super) async fn asked<T, E, F>(
+        &self,
+        what: &str,
+        mut request: impl FnMut() -> F,
+    ) -> Result<Result<T, E>, BackendError>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let overall = self.settings().publish_timeout;
+        let deadline = tokio::time::Instant::now() + overall;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(API_TRY.min(left), request()).await {
+                Ok(answer) => return Ok(answer),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(unavailable(
+                        what,
+                        format_args!(
+                            "JetStream did not answer within {overall:?} (nats.publish_timeout)"
+                        ),
+                    ))
+                }
+                Err(_) => tracing::debug!(
+                    what,
+                    "JetStream did not answer in {API_TRY:?}; asking again"
+                ),
+            }
+        }
+    }
+
     async fn stream_state(&self) -> Result<jetstream::stream::State, BackendError> {
-        let mut stream = self.stream().await?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| unavailable("cannot read the stream", e))?;
-        Ok(info.state.clone())
+        // Getting the stream read its info: no second request.
+        Ok(self.stream().await?.cached_info().state.clone())
     }
 
     fn confirmed(&self, seq: u64) {

@@ -60,18 +60,25 @@ impl NatsBackend {
     async fn share(&self, kv: &jetstream::kv::Store, topic: &str) {
         let part = self.inner.presence.local_part(topic);
         let key = self.presence_key(topic);
-        let done = if part.is_empty() {
-            kv.delete(&key).await.map_err(|e| e.to_string())
-        } else {
-            match serde_json::to_vec(&part) {
-                Ok(value) => kv
-                    .put(&key, value.into())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+        let write = async {
+            if part.is_empty() {
+                kv.delete(&key).await.map_err(|e| e.to_string())
+            } else {
+                match serde_json::to_vec(&part) {
+                    Ok(value) => kv
+                        .put(&key, value.into())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
         };
+        // Bounded: a write whose answer was lost must not stop this node following the
+        // others' presence (the loop waits for it) until `nats.publish_timeout`.
+        let done = tokio::time::timeout(super::API_TRY, write)
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".to_owned()));
         if let Err(e) = done {
             tracing::debug!(topic, error = %e, "cannot share presence now; retried at the next refresh");
         }
@@ -95,9 +102,13 @@ impl NatsBackend {
         let mut watch = None;
         loop {
             if watch.is_none() {
-                match kv.watch_with_history(">").await {
-                    Ok(w) => watch = Some(w),
-                    Err(e) => tracing::debug!(error = %e, "cannot watch presence; trying again"),
+                // A watch whose answer was lost is asked again soon, as other requests are.
+                match tokio::time::timeout(super::API_TRY, kv.watch_with_history(">")).await {
+                    Ok(Ok(w)) => watch = Some(w),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "cannot watch presence; trying again")
+                    }
+                    Err(_) => tracing::debug!("no answer to watching presence; trying again"),
                 }
             }
             tokio::select! {

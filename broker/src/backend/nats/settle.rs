@@ -13,9 +13,10 @@ use crate::metrics;
 
 /// Sends an ack (or term) and waits for JetStream to say it stored it. A request, not
 /// async-nats's double ack, which counts any reply as success, a 503 "no responders" (a
-/// consumer leader election, a deleted consumer) included.
+/// consumer leader election, a deleted consumer) included. Sent again when the answer is
+/// lost (an ack is safe to repeat).
 async fn stored_ack(
-    client: &async_nats::Client,
+    backend: &NatsBackend,
     message: &async_nats::jetstream::Message,
     kind: AckKind,
 ) -> Result<(), BackendError> {
@@ -25,13 +26,15 @@ async fn stored_ack(
         ));
     };
     let payload: bytes::Bytes = kind.into();
-    match client.request(reply, payload).await {
+    let what = "JetStream did not store the ack";
+    let client = &backend.inner.client;
+    match backend
+        .asked(what, || client.request(reply.clone(), payload.clone()))
+        .await?
+    {
         Ok(answer) if answer.status.is_none_or(|s| s.is_success()) => Ok(()),
-        Ok(answer) => Err(unavailable(
-            "JetStream did not store the ack",
-            answer.status.map_or(0, |s| s.as_u16()),
-        )),
-        Err(e) => Err(unavailable("JetStream did not store the ack", e)),
+        Ok(answer) => Err(unavailable(what, answer.status.map_or(0, |s| s.as_u16()))),
+        Err(e) => Err(unavailable(what, e)),
     }
 }
 
@@ -70,7 +73,7 @@ impl NatsBackend {
         self.check_ready()?;
         let taken = self.take_in_flight(name, &seqs)?;
         let local = self.local_of(name);
-        let client = self.inner.client.clone();
+        let backend = self.clone();
         Ok(Box::pin(async move {
             let kind = match how {
                 Settlement::Ack => AckKind::Ack,
@@ -78,7 +81,7 @@ impl NatsBackend {
             };
             // Sent together, then every answer awaited: one round trip for a frame's acks.
             let answers = futures_util::future::join_all(
-                taken.iter().map(|f| stored_ack(&client, &f.message, kind)),
+                taken.iter().map(|f| stored_ack(&backend, &f.message, kind)),
             )
             .await;
             let mut settled = 0u64;

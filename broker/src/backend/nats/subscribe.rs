@@ -164,16 +164,28 @@ impl NatsBackend {
         name: &str,
     ) -> Result<Option<consumer::Config>, BackendError> {
         let stream = self.stream().await?;
-        match stream.get_consumer::<pull::Config>(&durable(name)).await {
-            Ok(mut c) => {
-                let info = c
-                    .info()
-                    .await
-                    .map_err(|e| unavailable("cannot read the consumer", e))?;
-                Ok(Some(info.config.clone()))
-            }
+        Ok(self
+            .jetstream_consumer(&stream, name)
+            .await?
+            .map(|i| i.config))
+    }
+
+    /// What JetStream has of consumer `name` (read fresh), if it exists.
+    async fn jetstream_consumer(
+        &self,
+        stream: &jetstream::stream::Stream,
+        name: &str,
+    ) -> Result<Option<consumer::Info>, BackendError> {
+        let durable = durable(name);
+        let what = "cannot read the consumer";
+        match self
+            .asked(what, || stream.get_consumer::<pull::Config>(&durable))
+            .await?
+        {
+            // Fetching the consumer read its info: no second request.
+            Ok(c) => Ok(Some(c.cached_info().clone())),
             Err(e) if e.to_string().contains("not found") => Ok(None),
-            Err(e) => Err(unavailable("cannot read the consumer", e)),
+            Err(e) => Err(unavailable(what, e)),
         }
     }
 
@@ -181,11 +193,7 @@ impl NatsBackend {
     /// with), if it exists.
     pub(super) async fn acked_floor(&self, name: &str) -> Option<u64> {
         let stream = self.stream().await.ok()?;
-        let mut consumer = stream
-            .get_consumer::<pull::Config>(&durable(name))
-            .await
-            .ok()?;
-        let info = consumer.info().await.ok()?;
+        let info = self.jetstream_consumer(&stream, name).await.ok()??;
         let created: u64 = info
             .config
             .metadata
@@ -219,14 +227,21 @@ impl NatsBackend {
 
     pub async fn consumer_names(&self) -> Result<Vec<String>, BackendError> {
         let stream = self.stream().await?;
-        let mut infos = stream.consumers();
-        let mut names = Vec::new();
-        while let Some(info) = infos.next().await {
-            let info = info.map_err(|e| unavailable("cannot list the consumers", e))?;
-            if let Some(name) = info.config.metadata.get(NAME_KEY) {
-                names.push(name.clone());
+        let what = "cannot list the consumers";
+        let list = || async {
+            let mut infos = stream.consumers();
+            let mut names = Vec::new();
+            while let Some(info) = infos.next().await {
+                if let Some(name) = info?.config.metadata.get(NAME_KEY) {
+                    names.push(name.clone());
+                }
             }
-        }
+            Ok::<_, async_nats::jetstream::stream::ConsumersError>(names)
+        };
+        let mut names = self
+            .asked(what, list)
+            .await?
+            .map_err(|e| unavailable(what, e))?;
         names.sort_unstable();
         Ok(names)
     }
@@ -259,7 +274,13 @@ impl NatsBackend {
             metadata,
             ..Default::default()
         };
-        match stream.create_consumer_strict(config).await {
+        // Asked again when the answer is lost: a consumer made by a lost try makes the next
+        // try fail as existing, with the same topics.
+        let what = "cannot create the consumer";
+        match self
+            .asked(what, || stream.create_consumer_strict(config.clone()))
+            .await?
+        {
             Ok(_) => Ok(()),
             // Made meanwhile (by another connection or node): the same topics, or a conflict.
             Err(e) => match self.consumer_config(name).await? {
@@ -270,7 +291,7 @@ impl NatsBackend {
                         false => Err(conflict(name, &stored, patterns)),
                     }
                 }
-                None => Err(unavailable("cannot create the consumer", e)),
+                None => Err(unavailable(what, e)),
             },
         }
     }
@@ -442,10 +463,20 @@ impl NatsBackend {
         // A bucket just made may not take writes for a moment (its replicas elect a leader).
         let mut tries = 0;
         loop {
-            match holders.put(&key, holder.clone().into()).await {
-                Ok(revision) => return Ok((holders, key, revision)),
-                Err(e) if tries >= 30 => return Err(unavailable("cannot claim the consumer", e)),
-                Err(_) => {
+            // A put whose answer was lost is made again (the newest claim is this one's).
+            let put = holders.put(&key, holder.clone().into());
+            match tokio::time::timeout(super::API_TRY, put).await {
+                Ok(Ok(revision)) => return Ok((holders, key, revision)),
+                Ok(Err(e)) if tries >= 30 => {
+                    return Err(unavailable("cannot claim the consumer", e))
+                }
+                Err(_) if tries >= 30 => {
+                    return Err(unavailable(
+                        "cannot claim the consumer",
+                        "no answer in time",
+                    ))
+                }
+                Ok(Err(_)) | Err(_) => {
                     tries += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
@@ -477,15 +508,9 @@ impl NatsBackend {
 
 async fn info(backend: &NatsBackend, name: &str) -> Result<Option<ConsumerInfo>, BackendError> {
     let stream = backend.stream().await?;
-    let mut consumer = match stream.get_consumer::<pull::Config>(&durable(name)).await {
-        Ok(c) => c,
-        Err(e) if e.to_string().contains("not found") => return Ok(None),
-        Err(e) => return Err(unavailable("cannot read the consumer", e)),
+    let Some(info) = backend.jetstream_consumer(&stream, name).await? else {
+        return Ok(None);
     };
-    let info = consumer
-        .info()
-        .await
-        .map_err(|e| unavailable("cannot read the consumer", e))?;
     let created_floor = info
         .config
         .metadata

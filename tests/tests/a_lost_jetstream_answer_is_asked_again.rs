@@ -1,0 +1,114 @@
+//! Cluster: JetStream carries out a request but its answer is lost on the way (as a busy
+//! cluster sometimes does, nats-server#8350). Nothing waits for a lost answer for all of
+//! `nats.publish_timeout` (30 s here): a durable consumer's creation is asked again and the
+//! subscribe answered; a node whose presence write went unanswered still follows the other
+//! nodes' presence.
+
+use serde_json::json;
+use wharf_tests::nats_proxy::AnswerDroppingProxy;
+use wharf_tests::{data_dir, nats, Backend, Broker, Client};
+
+fn node0_port() -> u16 {
+    nats::shared()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .nodes[0]
+        .client_port
+}
+
+#[tokio::test]
+async fn a_lost_jetstream_answer_is_asked_again() {
+    if !Backend::Nats.runnable() {
+        return;
+    }
+    let port = node0_port();
+    // The answer to making a consumer on the events stream (`T<id>`), not the KV buckets'.
+    let proxy = AnswerDroppingProxy::start(
+        port,
+        r#"consumer_create_response","stream_name":"Tlost-answer""#,
+    );
+    let (_tmp, data) = data_dir();
+    let broker = Broker::start(
+        &data,
+        &format!(
+            "{}nats.publish_timeout = \"30s\"\n",
+            nats::node_config(std::slice::from_ref(&proxy.url), "lost-answer")
+        ),
+    );
+    broker.wait_ready();
+
+    // `subscribe` fails the test if no answer comes within the harness's 10 s wait.
+    let mut c = broker.client().await;
+    c.subscribe("orders.>", Some("billing")).await;
+    assert_eq!(
+        proxy.dropped(),
+        1,
+        "the proxy did not lose the create's answer"
+    );
+
+    let mut publisher = broker.client().await;
+    let seq = publisher.publish("orders.1", json!({"total": 5})).await;
+    let event = c.events(1).await.remove(0);
+    assert_eq!(event["seq"], seq, "{event}");
+    assert_eq!(event["payload"]["total"], 5, "{event}");
+}
+
+/// Says hello as `client` and enters `room` present, told of joins and leaves.
+async fn enter(c: &mut Client, client: &str, room: &str) {
+    let reply = c
+        .reply(json!({"op":"hello","id":"h","client":client}))
+        .await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    let reply = c
+        .reply(json!({"op":"subscribe","id":"s","topic":room,"presence":true,"join_leave":true}))
+        .await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+}
+
+#[tokio::test]
+async fn a_node_whose_presence_write_went_unanswered_still_follows_the_others() {
+    if !Backend::Nats.runnable() {
+        return;
+    }
+    let id = "lost-presence";
+    // The answer (a publish ack) to node a's first write to the presence bucket.
+    let proxy =
+        AnswerDroppingProxy::start(node0_port(), r#"{"stream":"KV_Tlost-presence_PRESENCE""#);
+    let urls = nats::shared()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .urls();
+    let timeout = "nats.publish_timeout = \"30s\"\n";
+    let (_a_tmp, a_data) = data_dir();
+    let a = Broker::start(
+        &a_data,
+        &format!(
+            "{}{timeout}",
+            nats::node_config(std::slice::from_ref(&proxy.url), id)
+        ),
+    );
+    a.wait_ready();
+    let (_b_tmp, b_data) = data_dir();
+    let b = Broker::start(
+        &b_data,
+        &format!("{}{timeout}", nats::node_config(&urls, id)),
+    );
+    b.wait_ready();
+
+    let mut ana = a.client().await;
+    enter(&mut ana, "ana", "room.x").await;
+    let mut ben = b.client().await;
+    enter(&mut ben, "ben", "room.x").await;
+    // Within the harness's 10 s wait, ana (on node a) is told ben (on node b) joined.
+    loop {
+        let frame = ana.recv().await;
+        if frame["type"] == "join" && frame["client"] == "ben" {
+            break;
+        }
+    }
+    assert_eq!(
+        proxy.dropped(),
+        1,
+        "the proxy did not lose the write's answer"
+    );
+}
