@@ -53,7 +53,35 @@ pub struct Presence {
 #[derive(Default)]
 struct Room {
     clients: BTreeMap<String, Client>,
-    watchers: Vec<(u64, Subscriber)>,
+    watchers: Vec<Watcher>,
+}
+
+/// The most joins and leaves kept for a watch not yet opened (its `subscribed` reply is on
+/// its way); more closes the connection as a slow consumer, as a full queue does.
+const MAX_HELD: usize = 1024;
+
+struct Watcher {
+    id: u64,
+    to: Subscriber,
+    /// Until [`Watching::open`]: what it is told, kept so that it follows the reply.
+    held: Option<Vec<Frame>>,
+}
+
+impl Watcher {
+    fn push(&mut self, frame: Frame) {
+        match &mut self.held {
+            Some(held) if held.len() < MAX_HELD => held.push(frame),
+            Some(_) => self.to.outbound.evict_slow(),
+            // A notice lost would leave the watcher's list wrong for good: a connection
+            // whose queue is full is closed as a slow consumer instead (it reconnects and
+            // reads `presence` again).
+            None => {
+                if self.to.outbound.try_send(frame).is_err() {
+                    self.to.outbound.evict_slow();
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -91,10 +119,10 @@ impl Client {
 }
 
 impl Room {
-    fn tell(&self, topic: &str, client: &str, info: &Value, joined: bool) {
-        for (_, watcher) in &self.watchers {
+    fn tell(&mut self, topic: &str, client: &str, info: &Value, joined: bool) {
+        for watcher in &mut self.watchers {
             let change = PresenceChange {
-                sub: watcher.sub.to_string(),
+                sub: watcher.to.sub.to_string(),
                 topic: topic.to_owned(),
                 client: client.to_owned(),
                 info: info.clone(),
@@ -104,12 +132,7 @@ impl Room {
             } else {
                 Reply::Leave(change)
             };
-            // A notice lost would leave the watcher's list wrong for good: a connection
-            // whose queue is full is closed as a slow consumer instead (it reconnects and
-            // reads `presence` again).
-            if watcher.outbound.try_send(Frame::reply(&reply)).is_err() {
-                watcher.outbound.evict_slow();
-            }
+            watcher.push(Frame::reply(&reply));
         }
     }
 }
@@ -136,11 +159,27 @@ pub struct Watching {
     id: u64,
 }
 
+impl Watching {
+    /// Passes on what was kept, then everything as it happens.
+    pub fn open(&self) {
+        let mut rooms = self.presence.rooms();
+        let Some(watcher) = rooms
+            .get_mut(&self.topic)
+            .and_then(|room| room.watchers.iter_mut().find(|w| w.id == self.id))
+        else {
+            return;
+        };
+        for frame in watcher.held.take().unwrap_or_default() {
+            watcher.push(frame);
+        }
+    }
+}
+
 impl Drop for Watching {
     fn drop(&mut self) {
         let mut rooms = self.presence.rooms();
         if let Some(room) = rooms.get_mut(&self.topic) {
-            room.watchers.retain(|(id, _)| *id != self.id);
+            room.watchers.retain(|w| w.id != self.id);
             if room.clients.is_empty() && room.watchers.is_empty() {
                 rooms.remove(&self.topic);
             }
@@ -240,7 +279,10 @@ impl Presence {
         self.mark_changed(topic);
     }
 
-    /// Tells `subscriber` of joins and leaves in `topic` from now on.
+    /// Tells `subscriber` of joins and leaves in `topic` from now on, once
+    /// [`Watching::open`] says its `subscribed` reply is queued: what happens meanwhile is
+    /// kept until then, so that nothing between the reply and the watch is missed and
+    /// nothing comes before the reply.
     pub fn watch(self: &Arc<Self>, topic: &str, subscriber: Subscriber) -> Watching {
         let id = self
             .next_watcher
@@ -249,7 +291,11 @@ impl Presence {
             .entry(topic.to_owned())
             .or_default()
             .watchers
-            .push((id, subscriber));
+            .push(Watcher {
+                id,
+                to: subscriber,
+                held: Some(Vec::new()),
+            });
         Watching {
             presence: self.clone(),
             topic: topic.to_owned(),
@@ -361,6 +407,8 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::{Outbound, Queued};
+    use std::time::Duration;
 
     fn member(client: &str, connection: u64) -> Member {
         Member {
@@ -410,5 +458,39 @@ mod tests {
         let _a = presence.join("room", &member("ana", 1)).unwrap();
         assert!(presence.join("room", &member("bo", 2)).is_err());
         assert!(presence.join("room", &member("ana", 3)).is_ok());
+    }
+
+    #[test]
+    fn a_watch_tells_what_happened_before_it_opened_only_once_open() {
+        let (frames, mut queue) = tokio::sync::mpsc::channel(16);
+        let (evict, _evicted) = tokio::sync::mpsc::channel(1);
+        let (ended, _ended) = tokio::sync::mpsc::unbounded_channel();
+        let outbound = Outbound::new(frames, 1 << 20, evict, ended, Duration::from_secs(1));
+        let presence = Arc::new(Presence::new(10, false));
+        let subscriber = Subscriber {
+            session: 1,
+            sub: Arc::from("1-1"),
+            outbound,
+            batch: 1,
+        };
+        let watching = presence.watch("room", subscriber);
+        // ana joins while the watcher's `subscribed` reply is on its way: kept.
+        let _ana = presence.join("room", &member("ana", 2)).unwrap();
+        assert!(
+            queue.try_recv().is_err(),
+            "a join went before the watch opened"
+        );
+        watching.open();
+        let told = |queue: &mut tokio::sync::mpsc::Receiver<Queued>| match queue.try_recv() {
+            Ok(Queued {
+                frame: Frame::Json(text),
+                ..
+            }) => text,
+            _ => panic!("nothing told"),
+        };
+        assert!(told(&mut queue).contains(r#""client":"ana""#));
+        // Once open, as it happens.
+        let _bo = presence.join("room", &member("bo", 3)).unwrap();
+        assert!(told(&mut queue).contains(r#""client":"bo""#));
     }
 }

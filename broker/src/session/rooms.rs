@@ -31,6 +31,15 @@ impl Counted {
     }
 }
 
+impl Rooms {
+    /// Its `subscribed` reply is queued: joins and leaves are passed on from now on.
+    pub(super) fn open(&self) {
+        for watching in &self.watching {
+            watching.open();
+        }
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -77,7 +86,8 @@ impl Session {
         Ok(rooms)
     }
 
-    /// The subscription has started: it hears of joins and leaves from now on.
+    /// The subscription is starting: it hears of joins and leaves from now on, passed on
+    /// once [`Rooms::open`] says its `subscribed` reply is queued.
     pub(super) fn watch_rooms(&self, rooms: &mut Rooms, sub: &Arc<str>, topics: &[Pattern]) {
         if !rooms.join_leave {
             return;

@@ -160,6 +160,9 @@ impl Session {
         batch: usize,
         mut rooms: Rooms,
     ) -> Result<(), Closed> {
+        // Watched before the reply and opened right behind it: a client that saw
+        // `subscribed` is told of every join and leave after it, and of none before it.
+        self.watch_rooms(&mut rooms, &sub, &patterns);
         self.send_now(Reply::Subscribed {
             id: id.clone(),
             sub: sub.to_string(),
@@ -167,9 +170,7 @@ impl Session {
             start_seq: Some(from),
         })
         .await?;
-        // Right behind the reply in the queue, before anything slower: a client that saw
-        // `subscribed` is told of every join and leave after it.
-        self.watch_rooms(&mut rooms, &sub, &patterns);
+        rooms.open();
         let to = self.subscriber(&sub, batch);
         match self.ctx.backend.follow(patterns.clone(), from, to).await {
             Ok(subscription) => {
@@ -199,6 +200,7 @@ impl Session {
             Ok(attaching) => attaching,
             Err(e) => return self.send_now(error_reply(id, e)).await,
         };
+        self.watch_rooms(&mut rooms, &sub, &patterns);
         self.send_now(Reply::Subscribed {
             id,
             sub: sub.to_string(),
@@ -206,7 +208,7 @@ impl Session {
             start_seq: Some(attaching.start_seq()),
         })
         .await?;
-        self.watch_rooms(&mut rooms, &sub, &patterns);
+        rooms.open();
         self.hold(sub, attaching.start(), patterns, Some(name), rooms);
         Ok(())
     }
