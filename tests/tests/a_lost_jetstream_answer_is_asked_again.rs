@@ -1,8 +1,8 @@
 //! Cluster: JetStream carries out a request but its answer is lost on the way (as a busy
 //! cluster sometimes does, nats-server#8350). Nothing waits for a lost answer for all of
-//! `nats.publish_timeout` (30 s here): a durable consumer's creation is asked again and the
-//! subscribe answered; a node whose presence write went unanswered still follows the other
-//! nodes' presence.
+//! `nats.publish_timeout` (30 s here): a durable consumer's creation, or its exclusive
+//! claim, is asked again and the subscribe answered; a node whose presence write went
+//! unanswered still follows the other nodes' presence.
 
 use serde_json::json;
 use wharf_tests::nats_proxy::AnswerDroppingProxy;
@@ -16,23 +16,16 @@ fn node0_port() -> u16 {
         .client_port
 }
 
-#[tokio::test]
-async fn a_lost_jetstream_answer_is_asked_again() {
-    if !Backend::Nats.runnable() {
-        return;
-    }
-    let port = node0_port();
-    // The answer to making a consumer on the events stream (`T<id>`), not the KV buckets'.
-    let proxy = AnswerDroppingProxy::start(
-        port,
-        r#"consumer_create_response","stream_name":"Tlost-answer""#,
-    );
+/// A durable subscribe on a node whose first server message carrying `needle` is lost is
+/// answered, and its consumer delivers.
+async fn a_durable_subscribe_outlives_a_lost(needle: &str, id: &str) {
+    let proxy = AnswerDroppingProxy::start(node0_port(), needle);
     let (_tmp, data) = data_dir();
     let broker = Broker::start(
         &data,
         &format!(
             "{}nats.publish_timeout = \"30s\"\n",
-            nats::node_config(std::slice::from_ref(&proxy.url), "lost-answer")
+            nats::node_config(std::slice::from_ref(&proxy.url), id)
         ),
     );
     broker.wait_ready();
@@ -40,17 +33,31 @@ async fn a_lost_jetstream_answer_is_asked_again() {
     // `subscribe` fails the test if no answer comes within the harness's 10 s wait.
     let mut c = broker.client().await;
     c.subscribe("orders.>", Some("billing")).await;
-    assert_eq!(
-        proxy.dropped(),
-        1,
-        "the proxy did not lose the create's answer"
-    );
+    assert_eq!(proxy.dropped(), 1, "the proxy did not lose the answer");
 
     let mut publisher = broker.client().await;
     let seq = publisher.publish("orders.1", json!({"total": 5})).await;
     let event = c.events(1).await.remove(0);
     assert_eq!(event["seq"], seq, "{event}");
     assert_eq!(event["payload"]["total"], 5, "{event}");
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_making_a_consumer_is_asked_again() {
+    if Backend::Nats.runnable() {
+        // The answer to making a consumer on the events stream (`T<id>`), not a bucket's.
+        let needle = r#"consumer_create_response","stream_name":"Tlost-create""#;
+        a_durable_subscribe_outlives_a_lost(needle, "lost-create").await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_claiming_a_consumer_is_asked_again() {
+    if Backend::Nats.runnable() {
+        // The publish ack of the exclusive holder's claim (a put in the holders bucket).
+        let needle = r#"{"stream":"KV_Tlost-claim_HOLDERS""#;
+        a_durable_subscribe_outlives_a_lost(needle, "lost-claim").await;
+    }
 }
 
 /// Says hello as `client` and enters `room` present, told of joins and leaves.

@@ -47,11 +47,11 @@ const MAX_ATOMIC_BATCH: usize = 1000;
 /// it, to be sent again out of order).
 pub(super) const MAX_UNACKED_PUBLISHES: usize = 1 << 24;
 
-/// How long one try of a JetStream API request that is safe to repeat waits for its answer
-/// before asking again: a cluster can lose the answer while its Raft groups are busy
+/// How long a JetStream API request that is safe to repeat waits for its answer before it
+/// is sent again: a cluster can lose the answer while its Raft groups are busy
 /// (nats-server#8350: a consumer create times out, yet the consumer was made), and one lost
 /// answer must not hold a client's request for all of `nats.publish_timeout`.
-pub(super) const API_TRY: Duration = Duration::from_secs(2);
+const API_TRY: Duration = Duration::from_secs(2);
 
 /// The cluster backend, cheap to clone.
 #[derive(Clone)]
@@ -369,8 +369,10 @@ impl NatsBackend {
             .map_err(|e| unavailable("cannot reach the stream", e))
     }
 
-    /// `request`'s answer, asked again each [`API_TRY`] that it does not come, for at most
-    /// `nats.publish_timeout` in all; only for requests that are safe to repeat.
+    /// `request`'s first answer, for requests that are safe to repeat. When none has come
+    /// after [`API_TRY`], the same request is sent again beside the ones in flight (after
+    /// 2, 6, 14, 30 s: each wait twice the last), so a lost answer costs seconds while a
+    /// slow one is still waited for; at most `nats.publish_timeout` in all.
     pub(super) async fn asked<T, E, F>(
         &self,
         what: &str,
@@ -379,13 +381,23 @@ impl NatsBackend {
     where
         F: std::future::Future<Output = Result<T, E>>,
     {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
         let overall = self.settings().publish_timeout;
         let deadline = tokio::time::Instant::now() + overall;
+        let mut wait = API_TRY;
+        let mut next_try = tokio::time::Instant::now() + wait;
+        let mut tries = FuturesUnordered::new();
+        tries.push(request());
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(API_TRY.min(left), request()).await {
-                Ok(answer) => return Ok(answer),
-                Err(_) if tokio::time::Instant::now() >= deadline => {
+            tokio::select! {
+                Some(answer) = tries.next() => return Ok(answer),
+                _ = tokio::time::sleep_until(next_try), if next_try < deadline => {
+                    tracing::debug!(what, in_flight = tries.len(), "no answer from JetStream yet; asking again");
+                    tries.push(request());
+                    wait *= 2;
+                    next_try += wait;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
                     return Err(unavailable(
                         what,
                         format_args!(
@@ -393,10 +405,6 @@ impl NatsBackend {
                         ),
                     ))
                 }
-                Err(_) => tracing::debug!(
-                    what,
-                    "JetStream did not answer in {API_TRY:?}; asking again"
-                ),
             }
         }
     }

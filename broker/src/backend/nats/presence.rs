@@ -30,6 +30,9 @@ const REFRESH: Duration = Duration::from_secs(3);
 /// A key not written again for this long is dropped: the most a dead node's clients stay
 /// present elsewhere (plus up to a second of sweeping).
 pub const EXPIRES: Duration = Duration::from_secs(10);
+/// The most the presence loop waits for one write (it waits for nothing else meanwhile);
+/// one not answered by then is left, and written again at the next refresh.
+const PRESENCE_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// Changes within this are written together.
 const GATHER: Duration = Duration::from_millis(20);
 
@@ -76,7 +79,7 @@ impl NatsBackend {
         };
         // Bounded: a write whose answer was lost must not stop this node following the
         // others' presence (the loop waits for it) until `nats.publish_timeout`.
-        let done = tokio::time::timeout(super::API_TRY, write)
+        let done = tokio::time::timeout(PRESENCE_WRITE_WAIT, write)
             .await
             .unwrap_or_else(|_| Err("no answer in time".to_owned()));
         if let Err(e) = done {
@@ -102,13 +105,9 @@ impl NatsBackend {
         let mut watch = None;
         loop {
             if watch.is_none() {
-                // A watch whose answer was lost is asked again soon, as other requests are.
-                match tokio::time::timeout(super::API_TRY, kv.watch_with_history(">")).await {
-                    Ok(Ok(w)) => watch = Some(w),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "cannot watch presence; trying again")
-                    }
-                    Err(_) => tracing::debug!("no answer to watching presence; trying again"),
+                match kv.watch_with_history(">").await {
+                    Ok(w) => watch = Some(w),
+                    Err(e) => tracing::debug!(error = %e, "cannot watch presence; trying again"),
                 }
             }
             tokio::select! {

@@ -80,24 +80,32 @@ impl Attaching {
             options: self.options.clone(),
         };
         let task = tokio::spawn(delivery.run());
-        let watcher = self.claim.take().map(|(holders, key, revision)| {
+        let watcher = self.claim.take().map(|(holders, key, mut revision)| {
             let local = self.local.clone();
             let generation = self.generation;
+            let ours = format!("{}-{generation}", self.backend.inner.node);
             tokio::spawn(async move {
-                // Any later claim is another attachment's: on this node (already handled)
-                // or on another, which takes the consumer over. A watch that fails or ends
-                // is made again from the same revision, so no claim goes unseen.
+                // Any later claim is another attachment's (on this node, already handled,
+                // or on another, which takes the consumer over), but for this one's own put
+                // sent again when its answer was slow. A watch that fails or ends is made
+                // again from the newest revision seen, so no claim goes unseen.
                 loop {
                     match holders.watch_from_revision(&key, revision + 1).await {
-                        Ok(mut claims) => match claims.next().await {
-                            Some(Ok(_)) => {
-                                local.taken_over(generation);
-                                return;
+                        Ok(mut claims) => loop {
+                            match claims.next().await {
+                                Some(Ok(claim)) if claim.value == ours.as_bytes() => {
+                                    revision = claim.revision;
+                                }
+                                Some(Ok(_)) => {
+                                    local.taken_over(generation);
+                                    return;
+                                }
+                                Some(Err(e)) => {
+                                    tracing::debug!(consumer = local.name, error = %e, "watching the holder key again");
+                                    break;
+                                }
+                                None => break,
                             }
-                            Some(Err(e)) => {
-                                tracing::debug!(consumer = local.name, error = %e, "watching the holder key again")
-                            }
-                            None => {}
                         },
                         Err(e) => {
                             tracing::debug!(consumer = local.name, error = %e, "watching the holder key again")
@@ -460,26 +468,21 @@ impl NatsBackend {
         let holders = self.holders().await?;
         let key = durable(name);
         let holder = format!("{}-{generation}", self.inner.node);
-        // A bucket just made may not take writes for a moment (its replicas elect a leader).
-        let mut tries = 0;
+        // A bucket just made may not take writes for a moment (its replicas elect a leader):
+        // tried again within `nats.publish_timeout`. A put whose answer is lost is sent
+        // again (the newest claim is this one's either way).
+        let what = "cannot claim the consumer";
+        let deadline = tokio::time::Instant::now() + self.settings().publish_timeout;
         loop {
-            // A put whose answer was lost is made again (the newest claim is this one's).
-            let put = holders.put(&key, holder.clone().into());
-            match tokio::time::timeout(super::API_TRY, put).await {
-                Ok(Ok(revision)) => return Ok((holders, key, revision)),
-                Ok(Err(e)) if tries >= 30 => {
-                    return Err(unavailable("cannot claim the consumer", e))
+            match self
+                .asked(what, || holders.put(&key, holder.clone().into()))
+                .await?
+            {
+                Ok(revision) => return Ok((holders, key, revision)),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(unavailable(what, e))
                 }
-                Err(_) if tries >= 30 => {
-                    return Err(unavailable(
-                        "cannot claim the consumer",
-                        "no answer in time",
-                    ))
-                }
-                Ok(Err(_)) | Err(_) => {
-                    tries += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         }
     }
