@@ -103,6 +103,13 @@ impl Delivery {
                     }
                 },
             };
+            // Declared before the pull, so dropped after it when the task is aborted: what it
+            // holds is naked once the pull is unsubscribed, and the pull cannot take it back.
+            let mut pulled = Pulled {
+                local: self.local.clone(),
+                generation: self.generation,
+                messages: Default::default(),
+            };
             // A pull the server holds open until `room` messages came or PULL_WAIT passed,
             // each handed over as it arrives (a `fetch` answers at once, empty or not, and
             // an idle subscriber would pull again and again).
@@ -161,17 +168,16 @@ impl Delivery {
                     .last()
                     .and_then(|m| m.info().ok())
                     .map_or(first.stream_sequence, |i| i.stream_sequence);
-                let mut pulled = Pulled {
-                    local: self.local.clone(),
-                    generation: self.generation,
-                    messages: arrived.into(),
-                };
+                pulled.messages.extend(arrived);
                 while let Some(message) = pulled.messages.pop_front() {
                     if !self.deliver(message).await {
-                        // What already arrived goes back with the rest.
+                        // What already arrived goes back with the rest, naked once the pull
+                        // is unsubscribed (dropped).
                         while let Some(Some(Ok(message))) = batch.next().now_or_never() {
                             pulled.messages.push_back(message);
                         }
+                        drop(batch);
+                        drop(pulled);
                         return;
                     }
                 }
@@ -353,7 +359,8 @@ impl Drop for Pulled {
                 });
             }
         }
-        self.local.release(Some(self.generation));
+        // Its own task, not stopped: nothing to wait for.
+        self.local.release(Some(self.generation), None);
     }
 }
 

@@ -38,19 +38,21 @@ pub(super) struct Attachment {
     pub(super) session: u64,
     pub(super) sub: Arc<str>,
     pub(super) outbound: crate::outbound::Outbound,
-    pub(super) task: Option<tokio::task::AbortHandle>,
+    pub(super) task: Option<JoinHandle<()>>,
     /// Watches the holder key of an exclusive attachment: another node's takeover ends it.
     pub(super) watcher: Option<tokio::task::AbortHandle>,
 }
 
 impl Attachment {
-    pub(super) fn stop(&self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+    /// Stops its tasks; returns the delivery task, for [`LocalConsumer::release`] to wait
+    /// for (aborting takes effect at the task's next poll, not at once).
+    pub(super) fn stop(&mut self) -> Option<JoinHandle<()>> {
         if let Some(watcher) = &self.watcher {
             watcher.abort();
         }
+        let task = self.task.take()?;
+        task.abort();
+        Some(task)
     }
 }
 
@@ -116,22 +118,30 @@ impl LocalConsumer {
             });
             replaced
         };
-        for old in replaced {
+        for mut old in replaced {
             tracing::info!(
                 consumer = name,
                 from = old.session,
                 to = to.session,
                 "consumer taken over"
             );
-            old.stop();
-            self.release(Some(old.generation));
+            let stopped = old.stop();
+            self.release(Some(old.generation), stopped);
             old.outbound.unsubscribed(&old.sub, "taken_over");
         }
         Ok(generation)
     }
 
-    /// Naks everything `holder` (or, with `None`, anyone) holds: delivered again now.
-    pub(super) fn release(&self, holder: Option<u64>) {
+    /// Naks everything `holder` (or, with `None`, anyone) holds: delivered again now. The
+    /// naks wait for the `stopped` delivery tasks to end: a task's pull still open at the
+    /// server would take a naked event straight back (a delivery nobody sees, redelivered
+    /// only after the ack wait); a task that ended has unsubscribed its pull first.
+    pub(super) fn release(
+        &self,
+        holder: Option<u64>,
+        stopped: impl IntoIterator<Item = JoinHandle<()>>,
+    ) {
+        let stopped: Vec<JoinHandle<()>> = stopped.into_iter().collect();
         let released: Vec<InFlight> = {
             let mut in_flight = lock(&self.in_flight);
             // In seq order: JetStream delivers naked messages again in the order it got the
@@ -155,7 +165,7 @@ impl LocalConsumer {
         let earlier: Vec<JoinHandle<()>> =
             releasing.drain(..).filter(|h| !h.is_finished()).collect();
         let naks = tokio::spawn(async move {
-            for handle in earlier {
+            for handle in earlier.into_iter().chain(stopped) {
                 let _done_or_aborted = handle.await;
             }
             for f in released {
@@ -194,9 +204,9 @@ impl LocalConsumer {
             let i = attachments.iter().position(|a| a.generation == generation);
             i.map(|i| attachments.remove(i))
         };
-        if let Some(gone) = gone {
-            gone.stop();
-            self.release(Some(generation));
+        if let Some(mut gone) = gone {
+            let stopped = gone.stop();
+            self.release(Some(generation), stopped);
         }
     }
 
@@ -208,14 +218,14 @@ impl LocalConsumer {
             let i = attachments.iter().position(|a| a.generation == generation);
             i.map(|i| attachments.remove(i))
         };
-        let Some(gone) = gone else { return };
+        let Some(mut gone) = gone else { return };
         tracing::info!(
             consumer = self.name,
             session = gone.session,
             "consumer taken over by another node"
         );
-        gone.stop();
-        self.release(Some(generation));
+        let stopped = gone.stop();
+        self.release(Some(generation), stopped);
         gone.outbound.unsubscribed(&gone.sub, "taken_over");
     }
 
@@ -223,13 +233,14 @@ impl LocalConsumer {
     /// `reason`, when given, is told to each subscriber.
     pub(super) fn detach_all_with(&self, reason: Option<&str>) {
         let gone: Vec<Attachment> = lock(&self.attachments).drain(..).collect();
-        for a in gone {
-            a.stop();
+        let mut stopped = Vec::new();
+        for mut a in gone {
+            stopped.extend(a.stop());
             if let Some(reason) = reason {
                 a.outbound.unsubscribed(&a.sub, reason);
             }
         }
-        self.release(None);
+        self.release(None, stopped);
     }
 
     pub(super) fn detach_all(&self) {

@@ -120,7 +120,7 @@ impl Attaching {
             .iter_mut()
             .find(|a| a.generation == self.generation)
         {
-            a.task = Some(task.abort_handle());
+            a.task = Some(task);
             a.watcher = watcher;
         }
         Subscription::Durable {
