@@ -158,17 +158,21 @@ impl Delivery {
                 let Some(first) = arrived.first().and_then(|m| m.info().ok()) else {
                     continue;
                 };
-                // A jump over seqs may be retention overtaking the consumer (or only events
-                // of other topics): asked before these are delivered, since their acks would
-                // move JetStream's floor past a gap.
-                if retention && first.stream_sequence > last_pulled + 1 {
-                    self.check_gap().await;
-                }
-                last_pulled = arrived
+                let newest = arrived
                     .last()
                     .and_then(|m| m.info().ok())
                     .map_or(first.stream_sequence, |i| i.stream_sequence);
+                let first = first.stream_sequence;
+                // Held by `pulled` before anything is awaited: a task aborted meanwhile
+                // naks them rather than leaving them to the ack wait.
                 pulled.messages.extend(arrived);
+                // A jump over seqs may be retention overtaking the consumer (or only events
+                // of other topics): asked before these are delivered, since their acks would
+                // move JetStream's floor past a gap.
+                if retention && first > last_pulled + 1 {
+                    self.check_gap().await;
+                }
+                last_pulled = newest;
                 while let Some(message) = pulled.messages.pop_front() {
                     if !self.deliver(message).await {
                         // What already arrived goes back with the rest, naked once the pull

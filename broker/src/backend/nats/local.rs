@@ -87,7 +87,12 @@ impl LocalConsumer {
     /// Adds an attachment of `to` in `mode` and returns its generation. Exclusive mode
     /// takes the consumer over from the other attachments on this node: they are told
     /// `taken_over` and what they held is delivered again at once.
-    pub(super) fn add(&self, name: &str, mode: Mode, to: &Subscriber) -> Result<u64, BackendError> {
+    pub(super) fn add(
+        self: &Arc<Self>,
+        name: &str,
+        mode: Mode,
+        to: &Subscriber,
+    ) -> Result<u64, BackendError> {
         let generation = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -137,26 +142,13 @@ impl LocalConsumer {
     /// server would take a naked event straight back (a delivery nobody sees, redelivered
     /// only after the ack wait); a task that ended has unsubscribed its pull first.
     pub(super) fn release(
-        &self,
+        self: &Arc<Self>,
         holder: Option<u64>,
         stopped: impl IntoIterator<Item = JoinHandle<()>>,
     ) {
         let stopped: Vec<JoinHandle<()>> = stopped.into_iter().collect();
-        let released: Vec<InFlight> = {
-            let mut in_flight = lock(&self.in_flight);
-            // In seq order: JetStream delivers naked messages again in the order it got the
-            // naks, and a consumer's redeliveries come in seq order.
-            let mut seqs: Vec<u64> = in_flight
-                .iter()
-                .filter(|(_, f)| holder.is_none_or(|h| f.holder == h))
-                .map(|(&s, _)| s)
-                .collect();
-            seqs.sort_unstable();
-            seqs.into_iter()
-                .filter_map(|s| in_flight.remove(&s))
-                .collect()
-        };
-        if released.is_empty() {
+        let released = self.take_held(holder);
+        if released.is_empty() && stopped.is_empty() {
             return;
         }
         // After the naks of earlier releases: two departures' naks interleaved would hand
@@ -164,17 +156,41 @@ impl LocalConsumer {
         let mut releasing = lock(&self.releasing);
         let earlier: Vec<JoinHandle<()>> =
             releasing.drain(..).filter(|h| !h.is_finished()).collect();
+        let local = self.clone();
         let naks = tokio::spawn(async move {
+            let swept_again = !stopped.is_empty();
             for handle in earlier.into_iter().chain(stopped) {
                 let _done_or_aborted = handle.await;
             }
-            for f in released {
+            // What a stopped task put in flight after the first look: aborting takes
+            // effect at its next await, not at once.
+            let late = match swept_again {
+                true => local.take_held(holder),
+                false => Vec::new(),
+            };
+            for f in released.into_iter().chain(late) {
                 if let Err(e) = f.message.double_ack_with(AckKind::Nak(None)).await {
                     tracing::debug!(error = %e, "nak at detach failed; JetStream's ack wait redelivers it");
                 }
             }
         });
         releasing.push(naks);
+    }
+
+    /// Takes what `holder` (or, with `None`, anyone) holds, in seq order: JetStream delivers
+    /// naked messages again in the order it got the naks, and a consumer's redeliveries
+    /// come in seq order.
+    fn take_held(&self, holder: Option<u64>) -> Vec<InFlight> {
+        let mut in_flight = lock(&self.in_flight);
+        let mut seqs: Vec<u64> = in_flight
+            .iter()
+            .filter(|(_, f)| holder.is_none_or(|h| f.holder == h))
+            .map(|(&s, _)| s)
+            .collect();
+        seqs.sort_unstable();
+        seqs.into_iter()
+            .filter_map(|s| in_flight.remove(&s))
+            .collect()
     }
 
     /// Waits for the naks of departed attachments (bounded: a nak that never returns is
@@ -198,7 +214,7 @@ impl LocalConsumer {
         }
     }
 
-    pub(super) fn detach(&self, generation: u64) {
+    pub(super) fn detach(self: &Arc<Self>, generation: u64) {
         let gone = {
             let mut attachments = lock(&self.attachments);
             let i = attachments.iter().position(|a| a.generation == generation);
@@ -212,7 +228,7 @@ impl LocalConsumer {
 
     /// Another node took the consumer over: this attachment ends, its subscriber is told,
     /// and what it held is delivered again (to the new holder).
-    pub(super) fn taken_over(&self, generation: u64) {
+    pub(super) fn taken_over(self: &Arc<Self>, generation: u64) {
         let gone = {
             let mut attachments = lock(&self.attachments);
             let i = attachments.iter().position(|a| a.generation == generation);
@@ -231,7 +247,7 @@ impl LocalConsumer {
 
     /// Ends every attachment on this node (the consumer is deleted, or the node stops);
     /// `reason`, when given, is told to each subscriber.
-    pub(super) fn detach_all_with(&self, reason: Option<&str>) {
+    pub(super) fn detach_all_with(self: &Arc<Self>, reason: Option<&str>) {
         let gone: Vec<Attachment> = lock(&self.attachments).drain(..).collect();
         let mut stopped = Vec::new();
         for mut a in gone {
@@ -243,7 +259,7 @@ impl LocalConsumer {
         self.release(None, stopped);
     }
 
-    pub(super) fn detach_all(&self) {
+    pub(super) fn detach_all(self: &Arc<Self>) {
         self.detach_all_with(None);
     }
 

@@ -51,7 +51,7 @@ pub(super) const MAX_UNACKED_PUBLISHES: usize = 1 << 24;
 /// is sent again: a cluster can lose the answer while its Raft groups are busy
 /// (nats-server#8350: a consumer create times out, yet the consumer was made), and one lost
 /// answer must not hold a client's request for all of `nats.publish_timeout`.
-const API_TRY: Duration = Duration::from_secs(2);
+pub(super) const API_TRY: Duration = Duration::from_secs(2);
 
 /// The cluster backend, cheap to clone.
 #[derive(Clone)]

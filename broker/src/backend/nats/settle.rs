@@ -28,10 +28,14 @@ async fn stored_ack(
     let payload: bytes::Bytes = kind.into();
     let what = "JetStream did not store the ack";
     let client = &backend.inner.client;
-    match backend
-        .asked(what, || client.request(reply.clone(), payload.clone()))
-        .await?
-    {
+    // Each try may wait as long as the whole (the client's own request timeout is 10 s).
+    let request = || {
+        let request = async_nats::Request::new()
+            .payload(payload.clone())
+            .timeout(Some(backend.settings().publish_timeout));
+        client.send_request(reply.clone(), request)
+    };
+    match backend.asked(what, request).await? {
         Ok(answer) if answer.status.is_none_or(|s| s.is_success()) => Ok(()),
         Ok(answer) => Err(unavailable(what, answer.status.map_or(0, |s| s.as_u16()))),
         Err(e) => Err(unavailable(what, e)),

@@ -21,7 +21,7 @@ use super::delivery::Delivery;
 use super::follow::Follower;
 use super::local::lock;
 use super::local::LocalConsumer;
-use super::{durable, unavailable, NatsBackend};
+use super::{durable, unavailable, NatsBackend, API_TRY};
 use crate::backend::contract::{
     confirmed, dead_letter_topic, BackendError, Confirming, ConsumerSpec, DeliveryOptions, Quota,
     Subscriber,
@@ -116,12 +116,22 @@ impl Attaching {
             })
             .abort_handle()
         });
-        if let Some(a) = lock(&self.local.attachments)
+        match lock(&self.local.attachments)
             .iter_mut()
             .find(|a| a.generation == self.generation)
         {
-            a.task = Some(task);
-            a.watcher = watcher;
+            Some(a) => {
+                a.task = Some(task);
+                a.watcher = watcher;
+            }
+            // Detached meanwhile (taken over on this node, or every attachment ended):
+            // nothing would ever stop these tasks.
+            None => {
+                task.abort();
+                if let Some(watcher) = watcher {
+                    watcher.abort();
+                }
+            }
         }
         Subscription::Durable {
             local: self.local.clone(),
@@ -469,21 +479,29 @@ impl NatsBackend {
         let key = durable(name);
         let holder = format!("{}-{generation}", self.inner.node);
         // A bucket just made may not take writes for a moment (its replicas elect a leader):
-        // tried again within `nats.publish_timeout`. A put whose answer is lost is sent
-        // again (the newest claim is this one's either way).
+        // tried again, within `nats.publish_timeout` in all. A put not answered in time is
+        // sent again, each wait twice the last, and only the newest put's answer is taken:
+        // puts on one connection land in the order sent, so no earlier one of this claim can
+        // land after it (and undo another node's later claim).
         let what = "cannot claim the consumer";
-        let deadline = tokio::time::Instant::now() + self.settings().publish_timeout;
+        let overall = self.settings().publish_timeout;
+        let deadline = tokio::time::Instant::now() + overall;
+        let mut wait = API_TRY;
         loop {
-            match self
-                .asked(what, || holders.put(&key, holder.clone().into()))
-                .await?
-            {
-                Ok(revision) => return Ok((holders, key, revision)),
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(unavailable(what, e))
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let put = holders.put(&key, holder.clone().into());
+            let why = match tokio::time::timeout(wait.min(left), put).await {
+                Ok(Ok(revision)) => return Ok((holders, key, revision)),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => {
+                    wait *= 2;
+                    format!("no answer within {overall:?} (nats.publish_timeout)")
                 }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(unavailable(what, why));
             }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 
