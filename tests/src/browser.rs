@@ -53,8 +53,28 @@ pub struct Browser {
 
 impl Browser {
     /// Starts `chromium` headless on the profile directory `profile`, with a window of
-    /// `width`×`height`; returns once it has printed its DevTools address.
-    pub fn start(chromium: &Path, profile: &Path, (width, height): (u32, u32)) -> Browser {
+    /// `width`×`height`; returns once it has printed its DevTools address. Browsers start
+    /// one at a time, and one that does not come up is started again once: several
+    /// Chromiums starting together on a loaded 2-core machine can take longer than a
+    /// scenario's wait.
+    pub fn start(chromium: &Path, profile: &Path, size: (u32, u32)) -> Browser {
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+        let mut why = String::new();
+        for _ in 0..2 {
+            match Browser::try_start(chromium, profile, size) {
+                Ok(browser) => return browser,
+                Err(e) => why = e,
+            }
+        }
+        panic!("chromium did not print its DevTools address, twice: {why}");
+    }
+
+    fn try_start(
+        chromium: &Path,
+        profile: &Path,
+        (width, height): (u32, u32),
+    ) -> Result<Browser, String> {
         let mut child = Command::new(chromium)
             .args([
                 "--headless",
@@ -78,25 +98,40 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start chromium");
-        let stderr = BufReader::new(child.stderr.take().unwrap());
+            .map_err(|e| format!("cannot run {}: {e}", chromium.display()))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
         // Owned from here on: dropped (the group killed) if the address never comes.
         let mut browser = Browser {
             child,
             devtools: String::new(),
         };
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if let Some(ws) = line.split_whitespace().find(|w| w.starts_with("ws://")) {
-                    let _ = tx.send(ws.to_owned());
+        {
+            let printed = printed.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(ws) = line.split_whitespace().find(|w| w.starts_with("ws://")) {
+                        let _ = tx.send(ws.to_owned());
+                    }
+                    printed.lock().unwrap_or_else(|p| p.into_inner()).push(line);
                 }
+            });
+        }
+        match rx.recv_timeout(crate::START_WAIT) {
+            Ok(devtools) => {
+                browser.devtools = devtools;
+                Ok(browser)
             }
-        });
-        browser.devtools = rx
-            .recv_timeout(WAIT)
-            .expect("chromium printed its DevTools address");
-        browser
+            Err(e) => {
+                let printed = printed.lock().unwrap_or_else(|p| p.into_inner());
+                let tail = printed[printed.len().saturating_sub(20)..].join("\n");
+                Err(format!(
+                    "{e} (waited at most {:?}); its stderr ends:\n{tail}",
+                    crate::START_WAIT
+                ))
+            }
+        }
     }
 }
 
