@@ -16,19 +16,21 @@ fn node0_port() -> u16 {
         .client_port
 }
 
+/// A ready wharf node on the stream `T<id>`, reaching NATS at `url`, that would wait 30 s
+/// for a publish's answer.
+fn node(url: &str, id: &str) -> (tempfile::TempDir, Broker) {
+    let (tmp, data) = data_dir();
+    let config = nats::node_config(&[url.to_owned()], id);
+    let broker = Broker::start(&data, &format!("{config}nats.publish_timeout = \"30s\"\n"));
+    broker.wait_ready();
+    (tmp, broker)
+}
+
 /// A durable subscribe on a node whose first server message carrying `needle` is lost is
 /// answered, and its consumer delivers.
 async fn a_durable_subscribe_outlives_a_lost(needle: &str, id: &str) {
     let proxy = AnswerDroppingProxy::start(node0_port(), needle);
-    let (_tmp, data) = data_dir();
-    let broker = Broker::start(
-        &data,
-        &format!(
-            "{}nats.publish_timeout = \"30s\"\n",
-            nats::node_config(std::slice::from_ref(&proxy.url), id)
-        ),
-    );
-    broker.wait_ready();
+    let (_tmp, broker) = node(&proxy.url, id);
 
     // `subscribe` fails the test if no answer comes within the harness's 10 s wait.
     let mut c = broker.client().await;
@@ -81,26 +83,13 @@ async fn a_node_whose_presence_write_went_unanswered_still_follows_the_others() 
     // The answer (a publish ack) to node a's first write to the presence bucket.
     let proxy =
         AnswerDroppingProxy::start(node0_port(), r#"{"stream":"KV_Tlost-presence_PRESENCE""#);
-    let urls = nats::shared()
+    let (_a_tmp, a) = node(&proxy.url, id);
+    let direct = nats::shared()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .urls();
-    let timeout = "nats.publish_timeout = \"30s\"\n";
-    let (_a_tmp, a_data) = data_dir();
-    let a = Broker::start(
-        &a_data,
-        &format!(
-            "{}{timeout}",
-            nats::node_config(std::slice::from_ref(&proxy.url), id)
-        ),
-    );
-    a.wait_ready();
-    let (_b_tmp, b_data) = data_dir();
-    let b = Broker::start(
-        &b_data,
-        &format!("{}{timeout}", nats::node_config(&urls, id)),
-    );
-    b.wait_ready();
+        .nodes[0]
+        .url();
+    let (_b_tmp, b) = node(&direct, id);
 
     let mut ana = a.client().await;
     enter(&mut ana, "ana", "room.x").await;
