@@ -60,34 +60,45 @@ pub async fn make_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stre
     }
 }
 
-/// Makes the stream, asking again until the cluster answers: a 3-node cluster whose nodes
-/// all say healthy may not have elected its meta leader yet, and a stream request sent then
-/// goes unanswered (CI saw "jetstream request timed out" after 30 s on a fresh cluster).
-async fn create_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
-    let mut asking = js.clone();
-    asking.set_timeout(Duration::from_secs(5));
+/// `ask`'s answer, asked again until the cluster gives one (5 s a try, 60 s in all): a
+/// 3-node cluster whose nodes all say healthy may not have elected its meta leader yet, and
+/// a request sent then goes unanswered (CI saw "jetstream request timed out" on a fresh
+/// cluster, making the stream and finding it).
+async fn answered<T, E, F>(what: &str, mut ask: impl FnMut() -> F) -> anyhow::Result<T>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let made = asking
-            .get_or_create_stream(stream::Config {
-                name: STREAM.to_owned(),
-                subjects: vec![format!("{PREFIX}.>")],
-                storage: stream::StorageType::File,
-                num_replicas: 3,
-                retention: stream::RetentionPolicy::Limits,
-                duplicate_window: Duration::from_secs(120),
-                allow_atomic_publish: true,
-                ..Default::default()
-            })
-            .await;
-        match made {
-            Ok(stream) => return Ok(stream),
-            Err(e) if Instant::now() >= until => {
-                bail!("cannot create stream {STREAM} within 60 s: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        let why = match tokio::time::timeout(Duration::from_secs(5), ask()).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer in 5 s".to_owned(),
+        };
+        if Instant::now() >= until {
+            bail!("{what} within 60 s: {why}");
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Makes the stream (or finds it made).
+async fn create_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    let config = stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![format!("{PREFIX}.>")],
+        storage: stream::StorageType::File,
+        num_replicas: 3,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: Duration::from_secs(120),
+        allow_atomic_publish: true,
+        ..Default::default()
+    };
+    answered(&format!("cannot create stream {STREAM}"), || {
+        js.get_or_create_stream(config.clone())
+    })
+    .await
 }
 
 /// A durable consumer with a wharf consumer's settings.
@@ -96,19 +107,22 @@ async fn make_consumer(
     name: &str,
     subject: &str,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let mut consumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(name.to_owned()),
-            filter_subjects: vec![subject.to_owned()],
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(10),
-            max_deliver: -1,
-            max_ack_pending: 100_000,
-            deliver_policy: consumer::DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow!("cannot create consumer {name}: {e}"))?;
+    let config = consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subjects: vec![subject.to_owned()],
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(10),
+        max_deliver: -1,
+        max_ack_pending: 100_000,
+        deliver_policy: consumer::DeliverPolicy::New,
+        ..Default::default()
+    };
+    // Asked again with the same config, a durable consumer made by a try whose answer was
+    // lost is found made.
+    let mut consumer = answered(&format!("cannot create consumer {name}"), || {
+        stream.create_consumer(config.clone())
+    })
+    .await?;
     // Like a new stream, a new R3 consumer answers pulls once its replicas elected a leader.
     let until = Instant::now() + Duration::from_secs(30);
     loop {
@@ -353,17 +367,19 @@ pub async fn fanout(urls: &[String], load: &Load, probe: &Probe) -> anyhow::Resu
             // Each subscriber on a connection of its own, as each of wharf's is.
             let subscribed = async {
                 let own = jetstream::new(client(&urls).await?);
-                let consumer = own
-                    .get_stream(STREAM)
-                    .await
-                    .map_err(|e| anyhow!("cannot find stream {STREAM}: {e}"))?
-                    .create_consumer(consumer::pull::OrderedConfig {
-                        filter_subject: subject,
-                        deliver_policy: consumer::DeliverPolicy::New,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| anyhow!("cannot create an ordered consumer: {e}"))?;
+                let stream = answered(&format!("cannot find stream {STREAM}"), || {
+                    own.get_stream(STREAM)
+                })
+                .await?;
+                let config = consumer::pull::OrderedConfig {
+                    filter_subject: subject,
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ..Default::default()
+                };
+                let consumer = answered("cannot create an ordered consumer", || {
+                    stream.create_consumer(config.clone())
+                })
+                .await?;
                 let messages = consumer.messages().await?;
                 Ok::<_, anyhow::Error>((own, messages))
             }
