@@ -56,9 +56,6 @@ impl Attachment {
     }
 }
 
-/// Naks of a departing attachment sent before their answers are awaited.
-const NAKS_AT_ONCE: usize = 1000;
-
 /// What this node holds of one durable consumer.
 pub struct LocalConsumer {
     pub name: String,
@@ -171,17 +168,8 @@ impl LocalConsumer {
                 true => local.take_held(holder),
                 false => Vec::new(),
             };
-            // Sent together, in seq order on the one connection (so JetStream takes them in
-            // that order), a thousand at a time, then their answers awaited: a departure
-            // holding hundreds of events costs a round trip, not one per event.
-            let naked: Vec<InFlight> = released.into_iter().chain(late).collect();
-            for some in naked.chunks(NAKS_AT_ONCE) {
-                let answers = futures_util::future::join_all(
-                    some.iter()
-                        .map(|f| f.message.double_ack_with(AckKind::Nak(None))),
-                )
-                .await;
-                for e in answers.into_iter().filter_map(Result::err) {
+            for f in released.into_iter().chain(late) {
+                if let Err(e) = f.message.double_ack_with(AckKind::Nak(None)).await {
                     tracing::debug!(error = %e, "nak at detach failed; JetStream's ack wait redelivers it");
                 }
             }
